@@ -1,0 +1,287 @@
+"""The store contract: everything the master keeps, behind one interface.
+
+Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/master_server/store``):
+
+* **Thread safety.** Every method may be called from any thread at any time; each call is one
+  transaction and either fully happens or not at all.
+* **Errors.** A missing id raises :class:`~determined_sdk.errors.NotFoundError` naming the kind
+  and the id (``"experiment 7 not found"``); a duplicate unique name raises
+  :class:`~determined_sdk.errors.AlreadyExistsError`; bad values raise
+  :class:`~determined_sdk.errors.InvalidArgumentError`. Methods never signal failure by
+  returning ``None`` (only ``get_*`` lookups named ``find_*`` may return ``None``).
+* **Ids.** Workspace, project, experiment, trial, model ids are integers counting up from 1.
+  The default workspace and project, both named ``"Uncategorized"``, exist after
+  :meth:`Store.migrate` and have id 1.
+* **Metrics.** :meth:`add_metrics` writes one batch in one transaction and updates the trial's
+  ``summary_metrics`` and ``steps_completed`` in that same transaction. The summary has one
+  entry per group: ``"training"`` is kept under ``"avg_metrics"``, ``"validation"`` under
+  ``"validation_metrics"``, any other group under its own name; each metric name maps to
+  ``{"min", "max", "last", "count", "mean"}`` (NaN values count in ``count`` and ``last`` but
+  not in min/max/mean). A batch id already stored for the trial makes the call a no-op that
+  returns False. NaN and +/-inf are stored and read back as such.
+* **Checkpoints.** :meth:`add_checkpoint` fills ``training_metrics`` / ``validation_metrics``
+  from the last report of each group at or before the checkpoint's ``steps_completed``, and
+  sets the trial's ``latest_checkpoint_uuid`` when the checkpoint is COMPLETED and its steps
+  are the trial's highest.
+* **Deletion.** :meth:`delete_experiment` removes the experiment and everything under it
+  (trials, metrics, checkpoint records, logs, searcher state); files on disk are the caller's.
+* **Immutability.** An experiment's config and model definition never change after creation.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from master_server.domain import (
+    Checkpoint,
+    CheckpointState,
+    Experiment,
+    ExperimentFilter,
+    ExperimentState,
+    JSONDict,
+    LogLine,
+    LogQuery,
+    MetricPoint,
+    MetricReport,
+    Model,
+    ModelVersion,
+    NewExperiment,
+    Project,
+    Trial,
+    TrialState,
+    Workspace,
+)
+
+_UNSET: Any = object()
+
+
+class Store(abc.ABC):
+    """Abstract store; see the module docstring for the contract."""
+
+    UNSET: Any = _UNSET  # sentinel for "leave this field as it is" in update_* methods
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Apply every Alembic migration and create the default workspace/project."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    @property
+    @abc.abstractmethod
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+
+    # -- workspaces and projects ----------------------------------------------------------
+    @abc.abstractmethod
+    def create_workspace(self, name: str) -> Workspace: ...
+    @abc.abstractmethod
+    def get_workspace(self, workspace_id: int) -> Workspace: ...
+    @abc.abstractmethod
+    def get_workspace_by_name(self, name: str) -> Workspace: ...
+    @abc.abstractmethod
+    def list_workspaces(self, name: str | None = None) -> list[Workspace]: ...
+    @abc.abstractmethod
+    def delete_workspace(self, workspace_id: int) -> None:
+        """Delete an empty workspace; FailedPreconditionError if it holds projects with
+        experiments, or if it is the default workspace."""
+
+    @abc.abstractmethod
+    def create_project(self, workspace_id: int, name: str, description: str = "") -> Project: ...
+    @abc.abstractmethod
+    def get_project(self, project_id: int) -> Project: ...
+    @abc.abstractmethod
+    def get_project_by_name(self, workspace_id: int, name: str) -> Project: ...
+    @abc.abstractmethod
+    def list_projects(self, workspace_id: int | None = None) -> list[Project]: ...
+    @abc.abstractmethod
+    def delete_project(self, project_id: int) -> None:
+        """FailedPreconditionError if it holds experiments or is the default project."""
+
+    # -- experiments --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_experiment(self, new: NewExperiment) -> Experiment: ...
+    @abc.abstractmethod
+    def get_experiment(self, experiment_id: int) -> Experiment: ...
+    @abc.abstractmethod
+    def get_model_definition(self, experiment_id: int) -> bytes: ...
+    @abc.abstractmethod
+    def list_experiments(self, flt: ExperimentFilter) -> tuple[list[Experiment], int]:
+        """Matching experiments (one page, as ``flt`` asks) and the total count of matches."""
+
+    @abc.abstractmethod
+    def update_experiment(
+        self,
+        experiment_id: int,
+        *,
+        name: str = _UNSET,
+        description: str = _UNSET,
+        labels: Sequence[str] = _UNSET,
+        state: ExperimentState = _UNSET,
+        archived: bool = _UNSET,
+        progress: float = _UNSET,
+        project_id: int = _UNSET,
+        end_time: float | None = _UNSET,
+        error: str = _UNSET,
+    ) -> Experiment:
+        """Set the given fields (others unchanged) and return the new value."""
+
+    @abc.abstractmethod
+    def delete_experiment(self, experiment_id: int) -> None: ...
+
+    @abc.abstractmethod
+    def save_searcher_state(self, experiment_id: int, state: JSONDict) -> None:
+        """Replace the experiment's persisted searcher snapshot."""
+
+    @abc.abstractmethod
+    def load_searcher_state(self, experiment_id: int) -> JSONDict | None:
+        """The last snapshot saved, or None if none was."""
+
+    # -- trials -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_trial(
+        self,
+        experiment_id: int,
+        *,
+        request_id: str,
+        hparams: JSONDict,
+        state: TrialState = TrialState.QUEUED,
+        warm_start_checkpoint_uuid: str | None = None,
+    ) -> Trial: ...
+    @abc.abstractmethod
+    def get_trial(self, trial_id: int) -> Trial: ...
+    @abc.abstractmethod
+    def list_trials(
+        self,
+        experiment_id: int | None = None,
+        *,
+        states: Sequence[TrialState] = (),
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[Trial], int]:
+        """Trials ordered by id (all experiments when ``experiment_id`` is None) and the total."""
+
+    @abc.abstractmethod
+    def update_trial(
+        self,
+        trial_id: int,
+        *,
+        state: TrialState = _UNSET,
+        restarts: int = _UNSET,
+        run_id: int = _UNSET,
+        start_time: float = _UNSET,
+        end_time: float | None = _UNSET,
+        progress: float = _UNSET,
+        exit_reason: str = _UNSET,
+        latest_checkpoint_uuid: str | None = _UNSET,
+    ) -> Trial: ...
+
+    # -- metrics ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_metrics(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> bool:
+        """Store one batch and update the summary; False if ``batch_id`` was already stored."""
+
+    @abc.abstractmethod
+    def iter_metrics(
+        self, trial_ids: Sequence[int], group: str | None = None, page_size: int = 10_000
+    ) -> Iterator[list[MetricPoint]]:
+        """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy."""
+
+    # -- checkpoints --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_checkpoint(self, ckpt: Checkpoint) -> Checkpoint:
+        """Record a checkpoint (metrics filled in as the contract says). Re-adding the same
+        uuid for the same trial replaces resources/metadata/state (a retried report)."""
+
+    @abc.abstractmethod
+    def get_checkpoint(self, uuid: str) -> Checkpoint: ...
+    @abc.abstractmethod
+    def list_checkpoints(
+        self,
+        *,
+        experiment_id: int | None = None,
+        trial_id: int | None = None,
+        states: Sequence[CheckpointState] = (),
+    ) -> list[Checkpoint]:
+        """Checkpoints of one experiment or trial, ordered by (trial_id, steps_completed);
+        ``states`` empty means every state but DELETED."""
+
+    @abc.abstractmethod
+    def update_checkpoint(
+        self,
+        uuid: str,
+        *,
+        state: CheckpointState = _UNSET,
+        metadata: JSONDict = _UNSET,
+        resources: dict[str, int] = _UNSET,
+    ) -> Checkpoint: ...
+
+    # -- logs ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_logs(self, lines: Sequence[LogLine]) -> None:
+        """Append lines (one transaction); ids are assigned increasing in the given order."""
+
+    @abc.abstractmethod
+    def query_logs(self, q: LogQuery) -> list[LogLine]:
+        """Matching lines with id > ``q.after_id`` in id order, cut by head/tail."""
+
+    # -- models -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_model(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        metadata: JSONDict | None = None,
+        labels: Sequence[str] = (),
+        workspace_id: int = 1,
+    ) -> Model: ...
+    @abc.abstractmethod
+    def get_model(self, name: str) -> Model: ...
+    @abc.abstractmethod
+    def list_models(
+        self,
+        *,
+        name_contains: str | None = None,
+        labels: Sequence[str] = (),
+        include_archived: bool = False,
+        workspace_id: int | None = None,
+    ) -> list[Model]: ...
+    @abc.abstractmethod
+    def update_model(
+        self,
+        name: str,
+        *,
+        new_name: str = _UNSET,
+        description: str = _UNSET,
+        metadata: JSONDict = _UNSET,
+        labels: Sequence[str] = _UNSET,
+        archived: bool = _UNSET,
+    ) -> Model: ...
+    @abc.abstractmethod
+    def delete_model(self, name: str) -> None: ...
+    @abc.abstractmethod
+    def create_model_version(
+        self,
+        model_name: str,
+        checkpoint_uuid: str,
+        *,
+        name: str = "",
+        comment: str = "",
+        metadata: JSONDict | None = None,
+        labels: Sequence[str] = (),
+    ) -> ModelVersion:
+        """Version numbers count up from 1 per model."""
+
+    @abc.abstractmethod
+    def list_model_versions(self, model_name: str) -> list[ModelVersion]: ...
+    @abc.abstractmethod
+    def get_model_version(self, model_name: str, version: int | None = None) -> ModelVersion:
+        """``version`` None = the latest."""
+
+    @abc.abstractmethod
+    def delete_model_version(self, model_name: str, version: int) -> None: ...
