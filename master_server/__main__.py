@@ -1,0 +1,66 @@
+"""``python -m master_server`` / ``determined-master``: run a master until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from master_server.app import Master
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="determined-master", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one (default 8080)")
+    p.add_argument("--data-dir", required=True, help="SQLite file, checkpoints and run dirs live here")
+    p.add_argument("--db", default=None, help="SQLAlchemy URL, e.g. postgresql+psycopg://u@h/db")
+    p.add_argument("--slots", type=int, default=None, help="slots to schedule onto (default: CPU count)")
+    p.add_argument("--checkpoint-dir", default=None, help="default checkpoint storage directory")
+    p.add_argument("--max-model-mib", type=int, default=64, help="model directory size limit")
+    p.add_argument("--port-file", default=None, help="write the bound port here once serving")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.slots is not None and args.slots < 1:
+        sys.exit(f"--slots: must be >= 1, got {args.slots}")
+    master = Master(
+        args.data_dir, host=args.host, port=args.port, db_url=args.db, slots=args.slots,
+        checkpoint_dir=args.checkpoint_dir, max_model_bytes=args.max_model_mib * 2**20,
+    )
+    try:
+        master.start()
+    except Exception as e:  # a clear line, not a traceback, for a bad URL or a busy port
+        logging.getLogger("master_server").error("could not start: %s", e)
+        sys.exit(1)
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write(str(master.port))
+        import os
+
+        os.replace(args.port_file + ".tmp", args.port_file)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("master_server").info("signal %d: shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    done.wait()
+    master.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Checkpoint records: reporting, sorting, metadata, deletion of files, streaming downloads.
+
+Bytes go straight from the trial to checkpoint storage (a shared directory today); the master
+keeps metadata and, for clients that cannot reach the storage, streams files on request.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from determined_sdk.errors import InvalidArgumentError
+from master_server.domain import Checkpoint, CheckpointState, JSONDict
+from master_server.experiments import ExperimentService
+from master_server.store.base import Store
+
+CHUNK = 1 << 20
+SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric")
+
+
+class CheckpointService:
+    """Checkpoint operations on top of the store and the storage directory."""
+
+    def __init__(self, store: Store, experiments: ExperimentService) -> None:
+        self.store = store
+        self.experiments = experiments
+
+    def report(
+        self,
+        trial_id: int,
+        uuid: str,
+        steps_completed: int,
+        resources: dict[str, int],
+        metadata: JSONDict,
+    ) -> Checkpoint:
+        if not uuid or "/" in uuid or uuid in (".", ".."):
+            raise InvalidArgumentError(f"uuid: {uuid!r} is not a valid checkpoint id")
+        if steps_completed < 0:
+            raise InvalidArgumentError(f"steps_completed: must be >= 0, got {steps_completed}")
+        for path, size in resources.items():
+            p = pathlib.PurePosixPath(path)
+            if p.is_absolute() or ".." in p.parts or size < 0:
+                raise InvalidArgumentError(f"resources: bad entry {path!r} ({size} bytes)")
+        trial = self.store.get_trial(trial_id)
+        cfg = self.experiments.experiment_config(trial.experiment_id)
+        metadata = dict(metadata)
+        metadata.setdefault("steps_completed", steps_completed)
+        return self.store.add_checkpoint(
+            Checkpoint(
+                uuid=uuid,
+                trial_id=trial_id,
+                experiment_id=trial.experiment_id,
+                state=CheckpointState.COMPLETED,
+                steps_completed=steps_completed,
+                resources=dict(resources),
+                metadata=metadata,
+                storage={"type": "shared_fs", "path": cfg["checkpoint_storage"]["path"]},
+                report_time=time.time(),
+            )
+        )
+
+    def list(
+        self,
+        *,
+        experiment_id: int,
+        trial_id: int,
+        sort_by: str,
+        descending: bool | None,
+        max_results: int,
+        states: Sequence[CheckpointState],
+    ) -> list[Checkpoint]:
+        if bool(experiment_id) == bool(trial_id):
+            raise InvalidArgumentError("give exactly one of experiment_id and trial_id")
+        if max_results < 0:
+            raise InvalidArgumentError(f"max_results: must be >= 0, got {max_results}")
+        exp_id = experiment_id or self.store.get_trial(trial_id).experiment_id
+        if experiment_id:
+            self.store.get_experiment(experiment_id)
+        ckpts = self.store.list_checkpoints(
+            experiment_id=experiment_id or None, trial_id=trial_id or None, states=states
+        )
+        searcher = self.experiments.experiment_config(exp_id)["searcher"]
+        smaller = bool(searcher.get("smaller_is_better", True))
+        sort_by = sort_by or "report_time"
+        if sort_by.startswith("metric:") or sort_by == "searcher_metric":
+            name = sort_by.removeprefix("metric:") if sort_by != "searcher_metric" else searcher.get("metric")
+            if not name:
+                raise InvalidArgumentError("sort_by: the metric name is empty")
+            if descending is None:
+                descending = not smaller if sort_by == "searcher_metric" else False
+
+            def has(c: Checkpoint) -> bool:
+                v = c.validation_metrics.get(str(name))
+                return v is not None and not math.isnan(v)
+
+            with_v = [c for c in ckpts if has(c)]
+            without = [c for c in ckpts if not has(c)]
+            with_v.sort(key=lambda c: c.validation_metrics[str(name)], reverse=bool(descending))
+            ckpts = with_v + without  # checkpoints without the metric come last either way
+        elif sort_by in SORT_KEYS:
+            key: dict[str, Any] = {
+                "uuid": lambda c: c.uuid,
+                "trial_id": lambda c: (c.trial_id, c.steps_completed),
+                "steps_completed": lambda c: (c.steps_completed, c.report_time),
+                "report_time": lambda c: c.report_time,
+            }
+            ckpts.sort(key=key[sort_by], reverse=bool(descending))
+        else:
+            raise InvalidArgumentError(
+                f"sort_by: must be one of {', '.join(SORT_KEYS)} or 'metric:<name>', got {sort_by!r}"
+            )
+        return ckpts[:max_results] if max_results else ckpts
+
+    def patch_metadata(self, uuid: str, set_values: JSONDict, remove_keys: Sequence[str]) -> Checkpoint:
+        ckpt = self.store.get_checkpoint(uuid)
+        md = dict(ckpt.metadata)
+        md.update(set_values)
+        for k in remove_keys:
+            if k == "steps_completed":
+                raise InvalidArgumentError("remove_keys: steps_completed cannot be removed")
+            md.pop(k, None)
+        return self.store.update_checkpoint(uuid, metadata=md)
+
+    def delete(self, uuids: Sequence[str]) -> list[Checkpoint]:
+        if not uuids:
+            raise InvalidArgumentError("uuids: give at least one checkpoint uuid")
+        ckpts = [self.store.get_checkpoint(u) for u in uuids]  # all exist, or nothing happens
+        out = []
+        for c in ckpts:
+            shutil.rmtree(_ckpt_dir(c), ignore_errors=True)
+            out.append(self.store.update_checkpoint(c.uuid, state=CheckpointState.DELETED, resources={}))
+        return out
+
+    def download(self, uuid: str) -> Iterator[tuple[str, int, bytes, int]]:
+        """Yield (relative path, offset, data, file size) chunks of every file."""
+        c = self.store.get_checkpoint(uuid)
+        if c.state == CheckpointState.DELETED:
+            raise InvalidArgumentError(f"checkpoint {uuid!r} is DELETED; its files are gone")
+        root = _ckpt_dir(c)
+        if not root.is_dir():
+            raise InvalidArgumentError(f"checkpoint {uuid!r}: its files are missing from {root}")
+        for dirpath, _dirs, files in os.walk(root):
+            for name in sorted(files):
+                full = pathlib.Path(dirpath) / name
+                rel = full.relative_to(root).as_posix()
+                size = full.stat().st_size
+                with open(full, "rb") as f:
+                    offset = 0
+                    while True:
+                        data = f.read(CHUNK)
+                        if not data and offset > 0:
+                            break
+                        yield rel, offset, data, size
+                        offset += len(data)
+                        if not data:
+                            break
+
+
+def _ckpt_dir(c: Checkpoint) -> pathlib.Path:
+    return pathlib.Path(str(c.storage.get("path", ""))) / c.uuid

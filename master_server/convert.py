@@ -1,0 +1,267 @@
+"""All conversion between domain values and proto messages, in one module.
+
+Servicers only deserialize a request, call a service, and serialize the answer with these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from determined_sdk.errors import InvalidArgumentError
+from determined_sdk.proto import (
+    checkpoint_pb2,
+    common_pb2,
+    experiment_pb2,
+    logs_pb2,
+    model_pb2,
+    trial_pb2,
+    workspace_pb2,
+)
+from master_server import domain
+
+# -- enums -------------------------------------------------------------------------------------
+
+
+def experiment_state_to_proto(s: domain.ExperimentState) -> common_pb2.ExperimentState.ValueType:
+    return common_pb2.ExperimentState.Value(f"EXPERIMENT_STATE_{s.value}")
+
+
+def experiment_state_from_proto(v: int) -> domain.ExperimentState:
+    name = common_pb2.ExperimentState.Name(v)  # type: ignore[arg-type]
+    if v == 0:
+        raise InvalidArgumentError("states: EXPERIMENT_STATE_UNSPECIFIED is not a state")
+    return domain.ExperimentState(name.removeprefix("EXPERIMENT_STATE_"))
+
+
+def trial_state_to_proto(s: domain.TrialState) -> common_pb2.TrialState.ValueType:
+    return common_pb2.TrialState.Value(f"TRIAL_STATE_{s.value}")
+
+
+def trial_state_from_proto(v: int) -> domain.TrialState:
+    if v == 0:
+        raise InvalidArgumentError("states: TRIAL_STATE_UNSPECIFIED is not a state")
+    return domain.TrialState(common_pb2.TrialState.Name(v).removeprefix("TRIAL_STATE_"))  # type: ignore[arg-type]
+
+
+def checkpoint_state_to_proto(s: domain.CheckpointState) -> common_pb2.CheckpointState.ValueType:
+    return common_pb2.CheckpointState.Value(f"CHECKPOINT_STATE_{s.value}")
+
+
+def checkpoint_state_from_proto(v: int) -> domain.CheckpointState:
+    if v == 0:
+        raise InvalidArgumentError("states: CHECKPOINT_STATE_UNSPECIFIED is not a state")
+    name = common_pb2.CheckpointState.Name(v)  # type: ignore[arg-type]
+    return domain.CheckpointState(name.removeprefix("CHECKPOINT_STATE_"))
+
+
+_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level_to_proto(level: str) -> logs_pb2.LogLevel.ValueType:
+    return logs_pb2.LogLevel.Value(f"LOG_LEVEL_{level if level in _LEVELS else 'INFO'}")
+
+
+def log_level_from_proto(v: int) -> str:
+    if v == 0:
+        return "INFO"
+    return logs_pb2.LogLevel.Name(v).removeprefix("LOG_LEVEL_")  # type: ignore[arg-type]
+
+
+# -- JSON fields -------------------------------------------------------------------------------
+
+
+def dumps(value: Any) -> str:
+    """JSON for the wire; non-finite floats are written as the strings "NaN"/"Infinity"."""
+    return json.dumps(_finite(value), separators=(",", ":"))
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
+
+
+def loads_dict(text: str, field: str, *, default: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parse a JSON object field of a request; an error names ``field``."""
+    if not text:
+        return {} if default is None else default
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgumentError(f"{field}: not valid JSON ({e.msg})") from e
+    if not isinstance(v, dict):
+        raise InvalidArgumentError(f"{field}: must be a JSON object, got {type(v).__name__}")
+    return v
+
+
+# -- resources ---------------------------------------------------------------------------------
+
+
+def experiment_to_proto(e: domain.Experiment) -> experiment_pb2.Experiment:
+    return experiment_pb2.Experiment(
+        id=e.id,
+        name=e.name,
+        description=e.description,
+        labels=list(e.labels),
+        config_json=dumps(e.config),
+        state=experiment_state_to_proto(e.state),
+        archived=e.archived,
+        progress=e.progress,
+        project_id=e.project_id,
+        workspace_id=e.workspace_id,
+        start_time=e.start_time,
+        end_time=e.end_time or 0.0,
+        searcher_name=e.searcher_name,
+        num_trials=e.num_trials,
+        unmanaged=e.unmanaged,
+        original_config=e.original_config,
+        parent_error=e.error,
+    )
+
+
+def trial_to_proto(t: domain.Trial, searcher_metric: float | None = None) -> trial_pb2.Trial:
+    return trial_pb2.Trial(
+        id=t.id,
+        experiment_id=t.experiment_id,
+        hparams_json=dumps(t.hparams),
+        state=trial_state_to_proto(t.state),
+        summary_metrics_json=dumps(t.summary_metrics),
+        restarts=t.restarts,
+        start_time=t.start_time,
+        end_time=t.end_time or 0.0,
+        latest_checkpoint_uuid=t.latest_checkpoint_uuid or "",
+        warm_start_checkpoint_uuid=t.warm_start_checkpoint_uuid or "",
+        steps_completed=t.steps_completed,
+        progress=t.progress,
+        has_searcher_metric=searcher_metric is not None,
+        searcher_metric=searcher_metric if searcher_metric is not None else 0.0,
+        run_id=t.run_id,
+        exit_reason=t.exit_reason,
+    )
+
+
+def metric_reports_from_proto(
+    reports: Any,
+) -> list[domain.MetricReport]:
+    out = []
+    for i, r in enumerate(reports):
+        if not r.group:
+            raise InvalidArgumentError(f"reports[{i}].group: must not be empty")
+        if r.steps_completed < 0:
+            raise InvalidArgumentError(
+                f"reports[{i}].steps_completed: must be >= 0, got {r.steps_completed}"
+            )
+        out.append(
+            domain.MetricReport(
+                group=r.group,
+                steps_completed=r.steps_completed,
+                metrics=dict(r.metrics),
+                timestamp=r.timestamp,
+            )
+        )
+    return out
+
+
+def metric_point_to_proto(p: domain.MetricPoint) -> trial_pb2.MetricPoint:
+    return trial_pb2.MetricPoint(
+        group=p.group,
+        steps_completed=p.steps_completed,
+        metrics=p.metrics,
+        timestamp=p.timestamp,
+        trial_id=p.trial_id,
+    )
+
+
+def checkpoint_to_proto(c: domain.Checkpoint) -> checkpoint_pb2.Checkpoint:
+    return checkpoint_pb2.Checkpoint(
+        uuid=c.uuid,
+        trial_id=c.trial_id,
+        experiment_id=c.experiment_id,
+        state=checkpoint_state_to_proto(c.state),
+        steps_completed=c.steps_completed,
+        resources=c.resources,
+        metadata_json=dumps(c.metadata),
+        training_metrics=c.training_metrics,
+        validation_metrics=c.validation_metrics,
+        report_time=c.report_time,
+        storage_json=dumps(c.storage),
+    )
+
+
+def log_line_to_proto(line: domain.LogLine) -> logs_pb2.LogLine:
+    return logs_pb2.LogLine(
+        id=line.id,
+        trial_id=line.trial_id,
+        timestamp=line.timestamp,
+        rank=line.rank,
+        stream=line.stream,
+        level=log_level_to_proto(line.level),
+        message=line.message,
+        run_id=line.run_id,
+    )
+
+
+def log_line_from_proto(line: logs_pb2.LogLine) -> domain.LogLine:
+    return domain.LogLine(
+        trial_id=line.trial_id,
+        timestamp=line.timestamp,
+        message=line.message,
+        rank=line.rank,
+        stream=line.stream or "stdout",
+        level=log_level_from_proto(line.level),
+        run_id=line.run_id,
+    )
+
+
+def workspace_to_proto(w: domain.Workspace) -> workspace_pb2.Workspace:
+    return workspace_pb2.Workspace(
+        id=w.id, name=w.name, archived=w.archived, num_projects=w.num_projects
+    )
+
+
+def project_to_proto(p: domain.Project) -> workspace_pb2.Project:
+    return workspace_pb2.Project(
+        id=p.id,
+        name=p.name,
+        description=p.description,
+        workspace_id=p.workspace_id,
+        archived=p.archived,
+        num_experiments=p.num_experiments,
+    )
+
+
+def model_to_proto(m: domain.Model) -> model_pb2.Model:
+    return model_pb2.Model(
+        id=m.id,
+        name=m.name,
+        description=m.description,
+        metadata_json=dumps(m.metadata),
+        labels=list(m.labels),
+        archived=m.archived,
+        creation_time=m.creation_time,
+        last_updated_time=m.last_updated_time,
+        num_versions=m.num_versions,
+        workspace_id=m.workspace_id,
+    )
+
+
+def model_version_to_proto(
+    v: domain.ModelVersion, ckpt: domain.Checkpoint | None
+) -> model_pb2.ModelVersion:
+    return model_pb2.ModelVersion(
+        id=v.id,
+        model_id=v.model_id,
+        version=v.version,
+        name=v.name,
+        comment=v.comment,
+        metadata_json=dumps(v.metadata),
+        labels=list(v.labels),
+        checkpoint=checkpoint_to_proto(ckpt) if ckpt else None,
+        creation_time=v.creation_time,
+    )

@@ -1,0 +1,227 @@
+"""Local launcher: one supervisor process per trial run, in its own run directory.
+
+For each run the launcher makes ``DATA_DIR/runs/trial-<id>/run-<n>/``, unpacks the experiment's
+model code there, writes ``cluster_info.json`` and ``launch.json``, and starts
+``python -m master_server.supervisor launch.json`` in a new session (process group). The
+supervisor runs the entrypoint (one process per rank), owns its stdout/stderr, ships the lines to
+the master and reports the exit code. A reaper thread notices supervisors that died without
+reporting (killed) and reports for them; the service ignores a second report for the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from determined_sdk.model_dir import extract_archive
+
+logger = logging.getLogger(__name__)
+
+ExitCallback = Callable[[int, int, int], None]  # (trial_id, run_id, exit_code)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one run of a trial."""
+
+    trial_id: int
+    experiment_id: int
+    run_id: int
+    entrypoint: list[str]
+    slots: int
+    env: dict[str, str]
+    cluster_info: dict[str, Any]
+    model_definition: Callable[[], bytes]
+
+
+@dataclass
+class _Run:
+    trial_id: int
+    run_id: int
+    proc: subprocess.Popen[bytes]
+    run_dir: pathlib.Path
+
+
+class LocalLauncher:
+    """Starts, signals and reaps trial supervisors on this machine."""
+
+    def __init__(self, data_dir: pathlib.Path, master_address: Callable[[], str]) -> None:
+        self._data_dir = data_dir
+        self._master_address = master_address
+        self._runs: dict[int, _Run] = {}  # trial_id -> the current run
+        self._lock = threading.Lock()
+        self._on_exit: ExitCallback | None = None
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    def start(self, on_exit: ExitCallback) -> None:
+        """Start the reaper; ``on_exit`` is called for runs that ended without a report."""
+        self._on_exit = on_exit
+        self._reaper = threading.Thread(target=self._reap_loop, name="launcher-reaper", daemon=True)
+        self._reaper.start()
+
+    def run_dir(self, trial_id: int, run_id: int) -> pathlib.Path:
+        return self._data_dir / "runs" / f"trial-{trial_id}" / f"run-{run_id}"
+
+    def _model_dir(self, experiment_id: int, data: Callable[[], bytes]) -> pathlib.Path:
+        """The experiment's model code, unpacked once and copied into each run directory."""
+        d = self._data_dir / "experiments" / str(experiment_id) / "model"
+        if not (d.parent / "model.ready").exists():
+            tmp = d.parent / "model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            extract_archive(data(), tmp)
+            shutil.rmtree(d, ignore_errors=True)
+            tmp.rename(d)
+            (d.parent / "model.ready").touch()
+        return d
+
+    def launch(self, spec: LaunchSpec) -> None:
+        """Prepare the run directory and start the supervisor."""
+        run_dir = self.run_dir(spec.trial_id, spec.run_id)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(self._model_dir(spec.experiment_id, spec.model_definition), run_dir)
+        info_path = run_dir / ".det" / "cluster_info.json"
+        info_path.parent.mkdir(parents=True, exist_ok=True)
+        info_path.write_text(json.dumps(spec.cluster_info, indent=1))
+        python_bin = os.path.dirname(sys.executable)
+        env = dict(os.environ)
+        env.update(spec.env)
+        env.update(
+            {
+                "DET_MASTER": self._master_address(),
+                "DET_TRIAL_ID": str(spec.trial_id),
+                "DET_EXPERIMENT_ID": str(spec.experiment_id),
+                "DET_RUN_ID": str(spec.run_id),
+                "DET_CLUSTER_INFO": str(info_path),
+                "DET_SLOTS_PER_TRIAL": str(spec.slots),
+                "PYTHONUNBUFFERED": "1",
+                "PATH": python_bin + os.pathsep + env.get("PATH", ""),
+            }
+        )
+        launch = {
+            "master": self._master_address(),
+            "trial_id": spec.trial_id,
+            "run_id": spec.run_id,
+            "entrypoint": spec.entrypoint,
+            "slots": spec.slots,
+            "env": env,
+            "run_dir": str(run_dir),
+        }
+        launch_path = run_dir / ".det" / "launch.json"
+        launch_path.write_text(json.dumps(launch))
+        log = open(run_dir / ".det" / "supervisor.log", "ab")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "master_server.supervisor", str(launch_path)],
+                cwd=run_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        finally:
+            log.close()
+        (run_dir / ".det" / "supervisor.pid").write_text(str(proc.pid))
+        with self._lock:
+            self._runs[spec.trial_id] = _Run(spec.trial_id, spec.run_id, proc, run_dir)
+        logger.info(
+            "trial %d run %d: started supervisor pid %d in %s",
+            spec.trial_id, spec.run_id, proc.pid, run_dir,
+        )
+
+    def signal(self, trial_id: int, sig: signal.Signals) -> bool:
+        """Send ``sig`` to the trial's supervisor (which forwards it); False if not running."""
+        with self._lock:
+            run = self._runs.get(trial_id)
+        if run is None or run.proc.poll() is not None:
+            return False
+        try:
+            os.kill(run.proc.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self, trial_id: int) -> bool:
+        """Kill the whole process group of the trial's run at once."""
+        with self._lock:
+            run = self._runs.get(trial_id)
+        if run is None or run.proc.poll() is not None:
+            return False
+        try:
+            os.killpg(run.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(0.2):
+            with self._lock:
+                done = [r for r in self._runs.values() if r.proc.poll() is not None]
+                for r in done:
+                    del self._runs[r.trial_id]
+            for r in done:
+                code = r.proc.returncode
+                # Kill leftovers of the gang (ranks whose supervisor was SIGKILLed).
+                try:
+                    os.killpg(r.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                if self._on_exit is not None:
+                    try:
+                        self._on_exit(r.trial_id, r.run_id, code)
+                    except Exception:
+                        logger.exception("trial %d: exit handling failed", r.trial_id)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop the reaper and terminate every supervisor still running."""
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=5)
+        with self._lock:
+            runs = list(self._runs.values())
+            self._runs.clear()
+        for r in runs:
+            try:
+                os.killpg(r.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        for r in runs:
+            try:
+                r.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(r.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                r.proc.wait()
+
+
+def kill_stale_supervisors(data_dir: pathlib.Path) -> int:
+    """Kill supervisors left by a previous master process (their trials get relaunched).
+
+    Returns how many were found alive.
+    """
+    n = 0
+    for pid_file in data_dir.glob("runs/trial-*/run-*/.det/supervisor.pid"):
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            n += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+        pid_file.unlink(missing_ok=True)
+    return n

@@ -1,0 +1,76 @@
+"""Trial logs: ingestion from supervisors and queries that can follow a live trial."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+from determined_sdk.errors import InvalidArgumentError
+from master_server.domain import TERMINAL_TRIAL_STATES, LogLine, LogQuery
+from master_server.store.base import Store
+
+
+class LogService:
+    """Stores log lines and wakes followers when new ones arrive."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cond = threading.Condition()
+        self._version = 0
+        self._closed = False
+
+    def ship(self, lines: Sequence[LogLine]) -> None:
+        if not lines:
+            return
+        for i, line in enumerate(lines):
+            if line.trial_id <= 0:
+                raise InvalidArgumentError(f"lines[{i}].trial_id: must be a trial id, got {line.trial_id}")
+        for tid in {line.trial_id for line in lines}:
+            self.store.get_trial(tid)
+        self.store.add_logs(lines)
+        with self._cond:
+            self._version += 1
+            self._cond.notify_all()
+
+    def notify(self) -> None:
+        """Wake followers (called when a trial changes state)."""
+        with self._cond:
+            self._version += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def query(self, q: LogQuery, *, follow: bool) -> Iterator[list[LogLine]]:
+        """Pages of matching lines; with ``follow``, keeps going until the trial is terminal."""
+        if q.head is not None and q.tail is not None:
+            raise InvalidArgumentError("head and tail: give at most one")
+        for name, v in (("head", q.head), ("tail", q.tail)):
+            if v is not None and v < 0:
+                raise InvalidArgumentError(f"{name}: must be >= 0, got {v}")
+        self.store.get_trial(q.trial_id)
+        if not follow or q.head is not None:
+            yield self.store.query_logs(q)
+            return
+        after = q.after_id
+        first = True
+        while True:
+            with self._cond:
+                version = self._version
+            trial = self.store.get_trial(q.trial_id)
+            done = trial.state in TERMINAL_TRIAL_STATES
+            page_q = LogQuery(**{**q.__dict__, "after_id": after, "head": None, "tail": None}) if not first else q
+            lines = self.store.query_logs(page_q)
+            first = False  # tail applies to the backlog only; later pages are every new line
+            if lines:
+                after = lines[-1].id
+                yield lines
+            if done:
+                return
+            with self._cond:
+                if self._closed:
+                    return
+                if self._version == version:
+                    self._cond.wait(timeout=0.5)

@@ -1,0 +1,584 @@
+"""Thin gRPC servicers: deserialize, call a service, serialize (``master_server.convert``).
+
+Errors are mapped in one place, :func:`rpc`: a :class:`DeterminedError` becomes its status code
+(``determined_sdk.errors``' table) with its message; anything else is logged with its traceback
+and answered INTERNAL, and the master keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from determined_sdk.errors import DeterminedError, InvalidArgumentError, NotFoundError
+from determined_sdk.proto import (
+    checkpoint_pb2,
+    checkpoint_pb2_grpc,
+    experiment_pb2,
+    experiment_pb2_grpc,
+    logs_pb2,
+    logs_pb2_grpc,
+    master_pb2,
+    master_pb2_grpc,
+    model_pb2,
+    model_pb2_grpc,
+    searcher_pb2,
+    searcher_pb2_grpc,
+    trial_pb2,
+    trial_pb2_grpc,
+    workspace_pb2,
+    workspace_pb2_grpc,
+)
+from master_server import convert
+from master_server.checkpoints import CheckpointService
+from master_server.domain import ExperimentFilter, LogQuery
+from master_server.experiments import ExperimentService
+from master_server.logs import LogService
+from master_server.store.base import Store
+
+logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+A = experiment_pb2.ExperimentAction
+
+
+def _abort(context: grpc.ServicerContext, e: Exception, name: str) -> None:
+    if isinstance(e, DeterminedError):
+        context.abort(e.code, str(e))
+    logger.exception("%s failed", name)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}: {type(e).__name__}: {e}")
+
+
+def rpc(fn: F) -> F:
+    """Map service errors to gRPC status codes for a unary handler."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except Exception as e:  # noqa: BLE001 - one place maps every error
+            _abort(context, e, fn.__name__)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def rpc_stream(fn: F) -> F:
+    """Same as :func:`rpc` for server-streaming handlers."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from fn(self, request, context)
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e, fn.__name__)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _page(p: Any) -> tuple[int, int | None]:
+    if p.offset < 0 or p.limit < 0:
+        raise InvalidArgumentError("pagination: offset and limit must be >= 0")
+    return p.offset, (p.limit or None)
+
+
+class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
+    def __init__(self, store: Store, svc: ExperimentService) -> None:
+        self.store, self.svc = store, svc
+
+    @rpc
+    def CreateExperiment(self, request: Any, context: Any) -> Any:
+        exp = self.svc.create_experiment(
+            request.config, request.model_definition, activate=request.activate,
+            project_id=request.project_id,
+        )
+        return experiment_pb2.CreateExperimentResponse(experiment=convert.experiment_to_proto(exp))
+
+    @rpc
+    def CreateUnmanagedTrial(self, request: Any, context: Any) -> Any:
+        hparams = convert.loads_dict(request.hparams_json, "hparams_json")
+        exp, trial = self.svc.create_unmanaged_trial(
+            request.config, hparams, request.experiment_id, request.project_id
+        )
+        return experiment_pb2.CreateUnmanagedTrialResponse(
+            experiment=convert.experiment_to_proto(exp), trial=convert.trial_to_proto(trial)
+        )
+
+    @rpc
+    def GetExperiment(self, request: Any, context: Any) -> Any:
+        exp = self.store.get_experiment(request.experiment_id)
+        return experiment_pb2.GetExperimentResponse(experiment=convert.experiment_to_proto(exp))
+
+    @rpc
+    def ListExperiments(self, request: Any, context: Any) -> Any:
+        offset, limit = _page(request.pagination)
+        sort_by = request.sort_by or "id"
+        if sort_by not in ("id", "name", "start_time", "end_time", "state", "progress"):
+            raise InvalidArgumentError(f"sort_by: unknown field {sort_by!r}")
+        archived: bool | None = False
+        if request.archived_only:
+            archived = True
+        elif request.include_archived:
+            archived = None
+        flt = ExperimentFilter(
+            project_id=request.project_id or None,
+            workspace_id=request.workspace_id or None,
+            states=tuple(convert.experiment_state_from_proto(s) for s in request.states),
+            name_contains=request.name or None,
+            labels=tuple(request.labels),
+            archived=archived,
+            sort_by=sort_by,
+            descending=request.order_by == 2,
+            offset=offset,
+            limit=limit,
+        )
+        exps, total = self.store.list_experiments(flt)
+        return experiment_pb2.ListExperimentsResponse(
+            experiments=[convert.experiment_to_proto(e) for e in exps],
+            pagination={"offset": offset, "limit": limit or 0, "total": total},
+        )
+
+    @rpc
+    def PatchExperiment(self, request: Any, context: Any) -> Any:
+        exp = self.store.get_experiment(request.experiment_id)
+        kw: dict[str, Any] = {}
+        if request.HasField("name"):
+            if not request.name.strip():
+                raise InvalidArgumentError("name: must not be empty")
+            kw["name"] = request.name
+        if request.HasField("description"):
+            kw["description"] = request.description
+        if request.add_labels or request.remove_labels:
+            labels = [x for x in exp.labels if x not in set(request.remove_labels)]
+            labels += [x for x in request.add_labels if x not in labels]
+            if any(not x.strip() for x in labels):
+                raise InvalidArgumentError("labels: a label must not be empty")
+            kw["labels"] = labels
+        if kw:
+            exp = self.store.update_experiment(request.experiment_id, **kw)
+        return experiment_pb2.PatchExperimentResponse(experiment=convert.experiment_to_proto(exp))
+
+    @rpc
+    def ExperimentAction(self, request: Any, context: Any) -> Any:
+        i, act = request.experiment_id, request.action
+        if act == A.EXPERIMENT_ACTION_ACTIVATE:
+            exp = self.svc.activate(i)
+        elif act == A.EXPERIMENT_ACTION_PAUSE:
+            exp = self.svc.pause(i)
+        elif act == A.EXPERIMENT_ACTION_CANCEL:
+            exp = self.svc.cancel(i)
+        elif act == A.EXPERIMENT_ACTION_KILL:
+            exp = self.svc.cancel(i, kill=True)
+        elif act == A.EXPERIMENT_ACTION_ARCHIVE:
+            exp = self.svc.set_archived(i, True)
+        elif act == A.EXPERIMENT_ACTION_UNARCHIVE:
+            exp = self.svc.set_archived(i, False)
+        elif act == A.EXPERIMENT_ACTION_DELETE:
+            exp = self.store.get_experiment(i)
+            self.svc.delete(i)
+            return experiment_pb2.ExperimentActionResponse(experiment=convert.experiment_to_proto(exp))
+        else:
+            raise InvalidArgumentError(f"action: unknown experiment action {act}")
+        return experiment_pb2.ExperimentActionResponse(experiment=convert.experiment_to_proto(exp))
+
+    @rpc
+    def MoveExperiment(self, request: Any, context: Any) -> Any:
+        exp = self.svc.move(request.experiment_id, request.project_id)
+        return experiment_pb2.MoveExperimentResponse(experiment=convert.experiment_to_proto(exp))
+
+    @rpc
+    def GetModelDefinition(self, request: Any, context: Any) -> Any:
+        return experiment_pb2.GetModelDefinitionResponse(
+            model_definition=self.store.get_model_definition(request.experiment_id)
+        )
+
+    @rpc
+    def ListExperimentTrials(self, request: Any, context: Any) -> Any:
+        offset, limit = _page(request.pagination)
+        self.store.get_experiment(request.experiment_id)
+        trials, total = self.store.list_trials(
+            request.experiment_id,
+            states=[convert.trial_state_from_proto(s) for s in request.states],
+            offset=offset,
+            limit=limit,
+        )
+        return experiment_pb2.ListExperimentTrialsResponse(
+            trials=[convert.trial_to_proto(t, self.svc.searcher_metric_of(t)) for t in trials],
+            pagination={"offset": offset, "limit": limit or 0, "total": total},
+        )
+
+    @rpc
+    def GetBestSearcherValidation(self, request: Any, context: Any) -> Any:
+        self.store.get_experiment(request.experiment_id)
+        v = self.svc.best_searcher_validation(request.experiment_id)
+        return experiment_pb2.GetBestSearcherValidationResponse(
+            has_value=v is not None, value=v if v is not None else 0.0
+        )
+
+
+class Trials(trial_pb2_grpc.TrialServiceServicer):
+    def __init__(self, store: Store, svc: ExperimentService) -> None:
+        self.store, self.svc = store, svc
+
+    @rpc
+    def GetTrial(self, request: Any, context: Any) -> Any:
+        t = self.store.get_trial(request.trial_id)
+        return trial_pb2.GetTrialResponse(trial=convert.trial_to_proto(t, self.svc.searcher_metric_of(t)))
+
+    @rpc
+    def KillTrial(self, request: Any, context: Any) -> Any:
+        return trial_pb2.KillTrialResponse(trial=convert.trial_to_proto(self.svc.kill_trial(request.trial_id)))
+
+    @rpc
+    def ReportMetrics(self, request: Any, context: Any) -> Any:
+        if not request.batch_id:
+            raise InvalidArgumentError("batch_id: must not be empty (it makes retries safe)")
+        reports = convert.metric_reports_from_proto(request.reports)
+        stored = self.store.add_metrics(request.trial_id, request.batch_id, reports)
+        if stored:
+            for r in reports:
+                if r.group == "validation":
+                    self.svc.on_validation_metrics(request.trial_id, r.metrics, r.steps_completed)
+        return trial_pb2.ReportMetricsResponse(duplicate=not stored)
+
+    @rpc_stream
+    def StreamMetrics(self, request: Any, context: Any) -> Iterator[Any]:
+        if not request.trial_ids:
+            raise InvalidArgumentError("trial_ids: give at least one trial id")
+        if request.page_size < 0:
+            raise InvalidArgumentError(f"page_size: must be >= 0, got {request.page_size}")
+        for tid in request.trial_ids:
+            self.store.get_trial(tid)
+        for page in self.store.iter_metrics(
+            list(request.trial_ids), request.group or None, request.page_size or 10_000
+        ):
+            yield trial_pb2.StreamMetricsResponse(points=[convert.metric_point_to_proto(p) for p in page])
+
+    @rpc
+    def ReportProgress(self, request: Any, context: Any) -> Any:
+        self.svc.report_progress(request.trial_id, request.progress)
+        return trial_pb2.ReportProgressResponse()
+
+    @rpc
+    def ReportEarlyExit(self, request: Any, context: Any) -> Any:
+        self.svc.report_early_exit(request.trial_id, request.reason)
+        return trial_pb2.ReportEarlyExitResponse()
+
+    @rpc
+    def GetTrialContext(self, request: Any, context: Any) -> Any:
+        t = self.store.get_trial(request.trial_id)
+        cfg = self.svc.experiment_config(t.experiment_id)
+        return trial_pb2.GetTrialContextResponse(
+            trial=convert.trial_to_proto(t),
+            experiment_config_json=convert.dumps(cfg),
+            latest_checkpoint_uuid=t.latest_checkpoint_uuid or t.warm_start_checkpoint_uuid or "",
+            checkpoint_storage_json=convert.dumps(cfg["checkpoint_storage"]),
+        )
+
+
+class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
+    def __init__(self, store: Store, svc: CheckpointService) -> None:
+        self.store, self.svc = store, svc
+
+    @rpc
+    def ReportCheckpoint(self, request: Any, context: Any) -> Any:
+        c = self.svc.report(
+            request.trial_id, request.uuid, request.steps_completed, dict(request.resources),
+            convert.loads_dict(request.metadata_json, "metadata_json"),
+        )
+        return checkpoint_pb2.ReportCheckpointResponse(checkpoint=convert.checkpoint_to_proto(c))
+
+    @rpc
+    def GetCheckpoint(self, request: Any, context: Any) -> Any:
+        c = self.store.get_checkpoint(request.uuid)
+        return checkpoint_pb2.GetCheckpointResponse(checkpoint=convert.checkpoint_to_proto(c))
+
+    @rpc
+    def ListCheckpoints(self, request: Any, context: Any) -> Any:
+        ckpts = self.svc.list(
+            experiment_id=request.experiment_id,
+            trial_id=request.trial_id,
+            sort_by=request.sort_by,
+            descending=None if request.order_by == 0 else request.order_by == 2,
+            max_results=request.max_results,
+            states=[convert.checkpoint_state_from_proto(s) for s in request.states],
+        )
+        return checkpoint_pb2.ListCheckpointsResponse(checkpoints=[convert.checkpoint_to_proto(c) for c in ckpts])
+
+    @rpc
+    def PatchCheckpointMetadata(self, request: Any, context: Any) -> Any:
+        c = self.svc.patch_metadata(
+            request.uuid, convert.loads_dict(request.set_json, "set_json"), list(request.remove_keys)
+        )
+        return checkpoint_pb2.PatchCheckpointMetadataResponse(checkpoint=convert.checkpoint_to_proto(c))
+
+    @rpc
+    def DeleteCheckpoints(self, request: Any, context: Any) -> Any:
+        cs = self.svc.delete(list(request.uuids))
+        return checkpoint_pb2.DeleteCheckpointsResponse(checkpoints=[convert.checkpoint_to_proto(c) for c in cs])
+
+    @rpc_stream
+    def DownloadCheckpoint(self, request: Any, context: Any) -> Iterator[Any]:
+        for path, offset, data, size in self.svc.download(request.uuid):
+            yield checkpoint_pb2.CheckpointChunk(path=path, offset=offset, data=data, file_size=size)
+
+
+class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
+    def __init__(self, svc: ExperimentService) -> None:
+        self.svc = svc
+
+    @rpc
+    def GetSearcherOperation(self, request: Any, context: Any) -> Any:
+        length, done = self.svc.get_searcher_operation(request.trial_id, request.timeout_seconds)
+        cfg = self.svc.experiment_config_of_trial(request.trial_id)
+        ml = cfg["searcher"].get("max_length") or {}
+        unit = str(ml.get("unit", "batches")) if isinstance(ml, dict) else "batches"
+        if length is None:
+            return searcher_pb2.GetSearcherOperationResponse(has_op=False, completed=done)
+        return searcher_pb2.GetSearcherOperationResponse(
+            has_op=True, op=searcher_pb2.SearcherOperation(length=length, unit=unit)
+        )
+
+    @rpc
+    def CompleteSearcherOperation(self, request: Any, context: Any) -> Any:
+        self.svc.complete_searcher_operation(request.trial_id, request.length, request.searcher_metric)
+        return searcher_pb2.CompleteSearcherOperationResponse()
+
+    @rpc
+    def WatchPreemption(self, request: Any, context: Any) -> Any:
+        return searcher_pb2.WatchPreemptionResponse(
+            preempt=self.svc.watch_preemption(request.trial_id, request.timeout_seconds)
+        )
+
+    @rpc
+    def AckPreemption(self, request: Any, context: Any) -> Any:
+        self.svc.ack_preemption(request.trial_id)
+        return searcher_pb2.AckPreemptionResponse()
+
+
+class Logs(logs_pb2_grpc.LogServiceServicer):
+    def __init__(self, svc: LogService) -> None:
+        self.svc = svc
+
+    @rpc
+    def ShipLogs(self, request: Any, context: Any) -> Any:
+        self.svc.ship([convert.log_line_from_proto(x) for x in request.lines])
+        return logs_pb2.ShipLogsResponse()
+
+    @rpc_stream
+    def TrialLogs(self, request: Any, context: Any) -> Iterator[Any]:
+        q = LogQuery(
+            trial_id=request.trial_id,
+            search=request.search or None,
+            levels=tuple(convert.log_level_from_proto(v) for v in request.levels),
+            ranks=tuple(request.ranks),
+            streams=tuple(request.streams),
+            timestamp_after=request.timestamp_after or None,
+            timestamp_before=request.timestamp_before or None,
+            head=request.head or None,
+            tail=request.tail or None,
+        )
+        if request.head < 0 or request.tail < 0:
+            raise InvalidArgumentError("head/tail: must be >= 0")
+        for page in self.svc.query(q, follow=request.follow):
+            if not context.is_active():
+                return
+            for i in range(0, len(page), 1000):
+                yield logs_pb2.TrialLogsResponse(
+                    lines=[convert.log_line_to_proto(x) for x in page[i : i + 1000]]
+                )
+
+
+class Workspaces(workspace_pb2_grpc.WorkspaceServiceServicer):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @staticmethod
+    def _name(name: str, what: str) -> str:
+        if not name.strip():
+            raise InvalidArgumentError(f"name: a {what} name must not be empty")
+        return name
+
+    @rpc
+    def CreateWorkspace(self, request: Any, context: Any) -> Any:
+        w = self.store.create_workspace(self._name(request.name, "workspace"))
+        return workspace_pb2.CreateWorkspaceResponse(workspace=convert.workspace_to_proto(w))
+
+    @rpc
+    def GetWorkspace(self, request: Any, context: Any) -> Any:
+        if request.workspace_id:
+            w = self.store.get_workspace(request.workspace_id)
+        elif request.name:
+            w = self.store.get_workspace_by_name(request.name)
+        else:
+            raise InvalidArgumentError("give workspace_id or name")
+        return workspace_pb2.GetWorkspaceResponse(workspace=convert.workspace_to_proto(w))
+
+    @rpc
+    def ListWorkspaces(self, request: Any, context: Any) -> Any:
+        ws = self.store.list_workspaces(request.name or None)
+        return workspace_pb2.ListWorkspacesResponse(workspaces=[convert.workspace_to_proto(w) for w in ws])
+
+    @rpc
+    def DeleteWorkspace(self, request: Any, context: Any) -> Any:
+        self.store.delete_workspace(request.workspace_id)
+        return workspace_pb2.DeleteWorkspaceResponse()
+
+    @rpc
+    def CreateProject(self, request: Any, context: Any) -> Any:
+        p = self.store.create_project(
+            request.workspace_id, self._name(request.name, "project"), request.description
+        )
+        return workspace_pb2.CreateProjectResponse(project=convert.project_to_proto(p))
+
+    @rpc
+    def GetProject(self, request: Any, context: Any) -> Any:
+        if request.project_id:
+            p = self.store.get_project(request.project_id)
+        elif request.workspace_id and request.name:
+            p = self.store.get_project_by_name(request.workspace_id, request.name)
+        else:
+            raise InvalidArgumentError("give project_id, or workspace_id and name")
+        return workspace_pb2.GetProjectResponse(project=convert.project_to_proto(p))
+
+    @rpc
+    def ListProjects(self, request: Any, context: Any) -> Any:
+        if request.workspace_id:
+            self.store.get_workspace(request.workspace_id)
+        ps = self.store.list_projects(request.workspace_id or None)
+        return workspace_pb2.ListProjectsResponse(projects=[convert.project_to_proto(p) for p in ps])
+
+    @rpc
+    def DeleteProject(self, request: Any, context: Any) -> Any:
+        self.store.delete_project(request.project_id)
+        return workspace_pb2.DeleteProjectResponse()
+
+
+class Models(model_pb2_grpc.ModelServiceServicer):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _version(self, v: Any) -> Any:
+        try:
+            ckpt = self.store.get_checkpoint(v.checkpoint_uuid)
+        except NotFoundError:
+            ckpt = None
+        return convert.model_version_to_proto(v, ckpt)
+
+    @rpc
+    def CreateModel(self, request: Any, context: Any) -> Any:
+        if not request.name.strip():
+            raise InvalidArgumentError("name: a model name must not be empty")
+        m = self.store.create_model(
+            request.name, description=request.description,
+            metadata=convert.loads_dict(request.metadata_json, "metadata_json"),
+            labels=list(request.labels), workspace_id=request.workspace_id or 1,
+        )
+        return model_pb2.CreateModelResponse(model=convert.model_to_proto(m))
+
+    @rpc
+    def GetModel(self, request: Any, context: Any) -> Any:
+        return model_pb2.GetModelResponse(model=convert.model_to_proto(self.store.get_model(request.name)))
+
+    @rpc
+    def ListModels(self, request: Any, context: Any) -> Any:
+        ms = self.store.list_models(
+            name_contains=request.name or None, labels=list(request.labels),
+            include_archived=request.include_archived, workspace_id=request.workspace_id or None,
+        )
+        return model_pb2.ListModelsResponse(models=[convert.model_to_proto(m) for m in ms])
+
+    @rpc
+    def PatchModel(self, request: Any, context: Any) -> Any:
+        kw: dict[str, Any] = {}
+        if request.HasField("new_name"):
+            if not request.new_name.strip():
+                raise InvalidArgumentError("new_name: must not be empty")
+            kw["new_name"] = request.new_name
+        if request.HasField("description"):
+            kw["description"] = request.description
+        if request.HasField("metadata_json"):
+            kw["metadata"] = convert.loads_dict(request.metadata_json, "metadata_json")
+        if request.set_labels:
+            kw["labels"] = list(request.labels)
+        if request.HasField("archived"):
+            kw["archived"] = request.archived
+        m = self.store.update_model(request.name, **kw)
+        return model_pb2.PatchModelResponse(model=convert.model_to_proto(m))
+
+    @rpc
+    def DeleteModel(self, request: Any, context: Any) -> Any:
+        self.store.delete_model(request.name)
+        return model_pb2.DeleteModelResponse()
+
+    @rpc
+    def RegisterModelVersion(self, request: Any, context: Any) -> Any:
+        v = self.store.create_model_version(
+            request.model_name, request.checkpoint_uuid, name=request.name, comment=request.comment,
+            metadata=convert.loads_dict(request.metadata_json, "metadata_json"),
+            labels=list(request.labels),
+        )
+        return model_pb2.RegisterModelVersionResponse(model_version=self._version(v))
+
+    @rpc
+    def ListModelVersions(self, request: Any, context: Any) -> Any:
+        vs = self.store.list_model_versions(request.model_name)
+        return model_pb2.ListModelVersionsResponse(model_versions=[self._version(v) for v in vs])
+
+    @rpc
+    def GetModelVersion(self, request: Any, context: Any) -> Any:
+        if request.version < 0:
+            raise InvalidArgumentError(f"version: must be >= 1 (or 0 for the latest), got {request.version}")
+        v = self.store.get_model_version(request.model_name, request.version or None)
+        return model_pb2.GetModelVersionResponse(model_version=self._version(v))
+
+    @rpc
+    def DeleteModelVersion(self, request: Any, context: Any) -> Any:
+        self.store.delete_model_version(request.model_name, request.version)
+        return model_pb2.DeleteModelVersionResponse()
+
+
+class Master(master_pb2_grpc.MasterServiceServicer):
+    def __init__(self, store: Store, svc: ExperimentService, version: str, cluster_id: str) -> None:
+        self.store, self.svc = store, svc
+        self.version, self.cluster_id = version, cluster_id
+
+    @rpc
+    def GetMasterInfo(self, request: Any, context: Any) -> Any:
+        with self.svc._lock:
+            free = self.svc.scheduler.free_slots
+        return master_pb2.GetMasterInfoResponse(
+            version=self.version, cluster_id=self.cluster_id,
+            total_slots=self.svc.scheduler.total_slots, free_slots=free, database=self.store.dialect,
+        )
+
+    @rpc
+    def Login(self, request: Any, context: Any) -> Any:
+        if not request.username:
+            raise InvalidArgumentError("username: must not be empty")
+        # Authentication is not enforced yet: every user gets a session token.
+        return master_pb2.LoginResponse(token=secrets.token_hex(16))
+
+    @rpc
+    def ReportTrialExit(self, request: Any, context: Any) -> Any:
+        self.store.get_trial(request.trial_id)
+        self.svc.on_trial_exit(request.trial_id, request.run_id, request.exit_code)
+        return master_pb2.ReportTrialExitResponse()
+
+
+def register_all(server: grpc.Server, parts: dict[str, Any]) -> None:
+    """Add every servicer to ``server``."""
+    store, exps, ckpts, logs = parts["store"], parts["experiments"], parts["checkpoints"], parts["logs"]
+    experiment_pb2_grpc.add_ExperimentServiceServicer_to_server(Experiments(store, exps), server)
+    trial_pb2_grpc.add_TrialServiceServicer_to_server(Trials(store, exps), server)
+    checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(Checkpoints(store, ckpts), server)
+    searcher_pb2_grpc.add_SearcherServiceServicer_to_server(Searcher(exps), server)
+    logs_pb2_grpc.add_LogServiceServicer_to_server(Logs(logs), server)
+    workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(Workspaces(store), server)
+    model_pb2_grpc.add_ModelServiceServicer_to_server(Models(store), server)
+    master_pb2_grpc.add_MasterServiceServicer_to_server(
+        Master(store, exps, parts["version"], parts["cluster_id"]), server
+    )

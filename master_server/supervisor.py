@@ -1,0 +1,243 @@
+"""The supervisor of one trial run: ``python -m master_server.supervisor LAUNCH_JSON``.
+
+It starts the entrypoint once per rank (``slots > 1``: one process per slot with the
+torch.distributed env:// variables, as torchrun would), writes each rank's stdout and stderr to
+files in the run directory, ships every line to the master's log store in batches, and when the
+ranks have exited reports the run's exit code to the master (retrying while the master is
+unreachable). If one rank fails, the others are stopped: a gang lives and dies together.
+SIGTERM is forwarded to the ranks; ranks still alive after the grace period are killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Any
+
+import grpc
+import tenacity
+
+from determined_sdk.proto import logs_pb2, logs_pb2_grpc, master_pb2, master_pb2_grpc
+
+_LEVEL_RE = re.compile(r"\b(TRACE|DEBUG|INFO|WARN|WARNING|ERROR|CRITICAL|FATAL)\b")
+_LEVELS = {
+    "TRACE": logs_pb2.LOG_LEVEL_TRACE,
+    "DEBUG": logs_pb2.LOG_LEVEL_DEBUG,
+    "INFO": logs_pb2.LOG_LEVEL_INFO,
+    "WARN": logs_pb2.LOG_LEVEL_WARNING,
+    "WARNING": logs_pb2.LOG_LEVEL_WARNING,
+    "ERROR": logs_pb2.LOG_LEVEL_ERROR,
+    "CRITICAL": logs_pb2.LOG_LEVEL_CRITICAL,
+    "FATAL": logs_pb2.LOG_LEVEL_CRITICAL,
+}
+GRACE_S = 10.0
+
+
+def parse_level(line: str) -> logs_pb2.LogLevel.ValueType:
+    """A level named near the start of the line (Python logging style), else INFO."""
+    if line.startswith("Traceback"):
+        return logs_pb2.LOG_LEVEL_ERROR
+    m = _LEVEL_RE.search(line[:80])
+    return _LEVELS[m.group(1)] if m else logs_pb2.LOG_LEVEL_INFO
+
+
+def entrypoint_argv(entrypoint: str | list[str]) -> list[str]:
+    return shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Shipper(threading.Thread):
+    """Sends log lines to the master in batches; never blocks the readers for long."""
+
+    def __init__(self, stub: logs_pb2_grpc.LogServiceStub) -> None:
+        super().__init__(name="log-shipper", daemon=True)
+        self.q: queue.Queue[logs_pb2.LogLine | None] = queue.Queue(maxsize=100_000)
+        self._stub = stub
+
+    def run(self) -> None:
+        done = False
+        while not done:
+            batch: list[logs_pb2.LogLine] = []
+            item = self.q.get()
+            if item is None:
+                done = True
+            else:
+                batch.append(item)
+            deadline = time.monotonic() + 0.2
+            while len(batch) < 1000 and not done:
+                try:
+                    item = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._send(batch)
+
+    def _send(self, batch: list[logs_pb2.LogLine]) -> None:
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(60),
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2),
+            retry=tenacity.retry_if_exception_type(grpc.RpcError),
+            reraise=False,
+        ):
+            with attempt:
+                self._stub.ShipLogs(logs_pb2.ShipLogsRequest(lines=batch), timeout=10)
+
+
+def _reader(
+    stream: IO[bytes], path: str, name: str, rank: int, spec: dict[str, Any], out: _Shipper
+) -> None:
+    with open(path, "ab") as f:
+        for raw in iter(stream.readline, b""):
+            f.write(raw)
+            f.flush()
+            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            out.q.put(
+                logs_pb2.LogLine(
+                    trial_id=spec["trial_id"],
+                    timestamp=time.time(),
+                    rank=rank,
+                    stream=name,
+                    level=parse_level(text),
+                    message=text,
+                    run_id=spec["run_id"],
+                )
+            )
+
+
+def run(spec: dict[str, Any]) -> int:
+    """Run the ranks to completion and return the run's exit code."""
+    channel = grpc.insecure_channel(spec["master"])
+    shipper = _Shipper(logs_pb2_grpc.LogServiceStub(channel))
+    shipper.start()
+    argv = entrypoint_argv(spec["entrypoint"])
+    slots = int(spec["slots"])
+    run_dir = spec["run_dir"]
+    procs: list[subprocess.Popen[bytes]] = []
+    readers: list[threading.Thread] = []
+    base_env = dict(spec["env"])
+    if slots > 1:
+        base_env.update(
+            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+             "WORLD_SIZE": str(slots), "LOCAL_WORLD_SIZE": str(slots),
+             "GROUP_RANK": "0", "NODE_RANK": "0"}
+        )
+    stopping = threading.Event()
+
+    def on_term(signum: int, _frame: Any) -> None:
+        stopping.set()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        for rank in range(slots):
+            env = dict(base_env)
+            if slots > 1:
+                env.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
+            try:
+                p = subprocess.Popen(
+                    argv, cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                )
+            except OSError as e:
+                shipper.q.put(
+                    logs_pb2.LogLine(
+                        trial_id=spec["trial_id"], timestamp=time.time(), rank=rank,
+                        stream="stderr", level=logs_pb2.LOG_LEVEL_ERROR, run_id=spec["run_id"],
+                        message=f"could not start entrypoint {argv!r}: {e}",
+                    )
+                )
+                on_term(signal.SIGTERM, None)
+                return 127
+            procs.append(p)
+            for stream, name in ((p.stdout, "stdout"), (p.stderr, "stderr")):
+                assert stream is not None
+                path = os.path.join(run_dir, f"rank-{rank}.{name}.log")
+                t = threading.Thread(
+                    target=_reader, args=(stream, path, name, rank, spec, shipper), daemon=True
+                )
+                t.start()
+                readers.append(t)
+        exit_code = 0
+        grace_deadline: float | None = None
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed and exit_code == 0:
+                exit_code = failed[0] if failed[0] is not None else 1
+                on_term(signal.SIGTERM, None)  # gang: one rank failed, stop the others
+            if all(c is not None for c in codes):
+                break
+            if stopping.is_set() and grace_deadline is None:
+                grace_deadline = time.monotonic() + GRACE_S
+            if grace_deadline is not None and time.monotonic() > grace_deadline:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.05)
+        if exit_code == 0:
+            exit_code = next((c for c in (p.returncode for p in procs) if c), 0)
+        return exit_code
+    finally:
+        for t in readers:
+            t.join(timeout=10)
+        shipper.q.put(None)
+        shipper.join(timeout=70)
+        channel.close()
+
+
+def report_exit(spec: dict[str, Any], code: int) -> None:
+    with grpc.insecure_channel(spec["master"]) as channel:
+        stub = master_pb2_grpc.MasterServiceStub(channel)
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(120),
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2),
+            retry=tenacity.retry_if_exception(
+                lambda e: isinstance(e, grpc.RpcError)
+                and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            ),
+            reraise=False,
+        ):
+            with attempt:
+                stub.ReportTrialExit(
+                    master_pb2.ReportTrialExitRequest(
+                        trial_id=spec["trial_id"], run_id=spec["run_id"], exit_code=code
+                    ),
+                    timeout=10,
+                )
+
+
+def main() -> None:
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
+    code = run(spec)
+    try:
+        report_exit(spec, code)
+    except grpc.RpcError as e:
+        print(f"supervisor: could not report exit code {code}: {e}", file=sys.stderr)
+    # Exit with a code the launcher's reaper can read the same way (signals as 128+n).
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+if __name__ == "__main__":
+    main()
