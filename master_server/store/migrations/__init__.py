@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of the master's database (run by ``SQLStore.migrate``)."""

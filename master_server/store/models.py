@@ -1,0 +1,259 @@
+"""SQLAlchemy table definitions of the master's database (declarative, 2.0 style).
+
+These classes describe the schema; :mod:`master_server.store.sql` queries them with Core-style
+statements on plain connections (no ORM session, no identity map) and maps rows to the frozen
+values of :mod:`master_server.domain`. The schema itself is created and evolved only by the
+Alembic revisions under ``master_server/store/migrations``; a conformance test checks that the
+migrated database and these definitions agree.
+
+Conventions:
+
+* JSON values are ``TEXT`` columns holding JSON written by the store (portable across SQLite
+  and PostgreSQL). Metric values inside JSON encode NaN and +/-infinity as the strings
+  ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``.
+* Times are unix seconds as double precision floats.
+* Tables whose ids users see use SQLite ``AUTOINCREMENT`` so a deleted id is never reused.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: A 64-bit key on PostgreSQL that is still SQLite's rowid alias (``INTEGER PRIMARY KEY``).
+BigIntKey = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base holding the shared :class:`~sqlalchemy.MetaData`."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class WorkspaceRow(Base):
+    """A workspace: the top of the project tree."""
+
+    __tablename__ = "workspaces"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ProjectRow(Base):
+    """A project inside a workspace; experiments live in projects."""
+
+    __tablename__ = "projects"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "name"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"))
+    name: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ExperimentRow(Base):
+    """An experiment; ``config`` and ``model_definition`` never change after creation."""
+
+    __tablename__ = "experiments"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[str] = mapped_column(Text, default="[]")  # JSON list, in given order
+    config: Mapped[str] = mapped_column(Text)  # JSON
+    original_config: Mapped[str] = mapped_column(Text)
+    model_definition: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress: Mapped[float] = mapped_column(Double, default=0.0)
+    start_time: Mapped[float] = mapped_column(Double)
+    end_time: Mapped[float | None] = mapped_column(Double, nullable=True)
+    searcher_name: Mapped[str] = mapped_column(Text)
+    unmanaged: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+class ExperimentLabelRow(Base):
+    """One label of one experiment, for filtering experiments by label in SQL."""
+
+    __tablename__ = "experiment_labels"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    label: Mapped[str] = mapped_column(Text, primary_key=True, index=True)
+
+
+class SearcherStateRow(Base):
+    """The last searcher snapshot saved for an experiment."""
+
+    __tablename__ = "searcher_states"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    state: Mapped[str] = mapped_column(Text)  # JSON
+    update_time: Mapped[float] = mapped_column(Double)
+
+
+class TrialRow(Base):
+    """A trial of an experiment, with its metric summary kept up to date by ``add_metrics``."""
+
+    __tablename__ = "trials"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "request_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    request_id: Mapped[str] = mapped_column(Text)
+    hparams: Mapped[str] = mapped_column(Text)  # JSON
+    state: Mapped[str] = mapped_column(String(32))
+    summary_metrics: Mapped[str] = mapped_column(Text, default="{}")  # JSON, as returned
+    # JSON {summary key: {metric: [number of non-NaN values, their sum]}}: what the running
+    # mean needs beyond the public summary (whose "count" includes NaN values).
+    summary_state: Mapped[str] = mapped_column(Text, default="{}")
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    run_id: Mapped[int] = mapped_column(Integer, default=0)
+    start_time: Mapped[float] = mapped_column(Double)
+    end_time: Mapped[float | None] = mapped_column(Double, nullable=True)
+    latest_checkpoint_uuid: Mapped[str | None] = mapped_column(Text, nullable=True)
+    warm_start_checkpoint_uuid: Mapped[str | None] = mapped_column(Text, nullable=True)
+    steps_completed: Mapped[int] = mapped_column(BigInteger, default=0)
+    progress: Mapped[float] = mapped_column(Double, default=0.0)
+    exit_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class MetricBatchRow(Base):
+    """A metric batch id already stored for a trial (makes ``add_metrics`` retries no-ops)."""
+
+    __tablename__ = "metric_batches"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    batch_id: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+class MetricRow(Base):
+    """One metric report: all values of one group at one step, as compact JSON."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (
+        Index("ix_metrics_trial_group_steps", "trial_id", "metric_group", "steps_completed", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
+    metric_group: Mapped[str] = mapped_column(Text)
+    steps_completed: Mapped[int] = mapped_column(BigInteger)
+    timestamp: Mapped[float] = mapped_column(Double)
+    payload: Mapped[str] = mapped_column(Text)  # JSON {name: value}
+
+
+class CheckpointRow(Base):
+    """A checkpoint record; the bytes live in storage, not here."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_trial_steps", "trial_id", "steps_completed"),)
+
+    uuid: Mapped[str] = mapped_column(Text, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(32))
+    steps_completed: Mapped[int] = mapped_column(BigInteger)
+    resources: Mapped[str] = mapped_column(Text)  # JSON
+    meta: Mapped[str] = mapped_column("metadata", Text)  # JSON
+    storage: Mapped[str] = mapped_column(Text)  # JSON
+    report_time: Mapped[float] = mapped_column(Double)
+    training_metrics: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    validation_metrics: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+
+
+class LogRow(Base):
+    """One log line of a trial."""
+
+    __tablename__ = "logs"
+    __table_args__ = (
+        Index("ix_logs_trial_id_id", "trial_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
+    timestamp: Mapped[float] = mapped_column(Double)
+    message: Mapped[str] = mapped_column(Text)
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+    stream: Mapped[str] = mapped_column(Text)
+    level: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ModelRow(Base):
+    """A registered model; ``last_version`` numbers its versions (never reused)."""
+
+    __tablename__ = "models"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    meta: Mapped[str] = mapped_column("metadata", Text, default="{}")  # JSON
+    labels: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    creation_time: Mapped[float] = mapped_column(Double)
+    last_updated_time: Mapped[float] = mapped_column(Double)
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ModelVersionRow(Base):
+    """A version of a model: one registered checkpoint."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(Text, default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    meta: Mapped[str] = mapped_column("metadata", Text, default="{}")  # JSON
+    labels: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
+    checkpoint_uuid: Mapped[str] = mapped_column(ForeignKey("checkpoints.uuid"), index=True)
+    creation_time: Mapped[float] = mapped_column(Double)

@@ -1,0 +1,1861 @@
+"""The SQL store: one implementation of :class:`~master_server.store.base.Store` for SQLite
+files and PostgreSQL.
+
+Design notes (the contract itself is in :mod:`master_server.store.base`):
+
+* **Connections.** One SQLAlchemy :class:`~sqlalchemy.engine.Engine` with a connection pool;
+  every store call checks out a connection, runs one transaction and returns it. Statements
+  are SQLAlchemy 2.0 Core statements over the tables of :mod:`master_server.store.models`.
+* **SQLite.** Each new DB-API connection is put in WAL mode with ``synchronous=NORMAL``,
+  foreign keys on and a busy timeout. The store issues ``BEGIN`` itself: reads run in a
+  deferred transaction (WAL readers never block), writes in ``BEGIN IMMEDIATE`` while holding
+  a process-local lock, so writer threads queue in Python instead of failing with "database
+  is locked", and other processes on the same file are held off by SQLite's own lock.
+* **PostgreSQL.** Plain READ COMMITTED transactions; read-modify-write paths (metric summary,
+  latest checkpoint, model version numbers) lock the parent row with ``SELECT ... FOR UPDATE``
+  and unique constraints back up every "already exists" check.
+* **Metrics.** One row per report: ``(trial_id, metric_group, steps_completed, timestamp,
+  payload)`` where the payload is compact JSON ``{name: value}`` with NaN and +/-infinity
+  written as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``. A batch is folded into
+  per-metric partial statistics outside the lock; inside the transaction the trial's summary
+  is read, merged and written back together with the executemany insert of the reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import json
+import math
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    CursorResult,
+    Engine,
+    Row,
+    Select,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from determined_sdk.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from master_server.domain import (
+    Checkpoint,
+    CheckpointState,
+    Experiment,
+    ExperimentFilter,
+    ExperimentState,
+    JSONDict,
+    LogLine,
+    LogQuery,
+    MetricPoint,
+    MetricReport,
+    Model,
+    ModelVersion,
+    NewExperiment,
+    Project,
+    Trial,
+    TrialState,
+    Workspace,
+)
+from master_server.store.base import _UNSET, Store
+from master_server.store.models import (
+    CheckpointRow,
+    ExperimentLabelRow,
+    ExperimentRow,
+    LogRow,
+    MetricBatchRow,
+    MetricRow,
+    ModelRow,
+    ModelVersionRow,
+    ProjectRow,
+    SearcherStateRow,
+    TrialRow,
+    WorkspaceRow,
+)
+
+__all__ = ["DEFAULT_PROJECT_ID", "DEFAULT_WORKSPACE_ID", "SQLStore", "summary_key"]
+
+DEFAULT_WORKSPACE_ID = 1
+DEFAULT_PROJECT_ID = 1
+DEFAULT_NAME = "Uncategorized"
+
+_MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+#: A result row of any shape (rows are mapped to domain values by position).
+_AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
+
+# -- JSON helpers ------------------------------------------------------------------------------
+
+_LOOSE = json.JSONEncoder(separators=(",", ":"))
+_STRICT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_INF = math.inf
+_JSON_DECODE = json.JSONDecoder().decode
+
+
+def _dumps(value: Any) -> str:
+    return _LOOSE.encode(value)
+
+
+def _enc_float(v: float) -> float | str:
+    """A float as JSON can hold it: non-finite values become strings."""
+    if v != v:
+        return "NaN"
+    if v == _INF:
+        return "Infinity"
+    if v == -_INF:
+        return "-Infinity"
+    return v
+
+
+def _dec_float(v: Any) -> Any:
+    return float(v) if isinstance(v, str) else v
+
+
+def _encode_metrics(metrics: dict[str, float]) -> str:
+    try:
+        return _STRICT.encode(metrics)
+    except ValueError:  # a NaN or an infinity: spell them as strings
+        return _STRICT.encode({k: _enc_float(v) for k, v in metrics.items()})
+
+
+def _decode_metrics(payload: str) -> dict[str, float]:
+    out: dict[str, float] = _JSON_DECODE(payload)
+    if '"NaN"' in payload or 'Infinity"' in payload:
+        for k, v in out.items():
+            if isinstance(v, str):
+                out[k] = float(v)
+    return out
+
+
+_STAT_FLOATS = ("min", "max", "last", "mean")
+
+
+def _decode_summary(raw: str) -> JSONDict:
+    summary: JSONDict = json.loads(raw)
+    for group in summary.values():
+        for stats in group.values():
+            for k in _STAT_FLOATS:
+                v = stats.get(k)
+                if isinstance(v, str):
+                    stats[k] = float(v)
+    return summary
+
+
+_SUMMARY_KEYS = {"training": "avg_metrics", "validation": "validation_metrics"}
+
+
+def summary_key(group: str) -> str:
+    """The key of ``summary_metrics`` that holds the statistics of metric group ``group``.
+
+    Args:
+        group: A metric group name such as ``"training"``.
+
+    Returns:
+        ``"avg_metrics"`` for training, ``"validation_metrics"`` for validation, else ``group``.
+    """
+    return _SUMMARY_KEYS.get(group, group)
+
+
+# Partial statistics of one metric within one batch: [min, max, last, count, n_non_nan, sum].
+_Partial = dict[str, dict[str, list[Any]]]
+
+
+def _merge_summary(summary: JSONDict, aux: JSONDict, partial: _Partial) -> None:
+    """Fold one batch's partial statistics into the stored (JSON-encoded) summary, in place."""
+    for key, names in partial.items():
+        s_group = summary.setdefault(key, {})
+        a_group = aux.setdefault(key, {})
+        for name, (mn, mx, last, count, n, total) in names.items():
+            cur = s_group.get(name)
+            acc = a_group.get(name)
+            if cur is not None and acc is not None:
+                count += cur["count"]
+                n += acc[0]
+                total = _dec_float(acc[1]) + total
+                old_min = _dec_float(cur["min"])
+                old_max = _dec_float(cur["max"])
+                if old_min is not None and old_min < mn:
+                    mn = old_min
+                if old_max is not None and old_max > mx:
+                    mx = old_max
+            if n:
+                s_group[name] = {
+                    "min": _enc_float(mn),
+                    "max": _enc_float(mx),
+                    "last": _enc_float(last),
+                    "count": count,
+                    "mean": _enc_float(total / n),
+                }
+            else:  # only NaN values so far: nothing to take a min, max or mean of
+                s_group[name] = {
+                    "min": None,
+                    "max": None,
+                    "last": _enc_float(last),
+                    "count": count,
+                    "mean": None,
+                }
+            a_group[name] = [n, _enc_float(total)]
+
+
+def _pk(result: CursorResult[Any]) -> int:
+    """The primary key of the row an INSERT just wrote."""
+    key = result.inserted_primary_key
+    if key is None:  # pragma: no cover - every insert here writes one row
+        raise RuntimeError("insert returned no primary key")
+    return int(key[0])
+
+
+def _fold_batch(by_group: dict[str, list[dict[str, float]]]) -> tuple[_Partial, bool]:
+    """Partial statistics of one batch, per summary key and metric name.
+
+    Returns:
+        The statistics and whether some value was an ``int`` (to be stored as a float).
+
+    Raises:
+        InvalidArgumentError: A value is not a number or a metric name is not a string.
+    """
+    partial: _Partial = {}
+    convert = False
+    for group, dicts in by_group.items():
+        stats = partial.setdefault(_SUMMARY_KEYS.get(group, group), {})
+        names = dict.fromkeys(itertools.chain.from_iterable(dicts))
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise InvalidArgumentError(f"metric names must be non-empty strings: {name!r}")
+            vals = [m[name] for m in dicts if name in m]
+            if set(map(type, vals)) != _FLOAT_ONLY:
+                for v in vals:
+                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                        raise InvalidArgumentError(
+                            f"metric {name!r} must be a number, got {type(v).__name__}"
+                        )
+                vals = [float(v) for v in vals]
+                convert = True
+            finite = [v for v in vals if v == v]  # NaN counts in count and last only
+            if finite:
+                st = [min(finite), max(finite), vals[-1], len(vals), len(finite), sum(finite)]
+            else:
+                st = [_INF, -_INF, vals[-1], len(vals), 0, 0.0]
+            stats[name] = st
+    return partial, convert
+
+
+_FLOAT_ONLY = {float}
+_METRICS_INSERT_SQLITE = (
+    "INSERT INTO metrics (trial_id, metric_group, steps_completed, timestamp, payload) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_METRICS_COPY_PG = (
+    "COPY metrics (trial_id, metric_group, steps_completed, timestamp, payload) FROM STDIN"
+)
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgumentError(f"{kind} name must be a non-empty string, got {name!r}")
+    return name
+
+
+def _dedup(labels: Iterable[str]) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for label in labels:
+        if not isinstance(label, str) or not label:
+            raise InvalidArgumentError(f"labels must be non-empty strings, got {label!r}")
+        out[label] = None
+    return tuple(out)
+
+
+# -- engine setup --------------------------------------------------------------------------------
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let the store emit BEGIN itself (pysqlite's implicit transactions get in the way).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+    finally:
+        cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _make_engine(url: str) -> Engine:
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        if u.database in (None, "", ":memory:"):
+            engine = create_engine(
+                u, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            engine = create_engine(
+                u,
+                pool_size=8,
+                max_overflow=56,
+                pool_timeout=120,
+                connect_args={"check_same_thread": False, "timeout": 30},
+            )
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    if backend == "postgresql":
+        return create_engine(u, pool_size=8, max_overflow=24, pool_pre_ping=True)
+    raise InvalidArgumentError(f"unsupported database URL {u.render_as_string()!r}")
+
+
+# -- column sets and row mapping -------------------------------------------------------------
+
+E = ExperimentRow
+T = TrialRow
+C = CheckpointRow
+
+_NUM_TRIALS = select(func.count()).where(T.experiment_id == E.id).correlate(E).scalar_subquery()
+_EXP_COLS = (
+    E.id,
+    E.name,
+    E.description,
+    E.labels,
+    E.config,
+    E.original_config,
+    E.state,
+    E.archived,
+    E.progress,
+    E.project_id,
+    ProjectRow.workspace_id,
+    E.start_time,
+    E.end_time,
+    E.searcher_name,
+    _NUM_TRIALS.label("num_trials"),
+    E.unmanaged,
+    E.error,
+)
+
+
+def _exp_select() -> Select[Any]:
+    return select(*_EXP_COLS).join(ProjectRow, ProjectRow.id == E.project_id)
+
+
+def _to_experiment(r: _AnyRow) -> Experiment:
+    return Experiment(
+        id=r[0],
+        name=r[1],
+        description=r[2],
+        labels=tuple(json.loads(r[3])),
+        config=json.loads(r[4]),
+        original_config=r[5],
+        state=ExperimentState(r[6]),
+        archived=bool(r[7]),
+        progress=r[8],
+        project_id=r[9],
+        workspace_id=r[10],
+        start_time=r[11],
+        end_time=r[12],
+        searcher_name=r[13],
+        num_trials=r[14],
+        unmanaged=bool(r[15]),
+        error=r[16],
+    )
+
+
+_TRIAL_COLS = (
+    T.id,
+    T.experiment_id,
+    T.request_id,
+    T.hparams,
+    T.state,
+    T.summary_metrics,
+    T.restarts,
+    T.run_id,
+    T.start_time,
+    T.end_time,
+    T.latest_checkpoint_uuid,
+    T.warm_start_checkpoint_uuid,
+    T.steps_completed,
+    T.progress,
+    T.exit_reason,
+)
+
+
+def _to_trial(r: _AnyRow) -> Trial:
+    return Trial(
+        id=r[0],
+        experiment_id=r[1],
+        request_id=r[2],
+        hparams=json.loads(r[3]),
+        state=TrialState(r[4]),
+        summary_metrics=_decode_summary(r[5]),
+        restarts=r[6],
+        run_id=r[7],
+        start_time=r[8],
+        end_time=r[9],
+        latest_checkpoint_uuid=r[10],
+        warm_start_checkpoint_uuid=r[11],
+        steps_completed=r[12],
+        progress=r[13],
+        exit_reason=r[14],
+    )
+
+
+_CKPT_COLS = (
+    C.uuid,
+    C.trial_id,
+    C.experiment_id,
+    C.state,
+    C.steps_completed,
+    C.resources,
+    C.meta,
+    C.storage,
+    C.report_time,
+    C.training_metrics,
+    C.validation_metrics,
+)
+
+
+def _to_checkpoint(r: _AnyRow) -> Checkpoint:
+    return Checkpoint(
+        uuid=r[0],
+        trial_id=r[1],
+        experiment_id=r[2],
+        state=CheckpointState(r[3]),
+        steps_completed=r[4],
+        resources=json.loads(r[5]),
+        metadata=json.loads(r[6]),
+        storage=json.loads(r[7]),
+        report_time=r[8],
+        training_metrics=_decode_metrics(r[9]),
+        validation_metrics=_decode_metrics(r[10]),
+    )
+
+
+_LOG_COLS = (
+    LogRow.id,
+    LogRow.trial_id,
+    LogRow.timestamp,
+    LogRow.message,
+    LogRow.rank,
+    LogRow.stream,
+    LogRow.level,
+    LogRow.run_id,
+)
+
+
+def _to_log(r: _AnyRow) -> LogLine:
+    return LogLine(
+        id=r[0],
+        trial_id=r[1],
+        timestamp=r[2],
+        message=r[3],
+        rank=r[4],
+        stream=r[5],
+        level=r[6],
+        run_id=r[7],
+    )
+
+
+_NUM_VERSIONS = (
+    select(func.count())
+    .where(ModelVersionRow.model_id == ModelRow.id)
+    .correlate(ModelRow)
+    .scalar_subquery()
+)
+_MODEL_COLS = (
+    ModelRow.id,
+    ModelRow.name,
+    ModelRow.description,
+    ModelRow.meta,
+    ModelRow.labels,
+    ModelRow.archived,
+    ModelRow.creation_time,
+    ModelRow.last_updated_time,
+    _NUM_VERSIONS.label("num_versions"),
+    ModelRow.workspace_id,
+)
+
+
+def _to_model(r: _AnyRow) -> Model:
+    return Model(
+        id=r[0],
+        name=r[1],
+        description=r[2],
+        metadata=json.loads(r[3]),
+        labels=tuple(json.loads(r[4])),
+        archived=bool(r[5]),
+        creation_time=r[6],
+        last_updated_time=r[7],
+        num_versions=r[8],
+        workspace_id=r[9],
+    )
+
+
+MV = ModelVersionRow
+_VERSION_COLS = (
+    MV.id,
+    MV.model_id,
+    MV.version,
+    MV.name,
+    MV.comment,
+    MV.meta,
+    MV.labels,
+    MV.checkpoint_uuid,
+    MV.creation_time,
+)
+
+
+def _to_version(r: _AnyRow) -> ModelVersion:
+    return ModelVersion(
+        id=r[0],
+        model_id=r[1],
+        version=r[2],
+        name=r[3],
+        comment=r[4],
+        metadata=json.loads(r[5]),
+        labels=tuple(json.loads(r[6])),
+        checkpoint_uuid=r[7],
+        creation_time=r[8],
+    )
+
+
+_NUM_PROJECTS = (
+    select(func.count())
+    .where(ProjectRow.workspace_id == WorkspaceRow.id)
+    .correlate(WorkspaceRow)
+    .scalar_subquery()
+)
+_NUM_EXPERIMENTS = (
+    select(func.count())
+    .where(E.project_id == ProjectRow.id)
+    .correlate(ProjectRow)
+    .scalar_subquery()
+)
+_WS_COLS = (WorkspaceRow.id, WorkspaceRow.name, WorkspaceRow.archived, _NUM_PROJECTS)
+_PROJECT_COLS = (
+    ProjectRow.id,
+    ProjectRow.name,
+    ProjectRow.workspace_id,
+    ProjectRow.description,
+    ProjectRow.archived,
+    _NUM_EXPERIMENTS,
+)
+
+
+def _to_workspace(r: _AnyRow) -> Workspace:
+    return Workspace(id=r[0], name=r[1], archived=bool(r[2]), num_projects=r[3])
+
+
+def _to_project(r: _AnyRow) -> Project:
+    return Project(
+        id=r[0],
+        name=r[1],
+        workspace_id=r[2],
+        description=r[3],
+        archived=bool(r[4]),
+        num_experiments=r[5],
+    )
+
+
+_SORT_KEYS = {
+    "id": E.id,
+    "name": E.name,
+    "start_time": E.start_time,
+    "end_time": E.end_time,
+    "state": E.state,
+    "progress": E.progress,
+}
+
+# Distinct metric groups of one trial, as a loose index scan over the metrics index.
+_GROUPS_SQL = text(
+    """
+    WITH RECURSIVE g(name) AS (
+        SELECT MIN(metric_group) FROM metrics WHERE trial_id = :t
+        UNION ALL
+        SELECT (SELECT MIN(metric_group) FROM metrics WHERE trial_id = :t AND metric_group > g.name)
+        FROM g WHERE g.name IS NOT NULL
+    )
+    SELECT name FROM g WHERE name IS NOT NULL
+    """
+)
+
+
+class SQLStore(Store):
+    """The store on a SQLAlchemy engine: SQLite files or PostgreSQL.
+
+    Args:
+        url: A SQLAlchemy URL, ``sqlite:////abs/path.db`` or ``postgresql+psycopg://...``.
+            The store does not migrate on its own; call :meth:`migrate` (or use
+            :func:`master_server.store.open_store`).
+
+    Raises:
+        InvalidArgumentError: The URL names a database other than SQLite or PostgreSQL.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._engine = _make_engine(url)
+        self._dialect = self._engine.dialect.name
+        self._sqlite = self._dialect == "sqlite"
+        # SQLite has one writer at a time: queue writer threads here rather than in SQLite.
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self._sqlite else contextlib.nullcontext()
+        )
+
+    # -- plumbing --------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        """The underlying SQLAlchemy engine (for tests and tools)."""
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._dialect
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._write_lock, self._engine.connect() as conn:
+            if self._sqlite:
+                conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
+    def _upsert(self, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
+        ins = sqlite_insert(table) if self._sqlite else pg_insert(table)
+        ins = ins.values(**values)
+        return ins.on_conflict_do_update(
+            index_elements=keys, set_={k: v for k, v in values.items() if k not in keys}
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Apply every Alembic migration and create the default workspace/project.
+
+        Safe to call again (and from several processes at once): applied revisions and the
+        default rows are left as they are.
+        """
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS_DIR))
+        # configparser interpolates "%": escape it (URLs carry %-escapes such as %3D).
+        url = self._engine.url.render_as_string(hide_password=False).replace("%", "%%")
+        cfg.set_main_option("sqlalchemy.url", url)
+        with self._write() as conn:
+            if not self._sqlite:
+                # One migrator at a time across processes; released at commit.
+                conn.execute(text("SELECT pg_advisory_xact_lock(74321)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            self._ensure_defaults(conn)
+
+    def _ensure_defaults(self, conn: Connection) -> None:
+        if (
+            conn.scalar(select(WorkspaceRow.id).where(WorkspaceRow.id == DEFAULT_WORKSPACE_ID))
+            is None
+        ):
+            conn.execute(
+                insert(WorkspaceRow).values(
+                    id=DEFAULT_WORKSPACE_ID, name=DEFAULT_NAME, archived=False
+                )
+            )
+        if conn.scalar(select(ProjectRow.id).where(ProjectRow.id == DEFAULT_PROJECT_ID)) is None:
+            conn.execute(
+                insert(ProjectRow).values(
+                    id=DEFAULT_PROJECT_ID,
+                    workspace_id=DEFAULT_WORKSPACE_ID,
+                    name=DEFAULT_NAME,
+                    description="",
+                    archived=False,
+                )
+            )
+        if not self._sqlite:
+            # Explicit ids do not advance PostgreSQL sequences: move them past the rows.
+            for table in ("workspaces", "projects"):
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"GREATEST((SELECT MAX(id) FROM {table}), 1))"
+                    )
+                )
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._engine.dispose()
+
+    # -- existence checks ------------------------------------------------------------------
+    @staticmethod
+    def _need(conn: Connection, column: Any, key: Any, what: str) -> None:
+        if conn.scalar(select(column).where(column == key)) is None:
+            raise NotFoundError(f"{what} not found")
+
+    def _need_experiment(self, conn: Connection, experiment_id: int) -> None:
+        self._need(conn, E.id, experiment_id, f"experiment {experiment_id}")
+
+    def _need_trial(self, conn: Connection, trial_id: int) -> None:
+        self._need(conn, T.id, trial_id, f"trial {trial_id}")
+
+    def _need_workspace(self, conn: Connection, workspace_id: int) -> None:
+        self._need(conn, WorkspaceRow.id, workspace_id, f"workspace {workspace_id}")
+
+    def _need_project(self, conn: Connection, project_id: int) -> None:
+        self._need(conn, ProjectRow.id, project_id, f"project {project_id}")
+
+    # -- workspaces and projects ----------------------------------------------------------
+    def create_workspace(self, name: str) -> Workspace:
+        """Create a workspace with a unique name."""
+        _check_name("workspace", name)
+        dup = AlreadyExistsError(f"workspace named {name!r} already exists")
+        try:
+            with self._write() as conn:
+                if conn.scalar(select(WorkspaceRow.id).where(WorkspaceRow.name == name)):
+                    raise dup
+                res = conn.execute(insert(WorkspaceRow).values(name=name, archived=False))
+                ws_id = _pk(res)
+        except IntegrityError:
+            raise dup from None
+        return Workspace(id=ws_id, name=name)
+
+    def _get_workspace(self, where: ColumnElement[bool], what: str) -> Workspace:
+        with self._read() as conn:
+            row = conn.execute(select(*_WS_COLS).where(where)).first()
+        if row is None:
+            raise NotFoundError(f"{what} not found")
+        return _to_workspace(row)
+
+    def get_workspace(self, workspace_id: int) -> Workspace:
+        """The workspace with this id."""
+        return self._get_workspace(WorkspaceRow.id == workspace_id, f"workspace {workspace_id}")
+
+    def get_workspace_by_name(self, name: str) -> Workspace:
+        """The workspace with this name."""
+        return self._get_workspace(WorkspaceRow.name == name, f"workspace named {name!r}")
+
+    def list_workspaces(self, name: str | None = None) -> list[Workspace]:
+        """Every workspace (or only the one named ``name``), by id."""
+        stmt = select(*_WS_COLS).order_by(WorkspaceRow.id)
+        if name is not None:
+            stmt = stmt.where(WorkspaceRow.name == name)
+        with self._read() as conn:
+            return [_to_workspace(r) for r in conn.execute(stmt)]
+
+    def delete_workspace(self, workspace_id: int) -> None:
+        """Delete a workspace and its (empty) projects.
+
+        Raises:
+            FailedPreconditionError: It is the default workspace, one of its projects holds
+                experiments, or it holds registered models.
+        """
+        if workspace_id == DEFAULT_WORKSPACE_ID:
+            raise FailedPreconditionError(
+                f"workspace {workspace_id} is the default workspace and cannot be deleted"
+            )
+        with self._write() as conn:
+            self._need_workspace(conn, workspace_id)
+            has_exps = conn.scalar(
+                select(
+                    exists().where(
+                        E.project_id == ProjectRow.id, ProjectRow.workspace_id == workspace_id
+                    )
+                )
+            )
+            if has_exps:
+                raise FailedPreconditionError(
+                    f"workspace {workspace_id} holds projects with experiments"
+                )
+            if conn.scalar(select(exists().where(ModelRow.workspace_id == workspace_id))):
+                raise FailedPreconditionError(f"workspace {workspace_id} holds models")
+            conn.execute(delete(ProjectRow).where(ProjectRow.workspace_id == workspace_id))
+            conn.execute(delete(WorkspaceRow).where(WorkspaceRow.id == workspace_id))
+
+    def create_project(self, workspace_id: int, name: str, description: str = "") -> Project:
+        """Create a project, its name unique within the workspace."""
+        _check_name("project", name)
+        dup = AlreadyExistsError(
+            f"project named {name!r} already exists in workspace {workspace_id}"
+        )
+        try:
+            with self._write() as conn:
+                self._need_workspace(conn, workspace_id)
+                found = conn.scalar(
+                    select(ProjectRow.id).where(
+                        ProjectRow.workspace_id == workspace_id, ProjectRow.name == name
+                    )
+                )
+                if found is not None:
+                    raise dup
+                res = conn.execute(
+                    insert(ProjectRow).values(
+                        workspace_id=workspace_id,
+                        name=name,
+                        description=description,
+                        archived=False,
+                    )
+                )
+                project_id = _pk(res)
+        except IntegrityError:
+            raise dup from None
+        return Project(id=project_id, name=name, workspace_id=workspace_id, description=description)
+
+    def _get_project(self, where: ColumnElement[bool], what: str) -> Project:
+        with self._read() as conn:
+            row = conn.execute(select(*_PROJECT_COLS).where(where)).first()
+        if row is None:
+            raise NotFoundError(f"{what} not found")
+        return _to_project(row)
+
+    def get_project(self, project_id: int) -> Project:
+        """The project with this id."""
+        return self._get_project(ProjectRow.id == project_id, f"project {project_id}")
+
+    def get_project_by_name(self, workspace_id: int, name: str) -> Project:
+        """The project named ``name`` in the workspace."""
+        return self._get_project(
+            and_(ProjectRow.workspace_id == workspace_id, ProjectRow.name == name),
+            f"project named {name!r} in workspace {workspace_id}",
+        )
+
+    def list_projects(self, workspace_id: int | None = None) -> list[Project]:
+        """Projects by id, of one workspace or of all."""
+        stmt = select(*_PROJECT_COLS).order_by(ProjectRow.id)
+        with self._read() as conn:
+            if workspace_id is not None:
+                self._need_workspace(conn, workspace_id)
+                stmt = stmt.where(ProjectRow.workspace_id == workspace_id)
+            return [_to_project(r) for r in conn.execute(stmt)]
+
+    def delete_project(self, project_id: int) -> None:
+        """Delete an empty, non-default project."""
+        if project_id == DEFAULT_PROJECT_ID:
+            raise FailedPreconditionError(
+                f"project {project_id} is the default project and cannot be deleted"
+            )
+        with self._write() as conn:
+            self._need_project(conn, project_id)
+            if conn.scalar(select(exists().where(E.project_id == project_id))):
+                raise FailedPreconditionError(f"project {project_id} holds experiments")
+            conn.execute(delete(ProjectRow).where(ProjectRow.id == project_id))
+
+    # -- experiments --------------------------------------------------------------------------
+    @staticmethod
+    def _read_experiment(conn: Connection, experiment_id: int) -> Experiment:
+        row = conn.execute(_exp_select().where(E.id == experiment_id)).first()
+        if row is None:
+            raise NotFoundError(f"experiment {experiment_id} not found")
+        return _to_experiment(row)
+
+    def create_experiment(self, new: NewExperiment) -> Experiment:
+        """Create an experiment in ``new.project_id``; ``start_time`` is now."""
+        labels = _dedup(new.labels)
+        config = _dumps(new.config)
+        with self._write() as conn:
+            self._need_project(conn, new.project_id)
+            res = conn.execute(
+                insert(E).values(
+                    project_id=new.project_id,
+                    name=new.name,
+                    description=new.description,
+                    labels=_dumps(list(labels)),
+                    config=config,
+                    original_config=new.original_config,
+                    model_definition=bytes(new.model_definition),
+                    state=ExperimentState(new.state).value,
+                    archived=False,
+                    progress=0.0,
+                    start_time=time.time(),
+                    end_time=None,
+                    searcher_name=new.searcher_name,
+                    unmanaged=bool(new.unmanaged),
+                    error="",
+                )
+            )
+            exp_id: int = _pk(res)
+            if labels:
+                conn.execute(
+                    insert(ExperimentLabelRow),
+                    [{"experiment_id": exp_id, "label": lb} for lb in labels],
+                )
+            return self._read_experiment(conn, exp_id)
+
+    def get_experiment(self, experiment_id: int) -> Experiment:
+        """The experiment with this id."""
+        with self._read() as conn:
+            return self._read_experiment(conn, experiment_id)
+
+    def get_model_definition(self, experiment_id: int) -> bytes:
+        """The experiment's packed model definition, as given at creation."""
+        with self._read() as conn:
+            row = conn.execute(select(E.model_definition).where(E.id == experiment_id)).first()
+        if row is None:
+            raise NotFoundError(f"experiment {experiment_id} not found")
+        return bytes(row[0])
+
+    def list_experiments(self, flt: ExperimentFilter) -> tuple[list[Experiment], int]:
+        """One page of matching experiments and the number of matches (see ``ExperimentFilter``).
+
+        Raises:
+            InvalidArgumentError: Unknown ``sort_by`` or a negative offset/limit.
+        """
+        sort_col = _SORT_KEYS.get(flt.sort_by)
+        if sort_col is None:
+            raise InvalidArgumentError(
+                f"sort_by must be one of {sorted(_SORT_KEYS)}, got {flt.sort_by!r}"
+            )
+        if flt.offset < 0 or (flt.limit is not None and flt.limit < 0):
+            raise InvalidArgumentError(
+                f"offset and limit must be >= 0, got offset={flt.offset} limit={flt.limit}"
+            )
+        conds: list[ColumnElement[bool]] = []
+        if flt.project_id is not None:
+            conds.append(E.project_id == flt.project_id)
+        if flt.workspace_id is not None:
+            conds.append(
+                E.project_id.in_(
+                    select(ProjectRow.id).where(ProjectRow.workspace_id == flt.workspace_id)
+                )
+            )
+        if flt.states:
+            conds.append(E.state.in_([ExperimentState(s).value for s in flt.states]))
+        if flt.name_contains:
+            conds.append(E.name.icontains(flt.name_contains, autoescape=True))
+        if flt.archived is not None:
+            conds.append(E.archived == flt.archived)
+        for label in dict.fromkeys(flt.labels):
+            conds.append(
+                exists().where(
+                    ExperimentLabelRow.experiment_id == E.id, ExperimentLabelRow.label == label
+                )
+            )
+        key: Any = sort_col
+        if flt.sort_by == "name" and not self._sqlite:
+            key = sort_col.collate("C")  # code point order, as SQLite's BINARY
+        if flt.descending:
+            order = [key.desc(), E.id.desc()]
+            if flt.sort_by == "end_time":  # unfinished experiments end "last"
+                order[0] = order[0].nulls_first()
+        else:
+            order = [key.asc(), E.id.asc()]
+            if flt.sort_by == "end_time":
+                order[0] = order[0].nulls_last()
+        # Sort and cut on narrow rows (ids) first, then fetch the page's wide rows (config).
+        page_ids = select(E.id).where(*conds).order_by(*order).offset(flt.offset)
+        if flt.limit is not None:
+            page_ids = page_ids.limit(flt.limit)
+        ids_sq = page_ids.subquery()
+        page = _exp_select().join(ids_sq, ids_sq.c.id == E.id).order_by(*order)
+        count = select(func.count()).select_from(E).where(*conds)
+        with self._read() as conn:
+            total = conn.scalar(count) or 0
+            rows = conn.execute(page).all() if flt.limit != 0 else []
+        return [_to_experiment(r) for r in rows], total
+
+    def update_experiment(
+        self,
+        experiment_id: int,
+        *,
+        name: str = _UNSET,
+        description: str = _UNSET,
+        labels: Sequence[str] = _UNSET,
+        state: ExperimentState = _UNSET,
+        archived: bool = _UNSET,
+        progress: float = _UNSET,
+        project_id: int = _UNSET,
+        end_time: float | None = _UNSET,
+        error: str = _UNSET,
+    ) -> Experiment:
+        """Set the given fields (others unchanged) and return the new value."""
+        values: dict[str, Any] = {}
+        if name is not _UNSET:
+            values["name"] = name
+        if description is not _UNSET:
+            values["description"] = description
+        new_labels: tuple[str, ...] | None = None
+        if labels is not _UNSET:
+            if isinstance(labels, str):
+                raise InvalidArgumentError("labels must be a sequence of strings, not a string")
+            new_labels = _dedup(labels)
+            values["labels"] = _dumps(list(new_labels))
+        if state is not _UNSET:
+            values["state"] = ExperimentState(state).value
+        if archived is not _UNSET:
+            values["archived"] = bool(archived)
+        if progress is not _UNSET:
+            values["progress"] = float(progress)
+        if project_id is not _UNSET:
+            values["project_id"] = project_id
+        if end_time is not _UNSET:
+            values["end_time"] = end_time
+        if error is not _UNSET:
+            values["error"] = error
+        with self._write() as conn:
+            self._need_experiment(conn, experiment_id)
+            if project_id is not _UNSET:
+                self._need_project(conn, project_id)
+            if values:
+                conn.execute(update(E).where(E.id == experiment_id).values(**values))
+            if new_labels is not None:
+                conn.execute(
+                    delete(ExperimentLabelRow).where(
+                        ExperimentLabelRow.experiment_id == experiment_id
+                    )
+                )
+                if new_labels:
+                    conn.execute(
+                        insert(ExperimentLabelRow),
+                        [{"experiment_id": experiment_id, "label": lb} for lb in new_labels],
+                    )
+            return self._read_experiment(conn, experiment_id)
+
+    def delete_experiment(self, experiment_id: int) -> None:
+        """Delete the experiment and everything under it.
+
+        Raises:
+            NotFoundError: No such experiment.
+            FailedPreconditionError: One of its checkpoints is registered as a model version.
+        """
+        with self._write() as conn:
+            self._need_experiment(conn, experiment_id)
+            registered = conn.scalar(
+                select(MV.checkpoint_uuid)
+                .join(C, C.uuid == MV.checkpoint_uuid)
+                .where(C.experiment_id == experiment_id)
+                .limit(1)
+            )
+            if registered is not None:
+                raise FailedPreconditionError(
+                    f"experiment {experiment_id} has checkpoint {registered!r} registered "
+                    "as a model version; delete the model version first"
+                )
+            conn.execute(delete(E).where(E.id == experiment_id))
+
+    def save_searcher_state(self, experiment_id: int, state: JSONDict) -> None:
+        """Replace the experiment's persisted searcher snapshot."""
+        payload = _dumps(state)
+        with self._write() as conn:
+            self._need_experiment(conn, experiment_id)
+            conn.execute(
+                self._upsert(
+                    SearcherStateRow,
+                    {"experiment_id": experiment_id, "state": payload, "update_time": time.time()},
+                    ["experiment_id"],
+                )
+            )
+
+    def load_searcher_state(self, experiment_id: int) -> JSONDict | None:
+        """The last snapshot saved, or None if none was."""
+        with self._read() as conn:
+            self._need_experiment(conn, experiment_id)
+            raw = conn.scalar(
+                select(SearcherStateRow.state).where(
+                    SearcherStateRow.experiment_id == experiment_id
+                )
+            )
+        if raw is None:
+            return None
+        out: JSONDict = json.loads(raw)
+        return out
+
+    # -- trials -------------------------------------------------------------------------------
+    @staticmethod
+    def _read_trial(conn: Connection, trial_id: int) -> Trial:
+        row = conn.execute(select(*_TRIAL_COLS).where(T.id == trial_id)).first()
+        if row is None:
+            raise NotFoundError(f"trial {trial_id} not found")
+        return _to_trial(row)
+
+    def create_trial(
+        self,
+        experiment_id: int,
+        *,
+        request_id: str,
+        hparams: JSONDict,
+        state: TrialState = TrialState.QUEUED,
+        warm_start_checkpoint_uuid: str | None = None,
+    ) -> Trial:
+        """Create a trial; ``request_id`` is unique within the experiment."""
+        dup = AlreadyExistsError(
+            f"trial with request id {request_id!r} already exists in experiment {experiment_id}"
+        )
+        try:
+            with self._write() as conn:
+                self._need_experiment(conn, experiment_id)
+                found = conn.scalar(
+                    select(T.id).where(T.experiment_id == experiment_id, T.request_id == request_id)
+                )
+                if found is not None:
+                    raise dup
+                res = conn.execute(
+                    insert(T).values(
+                        experiment_id=experiment_id,
+                        request_id=request_id,
+                        hparams=_dumps(hparams),
+                        state=TrialState(state).value,
+                        summary_metrics="{}",
+                        summary_state="{}",
+                        restarts=0,
+                        run_id=0,
+                        start_time=time.time(),
+                        end_time=None,
+                        latest_checkpoint_uuid=None,
+                        warm_start_checkpoint_uuid=warm_start_checkpoint_uuid,
+                        steps_completed=0,
+                        progress=0.0,
+                        exit_reason="",
+                    )
+                )
+                return self._read_trial(conn, _pk(res))
+        except IntegrityError:
+            raise dup from None
+
+    def get_trial(self, trial_id: int) -> Trial:
+        """The trial with this id."""
+        with self._read() as conn:
+            return self._read_trial(conn, trial_id)
+
+    def list_trials(
+        self,
+        experiment_id: int | None = None,
+        *,
+        states: Sequence[TrialState] = (),
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[Trial], int]:
+        """Trials ordered by id (all experiments when ``experiment_id`` is None) and the total."""
+        if offset < 0 or (limit is not None and limit < 0):
+            raise InvalidArgumentError(
+                f"offset and limit must be >= 0, got offset={offset} limit={limit}"
+            )
+        conds: list[ColumnElement[bool]] = []
+        if experiment_id is not None:
+            conds.append(T.experiment_id == experiment_id)
+        if states:
+            conds.append(T.state.in_([TrialState(s).value for s in states]))
+        page = select(*_TRIAL_COLS).where(*conds).order_by(T.id).offset(offset)
+        if limit is not None:
+            page = page.limit(limit)
+        with self._read() as conn:
+            if experiment_id is not None:
+                self._need_experiment(conn, experiment_id)
+            total = conn.scalar(select(func.count()).select_from(T).where(*conds)) or 0
+            rows = conn.execute(page).all() if limit != 0 else []
+        return [_to_trial(r) for r in rows], total
+
+    def update_trial(
+        self,
+        trial_id: int,
+        *,
+        state: TrialState = _UNSET,
+        restarts: int = _UNSET,
+        run_id: int = _UNSET,
+        start_time: float = _UNSET,
+        end_time: float | None = _UNSET,
+        progress: float = _UNSET,
+        exit_reason: str = _UNSET,
+        latest_checkpoint_uuid: str | None = _UNSET,
+    ) -> Trial:
+        """Set the given fields (others unchanged) and return the new value."""
+        given = {
+            "state": state,
+            "restarts": restarts,
+            "run_id": run_id,
+            "start_time": start_time,
+            "end_time": end_time,
+            "progress": progress,
+            "exit_reason": exit_reason,
+            "latest_checkpoint_uuid": latest_checkpoint_uuid,
+        }
+        values = {k: v for k, v in given.items() if v is not _UNSET}
+        if "state" in values:
+            values["state"] = TrialState(values["state"]).value
+        with self._write() as conn:
+            self._need_trial(conn, trial_id)
+            if values:
+                conn.execute(update(T).where(T.id == trial_id).values(**values))
+            return self._read_trial(conn, trial_id)
+
+    # -- metrics ------------------------------------------------------------------------------
+    def add_metrics(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> bool:
+        """Store one batch and update the summary; False if ``batch_id`` was already stored.
+
+        Raises:
+            NotFoundError: No such trial.
+            InvalidArgumentError: An empty batch id, group or metric name, a negative step, or
+                a value that is not a number.
+        """
+        if not isinstance(batch_id, str) or not batch_id:
+            raise InvalidArgumentError(f"batch_id must be a non-empty string, got {batch_id!r}")
+        by_group: dict[str, list[dict[str, float]]] = {}
+        max_steps = -1
+        for rep in reports:
+            group = rep.group
+            steps = rep.steps_completed
+            if type(steps) is not int or steps < 0:
+                raise InvalidArgumentError(f"steps_completed must be an int >= 0: {rep!r}")
+            if steps > max_steps:
+                max_steps = steps
+            dicts = by_group.get(group)
+            if dicts is None:
+                if not isinstance(group, str) or not group:
+                    raise InvalidArgumentError(f"metric group must be a non-empty string: {rep!r}")
+                dicts = by_group[group] = []
+            dicts.append(rep.metrics)
+        partial, convert = _fold_batch(by_group)
+        enc = _encode_metrics
+        if convert:  # some values were ints: store them as the floats they stand for
+            rows = [
+                (
+                    trial_id,
+                    r.group,
+                    r.steps_completed,
+                    r.timestamp,
+                    enc({k: float(v) for k, v in r.metrics.items()}),
+                )
+                for r in reports
+            ]
+        else:
+            rows = [
+                (trial_id, r.group, r.steps_completed, r.timestamp, enc(r.metrics)) for r in reports
+            ]
+
+        with self._write() as conn:
+            cur = conn.execute(
+                select(T.summary_metrics, T.summary_state, T.steps_completed)
+                .where(T.id == trial_id)
+                .with_for_update()
+            ).first()
+            if cur is None:
+                raise NotFoundError(f"trial {trial_id} not found")
+            seen = conn.scalar(
+                select(MetricBatchRow.trial_id).where(
+                    MetricBatchRow.trial_id == trial_id, MetricBatchRow.batch_id == batch_id
+                )
+            )
+            if seen is not None:
+                return False
+            conn.execute(insert(MetricBatchRow).values(trial_id=trial_id, batch_id=batch_id))
+            if not rows:
+                return True
+            self._insert_metric_rows(conn, rows)
+            summary: JSONDict = json.loads(cur[0])
+            aux: JSONDict = json.loads(cur[1])
+            _merge_summary(summary, aux, partial)
+            conn.execute(
+                update(T)
+                .where(T.id == trial_id)
+                .values(
+                    summary_metrics=_STRICT.encode(summary),
+                    summary_state=_STRICT.encode(aux),
+                    steps_completed=max(cur[2], max_steps),
+                )
+            )
+        return True
+
+    def _insert_metric_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Bulk insert ``(trial_id, group, steps, timestamp, payload)`` rows at driver level:
+        ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
+        if self._sqlite:
+            conn.exec_driver_sql(_METRICS_INSERT_SQLITE, rows)
+            return
+        driver_conn = conn.connection.driver_connection
+        assert driver_conn is not None
+        with driver_conn.cursor() as cursor, cursor.copy(_METRICS_COPY_PG) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def iter_metrics(
+        self, trial_ids: Sequence[int], group: str | None = None, page_size: int = 10_000
+    ) -> Iterator[list[MetricPoint]]:
+        """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy.
+
+        Trials come in ascending id order whatever the order of ``trial_ids``. Each page is
+        read with a keyset query (no OFFSET) in its own short transaction, so no connection
+        is held while the caller works on a page.
+
+        Raises:
+            InvalidArgumentError: ``page_size`` < 1 (on the first ``next``).
+            NotFoundError: One of the trials does not exist (on the first ``next``).
+        """
+        if page_size < 1:
+            raise InvalidArgumentError(f"page_size must be >= 1, got {page_size}")
+        ids = sorted(set(trial_ids))
+        if ids:
+            with self._read() as conn:
+                found = set(conn.scalars(select(T.id).where(T.id.in_(ids))))
+            for tid in ids:
+                if tid not in found:
+                    raise NotFoundError(f"trial {tid} not found")
+        page: list[MetricPoint] = []
+        for tid in ids:
+            if group is not None:
+                groups = [group]
+            else:
+                with self._read() as conn:
+                    groups = [g for g in conn.scalars(_GROUPS_SQL, {"t": tid})]
+            streams = [self._group_stream(tid, g, page_size) for g in groups]
+            merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
+            for _steps, _id, point in merged:
+                page.append(point)
+                if len(page) >= page_size:
+                    yield page
+                    page = []
+        if page:
+            yield page
+
+    def _group_stream(
+        self, trial_id: int, group: str, page_size: int
+    ) -> Iterator[tuple[int, int, MetricPoint]]:
+        """Points of one (trial, group) in (steps, id) order, fetched a page at a time."""
+        m = MetricRow
+        base = (
+            select(m.steps_completed, m.id, m.timestamp, m.payload)
+            .where(m.trial_id == trial_id, m.metric_group == group)
+            .order_by(m.steps_completed, m.id)
+            .limit(page_size)
+        )
+        last: tuple[int, int] | None = None
+        while True:
+            stmt = base
+            if last is not None:
+                s, i = last
+                stmt = stmt.where(m.steps_completed >= s, or_(m.steps_completed > s, m.id > i))
+            with self._read() as conn:
+                rows = conn.execute(stmt).all()
+            for steps, row_id, ts, payload in rows:
+                yield (
+                    steps,
+                    row_id,
+                    MetricPoint(trial_id, group, steps, _decode_metrics(payload), ts),
+                )
+            if len(rows) < page_size:
+                return
+            last = (rows[-1][0], rows[-1][1])
+
+    # -- checkpoints --------------------------------------------------------------------------
+    @staticmethod
+    def _metrics_at(conn: Connection, trial_id: int, group: str, steps: int) -> str:
+        """The merged metrics of the last ``group`` report at or before ``steps``, as JSON."""
+        m = MetricRow
+        last_step = (
+            select(func.max(m.steps_completed))
+            .where(m.trial_id == trial_id, m.metric_group == group, m.steps_completed <= steps)
+            .scalar_subquery()
+        )
+        payloads = conn.scalars(
+            select(m.payload)
+            .where(
+                m.trial_id == trial_id,
+                m.metric_group == group,
+                m.steps_completed == last_step,
+            )
+            .order_by(m.id)
+        ).all()
+        if len(payloads) == 1:
+            return payloads[0]
+        merged: dict[str, float] = {}
+        for p in payloads:
+            merged.update(_decode_metrics(p))
+        return _encode_metrics(merged)
+
+    @staticmethod
+    def _refresh_latest(
+        conn: Connection, trial_id: int, uuid: str, state: CheckpointState, steps: int
+    ) -> None:
+        """Keep ``trials.latest_checkpoint_uuid`` on the highest-step COMPLETED checkpoint."""
+        done = CheckpointState.COMPLETED.value
+        if state is CheckpointState.COMPLETED:
+            best_other = conn.scalar(
+                select(func.max(C.steps_completed)).where(
+                    C.trial_id == trial_id, C.state == done, C.uuid != uuid
+                )
+            )
+            if best_other is None or steps >= best_other:
+                conn.execute(update(T).where(T.id == trial_id).values(latest_checkpoint_uuid=uuid))
+            return
+        latest = conn.scalar(select(T.latest_checkpoint_uuid).where(T.id == trial_id))
+        if latest == uuid:  # the latest one is no longer usable: fall back to the next best
+            best = conn.scalar(
+                select(C.uuid)
+                .where(C.trial_id == trial_id, C.state == done)
+                .order_by(C.steps_completed.desc(), C.report_time.desc(), C.uuid.desc())
+                .limit(1)
+            )
+            conn.execute(update(T).where(T.id == trial_id).values(latest_checkpoint_uuid=best))
+
+    @staticmethod
+    def _read_checkpoint(conn: Connection, uuid: str) -> Checkpoint:
+        row = conn.execute(select(*_CKPT_COLS).where(C.uuid == uuid)).first()
+        if row is None:
+            raise NotFoundError(f"checkpoint {uuid!r} not found")
+        return _to_checkpoint(row)
+
+    def add_checkpoint(self, ckpt: Checkpoint) -> Checkpoint:
+        """Record a checkpoint (metrics filled in as the contract says).
+
+        Re-adding the same uuid for the same trial replaces resources, metadata and state
+        (and refreshes the metrics); ``experiment_id`` 0 means "the trial's experiment".
+
+        Raises:
+            NotFoundError: No such trial.
+            AlreadyExistsError: The uuid is recorded for another trial.
+            InvalidArgumentError: Empty uuid, negative steps, or an experiment id that is not
+                the trial's.
+        """
+        if not isinstance(ckpt.uuid, str) or not ckpt.uuid:
+            raise InvalidArgumentError(f"checkpoint uuid must be a non-empty string: {ckpt!r}")
+        if ckpt.steps_completed < 0:
+            raise InvalidArgumentError(f"steps_completed must be >= 0: {ckpt!r}")
+        state = CheckpointState(ckpt.state)
+        dup = AlreadyExistsError(f"checkpoint {ckpt.uuid!r} already exists for another trial")
+        try:
+            with self._write() as conn:
+                exp_id = conn.scalar(
+                    select(T.experiment_id).where(T.id == ckpt.trial_id).with_for_update()
+                )
+                if exp_id is None:
+                    raise NotFoundError(f"trial {ckpt.trial_id} not found")
+                if ckpt.experiment_id not in (0, exp_id):
+                    raise InvalidArgumentError(
+                        f"trial {ckpt.trial_id} belongs to experiment {exp_id}, "
+                        f"not {ckpt.experiment_id}"
+                    )
+                old = conn.execute(
+                    select(C.trial_id, C.steps_completed).where(C.uuid == ckpt.uuid)
+                ).first()
+                if old is not None and old[0] != ckpt.trial_id:
+                    raise AlreadyExistsError(
+                        f"checkpoint {ckpt.uuid!r} already exists for trial {old[0]}"
+                    )
+                steps = ckpt.steps_completed if old is None else old[1]
+                train = self._metrics_at(conn, ckpt.trial_id, "training", steps)
+                val = self._metrics_at(conn, ckpt.trial_id, "validation", steps)
+                if old is None:
+                    conn.execute(
+                        insert(C).values(
+                            uuid=ckpt.uuid,
+                            trial_id=ckpt.trial_id,
+                            experiment_id=exp_id,
+                            state=state.value,
+                            steps_completed=steps,
+                            resources=_dumps(ckpt.resources),
+                            meta=_dumps(ckpt.metadata),
+                            storage=_dumps(ckpt.storage),
+                            report_time=float(ckpt.report_time),
+                            training_metrics=train,
+                            validation_metrics=val,
+                        )
+                    )
+                else:
+                    conn.execute(
+                        update(C)
+                        .where(C.uuid == ckpt.uuid)
+                        .values(
+                            state=state.value,
+                            resources=_dumps(ckpt.resources),
+                            meta=_dumps(ckpt.metadata),
+                            training_metrics=train,
+                            validation_metrics=val,
+                        )
+                    )
+                self._refresh_latest(conn, ckpt.trial_id, ckpt.uuid, state, steps)
+                return self._read_checkpoint(conn, ckpt.uuid)
+        except IntegrityError:
+            raise dup from None
+
+    def get_checkpoint(self, uuid: str) -> Checkpoint:
+        """The checkpoint with this uuid."""
+        with self._read() as conn:
+            return self._read_checkpoint(conn, uuid)
+
+    def list_checkpoints(
+        self,
+        *,
+        experiment_id: int | None = None,
+        trial_id: int | None = None,
+        states: Sequence[CheckpointState] = (),
+    ) -> list[Checkpoint]:
+        """Checkpoints of one experiment or trial, ordered by (trial_id, steps_completed);
+        ``states`` empty means every state but DELETED.
+
+        Raises:
+            InvalidArgumentError: Not exactly one of ``experiment_id`` and ``trial_id`` given.
+            NotFoundError: The experiment or trial does not exist.
+        """
+        if (experiment_id is None) == (trial_id is None):
+            raise InvalidArgumentError("give exactly one of experiment_id and trial_id")
+        state_cond: ColumnElement[bool]
+        if states:
+            state_cond = C.state.in_([CheckpointState(s).value for s in states])
+        else:
+            state_cond = C.state != CheckpointState.DELETED.value
+        stmt = (
+            select(*_CKPT_COLS)
+            .where(state_cond)
+            .order_by(C.trial_id, C.steps_completed, C.report_time, C.uuid)
+        )
+        with self._read() as conn:
+            if trial_id is not None:
+                self._need_trial(conn, trial_id)
+                stmt = stmt.where(C.trial_id == trial_id)
+            else:
+                assert experiment_id is not None
+                self._need_experiment(conn, experiment_id)
+                stmt = stmt.where(C.experiment_id == experiment_id)
+            return [_to_checkpoint(r) for r in conn.execute(stmt)]
+
+    def update_checkpoint(
+        self,
+        uuid: str,
+        *,
+        state: CheckpointState = _UNSET,
+        metadata: JSONDict = _UNSET,
+        resources: dict[str, int] = _UNSET,
+    ) -> Checkpoint:
+        """Set the given fields and return the new value.
+
+        A change of state keeps the trial's ``latest_checkpoint_uuid`` on its highest-step
+        COMPLETED checkpoint (it moves off one that is no longer COMPLETED).
+        """
+        values: dict[str, Any] = {}
+        if state is not _UNSET:
+            state = CheckpointState(state)
+            values["state"] = state.value
+        if metadata is not _UNSET:
+            values["meta"] = _dumps(metadata)
+        if resources is not _UNSET:
+            values["resources"] = _dumps(resources)
+        with self._write() as conn:
+            row = conn.execute(select(C.trial_id, C.steps_completed).where(C.uuid == uuid)).first()
+            if row is None:
+                raise NotFoundError(f"checkpoint {uuid!r} not found")
+            trial_id, steps = row[0], row[1]
+            conn.execute(select(T.id).where(T.id == trial_id).with_for_update())
+            if values:
+                conn.execute(update(C).where(C.uuid == uuid).values(**values))
+            if state is not _UNSET:
+                self._refresh_latest(conn, trial_id, uuid, state, steps)
+            return self._read_checkpoint(conn, uuid)
+
+    # -- logs ---------------------------------------------------------------------------------
+    def add_logs(self, lines: Sequence[LogLine]) -> None:
+        """Append lines (one transaction); ids are assigned increasing in the given order.
+
+        Raises:
+            NotFoundError: A line names a trial that does not exist.
+        """
+        if not lines:
+            return
+        rows = [
+            {
+                "trial_id": ln.trial_id,
+                "timestamp": float(ln.timestamp),
+                "message": ln.message,
+                "rank": ln.rank,
+                "stream": ln.stream,
+                "level": ln.level,
+                "run_id": ln.run_id,
+            }
+            for ln in lines
+        ]
+        wanted = sorted({ln.trial_id for ln in lines})
+        with self._write() as conn:
+            found = set(conn.scalars(select(T.id).where(T.id.in_(wanted))))
+            for tid in wanted:
+                if tid not in found:
+                    raise NotFoundError(f"trial {tid} not found")
+            conn.execute(insert(LogRow), rows)
+
+    def query_logs(self, q: LogQuery) -> list[LogLine]:
+        """Matching lines with id > ``q.after_id`` in id order, cut by head/tail.
+
+        ``search`` is a case-sensitive substring match; timestamps bounds are exclusive.
+
+        Raises:
+            InvalidArgumentError: Both ``head`` and ``tail`` given, or a negative one.
+            NotFoundError: No such trial.
+        """
+        if q.head is not None and q.tail is not None:
+            raise InvalidArgumentError("give at most one of head and tail")
+        for n in (q.head, q.tail):
+            if n is not None and n < 0:
+                raise InvalidArgumentError(f"head/tail must be >= 0, got {n}")
+        lg = LogRow
+        conds: list[ColumnElement[bool]] = [lg.trial_id == q.trial_id, lg.id > q.after_id]
+        if q.search:
+            finder = (
+                func.instr(lg.message, q.search)
+                if self._sqlite
+                else func.strpos(lg.message, q.search)
+            )
+            conds.append(finder > 0)
+        if q.levels:
+            conds.append(lg.level.in_(list(q.levels)))
+        if q.ranks:
+            conds.append(lg.rank.in_(list(q.ranks)))
+        if q.streams:
+            conds.append(lg.stream.in_(list(q.streams)))
+        if q.timestamp_after is not None:
+            conds.append(lg.timestamp > q.timestamp_after)
+        if q.timestamp_before is not None:
+            conds.append(lg.timestamp < q.timestamp_before)
+        stmt = select(*_LOG_COLS).where(*conds)
+        if q.tail is not None:
+            stmt = stmt.order_by(lg.id.desc()).limit(q.tail)
+        else:
+            stmt = stmt.order_by(lg.id)
+            if q.head is not None:
+                stmt = stmt.limit(q.head)
+        with self._read() as conn:
+            self._need_trial(conn, q.trial_id)
+            out = [_to_log(r) for r in conn.execute(stmt)]
+        if q.tail is not None:
+            out.reverse()
+        return out
+
+    # -- models -------------------------------------------------------------------------------
+    @staticmethod
+    def _read_model(conn: Connection, name: str) -> Model:
+        row = conn.execute(select(*_MODEL_COLS).where(ModelRow.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"model {name!r} not found")
+        return _to_model(row)
+
+    @staticmethod
+    def _model_id(conn: Connection, name: str, *, lock: bool = False) -> int:
+        stmt = select(ModelRow.id).where(ModelRow.name == name)
+        if lock:
+            stmt = stmt.with_for_update()
+        model_id = conn.scalar(stmt)
+        if model_id is None:
+            raise NotFoundError(f"model {name!r} not found")
+        return model_id
+
+    def create_model(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        metadata: JSONDict | None = None,
+        labels: Sequence[str] = (),
+        workspace_id: int = 1,
+    ) -> Model:
+        """Register a model under a unique name."""
+        _check_name("model", name)
+        tags = _dedup(labels)
+        dup = AlreadyExistsError(f"model named {name!r} already exists")
+        now = time.time()
+        try:
+            with self._write() as conn:
+                self._need_workspace(conn, workspace_id)
+                if conn.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None:
+                    raise dup
+                conn.execute(
+                    insert(ModelRow).values(
+                        workspace_id=workspace_id,
+                        name=name,
+                        description=description,
+                        meta=_dumps(metadata or {}),
+                        labels=_dumps(list(tags)),
+                        archived=False,
+                        creation_time=now,
+                        last_updated_time=now,
+                        last_version=0,
+                    )
+                )
+                return self._read_model(conn, name)
+        except IntegrityError:
+            raise dup from None
+
+    def get_model(self, name: str) -> Model:
+        """The model with this name."""
+        with self._read() as conn:
+            return self._read_model(conn, name)
+
+    def list_models(
+        self,
+        *,
+        name_contains: str | None = None,
+        labels: Sequence[str] = (),
+        include_archived: bool = False,
+        workspace_id: int | None = None,
+    ) -> list[Model]:
+        """Models by id; ``name_contains`` is case-insensitive, every label must be present."""
+        stmt = select(*_MODEL_COLS).order_by(ModelRow.id)
+        if name_contains:
+            stmt = stmt.where(ModelRow.name.icontains(name_contains, autoescape=True))
+        if not include_archived:
+            stmt = stmt.where(ModelRow.archived.is_(False))
+        if workspace_id is not None:
+            stmt = stmt.where(ModelRow.workspace_id == workspace_id)
+        with self._read() as conn:
+            models = [_to_model(r) for r in conn.execute(stmt)]
+        if labels:
+            want = set(labels)
+            models = [m for m in models if want.issubset(m.labels)]
+        return models
+
+    def update_model(
+        self,
+        name: str,
+        *,
+        new_name: str = _UNSET,
+        description: str = _UNSET,
+        metadata: JSONDict = _UNSET,
+        labels: Sequence[str] = _UNSET,
+        archived: bool = _UNSET,
+    ) -> Model:
+        """Set the given fields (``new_name`` renames) and return the new value."""
+        values: dict[str, Any] = {}
+        if new_name is not _UNSET:
+            values["name"] = _check_name("model", new_name)
+        if description is not _UNSET:
+            values["description"] = description
+        if metadata is not _UNSET:
+            values["meta"] = _dumps(metadata)
+        if labels is not _UNSET:
+            values["labels"] = _dumps(list(_dedup(labels)))
+        if archived is not _UNSET:
+            values["archived"] = bool(archived)
+        dup = AlreadyExistsError(f"model named {new_name!r} already exists")
+        try:
+            with self._write() as conn:
+                model_id = self._model_id(conn, name, lock=True)
+                if new_name is not _UNSET and new_name != name:
+                    taken = conn.scalar(select(ModelRow.id).where(ModelRow.name == new_name))
+                    if taken is not None:
+                        raise dup
+                if values:
+                    values["last_updated_time"] = time.time()
+                    conn.execute(update(ModelRow).where(ModelRow.id == model_id).values(**values))
+                return self._read_model(conn, values.get("name", name))
+        except IntegrityError:
+            raise dup from None
+
+    def delete_model(self, name: str) -> None:
+        """Delete the model and its versions."""
+        with self._write() as conn:
+            model_id = self._model_id(conn, name)
+            conn.execute(delete(ModelRow).where(ModelRow.id == model_id))
+
+    def create_model_version(
+        self,
+        model_name: str,
+        checkpoint_uuid: str,
+        *,
+        name: str = "",
+        comment: str = "",
+        metadata: JSONDict | None = None,
+        labels: Sequence[str] = (),
+    ) -> ModelVersion:
+        """Register a checkpoint as the model's next version (numbers count up from 1 per
+        model and are never reused, even after a version is deleted).
+
+        Raises:
+            NotFoundError: No such model or checkpoint.
+            FailedPreconditionError: The checkpoint is DELETED.
+        """
+        tags = _dedup(labels)
+        now = time.time()
+        with self._write() as conn:
+            model_id = self._model_id(conn, model_name, lock=True)
+            ck_state = conn.scalar(select(C.state).where(C.uuid == checkpoint_uuid))
+            if ck_state is None:
+                raise NotFoundError(f"checkpoint {checkpoint_uuid!r} not found")
+            if ck_state == CheckpointState.DELETED.value:
+                raise FailedPreconditionError(
+                    f"checkpoint {checkpoint_uuid!r} is DELETED and cannot be registered"
+                )
+            version = conn.scalar(
+                update(ModelRow)
+                .where(ModelRow.id == model_id)
+                .values(last_version=ModelRow.last_version + 1, last_updated_time=now)
+                .returning(ModelRow.last_version)
+            )
+            if version is None:  # pragma: no cover - the row is locked and exists
+                raise NotFoundError(f"model {model_name!r} not found")
+            res = conn.execute(
+                insert(MV).values(
+                    model_id=model_id,
+                    version=version,
+                    name=name,
+                    comment=comment,
+                    meta=_dumps(metadata or {}),
+                    labels=_dumps(list(tags)),
+                    checkpoint_uuid=checkpoint_uuid,
+                    creation_time=now,
+                )
+            )
+            row = conn.execute(select(*_VERSION_COLS).where(MV.id == _pk(res))).one()
+            return _to_version(row)
+
+    def list_model_versions(self, model_name: str) -> list[ModelVersion]:
+        """The model's versions, by version number."""
+        with self._read() as conn:
+            model_id = self._model_id(conn, model_name)
+            rows = conn.execute(
+                select(*_VERSION_COLS).where(MV.model_id == model_id).order_by(MV.version)
+            )
+            return [_to_version(r) for r in rows]
+
+    def get_model_version(self, model_name: str, version: int | None = None) -> ModelVersion:
+        """``version`` None = the latest (highest number still registered)."""
+        with self._read() as conn:
+            model_id = self._model_id(conn, model_name)
+            stmt = select(*_VERSION_COLS).where(MV.model_id == model_id)
+            if version is None:
+                stmt = stmt.order_by(MV.version.desc()).limit(1)
+            else:
+                stmt = stmt.where(MV.version == version)
+            row = conn.execute(stmt).first()
+        if row is None:
+            if version is None:
+                raise NotFoundError(f"model {model_name!r} has no versions")
+            raise NotFoundError(f"model {model_name!r} version {version} not found")
+        return _to_version(row)
+
+    def delete_model_version(self, model_name: str, version: int) -> None:
+        """Delete one version of the model."""
+        with self._write() as conn:
+            model_id = self._model_id(conn, model_name, lock=True)
+            res = conn.execute(delete(MV).where(MV.model_id == model_id, MV.version == version))
+            if res.rowcount == 0:
+                raise NotFoundError(f"model {model_name!r} version {version} not found")
+            conn.execute(
+                update(ModelRow)
+                .where(ModelRow.id == model_id)
+                .values(last_updated_time=time.time())
+            )
