@@ -394,16 +394,13 @@ class ExperimentService:
                 trial_id=trial.id,
                 experiment_id=exp_id,
                 run_id=run_id,
-                entrypoint=[entry] if isinstance(entry, str) else list(entry),
+                entrypoint=entry if isinstance(entry, str) else [str(x) for x in entry],
                 slots=int(cfg["resources"]["slots_per_trial"]),
                 env=env,
                 cluster_info=info,
                 model_definition=lambda: self.store.get_model_definition(exp_id),
             )
         )
-        if isinstance(entry, str):
-            # A string entrypoint is one command line; the supervisor splits it.
-            pass
         self._notify()
 
     # -- trial exits -------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class LaunchSpec:
     trial_id: int
     experiment_id: int
     run_id: int
-    entrypoint: list[str]
+    entrypoint: str | list[str]  # a string is one command line (split like a shell)
     slots: int
     env: dict[str, str]
     cluster_info: dict[str, Any]
