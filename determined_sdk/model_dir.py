@@ -45,12 +45,16 @@ def pack_model_dir(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BY
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-            for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            for name in sorted(
+                filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            ):
                 full = pathlib.Path(dirpath) / name
                 rel = full.relative_to(root).as_posix()
                 real = full.resolve()
                 if full.is_symlink() and not real.is_relative_to(root_real):
-                    logger.warning("model_dir: dropping %s: a symlink pointing outside the directory", rel)
+                    logger.warning(
+                        "model_dir: dropping %s: a symlink pointing outside the directory", rel
+                    )
                     continue
                 if not real.is_file():
                     continue
@@ -105,7 +109,9 @@ def check_archive(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tarfi
     return members
 
 
-def extract_archive(data: bytes, dest: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+def extract_archive(
+    data: bytes, dest: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES
+) -> None:
     """Check ``data`` with :func:`check_archive`, then unpack it into ``dest``."""
     check_archive(data, max_bytes)
     os.makedirs(dest, exist_ok=True)

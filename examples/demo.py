@@ -31,8 +31,21 @@ HERE = pathlib.Path(__file__).resolve().parent
 def start_master(data_dir: pathlib.Path, slots: int) -> tuple[subprocess.Popen[bytes], str]:
     port_file = data_dir / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "master_server", "--data-dir", str(data_dir), "--port", "0",
-         "--slots", str(slots), "--port-file", str(port_file), "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "master_server",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            "0",
+            "--slots",
+            str(slots),
+            "--port-file",
+            str(port_file),
+            "--log-level",
+            "WARNING",
+        ],
     )
     deadline = time.monotonic() + 60
     while not port_file.exists():
@@ -43,7 +56,9 @@ def start_master(data_dir: pathlib.Path, slots: int) -> tuple[subprocess.Popen[b
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--slots", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--trials", type=int, default=None, help="override searcher.max_trials")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
@@ -59,8 +74,10 @@ def main() -> None:
         if args.trials:
             config["searcher"]["max_trials"] = args.trials
         exp = client.create_experiment(config=config, model_dir=str(HERE / "digits"))
-        console.print(f"experiment {exp.id}: {config['searcher']['name']} search, "
-                      f"{config['searcher'].get('max_trials', '?')} trials of {exp.name!r}")
+        console.print(
+            f"experiment {exp.id}: {config['searcher']['name']} search, "
+            f"{config['searcher'].get('max_trials', '?')} trials of {exp.name!r}"
+        )
         last = -1.0
         while True:
             exp.reload()
@@ -72,7 +89,15 @@ def main() -> None:
             time.sleep(1.0)
         metric = config["searcher"]["metric"]
         table = Table(title=f"experiment {exp.id}: {exp.state.name}")
-        for col in ("trial", "state", "lr", "hidden_size", f"best {metric}", "val accuracy", "steps"):
+        for col in (
+            "trial",
+            "state",
+            "lr",
+            "hidden_size",
+            f"best {metric}",
+            "val accuracy",
+            "steps",
+        ):
             table.add_column(col, justify="right")
         rows = []
         for t in exp.list_trials():
@@ -81,8 +106,11 @@ def main() -> None:
             acc = vm.get("validation_accuracy", {}).get("last")
             rows.append((t, best, acc))
             table.add_row(
-                str(t.id), t.state.name, f"{t.hparams.get('lr', float('nan')):.4g}",
-                str(t.hparams.get("hidden_size", "")), "-" if best is None else f"{best:.4f}",
+                str(t.id),
+                t.state.name,
+                f"{t.hparams.get('lr', float('nan')):.4g}",
+                str(t.hparams.get("hidden_size", "")),
+                "-" if best is None else f"{best:.4f}",
                 "-" if acc is None else f"{acc:.3f}",
                 str(vm.get(metric, {}).get("count", 0)),
             )

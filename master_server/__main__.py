@@ -16,9 +16,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="determined-master", description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one (default 8080)")
-    p.add_argument("--data-dir", required=True, help="SQLite file, checkpoints and run dirs live here")
+    p.add_argument(
+        "--data-dir", required=True, help="SQLite file, checkpoints and run dirs live here"
+    )
     p.add_argument("--db", default=None, help="SQLAlchemy URL, e.g. postgresql+psycopg://u@h/db")
-    p.add_argument("--slots", type=int, default=None, help="slots to schedule onto (default: CPU count)")
+    p.add_argument(
+        "--slots", type=int, default=None, help="slots to schedule onto (default: CPU count)"
+    )
     p.add_argument("--checkpoint-dir", default=None, help="default checkpoint storage directory")
     p.add_argument("--max-model-mib", type=int, default=64, help="model directory size limit")
     p.add_argument("--port-file", default=None, help="write the bound port here once serving")
@@ -36,8 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.slots is not None and args.slots < 1:
         sys.exit(f"--slots: must be >= 1, got {args.slots}")
     master = Master(
-        args.data_dir, host=args.host, port=args.port, db_url=args.db, slots=args.slots,
-        checkpoint_dir=args.checkpoint_dir, max_model_bytes=args.max_model_mib * 2**20,
+        args.data_dir,
+        host=args.host,
+        port=args.port,
+        db_url=args.db,
+        slots=args.slots,
+        checkpoint_dir=args.checkpoint_dir,
+        max_model_bytes=args.max_model_mib * 2**20,
     )
     try:
         master.start()

@@ -62,7 +62,9 @@ class Master:
         self._requested_port = port
         self.db_url = db_url or f"sqlite:///{self.data_dir / 'master.db'}"
         self.slots = slots or os.cpu_count() or 1
-        self.checkpoint_dir = pathlib.Path(checkpoint_dir or self.data_dir / "checkpoints").resolve()
+        self.checkpoint_dir = pathlib.Path(
+            checkpoint_dir or self.data_dir / "checkpoints"
+        ).resolve()
         self.max_model_bytes = max_model_bytes
         self.preempt_grace_s = preempt_grace_s
         self.max_workers = max_workers
@@ -99,9 +101,13 @@ class Master:
         launcher = LocalLauncher(self.data_dir, lambda: self.address)
         scheduler = Scheduler(self.slots)
         experiments = ExperimentService(
-            store, launcher, scheduler,
-            data_dir=self.data_dir, checkpoint_dir=self.checkpoint_dir,
-            master_address=lambda: self.address, max_model_bytes=self.max_model_bytes,
+            store,
+            launcher,
+            scheduler,
+            data_dir=self.data_dir,
+            checkpoint_dir=self.checkpoint_dir,
+            master_address=lambda: self.address,
+            max_model_bytes=self.max_model_bytes,
             preempt_grace_s=self.preempt_grace_s,
         )
         logs = LogService(store)
@@ -124,7 +130,10 @@ class Master:
         experiments.recover()
         logger.info(
             "master serving on %s (%s, %d slots, data in %s)",
-            self.address, store.dialect, self.slots, self.data_dir,
+            self.address,
+            store.dialect,
+            self.slots,
+            self.data_dir,
         )
         return self
 

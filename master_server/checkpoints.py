@@ -64,7 +64,7 @@ class CheckpointService:
             )
         )
 
-    def list(
+    def list_checkpoints(
         self,
         *,
         experiment_id: int,
@@ -88,7 +88,11 @@ class CheckpointService:
         smaller = bool(searcher.get("smaller_is_better", True))
         sort_by = sort_by or "report_time"
         if sort_by.startswith("metric:") or sort_by == "searcher_metric":
-            name = sort_by.removeprefix("metric:") if sort_by != "searcher_metric" else searcher.get("metric")
+            name = (
+                sort_by.removeprefix("metric:")
+                if sort_by != "searcher_metric"
+                else searcher.get("metric")
+            )
             if not name:
                 raise InvalidArgumentError("sort_by: the metric name is empty")
             if descending is None:
@@ -112,11 +116,14 @@ class CheckpointService:
             ckpts.sort(key=key[sort_by], reverse=bool(descending))
         else:
             raise InvalidArgumentError(
-                f"sort_by: must be one of {', '.join(SORT_KEYS)} or 'metric:<name>', got {sort_by!r}"
+                f"sort_by: must be one of {', '.join(SORT_KEYS)} or 'metric:<name>', "
+                f"got {sort_by!r}"
             )
         return ckpts[:max_results] if max_results else ckpts
 
-    def patch_metadata(self, uuid: str, set_values: JSONDict, remove_keys: Sequence[str]) -> Checkpoint:
+    def patch_metadata(
+        self, uuid: str, set_values: JSONDict, remove_keys: Sequence[str]
+    ) -> Checkpoint:
         ckpt = self.store.get_checkpoint(uuid)
         md = dict(ckpt.metadata)
         md.update(set_values)
@@ -133,7 +140,9 @@ class CheckpointService:
         out = []
         for c in ckpts:
             shutil.rmtree(_ckpt_dir(c), ignore_errors=True)
-            out.append(self.store.update_checkpoint(c.uuid, state=CheckpointState.DELETED, resources={}))
+            out.append(
+                self.store.update_checkpoint(c.uuid, state=CheckpointState.DELETED, resources={})
+            )
         return out
 
     def download(self, uuid: str) -> Iterator[tuple[str, int, bytes, int]]:

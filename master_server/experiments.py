@@ -300,13 +300,12 @@ class ExperimentService:
                 if tr is not None and not tr.closed:
                     tr.closed = True
                     self._close_trial(rt, tr)
-            elif isinstance(action, Shutdown):
-                if rt.shutdown is None:
-                    rt.shutdown = action
-                    for tr in rt.trials.values():
-                        if not tr.closed:
-                            tr.closed = True
-                            self._close_trial(rt, tr)
+            elif isinstance(action, Shutdown) and rt.shutdown is None:
+                rt.shutdown = action
+                for tr in rt.trials.values():
+                    if not tr.closed:
+                        tr.closed = True
+                        self._close_trial(rt, tr)
         self._notify()
 
     def _create_trial(self, rt: ExperimentRuntime, action: Create) -> list[Action]:
@@ -368,7 +367,10 @@ class ExperimentService:
         cfg = rt.config
         run_id = trial.run_id + 1
         trial = self._set_trial_state(
-            trial_id, T.RUNNING, run_id=run_id, **({} if trial.run_id else {"start_time": time.time()})
+            trial_id,
+            T.RUNNING,
+            run_id=run_id,
+            **({} if trial.run_id else {"start_time": time.time()}),
         )
         tr.running, tr.run_id, tr.preempt_reason, tr.early_exit = True, run_id, None, None
         latest = trial.latest_checkpoint_uuid or trial.warm_start_checkpoint_uuid
@@ -387,7 +389,10 @@ class ExperimentService:
             "experiment_config": cfg,
         }
         entry = cfg["entrypoint"]
-        env = {str(k): str(v) for k, v in (cfg.get("environment", {}).get("environment_variables") or {}).items()}
+        env = {
+            str(k): str(v)
+            for k, v in (cfg.get("environment", {}).get("environment_variables") or {}).items()
+        }
         exp_id = trial.experiment_id
         self.launcher.launch(
             LaunchSpec(
@@ -416,7 +421,11 @@ class ExperimentService:
             exp = self.store.get_experiment(tr.experiment_id)
             logger.info(
                 "trial %d run %d exited with %d (preempt=%s closed=%s)",
-                trial_id, run_id, exit_code, tr.preempt_reason, tr.closed,
+                trial_id,
+                run_id,
+                exit_code,
+                tr.preempt_reason,
+                tr.closed,
             )
             reason = tr.preempt_reason
             if rt is None:  # unmanaged
@@ -435,7 +444,10 @@ class ExperimentService:
                 self._trials.pop(trial_id, None)
                 if reason == "kill" and exp.state not in (E.STOPPING_CANCELED, E.CANCELED):
                     self._searcher_event(
-                        rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
+                        rt,
+                        rt.searcher.on_trial_exited_early(
+                            tr.request_id, ExitedReason.USER_CANCELED
+                        ),
                     )
             elif tr.closed and (exit_code == 0 or reason == "searcher"):
                 self._set_trial_state(trial_id, T.COMPLETED)
@@ -451,7 +463,11 @@ class ExperimentService:
                 if tr.early_exit is not None:
                     self._set_trial_state(trial_id, T.COMPLETED, exit_reason=tr.early_exit)
                     self._trials.pop(trial_id, None)
-                    why = ExitedReason.INVALID_HP if tr.early_exit == "INVALID_HP" else ExitedReason.ERRORED
+                    why = (
+                        ExitedReason.INVALID_HP
+                        if tr.early_exit == "INVALID_HP"
+                        else ExitedReason.ERRORED
+                    )
                     self._searcher_event(rt, rt.searcher.on_trial_exited_early(tr.request_id, why))
                 else:
                     tr.closed = True
@@ -473,7 +489,10 @@ class ExperimentService:
         if trial.restarts < max_restarts and exp.state == E.ACTIVE:
             logger.warning(
                 "trial %d failed (%s); restart %d of %d from its latest checkpoint",
-                trial_id, why, trial.restarts + 1, max_restarts,
+                trial_id,
+                why,
+                trial.restarts + 1,
+                max_restarts,
             )
             self._set_trial_state(trial_id, T.QUEUED, restarts=trial.restarts + 1, exit_reason=why)
             self.scheduler.enqueue(trial_id, int(rt.config["resources"]["slots_per_trial"]))
@@ -509,7 +528,9 @@ class ExperimentService:
                 pass
             self._set_exp_state(experiment_id, E.ERROR if failed else E.COMPLETED, "finish")
             if failed:
-                self.store.update_experiment(experiment_id, error=rt.shutdown.reason or "search failed")
+                self.store.update_experiment(
+                    experiment_id, error=rt.shutdown.reason or "search failed"
+                )
             self._save_searcher(rt)
             logger.info("experiment %d %s", experiment_id, "failed" if failed else "completed")
 
@@ -591,7 +612,9 @@ class ExperimentService:
                     f" (current: {tr.current_op()})"
                 )
             tr.completed_length = length
-            self._searcher_event(rt, rt.searcher.on_validation_completed(tr.request_id, metric, length))
+            self._searcher_event(
+                rt, rt.searcher.on_validation_completed(tr.request_id, metric, length)
+            )
 
     def on_validation_metrics(self, trial_id: int, metrics: dict[str, float], steps: int) -> None:
         """Metrics-only trials: a validation report feeds searchers that use ``time_metric``."""
@@ -612,7 +635,9 @@ class ExperimentService:
 
     def experiment_config_of_trial(self, trial_id: int) -> JSONDict:
         tr = self._trials.get(trial_id)
-        exp_id = tr.experiment_id if tr is not None else self.store.get_trial(trial_id).experiment_id
+        exp_id = (
+            tr.experiment_id if tr is not None else self.store.get_trial(trial_id).experiment_id
+        )
         return self.experiment_config(exp_id)
 
     def report_progress(self, trial_id: int, progress: float) -> None:
@@ -645,7 +670,9 @@ class ExperimentService:
         tr = self._trials.get(trial_id)
         if tr is None:
             trial = self.store.get_trial(trial_id)
-            raise FailedPreconditionError(f"trial {trial_id} is {trial.state.value}; it is not running")
+            raise FailedPreconditionError(
+                f"trial {trial_id} is {trial.state.value}; it is not running"
+            )
         return tr, self._exps.get(tr.experiment_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -653,7 +680,9 @@ class ExperimentService:
         with self._lock:
             exp = self.store.get_experiment(experiment_id)
             if exp.unmanaged:
-                raise FailedPreconditionError(f"experiment {experiment_id} is unmanaged; it cannot be activated")
+                raise FailedPreconditionError(
+                    f"experiment {experiment_id} is unmanaged; it cannot be activated"
+                )
             if exp.state == E.ACTIVE:
                 return exp
             self._set_exp_state(experiment_id, E.ACTIVE, "activate")
@@ -672,7 +701,9 @@ class ExperimentService:
         with self._lock:
             exp = self.store.get_experiment(experiment_id)
             if exp.unmanaged:
-                raise FailedPreconditionError(f"experiment {experiment_id} is unmanaged; it cannot be paused")
+                raise FailedPreconditionError(
+                    f"experiment {experiment_id} is unmanaged; it cannot be paused"
+                )
             if exp.state == E.PAUSED:
                 return exp
             self._set_exp_state(experiment_id, E.PAUSED, "pause")
@@ -721,7 +752,9 @@ class ExperimentService:
             trial = self.store.get_trial(trial_id)
             tr = self._trials.get(trial_id)
             if trial.state in TERMINAL_TRIAL_STATES or tr is None:
-                raise FailedPreconditionError(f"trial {trial_id} is {trial.state.value}; it cannot be killed")
+                raise FailedPreconditionError(
+                    f"trial {trial_id} is {trial.state.value}; it cannot be killed"
+                )
             rt = self._exps.get(trial.experiment_id)
             if tr.running and rt is not None:
                 self._preempt(tr, "kill")
@@ -731,7 +764,10 @@ class ExperimentService:
                 self._trials.pop(trial_id, None)
                 if rt is not None:
                     self._searcher_event(
-                        rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
+                        rt,
+                        rt.searcher.on_trial_exited_early(
+                            tr.request_id, ExitedReason.USER_CANCELED
+                        ),
                     )
                 else:
                     self._maybe_finish(trial.experiment_id)
@@ -757,7 +793,9 @@ class ExperimentService:
                 )
             ckpts = self.store.list_checkpoints(experiment_id=experiment_id)
             for c in ckpts:
-                shutil.rmtree(os.path.join(str(c.storage.get("path", "")), c.uuid), ignore_errors=True)
+                shutil.rmtree(
+                    os.path.join(str(c.storage.get("path", "")), c.uuid), ignore_errors=True
+                )
             trials, _ = self.store.list_trials(experiment_id)
             for t in trials:
                 shutil.rmtree(self.data_dir / "runs" / f"trial-{t.id}", ignore_errors=True)
@@ -813,7 +851,9 @@ class ExperimentService:
                     self._recover_experiment(exp)
                 except Exception as e:
                     logger.exception("experiment %d: could not recover its search", exp.id)
-                    self.store.update_experiment(exp.id, state=E.ERROR, error=f"recovery failed: {e}", end_time=time.time())
+                    self.store.update_experiment(
+                        exp.id, state=E.ERROR, error=f"recovery failed: {e}", end_time=time.time()
+                    )
             self._schedule()
 
     def _recover_experiment(self, exp: Experiment) -> None:
@@ -827,7 +867,9 @@ class ExperimentService:
             searcher.restore(state["method"])
         rt.started = bool(state.get("started"))
         sd = state.get("shutdown")
-        rt.shutdown = Shutdown(failure=bool(sd["failure"]), reason=str(sd.get("reason", ""))) if sd else None
+        rt.shutdown = (
+            Shutdown(failure=bool(sd["failure"]), reason=str(sd.get("reason", ""))) if sd else None
+        )
         saved = state.get("trials", {})
         slots = int(cfg["resources"]["slots_per_trial"])
         trials, _ = self.store.list_trials(exp.id)
@@ -836,7 +878,9 @@ class ExperimentService:
             if t.state in TERMINAL_TRIAL_STATES:
                 continue
             tr = TrialRuntime(
-                t.id, exp.id, t.request_id,
+                t.id,
+                exp.id,
+                t.request_id,
                 ops=list(s.get("ops", [])),
                 completed_length=int(s.get("completed_length", 0)),
                 closed=bool(s.get("closed", False)),
@@ -851,9 +895,6 @@ class ExperimentService:
                 self.scheduler.enqueue(t.id, slots)
             elif exp.state == E.PAUSED and t.state == T.QUEUED:
                 self.store.update_trial(t.id, state=T.PAUSED)
-        for rid, s in saved.items():
-            if rid not in rt.trials:
-                continue
         if exp.state == E.STOPPING_CANCELED:
             self._maybe_finish(exp.id)
         elif exp.state == E.ACTIVE and not rt.started:

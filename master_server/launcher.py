@@ -10,6 +10,7 @@ reporting (killed) and reports for them; the service ignores a second report for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -137,7 +138,10 @@ class LocalLauncher:
             self._runs[spec.trial_id] = _Run(spec.trial_id, spec.run_id, proc, run_dir)
         logger.info(
             "trial %d run %d: started supervisor pid %d in %s",
-            spec.trial_id, spec.run_id, proc.pid, run_dir,
+            spec.trial_id,
+            spec.run_id,
+            proc.pid,
+            run_dir,
         )
 
     def signal(self, trial_id: int, sig: signal.Signals) -> bool:
@@ -173,10 +177,8 @@ class LocalLauncher:
             for r in done:
                 code = r.proc.returncode
                 # Kill leftovers of the gang (ranks whose supervisor was SIGKILLed).
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(r.proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
                 if self._on_exit is not None:
                     try:
                         self._on_exit(r.trial_id, r.run_id, code)
@@ -200,10 +202,8 @@ class LocalLauncher:
             try:
                 r.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(r.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 r.proc.wait()
 
 

@@ -24,7 +24,9 @@ class LogService:
             return
         for i, line in enumerate(lines):
             if line.trial_id <= 0:
-                raise InvalidArgumentError(f"lines[{i}].trial_id: must be a trial id, got {line.trial_id}")
+                raise InvalidArgumentError(
+                    f"lines[{i}].trial_id: must be a trial id, got {line.trial_id}"
+                )
         for tid in {line.trial_id for line in lines}:
             self.store.get_trial(tid)
         self.store.add_logs(lines)
@@ -61,7 +63,11 @@ class LogService:
                 version = self._version
             trial = self.store.get_trial(q.trial_id)
             done = trial.state in TERMINAL_TRIAL_STATES
-            page_q = LogQuery(**{**q.__dict__, "after_id": after, "head": None, "tail": None}) if not first else q
+            page_q = (
+                LogQuery(**{**q.__dict__, "after_id": after, "head": None, "tail": None})
+                if not first
+                else q
+            )
             lines = self.store.query_logs(page_q)
             first = False  # tail applies to the backlog only; later pages are every new line
             if lines:

@@ -19,6 +19,7 @@ from determined_sdk.errors import DeterminedError, InvalidArgumentError, NotFoun
 from determined_sdk.proto import (
     checkpoint_pb2,
     checkpoint_pb2_grpc,
+    common_pb2,
     experiment_pb2,
     experiment_pb2_grpc,
     logs_pb2,
@@ -60,7 +61,7 @@ def rpc(fn: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(self, request, context)
-        except Exception as e:  # noqa: BLE001 - one place maps every error
+        except Exception as e:
             _abort(context, e, fn.__name__)
 
     return wrapper  # type: ignore[return-value]
@@ -73,7 +74,7 @@ def rpc_stream(fn: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             yield from fn(self, request, context)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             _abort(context, e, fn.__name__)
 
     return wrapper  # type: ignore[return-value]
@@ -92,7 +93,9 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
     @rpc
     def CreateExperiment(self, request: Any, context: Any) -> Any:
         exp = self.svc.create_experiment(
-            request.config, request.model_definition, activate=request.activate,
+            request.config,
+            request.model_definition,
+            activate=request.activate,
             project_id=request.project_id,
         )
         return experiment_pb2.CreateExperimentResponse(experiment=convert.experiment_to_proto(exp))
@@ -138,7 +141,7 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
         exps, total = self.store.list_experiments(flt)
         return experiment_pb2.ListExperimentsResponse(
             experiments=[convert.experiment_to_proto(e) for e in exps],
-            pagination={"offset": offset, "limit": limit or 0, "total": total},
+            pagination=common_pb2.Pagination(offset=offset, limit=limit or 0, total=total),
         )
 
     @rpc
@@ -179,7 +182,9 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
         elif act == A.EXPERIMENT_ACTION_DELETE:
             exp = self.store.get_experiment(i)
             self.svc.delete(i)
-            return experiment_pb2.ExperimentActionResponse(experiment=convert.experiment_to_proto(exp))
+            return experiment_pb2.ExperimentActionResponse(
+                experiment=convert.experiment_to_proto(exp)
+            )
         else:
             raise InvalidArgumentError(f"action: unknown experiment action {act}")
         return experiment_pb2.ExperimentActionResponse(experiment=convert.experiment_to_proto(exp))
@@ -207,7 +212,7 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
         )
         return experiment_pb2.ListExperimentTrialsResponse(
             trials=[convert.trial_to_proto(t, self.svc.searcher_metric_of(t)) for t in trials],
-            pagination={"offset": offset, "limit": limit or 0, "total": total},
+            pagination=common_pb2.Pagination(offset=offset, limit=limit or 0, total=total),
         )
 
     @rpc
@@ -226,11 +231,15 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
     @rpc
     def GetTrial(self, request: Any, context: Any) -> Any:
         t = self.store.get_trial(request.trial_id)
-        return trial_pb2.GetTrialResponse(trial=convert.trial_to_proto(t, self.svc.searcher_metric_of(t)))
+        return trial_pb2.GetTrialResponse(
+            trial=convert.trial_to_proto(t, self.svc.searcher_metric_of(t))
+        )
 
     @rpc
     def KillTrial(self, request: Any, context: Any) -> Any:
-        return trial_pb2.KillTrialResponse(trial=convert.trial_to_proto(self.svc.kill_trial(request.trial_id)))
+        return trial_pb2.KillTrialResponse(
+            trial=convert.trial_to_proto(self.svc.kill_trial(request.trial_id))
+        )
 
     @rpc
     def ReportMetrics(self, request: Any, context: Any) -> Any:
@@ -255,7 +264,9 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         for page in self.store.iter_metrics(
             list(request.trial_ids), request.group or None, request.page_size or 10_000
         ):
-            yield trial_pb2.StreamMetricsResponse(points=[convert.metric_point_to_proto(p) for p in page])
+            yield trial_pb2.StreamMetricsResponse(
+                points=[convert.metric_point_to_proto(p) for p in page]
+            )
 
     @rpc
     def ReportProgress(self, request: Any, context: Any) -> Any:
@@ -286,7 +297,10 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
     @rpc
     def ReportCheckpoint(self, request: Any, context: Any) -> Any:
         c = self.svc.report(
-            request.trial_id, request.uuid, request.steps_completed, dict(request.resources),
+            request.trial_id,
+            request.uuid,
+            request.steps_completed,
+            dict(request.resources),
             convert.loads_dict(request.metadata_json, "metadata_json"),
         )
         return checkpoint_pb2.ReportCheckpointResponse(checkpoint=convert.checkpoint_to_proto(c))
@@ -298,7 +312,7 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
 
     @rpc
     def ListCheckpoints(self, request: Any, context: Any) -> Any:
-        ckpts = self.svc.list(
+        ckpts = self.svc.list_checkpoints(
             experiment_id=request.experiment_id,
             trial_id=request.trial_id,
             sort_by=request.sort_by,
@@ -306,24 +320,34 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
             max_results=request.max_results,
             states=[convert.checkpoint_state_from_proto(s) for s in request.states],
         )
-        return checkpoint_pb2.ListCheckpointsResponse(checkpoints=[convert.checkpoint_to_proto(c) for c in ckpts])
+        return checkpoint_pb2.ListCheckpointsResponse(
+            checkpoints=[convert.checkpoint_to_proto(c) for c in ckpts]
+        )
 
     @rpc
     def PatchCheckpointMetadata(self, request: Any, context: Any) -> Any:
         c = self.svc.patch_metadata(
-            request.uuid, convert.loads_dict(request.set_json, "set_json"), list(request.remove_keys)
+            request.uuid,
+            convert.loads_dict(request.set_json, "set_json"),
+            list(request.remove_keys),
         )
-        return checkpoint_pb2.PatchCheckpointMetadataResponse(checkpoint=convert.checkpoint_to_proto(c))
+        return checkpoint_pb2.PatchCheckpointMetadataResponse(
+            checkpoint=convert.checkpoint_to_proto(c)
+        )
 
     @rpc
     def DeleteCheckpoints(self, request: Any, context: Any) -> Any:
         cs = self.svc.delete(list(request.uuids))
-        return checkpoint_pb2.DeleteCheckpointsResponse(checkpoints=[convert.checkpoint_to_proto(c) for c in cs])
+        return checkpoint_pb2.DeleteCheckpointsResponse(
+            checkpoints=[convert.checkpoint_to_proto(c) for c in cs]
+        )
 
     @rpc_stream
     def DownloadCheckpoint(self, request: Any, context: Any) -> Iterator[Any]:
         for path, offset, data, size in self.svc.download(request.uuid):
-            yield checkpoint_pb2.CheckpointChunk(path=path, offset=offset, data=data, file_size=size)
+            yield checkpoint_pb2.CheckpointChunk(
+                path=path, offset=offset, data=data, file_size=size
+            )
 
 
 class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
@@ -344,7 +368,9 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
 
     @rpc
     def CompleteSearcherOperation(self, request: Any, context: Any) -> Any:
-        self.svc.complete_searcher_operation(request.trial_id, request.length, request.searcher_metric)
+        self.svc.complete_searcher_operation(
+            request.trial_id, request.length, request.searcher_metric
+        )
         return searcher_pb2.CompleteSearcherOperationResponse()
 
     @rpc
@@ -420,7 +446,9 @@ class Workspaces(workspace_pb2_grpc.WorkspaceServiceServicer):
     @rpc
     def ListWorkspaces(self, request: Any, context: Any) -> Any:
         ws = self.store.list_workspaces(request.name or None)
-        return workspace_pb2.ListWorkspacesResponse(workspaces=[convert.workspace_to_proto(w) for w in ws])
+        return workspace_pb2.ListWorkspacesResponse(
+            workspaces=[convert.workspace_to_proto(w) for w in ws]
+        )
 
     @rpc
     def DeleteWorkspace(self, request: Any, context: Any) -> Any:
@@ -449,7 +477,9 @@ class Workspaces(workspace_pb2_grpc.WorkspaceServiceServicer):
         if request.workspace_id:
             self.store.get_workspace(request.workspace_id)
         ps = self.store.list_projects(request.workspace_id or None)
-        return workspace_pb2.ListProjectsResponse(projects=[convert.project_to_proto(p) for p in ps])
+        return workspace_pb2.ListProjectsResponse(
+            projects=[convert.project_to_proto(p) for p in ps]
+        )
 
     @rpc
     def DeleteProject(self, request: Any, context: Any) -> Any:
@@ -473,21 +503,27 @@ class Models(model_pb2_grpc.ModelServiceServicer):
         if not request.name.strip():
             raise InvalidArgumentError("name: a model name must not be empty")
         m = self.store.create_model(
-            request.name, description=request.description,
+            request.name,
+            description=request.description,
             metadata=convert.loads_dict(request.metadata_json, "metadata_json"),
-            labels=list(request.labels), workspace_id=request.workspace_id or 1,
+            labels=list(request.labels),
+            workspace_id=request.workspace_id or 1,
         )
         return model_pb2.CreateModelResponse(model=convert.model_to_proto(m))
 
     @rpc
     def GetModel(self, request: Any, context: Any) -> Any:
-        return model_pb2.GetModelResponse(model=convert.model_to_proto(self.store.get_model(request.name)))
+        return model_pb2.GetModelResponse(
+            model=convert.model_to_proto(self.store.get_model(request.name))
+        )
 
     @rpc
     def ListModels(self, request: Any, context: Any) -> Any:
         ms = self.store.list_models(
-            name_contains=request.name or None, labels=list(request.labels),
-            include_archived=request.include_archived, workspace_id=request.workspace_id or None,
+            name_contains=request.name or None,
+            labels=list(request.labels),
+            include_archived=request.include_archived,
+            workspace_id=request.workspace_id or None,
         )
         return model_pb2.ListModelsResponse(models=[convert.model_to_proto(m) for m in ms])
 
@@ -517,7 +553,10 @@ class Models(model_pb2_grpc.ModelServiceServicer):
     @rpc
     def RegisterModelVersion(self, request: Any, context: Any) -> Any:
         v = self.store.create_model_version(
-            request.model_name, request.checkpoint_uuid, name=request.name, comment=request.comment,
+            request.model_name,
+            request.checkpoint_uuid,
+            name=request.name,
+            comment=request.comment,
             metadata=convert.loads_dict(request.metadata_json, "metadata_json"),
             labels=list(request.labels),
         )
@@ -531,7 +570,9 @@ class Models(model_pb2_grpc.ModelServiceServicer):
     @rpc
     def GetModelVersion(self, request: Any, context: Any) -> Any:
         if request.version < 0:
-            raise InvalidArgumentError(f"version: must be >= 1 (or 0 for the latest), got {request.version}")
+            raise InvalidArgumentError(
+                f"version: must be >= 1 (or 0 for the latest), got {request.version}"
+            )
         v = self.store.get_model_version(request.model_name, request.version or None)
         return model_pb2.GetModelVersionResponse(model_version=self._version(v))
 
@@ -551,8 +592,11 @@ class Master(master_pb2_grpc.MasterServiceServicer):
         with self.svc._lock:
             free = self.svc.scheduler.free_slots
         return master_pb2.GetMasterInfoResponse(
-            version=self.version, cluster_id=self.cluster_id,
-            total_slots=self.svc.scheduler.total_slots, free_slots=free, database=self.store.dialect,
+            version=self.version,
+            cluster_id=self.cluster_id,
+            total_slots=self.svc.scheduler.total_slots,
+            free_slots=free,
+            database=self.store.dialect,
         )
 
     @rpc
@@ -571,7 +615,12 @@ class Master(master_pb2_grpc.MasterServiceServicer):
 
 def register_all(server: grpc.Server, parts: dict[str, Any]) -> None:
     """Add every servicer to ``server``."""
-    store, exps, ckpts, logs = parts["store"], parts["experiments"], parts["checkpoints"], parts["logs"]
+    store, exps, ckpts, logs = (
+        parts["store"],
+        parts["experiments"],
+        parts["checkpoints"],
+        parts["logs"],
+    )
     experiment_pb2_grpc.add_ExperimentServiceServicer_to_server(Experiments(store, exps), server)
     trial_pb2_grpc.add_TrialServiceServicer_to_server(Trials(store, exps), server)
     checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(Checkpoints(store, ckpts), server)

@@ -14,8 +14,15 @@ from master_server.domain import TrialState as T
 
 EXPERIMENT_EDGES: dict[E, frozenset[E]] = {
     E.ACTIVE: frozenset(
-        {E.PAUSED, E.STOPPING_COMPLETED, E.STOPPING_CANCELED, E.STOPPING_ERROR, E.COMPLETED,
-         E.CANCELED, E.ERROR}
+        {
+            E.PAUSED,
+            E.STOPPING_COMPLETED,
+            E.STOPPING_CANCELED,
+            E.STOPPING_ERROR,
+            E.COMPLETED,
+            E.CANCELED,
+            E.ERROR,
+        }
     ),
     E.PAUSED: frozenset({E.ACTIVE, E.STOPPING_CANCELED, E.CANCELED, E.ERROR}),
     E.STOPPING_COMPLETED: frozenset({E.COMPLETED, E.STOPPING_CANCELED, E.STOPPING_ERROR, E.ERROR}),
@@ -31,8 +38,16 @@ EXPERIMENT_EDGES: dict[E, frozenset[E]] = {
 TRIAL_EDGES: dict[T, frozenset[T]] = {
     T.QUEUED: frozenset({T.RUNNING, T.PAUSED, T.CANCELED, T.COMPLETED, T.ERROR}),
     T.RUNNING: frozenset(
-        {T.QUEUED, T.PAUSED, T.STOPPING_COMPLETED, T.STOPPING_CANCELED, T.STOPPING_ERROR,
-         T.COMPLETED, T.CANCELED, T.ERROR}
+        {
+            T.QUEUED,
+            T.PAUSED,
+            T.STOPPING_COMPLETED,
+            T.STOPPING_CANCELED,
+            T.STOPPING_ERROR,
+            T.COMPLETED,
+            T.CANCELED,
+            T.ERROR,
+        }
     ),
     T.PAUSED: frozenset({T.QUEUED, T.CANCELED, T.COMPLETED, T.ERROR}),
     T.STOPPING_COMPLETED: frozenset({T.COMPLETED, T.STOPPING_CANCELED, T.CANCELED, T.ERROR}),
@@ -65,4 +80,6 @@ def check_experiment_transition(experiment_id: int, src: E, dst: E, action: str)
 def check_trial_transition(trial_id: int, src: T, dst: T) -> None:
     """Raise FailedPreconditionError unless ``src -> dst`` is allowed."""
     if not trial_transition_allowed(src, dst):
-        raise FailedPreconditionError(f"trial {trial_id} is {src.value}; cannot move to {dst.value}")
+        raise FailedPreconditionError(
+            f"trial {trial_id} is {src.value}; cannot move to {dst.value}"
+        )

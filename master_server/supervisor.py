@@ -135,9 +135,14 @@ def run(spec: dict[str, Any]) -> int:
     base_env = dict(spec["env"])
     if slots > 1:
         base_env.update(
-            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-             "WORLD_SIZE": str(slots), "LOCAL_WORLD_SIZE": str(slots),
-             "GROUP_RANK": "0", "NODE_RANK": "0"}
+            {
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(_free_port()),
+                "WORLD_SIZE": str(slots),
+                "LOCAL_WORLD_SIZE": str(slots),
+                "GROUP_RANK": "0",
+                "NODE_RANK": "0",
+            }
         )
     stopping = threading.Event()
 
@@ -156,14 +161,22 @@ def run(spec: dict[str, Any]) -> int:
                 env.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
             try:
                 p = subprocess.Popen(
-                    argv, cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    argv,
+                    cwd=run_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                 )
             except OSError as e:
                 shipper.q.put(
                     logs_pb2.LogLine(
-                        trial_id=spec["trial_id"], timestamp=time.time(), rank=rank,
-                        stream="stderr", level=logs_pb2.LOG_LEVEL_ERROR, run_id=spec["run_id"],
+                        trial_id=spec["trial_id"],
+                        timestamp=time.time(),
+                        rank=rank,
+                        stream="stderr",
+                        level=logs_pb2.LOG_LEVEL_ERROR,
+                        run_id=spec["run_id"],
                         message=f"could not start entrypoint {argv!r}: {e}",
                     )
                 )
@@ -213,8 +226,10 @@ def report_exit(spec: dict[str, Any], code: int) -> None:
             stop=tenacity.stop_after_delay(120),
             wait=tenacity.wait_exponential(multiplier=0.1, max=2),
             retry=tenacity.retry_if_exception(
-                lambda e: isinstance(e, grpc.RpcError)
-                and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                lambda e: (
+                    isinstance(e, grpc.RpcError)
+                    and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                )
             ),
             reraise=False,
         ):

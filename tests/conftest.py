@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +12,8 @@ import pytest
 
 from master_server.app import Master
 from tests.support import Stubs
+
+PG_URL = os.environ.get("DETSDK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
@@ -42,3 +46,34 @@ def stubs(master: Master) -> Iterator[Stubs]:
     yield s
     s.channel.close()
 
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[Any]:
+    """An autocommit psycopg connection for creating and dropping test schemas."""
+    try:
+        import psycopg
+
+        conn = psycopg.connect(
+            PG_URL.replace("postgresql+psycopg://", "postgresql://"),
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    conn.execute("SET lock_timeout = '30s'")
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def pg_schema_url(pg_admin: Any) -> Iterator[str]:
+    """A URL of a fresh PostgreSQL schema (dropped after the test); skips without PostgreSQL."""
+    schema = f"detsdk_test_{uuid.uuid4().hex[:16]}"
+    pg_admin.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        pg_admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -79,12 +79,18 @@ class Stubs:
         )
 
     # -- conveniences --------------------------------------------------------------------------
-    def create(self, config: dict[str, Any] | str, model_dir: pathlib.Path | None = None,
-               activate: bool = True) -> experiment_pb2.Experiment:
+    def create(
+        self,
+        config: dict[str, Any] | str,
+        model_dir: pathlib.Path | None = None,
+        activate: bool = True,
+    ) -> experiment_pb2.Experiment:
         text = config if isinstance(config, str) else yaml.safe_dump(config)
         data = pack_model_dir(model_dir) if model_dir is not None else b""
         return self.experiments.CreateExperiment(
-            experiment_pb2.CreateExperimentRequest(config=text, model_definition=data, activate=activate)
+            experiment_pb2.CreateExperimentRequest(
+                config=text, model_definition=data, activate=activate
+            )
         ).experiment
 
     def experiment(self, exp_id: int) -> experiment_pb2.Experiment:
@@ -145,7 +151,6 @@ def single_config(entrypoint: str, **over: Any) -> dict[str, Any]:
     }
     cfg.update(over)
     return cfg
-
 
 
 PYTHON = sys.executable

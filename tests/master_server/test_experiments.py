@@ -51,7 +51,9 @@ def test_create_runs_to_completion_and_lists(stubs: Stubs, tmp_path: pathlib.Pat
     assert [e.id for e in listed.experiments] == [1, 2] and listed.pagination.total == 2
     by_name = stubs.experiments.ListExperiments(experiment_pb2.ListExperimentsRequest(name="oth"))
     assert [e.id for e in by_name.experiments] == [2]
-    by_label = stubs.experiments.ListExperiments(experiment_pb2.ListExperimentsRequest(labels=["a"]))
+    by_label = stubs.experiments.ListExperiments(
+        experiment_pb2.ListExperimentsRequest(labels=["a"])
+    )
     assert [e.id for e in by_label.experiments] == [1]
 
     patched = stubs.experiments.PatchExperiment(
@@ -144,13 +146,20 @@ def test_gang_scheduling_waits_for_all_slots_and_sets_ranks(
     )
     gang_dir = write_model_dir(
         tmp_path / "gang",
-        {"main.py": """
+        {
+            "main.py": """
             import os
-            print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"], os.environ["MASTER_PORT"])
-        """},
+            env = os.environ
+            print("rank", env["RANK"], "of", env["WORLD_SIZE"], env["MASTER_PORT"])
+        """
+        },
     )
     one = stubs.create(single_config("python main.py", name="one-slot"), hold)
-    wait_for(lambda: [trial_state(t) for t in stubs.trials_of(one.id)] == ["RUNNING"], 30, "1-slot trial running")
+    wait_for(
+        lambda: [trial_state(t) for t in stubs.trials_of(one.id)] == ["RUNNING"],
+        30,
+        "1-slot trial running",
+    )
     gang = stubs.create(
         single_config("python main.py", name="gang", resources={"slots_per_trial": 2}), gang_dir
     )
@@ -160,13 +169,22 @@ def test_gang_scheduling_waits_for_all_slots_and_sets_ranks(
     gate.touch()
     assert stubs.wait_exp(gang.id, "COMPLETED", "ERROR") == "COMPLETED"
     (t,) = stubs.trials_of(gang.id)
-    lines = [x.message for p in stubs.logs.TrialLogs(logs_pb2.TrialLogsRequest(trial_id=t.id)) for x in p.lines]
-    assert sorted(x.split()[:4] for x in lines) == [["rank", "0", "of", "2"], ["rank", "1", "of", "2"]]
+    lines = [
+        x.message
+        for p in stubs.logs.TrialLogs(logs_pb2.TrialLogsRequest(trial_id=t.id))
+        for x in p.lines
+    ]
+    assert sorted(x.split()[:4] for x in lines) == [
+        ["rank", "0", "of", "2"],
+        ["rank", "1", "of", "2"],
+    ]
     assert len({x.split()[4] for x in lines}) == 1  # both ranks got the same MASTER_PORT
     stubs.channel.close()
 
 
-def test_gang_fails_together_when_one_rank_fails(master_factory: Any, tmp_path: pathlib.Path) -> None:
+def test_gang_fails_together_when_one_rank_fails(
+    master_factory: Any, tmp_path: pathlib.Path
+) -> None:
     master = master_factory(slots=2)
     stubs = Stubs.connect(master.address)
     md = _ok_dir(
@@ -220,7 +238,8 @@ def test_restart_resumes_from_latest_checkpoint(stubs: Stubs, tmp_path: pathlib.
             d = pathlib.Path(info["checkpoint_storage"]["path"]) / u
             d.mkdir(parents=True)
             (d / "state.txt").write_text("7")
-            stub = checkpoint_pb2_grpc.CheckpointServiceStub(grpc.insecure_channel(os.environ["DET_MASTER"]))
+            channel = grpc.insecure_channel(os.environ["DET_MASTER"])
+            stub = checkpoint_pb2_grpc.CheckpointServiceStub(channel)
             stub.ReportCheckpoint(checkpoint_pb2.ReportCheckpointRequest(
                 trial_id=info["trial_id"], uuid=u, steps_completed=7, resources={"state.txt": 1},
                 metadata_json=json.dumps({"steps_completed": 7})))
@@ -232,7 +251,11 @@ def test_restart_resumes_from_latest_checkpoint(stubs: Stubs, tmp_path: pathlib.
     exp = stubs.create(single_config("python main.py", max_restarts=1), md)
     assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
     (t,) = stubs.trials_of(exp.id)
-    lines = [x.message for p in stubs.logs.TrialLogs(logs_pb2.TrialLogsRequest(trial_id=t.id)) for x in p.lines]
+    lines = [
+        x.message
+        for p in stubs.logs.TrialLogs(logs_pb2.TrialLogsRequest(trial_id=t.id))
+        for x in p.lines
+    ]
     assert "resumed at 7" in lines
     assert t.latest_checkpoint_uuid and t.restarts == 1
 
@@ -250,11 +273,15 @@ def test_kill_cancel_pause_activate_archive_delete(
     """
     md = _ok_dir(tmp_path, body)
     exp = stubs.create(single_config("python main.py"), md)
-    wait_for(lambda: [trial_state(t) for t in stubs.trials_of(exp.id)] == ["RUNNING"], 30, "running")
+    wait_for(
+        lambda: [trial_state(t) for t in stubs.trials_of(exp.id)] == ["RUNNING"], 30, "running"
+    )
     assert stubs.exp_state(exp.id) == "ACTIVE"
     stubs.action(exp.id, "pause")
     assert stubs.exp_state(exp.id) == "PAUSED"
-    wait_for(lambda: [trial_state(t) for t in stubs.trials_of(exp.id)] == ["PAUSED"], 30, "trial paused")
+    wait_for(
+        lambda: [trial_state(t) for t in stubs.trials_of(exp.id)] == ["PAUSED"], 30, "trial paused"
+    )
     stubs.action(exp.id, "activate")
     assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
     (t,) = stubs.trials_of(exp.id)
@@ -274,7 +301,9 @@ def test_kill_cancel_pause_activate_archive_delete(
     assert not stubs.experiment(exp.id).archived
 
     killed = stubs.create(single_config("python main.py"), md)
-    wait_for(lambda: [trial_state(t) for t in stubs.trials_of(killed.id)] == ["RUNNING"], 30, "running")
+    wait_for(
+        lambda: [trial_state(t) for t in stubs.trials_of(killed.id)] == ["RUNNING"], 30, "running"
+    )
     with pytest.raises(grpc.RpcError) as ei:
         stubs.action(killed.id, "delete")
     assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "ACTIVE" in ei.value.details()
@@ -299,13 +328,22 @@ def test_kill_cancel_pause_activate_archive_delete(
 
 
 def test_trial_kill_lets_the_search_go_on(stubs: Stubs, tmp_path: pathlib.Path) -> None:
-    md = _ok_dir(tmp_path, "import time, os\nif os.environ['DET_TRIAL_ID'] == '1': time.sleep(300)\n")
+    md = _ok_dir(
+        tmp_path, "import time, os\nif os.environ['DET_TRIAL_ID'] == '1': time.sleep(300)\n"
+    )
     cfg = single_config("python main.py")
-    cfg["searcher"] = {"name": "random", "metric": "loss", "max_trials": 2, "max_concurrent_trials": 1,
-                       "max_length": 10}
+    cfg["searcher"] = {
+        "name": "random",
+        "metric": "loss",
+        "max_trials": 2,
+        "max_concurrent_trials": 1,
+        "max_length": 10,
+    }
     cfg["hyperparameters"] = {"x": {"type": "int", "minval": 1, "maxval": 9}}
     exp = stubs.create(cfg, md)
-    wait_for(lambda: [trial_state(t) for t in stubs.trials_of(exp.id)] == ["RUNNING"], 30, "first trial")
+    wait_for(
+        lambda: [trial_state(t) for t in stubs.trials_of(exp.id)] == ["RUNNING"], 30, "first trial"
+    )
     stubs.trials.KillTrial(trial_pb2.KillTrialRequest(trial_id=1))
     assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
     assert [trial_state(t) for t in stubs.trials_of(exp.id)] == ["CANCELED", "COMPLETED"]
@@ -314,13 +352,17 @@ def test_trial_kill_lets_the_search_go_on(stubs: Stubs, tmp_path: pathlib.Path) 
     assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_master_restart_relaunches_running_trials(master_factory: Any, tmp_path: pathlib.Path) -> None:
+def test_master_restart_relaunches_running_trials(
+    master_factory: Any, tmp_path: pathlib.Path
+) -> None:
     data_dir = tmp_path / "data"
     m1 = master_factory(data_dir=data_dir)
     stubs = Stubs.connect(m1.address)
     md = _ok_dir(tmp_path, "import os, time\nif os.environ['DET_RUN_ID'] == '1': time.sleep(300)\n")
     exp = stubs.create(single_config("python main.py"), md)
-    wait_for(lambda: [trial_state(t) for t in stubs.trials_of(exp.id)] == ["RUNNING"], 30, "running")
+    wait_for(
+        lambda: [trial_state(t) for t in stubs.trials_of(exp.id)] == ["RUNNING"], 30, "running"
+    )
     stubs.channel.close()
     m1.stop()
     m2 = master_factory(data_dir=data_dir)
@@ -349,7 +391,9 @@ def _tar(entries: list[tuple[str, bytes, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
-GOOD = "name: t\nentrypoint: python main.py\nsearcher: {name: single, metric: loss, max_length: 5}\n"
+GOOD = (
+    "name: t\nentrypoint: python main.py\nsearcher: {name: single, metric: loss, max_length: 5}\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -360,19 +404,34 @@ GOOD = "name: t\nentrypoint: python main.py\nsearcher: {name: single, metric: lo
         ("- a\n- b\n", b"", grpc.StatusCode.INVALID_ARGUMENT, ""),
         (GOOD.replace("single", "bogus"), b"", grpc.StatusCode.INVALID_ARGUMENT, "searcher.name"),
         (
-            "entrypoint: x\nsearcher: {name: random, metric: loss, max_trials: -3, max_length: 5}\n",
-            b"", grpc.StatusCode.INVALID_ARGUMENT, "searcher.max_trials",
+            "entrypoint: x\n"
+            "searcher: {name: random, metric: loss, max_trials: -3, max_length: 5}\n",
+            b"",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "searcher.max_trials",
         ),
-        (GOOD + "resources: {slots_per_trial: 99}\n", b"", grpc.StatusCode.INVALID_ARGUMENT,
-         "resources.slots_per_trial"),
-        (GOOD + "environment: {environment_variables: [FOO]}\n", b"", grpc.StatusCode.INVALID_ARGUMENT,
-         "environment.environment_variables"),
+        (
+            GOOD + "resources: {slots_per_trial: 99}\n",
+            b"",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "resources.slots_per_trial",
+        ),
+        (
+            GOOD + "environment: {environment_variables: [FOO]}\n",
+            b"",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "environment.environment_variables",
+        ),
         (GOOD, b"not a tarball", grpc.StatusCode.INVALID_ARGUMENT, "model_definition"),
         (GOOD, _tar([("../evil.py", b"x", None)]), grpc.StatusCode.INVALID_ARGUMENT, "../evil.py"),
         (GOOD, _tar([("/etc/evil", b"x", None)]), grpc.StatusCode.INVALID_ARGUMENT, "/etc/evil"),
         (GOOD, _tar([("link", b"", b"/etc/passwd")]), grpc.StatusCode.INVALID_ARGUMENT, "link"),
-        (GOOD, _tar([("big.bin", os.urandom(2048), None)]), grpc.StatusCode.RESOURCE_EXHAUSTED,
-         "model_definition"),
+        (
+            GOOD,
+            _tar([("big.bin", os.urandom(2048), None)]),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "model_definition",
+        ),
     ],
 )
 def test_bad_create_requests_get_clear_errors(
@@ -382,7 +441,9 @@ def test_bad_create_requests_get_clear_errors(
     stubs = Stubs.connect(master.address)
     with pytest.raises(grpc.RpcError) as ei:
         stubs.experiments.CreateExperiment(
-            experiment_pb2.CreateExperimentRequest(config=config, model_definition=model, activate=True)
+            experiment_pb2.CreateExperimentRequest(
+                config=config, model_definition=model, activate=True
+            )
         )
     assert ei.value.code() == code, ei.value.details()
     assert needle in ei.value.details()
@@ -415,17 +476,40 @@ def test_unknown_ids_are_not_found(stubs: Stubs, exp_id: int) -> None:
 def test_bad_metric_and_log_requests(stubs: Stubs, tmp_path: pathlib.Path) -> None:
     stubs.create(single_config("python main.py"), _ok_dir(tmp_path), activate=False)
     cases = [
-        (trial_pb2.ReportMetricsRequest(trial_id=999, batch_id="b", reports=[
-            trial_pb2.MetricReport(group="training", steps_completed=1, metrics={"a": 1.0})]),
-         grpc.StatusCode.NOT_FOUND, "999"),
-        (trial_pb2.ReportMetricsRequest(trial_id=1, batch_id="", reports=[]),
-         grpc.StatusCode.INVALID_ARGUMENT, "batch_id"),
-        (trial_pb2.ReportMetricsRequest(trial_id=1, batch_id="b", reports=[
-            trial_pb2.MetricReport(group="", steps_completed=1)]),
-         grpc.StatusCode.INVALID_ARGUMENT, "group"),
-        (trial_pb2.ReportMetricsRequest(trial_id=1, batch_id="b", reports=[
-            trial_pb2.MetricReport(group="training", steps_completed=-1)]),
-         grpc.StatusCode.INVALID_ARGUMENT, "steps_completed"),
+        (
+            trial_pb2.ReportMetricsRequest(
+                trial_id=999,
+                batch_id="b",
+                reports=[
+                    trial_pb2.MetricReport(group="training", steps_completed=1, metrics={"a": 1.0})
+                ],
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "999",
+        ),
+        (
+            trial_pb2.ReportMetricsRequest(trial_id=1, batch_id="", reports=[]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "batch_id",
+        ),
+        (
+            trial_pb2.ReportMetricsRequest(
+                trial_id=1,
+                batch_id="b",
+                reports=[trial_pb2.MetricReport(group="", steps_completed=1)],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "group",
+        ),
+        (
+            trial_pb2.ReportMetricsRequest(
+                trial_id=1,
+                batch_id="b",
+                reports=[trial_pb2.MetricReport(group="training", steps_completed=-1)],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "steps_completed",
+        ),
     ]
     for req, code, needle in cases:
         with pytest.raises(grpc.RpcError) as ei:
@@ -435,3 +519,23 @@ def test_bad_metric_and_log_requests(stubs: Stubs, tmp_path: pathlib.Path) -> No
         list(stubs.logs.TrialLogs(logs_pb2.TrialLogsRequest(trial_id=1, head=1, tail=1)))
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _assert_serving(stubs)
+
+
+@pytest.mark.postgres
+def test_experiment_runs_on_postgresql(
+    master_factory: Any, pg_schema_url: str, tmp_path: pathlib.Path
+) -> None:
+    master = master_factory(db_url=pg_schema_url)
+    stubs = Stubs.connect(master.address)
+    info = stubs.master.GetMasterInfo(master_pb2.GetMasterInfoRequest())
+    assert info.database == "postgresql"
+    exp = stubs.create(single_config("python main.py"), _ok_dir(tmp_path))
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    (t,) = stubs.trials_of(exp.id)
+    lines = [
+        x.message
+        for p in stubs.logs.TrialLogs(logs_pb2.TrialLogsRequest(trial_id=t.id))
+        for x in p.lines
+    ]
+    assert lines == ["hello from the trial"]
+    stubs.channel.close()

@@ -69,5 +69,5 @@ def test_links_are_refused(tmp_path: pathlib.Path) -> None:
 
 
 def test_garbage_is_refused() -> None:
-    with pytest.raises(InvalidArgumentError, match="not a valid tar.gz"):
+    with pytest.raises(InvalidArgumentError, match=r"not a valid tar\.gz"):
         check_archive(b"garbage")

@@ -53,7 +53,9 @@ def test_experiment_edges(src: E, dst: E, ok: bool) -> None:
     if ok:
         check_experiment_transition(3, src, dst, "do")
     else:
-        with pytest.raises(FailedPreconditionError, match=f"experiment 3 is {src.value}; cannot do"):
+        with pytest.raises(
+            FailedPreconditionError, match=f"experiment 3 is {src.value}; cannot do"
+        ):
             check_experiment_transition(3, src, dst, "do")
 
 

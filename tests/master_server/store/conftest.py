@@ -10,12 +10,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,28 +23,6 @@ except ImportError:  # pragma: no cover - depends on how the tests are started
 
 from master_server.store import SQLStore, open_store
 
-PG_URL = os.environ.get("DETSDK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture(scope="session")
-def pg_admin() -> Iterator[Any]:
-    """An autocommit psycopg connection for creating and dropping test schemas."""
-    try:
-        import psycopg
-
-        conn = psycopg.connect(
-            PG_URL.replace("postgresql+psycopg://", "postgresql://"),
-            autocommit=True,
-            connect_timeout=5,
-        )
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
-    conn.execute("SET lock_timeout = '30s'")
-    try:
-        yield conn
-    finally:
-        conn.close()
-
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
@@ -55,14 +30,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    admin = request.getfixturevalue("pg_admin")
-    schema = f"store_test_{uuid.uuid4().hex[:16]}"
-    admin.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    yield request.getfixturevalue("pg_schema_url")
 
 
 @pytest.fixture
