@@ -120,6 +120,7 @@ class Master:
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
         }
+        experiments.on_experiment_finished = self.parts["checkpoints"].garbage_collect
         register_all(server, self.parts)
         hs = health.HealthServicer()
         hs.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -145,6 +145,49 @@ class CheckpointService:
             )
         return out
 
+    def garbage_collect(self, experiment_id: int) -> list[str]:
+        """Delete the checkpoints a finished experiment's config does not keep.
+
+        Kept: per trial the ``save_trial_latest`` latest and the ``save_trial_best`` best (by the
+        searcher metric), the experiment's ``save_experiment_best`` best, and every checkpoint
+        registered as a model version. Returns the uuids deleted.
+        """
+        cfg = self.experiments.experiment_config(experiment_id)
+        cs, searcher = cfg.get("checkpoint_storage", {}), cfg["searcher"]
+        metric, smaller = searcher.get("metric"), bool(searcher.get("smaller_is_better", True))
+        ckpts = self.store.list_checkpoints(
+            experiment_id=experiment_id, states=[CheckpointState.COMPLETED]
+        )
+        if not ckpts:
+            return []
+
+        def best_first(cs_: list[Checkpoint]) -> list[Checkpoint]:
+            scored = [
+                c
+                for c in cs_
+                if metric in c.validation_metrics and not math.isnan(c.validation_metrics[metric])
+            ]
+            return sorted(scored, key=lambda c: c.validation_metrics[metric], reverse=not smaller)
+
+        keep: set[str] = set()
+        by_trial: dict[int, list[Checkpoint]] = {}
+        for c in ckpts:
+            by_trial.setdefault(c.trial_id, []).append(c)
+        for trial_ckpts in by_trial.values():
+            latest = sorted(trial_ckpts, key=lambda c: (c.steps_completed, c.report_time))
+            n_latest = int(cs.get("save_trial_latest", 1))
+            keep.update(c.uuid for c in (latest[-n_latest:] if n_latest else []))
+            keep.update(
+                c.uuid for c in best_first(trial_ckpts)[: int(cs.get("save_trial_best", 1))]
+            )
+        keep.update(c.uuid for c in best_first(ckpts)[: int(cs.get("save_experiment_best", 0))])
+        for model in self.store.list_models(include_archived=True):
+            keep.update(v.checkpoint_uuid for v in self.store.list_model_versions(model.name))
+        doomed = [c.uuid for c in ckpts if c.uuid not in keep]
+        if doomed:
+            self.delete(doomed)
+        return doomed
+
     def download(self, uuid: str) -> Iterator[tuple[str, int, bytes, int]]:
         """Yield (relative path, offset, data, file size) chunks of every file."""
         c = self.store.get_checkpoint(uuid)

@@ -133,6 +133,8 @@ class ExperimentService:
         self._trials: dict[int, TrialRuntime] = {}  # by trial id
         self._config_cache: dict[int, JSONDict] = {}
         self._closed = False
+        # Called (on a background thread) with an experiment id when it reaches a final state.
+        self.on_experiment_finished: Callable[[int], None] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -173,7 +175,16 @@ class ExperimentService:
         kw: dict[str, Any] = {"state": state}
         if state in TERMINAL_EXPERIMENT_STATES:
             kw["end_time"] = time.time()
-        return self.store.update_experiment(experiment_id, **kw)
+        exp = self.store.update_experiment(experiment_id, **kw)
+        hook = self.on_experiment_finished
+        if state in TERMINAL_EXPERIMENT_STATES and hook is not None and not exp.unmanaged:
+            threading.Thread(
+                target=_run_hook,
+                args=(hook, experiment_id),
+                name="experiment-finished",
+                daemon=True,
+            ).start()
+        return exp
 
     # -- creation ----------------------------------------------------------------------------
     def create_experiment(
@@ -906,6 +917,13 @@ class ExperimentService:
         with self._lock:
             self._closed = True
             self._notify()
+
+
+def _run_hook(hook: Callable[[int], None], experiment_id: int) -> None:
+    try:
+        hook(experiment_id)
+    except Exception:
+        logger.exception("experiment %d: finishing work (checkpoint GC) failed", experiment_id)
 
 
 def _unfinished_filter() -> Any:

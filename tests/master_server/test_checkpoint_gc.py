@@ -1,0 +1,74 @@
+"""Checkpoint GC when an experiment finishes: keep latest + best per trial and model versions."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from determined_sdk.proto import checkpoint_pb2, common_pb2, model_pb2
+from tests.support import Stubs, single_config, wait_for, write_model_dir
+
+pytestmark = pytest.mark.slow
+
+TRIAL = """
+    import json, os, pathlib, time, uuid
+    import grpc
+    from determined_sdk.proto import checkpoint_pb2, checkpoint_pb2_grpc, trial_pb2, trial_pb2_grpc
+    info = json.load(open(os.environ["DET_CLUSTER_INFO"]))
+    ch = grpc.insecure_channel(os.environ["DET_MASTER"])
+    ckpts = checkpoint_pb2_grpc.CheckpointServiceStub(ch)
+    trials = trial_pb2_grpc.TrialServiceStub(ch)
+    tid = info["trial_id"]
+    for step, loss in enumerate([5.0, 1.0, 4.0, 3.0, 2.0], start=1):
+        trials.ReportMetrics(trial_pb2.ReportMetricsRequest(trial_id=tid, batch_id=str(step),
+            reports=[trial_pb2.MetricReport(group="validation", steps_completed=step,
+                                            metrics={"loss": loss})]))
+        u = str(uuid.uuid4())
+        d = pathlib.Path(info["checkpoint_storage"]["path"]) / u
+        d.mkdir(parents=True)
+        (d / "w.bin").write_bytes(b"x" * step)
+        ckpts.ReportCheckpoint(checkpoint_pb2.ReportCheckpointRequest(trial_id=tid, uuid=u,
+            steps_completed=step, resources={"w.bin": step}))
+    while not pathlib.Path(GATE).exists():
+        time.sleep(0.02)
+"""
+
+
+def test_gc_keeps_latest_best_and_registered(stubs: Stubs, tmp_path: pathlib.Path) -> None:
+    gate = tmp_path / "gate"
+    md = write_model_dir(tmp_path / "m", {"main.py": TRIAL.replace("GATE", repr(str(gate)))})
+    exp = stubs.create(single_config("python main.py"), md)
+
+    def listed() -> list[checkpoint_pb2.Checkpoint]:
+        req = checkpoint_pb2.ListCheckpointsRequest(experiment_id=exp.id, sort_by="steps_completed")
+        return list(stubs.checkpoints.ListCheckpoints(req).checkpoints)
+
+    ckpts = wait_for(lambda: (c := listed()) and len(c) == 5 and c, 60, "5 checkpoints")
+    assert [c.validation_metrics["loss"] for c in ckpts] == [5.0, 1.0, 4.0, 3.0, 2.0]
+    stubs.models.CreateModel(model_pb2.CreateModelRequest(name="m"))
+    stubs.models.RegisterModelVersion(
+        model_pb2.RegisterModelVersionRequest(model_name="m", checkpoint_uuid=ckpts[2].uuid)
+    )
+    gate.touch()
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    kept = {ckpts[1].uuid, ckpts[2].uuid, ckpts[4].uuid}  # best, registered, latest
+
+    def states() -> dict[str, str]:
+        req = checkpoint_pb2.ListCheckpointsRequest(
+            experiment_id=exp.id, states=list(common_pb2.CheckpointState.values())[1:]
+        )
+        return {
+            c.uuid: common_pb2.CheckpointState.Name(c.state)
+            for c in stubs.checkpoints.ListCheckpoints(req).checkpoints
+        }
+
+    wait_for(
+        lambda: {u for u, s in states().items() if s == "CHECKPOINT_STATE_COMPLETED"} == kept,
+        30,
+        "GC to delete the other checkpoints",
+    )
+    for c in ckpts:
+        path = pathlib.Path(json.loads(c.storage_json)["path"]) / c.uuid
+        assert path.exists() == (c.uuid in kept), c.steps_completed
