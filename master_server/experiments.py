@@ -53,7 +53,8 @@ from master_server.searcher.base import (
     Stop,
     ValidateAfter,
 )
-from master_server.searcher.factory import make_search_method
+from master_server.searcher.custom import CustomSearchMethod
+from master_server.searcher.factory import make_search_method, searcher_length_unit
 from master_server.statemachine import check_experiment_transition, check_trial_transition
 from master_server.store.base import Store
 
@@ -603,7 +604,7 @@ class ExperimentService:
                 op = tr.current_op()
                 if op is not None:
                     return op, False
-                if not tr.ops and rt.config["searcher"].get("max_length") is None:
+                if not tr.ops and searcher_length_unit(rt.config) is None:
                     return None, True  # this searcher hands out no lengths
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
@@ -685,6 +686,53 @@ class ExperimentService:
                 f"trial {trial_id} is {trial.state.value}; it is not running"
             )
         return tr, self._exps.get(tr.experiment_id)
+
+    # -- custom search (the user's driver) -------------------------------------------------
+    def _custom(self, experiment_id: int) -> tuple[ExperimentRuntime, CustomSearchMethod]:
+        exp = self.store.get_experiment(experiment_id)
+        rt = self._exps.get(experiment_id)
+        method = rt.searcher if rt is not None else None
+        if rt is None or not isinstance(method, CustomSearchMethod):
+            raise FailedPreconditionError(
+                f"experiment {experiment_id} does not use the custom searcher "
+                f"(searcher.name: {exp.searcher_name}); it has no events to read"
+            )
+        return rt, method
+
+    def searcher_events(
+        self, experiment_id: int, after_id: int, timeout_s: float
+    ) -> tuple[list[JSONDict], bool]:
+        """Long poll for custom-search events after ``after_id``; (events, search over)."""
+        if after_id < 0:
+            raise InvalidArgumentError(f"after_event_id: must be >= 0, got {after_id}")
+        deadline = time.monotonic() + max(0.0, min(timeout_s, 600.0))
+        with self._lock:
+            rt, method = self._custom(experiment_id)
+            while True:
+                events = method.events_after(after_id)
+                over = self.store.get_experiment(experiment_id).state in TERMINAL_EXPERIMENT_STATES
+                left = deadline - time.monotonic()
+                if events or over or left <= 0 or self._closed:
+                    return events, over
+                self._changed.wait(left)
+
+    def post_searcher_actions(
+        self, experiment_id: int, actions: list[JSONDict], progress: float | None, ack_id: int = 0
+    ) -> None:
+        """Carry out actions from a custom-search driver (checked as a whole first)."""
+        with self._lock:
+            rt, method = self._custom(experiment_id)
+            exp = self.store.get_experiment(experiment_id)
+            if exp.state in TERMINAL_EXPERIMENT_STATES:
+                raise FailedPreconditionError(
+                    f"experiment {experiment_id} is {exp.state.value}; the search is over"
+                )
+            method.push_actions(actions)
+            if ack_id > 0:
+                method.events_after(ack_id)
+            if progress is not None:
+                method.set_progress(progress)
+            self._searcher_event(rt, method.pending_actions())
 
     # -- lifecycle ---------------------------------------------------------------------------
     def activate(self, experiment_id: int) -> Experiment:

@@ -40,6 +40,7 @@ from master_server.checkpoints import CheckpointService
 from master_server.domain import ExperimentFilter, LogQuery
 from master_server.experiments import ExperimentService
 from master_server.logs import LogService
+from master_server.searcher.factory import searcher_length_unit
 from master_server.store.base import Store
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,27 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
             has_value=v is not None, value=v if v is not None else 0.0
         )
 
+    @rpc
+    def GetSearcherEvents(self, request: Any, context: Any) -> Any:
+        events, over = self.svc.searcher_events(
+            request.experiment_id, request.after_event_id, request.timeout_seconds
+        )
+        return experiment_pb2.GetSearcherEventsResponse(
+            events_json=[convert.dumps(e) for e in events], search_over=over
+        )
+
+    @rpc
+    def PostSearcherActions(self, request: Any, context: Any) -> Any:
+        actions = [
+            convert.loads_dict(a, f"actions_json[{i}]") for i, a in enumerate(request.actions_json)
+        ]
+        if not 0.0 <= request.progress <= 1.0:
+            raise InvalidArgumentError(f"progress: must be within [0, 1], got {request.progress}")
+        self.svc.post_searcher_actions(
+            request.experiment_id, actions, request.progress or None, request.acknowledge_event_id
+        )
+        return experiment_pb2.PostSearcherActionsResponse()
+
 
 class Trials(trial_pb2_grpc.TrialServiceServicer):
     def __init__(self, store: Store, svc: ExperimentService) -> None:
@@ -357,13 +379,11 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
     @rpc
     def GetSearcherOperation(self, request: Any, context: Any) -> Any:
         length, done = self.svc.get_searcher_operation(request.trial_id, request.timeout_seconds)
-        cfg = self.svc.experiment_config_of_trial(request.trial_id)
-        ml = cfg["searcher"].get("max_length") or {}
-        unit = str(ml.get("unit", "batches")) if isinstance(ml, dict) else "batches"
+        unit = searcher_length_unit(self.svc.experiment_config_of_trial(request.trial_id))
         if length is None:
             return searcher_pb2.GetSearcherOperationResponse(has_op=False, completed=done)
         return searcher_pb2.GetSearcherOperationResponse(
-            has_op=True, op=searcher_pb2.SearcherOperation(length=length, unit=unit)
+            has_op=True, op=searcher_pb2.SearcherOperation(length=length, unit=unit or "batches")
         )
 
     @rpc

@@ -622,3 +622,106 @@ class GetBestSearcherValidationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBestSearcherValidationResponse: _TypeAlias = GetBestSearcherValidationResponse  # noqa: Y015
+
+@_typing.final
+class GetSearcherEventsRequest(_message.Message):
+    """Custom search (searcher.name: custom): the user's driver reads events and posts actions.
+    Events and actions are JSON objects (see master_server/searcher/custom.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.int
+    after_event_id: _builtins.int
+    """acknowledges every event up to this id"""
+    timeout_seconds: _builtins.float
+    """long poll until an event arrives or this passes"""
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.int = ...,
+        after_event_id: _builtins.int = ...,
+        timeout_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "experiment_id", b"experiment_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSearcherEventsRequest: _TypeAlias = GetSearcherEventsRequest  # noqa: Y015
+
+@_typing.final
+class GetSearcherEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_JSON_FIELD_NUMBER: _builtins.int
+    SEARCH_OVER_FIELD_NUMBER: _builtins.int
+    search_over: _builtins.bool
+    """the experiment reached a final state"""
+    @_builtins.property
+    def events_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        events_json: _abc.Iterable[_builtins.str] | None = ...,
+        search_over: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_json", b"events_json", "search_over", b"search_over"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSearcherEventsResponse: _TypeAlias = GetSearcherEventsResponse  # noqa: Y015
+
+@_typing.final
+class PostSearcherActionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    ACTIONS_JSON_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.int
+    progress: _builtins.float
+    """the driver's own progress estimate, 0..1 (optional)"""
+    acknowledge_event_id: _builtins.int
+    """The events these actions answer: acknowledged together with the actions, so a driver
+    that restarts is not handed them again.
+    """
+    @_builtins.property
+    def actions_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.int = ...,
+        actions_json: _abc.Iterable[_builtins.str] | None = ...,
+        progress: _builtins.float = ...,
+        acknowledge_event_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_event_id", b"acknowledge_event_id", "actions_json", b"actions_json", "experiment_id", b"experiment_id", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostSearcherActionsRequest: _TypeAlias = PostSearcherActionsRequest  # noqa: Y015
+
+@_typing.final
+class PostSearcherActionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostSearcherActionsResponse: _TypeAlias = PostSearcherActionsResponse  # noqa: Y015

@@ -84,6 +84,16 @@ class ExperimentServiceStub:
                 request_serializer=determined__sdk_dot_proto_dot_experiment__pb2.GetBestSearcherValidationRequest.SerializeToString,
                 response_deserializer=determined__sdk_dot_proto_dot_experiment__pb2.GetBestSearcherValidationResponse.FromString,
                 _registered_method=True)
+        self.GetSearcherEvents = channel.unary_unary(
+                '/detsdk.v1.ExperimentService/GetSearcherEvents',
+                request_serializer=determined__sdk_dot_proto_dot_experiment__pb2.GetSearcherEventsRequest.SerializeToString,
+                response_deserializer=determined__sdk_dot_proto_dot_experiment__pb2.GetSearcherEventsResponse.FromString,
+                _registered_method=True)
+        self.PostSearcherActions = channel.unary_unary(
+                '/detsdk.v1.ExperimentService/PostSearcherActions',
+                request_serializer=determined__sdk_dot_proto_dot_experiment__pb2.PostSearcherActionsRequest.SerializeToString,
+                response_deserializer=determined__sdk_dot_proto_dot_experiment__pb2.PostSearcherActionsResponse.FromString,
+                _registered_method=True)
 
 
 class ExperimentServiceServicer:
@@ -149,6 +159,18 @@ class ExperimentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSearcherEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PostSearcherActions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExperimentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +223,16 @@ def add_ExperimentServiceServicer_to_server(servicer, server):
                     servicer.GetBestSearcherValidation,
                     request_deserializer=determined__sdk_dot_proto_dot_experiment__pb2.GetBestSearcherValidationRequest.FromString,
                     response_serializer=determined__sdk_dot_proto_dot_experiment__pb2.GetBestSearcherValidationResponse.SerializeToString,
+            ),
+            'GetSearcherEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSearcherEvents,
+                    request_deserializer=determined__sdk_dot_proto_dot_experiment__pb2.GetSearcherEventsRequest.FromString,
+                    response_serializer=determined__sdk_dot_proto_dot_experiment__pb2.GetSearcherEventsResponse.SerializeToString,
+            ),
+            'PostSearcherActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostSearcherActions,
+                    request_deserializer=determined__sdk_dot_proto_dot_experiment__pb2.PostSearcherActionsRequest.FromString,
+                    response_serializer=determined__sdk_dot_proto_dot_experiment__pb2.PostSearcherActionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +505,60 @@ class ExperimentService:
             '/detsdk.v1.ExperimentService/GetBestSearcherValidation',
             determined__sdk_dot_proto_dot_experiment__pb2.GetBestSearcherValidationRequest.SerializeToString,
             determined__sdk_dot_proto_dot_experiment__pb2.GetBestSearcherValidationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSearcherEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detsdk.v1.ExperimentService/GetSearcherEvents',
+            determined__sdk_dot_proto_dot_experiment__pb2.GetSearcherEventsRequest.SerializeToString,
+            determined__sdk_dot_proto_dot_experiment__pb2.GetSearcherEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostSearcherActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detsdk.v1.ExperimentService/PostSearcherActions',
+            determined__sdk_dot_proto_dot_experiment__pb2.PostSearcherActionsRequest.SerializeToString,
+            determined__sdk_dot_proto_dot_experiment__pb2.PostSearcherActionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class ExperimentServiceStub:
     GetModelDefinition: _grpc.UnaryUnaryMultiCallable[_experiment_pb2.GetModelDefinitionRequest, _experiment_pb2.GetModelDefinitionResponse]
     ListExperimentTrials: _grpc.UnaryUnaryMultiCallable[_experiment_pb2.ListExperimentTrialsRequest, _experiment_pb2.ListExperimentTrialsResponse]
     GetBestSearcherValidation: _grpc.UnaryUnaryMultiCallable[_experiment_pb2.GetBestSearcherValidationRequest, _experiment_pb2.GetBestSearcherValidationResponse]
+    GetSearcherEvents: _grpc.UnaryUnaryMultiCallable[_experiment_pb2.GetSearcherEventsRequest, _experiment_pb2.GetSearcherEventsResponse]
+    PostSearcherActions: _grpc.UnaryUnaryMultiCallable[_experiment_pb2.PostSearcherActionsRequest, _experiment_pb2.PostSearcherActionsResponse]
 
 @_typing.type_check_only
 class ExperimentServiceAsyncStub(ExperimentServiceStub):
@@ -55,6 +57,8 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
     GetModelDefinition: _aio.UnaryUnaryMultiCallable[_experiment_pb2.GetModelDefinitionRequest, _experiment_pb2.GetModelDefinitionResponse]  # type: ignore[assignment]
     ListExperimentTrials: _aio.UnaryUnaryMultiCallable[_experiment_pb2.ListExperimentTrialsRequest, _experiment_pb2.ListExperimentTrialsResponse]  # type: ignore[assignment]
     GetBestSearcherValidation: _aio.UnaryUnaryMultiCallable[_experiment_pb2.GetBestSearcherValidationRequest, _experiment_pb2.GetBestSearcherValidationResponse]  # type: ignore[assignment]
+    GetSearcherEvents: _aio.UnaryUnaryMultiCallable[_experiment_pb2.GetSearcherEventsRequest, _experiment_pb2.GetSearcherEventsResponse]  # type: ignore[assignment]
+    PostSearcherActions: _aio.UnaryUnaryMultiCallable[_experiment_pb2.PostSearcherActionsRequest, _experiment_pb2.PostSearcherActionsResponse]  # type: ignore[assignment]
 
 class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,5 +130,19 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_pb2.GetBestSearcherValidationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_pb2.GetBestSearcherValidationResponse, _abc.Awaitable[_experiment_pb2.GetBestSearcherValidationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSearcherEvents(
+        self,
+        request: _experiment_pb2.GetSearcherEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_pb2.GetSearcherEventsResponse, _abc.Awaitable[_experiment_pb2.GetSearcherEventsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PostSearcherActions(
+        self,
+        request: _experiment_pb2.PostSearcherActionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_pb2.PostSearcherActionsResponse, _abc.Awaitable[_experiment_pb2.PostSearcherActionsResponse]]: ...
 
 def add_ExperimentServiceServicer_to_server(servicer: ExperimentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

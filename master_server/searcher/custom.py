@@ -175,6 +175,15 @@ class CustomSearchMethod(SearchMethod):
         out, self._events = self._events, []
         return out
 
+    def events_after(self, after_id: int) -> list[JSONDict]:
+        """Events with an id above ``after_id``, oldest first; those up to it are dropped.
+
+        A driver acknowledges events by asking for the ones after them, so a driver that
+        restarts and asks again from its last processed id (or 0) loses nothing.
+        """
+        self._events = [e for e in self._events if int(e["id"]) > after_id]
+        return [dict(e) for e in self._events]
+
     def set_progress(self, fraction: float) -> None:
         """The driver's own estimate of search progress (kept monotone, capped below 1)."""
         value = _finite_or_none(fraction)
