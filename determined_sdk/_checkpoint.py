@@ -1,0 +1,340 @@
+"""The :class:`Checkpoint` resource, checkpoint listing and downloading."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from determined_sdk import errors
+from determined_sdk._enums import CheckpointSortBy, CheckpointState, DownloadMode, OrderBy
+from determined_sdk._resource import (
+    Resource,
+    SessionLike,
+    check_limit,
+    dumps,
+    str_list,
+)
+from determined_sdk._session import Session
+from determined_sdk.proto import checkpoint_pb2
+
+
+class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
+    """A checkpoint: files a trial saved at some step, plus what the master knows about them.
+
+    ``Checkpoint(uuid, session)`` builds a blank object without a request; reading a cached
+    attribute fetches it once. Cached attributes (refreshed by :meth:`reload`): ``state``,
+    ``metadata``, ``resources``, ``trial_id``, ``experiment_id``, ``steps_completed``,
+    ``training_metrics``, ``validation_metrics``, ``storage``, ``report_time``.
+    :meth:`add_metadata`/:meth:`remove_metadata` update ``metadata`` and :meth:`delete`
+    updates ``state``.
+
+    Args:
+        uuid: The checkpoint's UUID.
+        session: A :class:`Session` or a ``Determined`` client (None: the default client).
+    """
+
+    def __init__(self, uuid: str, session: SessionLike | None = None) -> None:
+        if not isinstance(uuid, str) or not uuid:
+            raise errors.InvalidArgumentError(f"uuid: must be a non-empty string, got {uuid!r}")
+        super().__init__(session)
+        self.uuid = uuid
+
+    @classmethod
+    def _from_proto(cls, msg: checkpoint_pb2.Checkpoint, session: Session) -> Checkpoint:
+        ckpt = cls(msg.uuid, session)
+        ckpt._set(msg)
+        return ckpt
+
+    def _fetch(self) -> checkpoint_pb2.Checkpoint:
+        req = checkpoint_pb2.GetCheckpointRequest(uuid=self.uuid)
+        return self._session.get_checkpoint(req).checkpoint
+
+    # -- cached attributes ------------------------------------------------------------------
+    @property
+    def state(self) -> CheckpointState:
+        """State (cached)."""
+        return CheckpointState._from_proto(self._m().state)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """User metadata dict; always has ``steps_completed`` (cached)."""
+        metadata: dict[str, Any] = self._json("metadata_json")
+        return metadata
+
+    @property
+    def resources(self) -> dict[str, int]:
+        """Relative file path -> size in bytes (cached)."""
+        return dict(self._m().resources)
+
+    @property
+    def trial_id(self) -> int:
+        """Id of the trial that saved it (cached)."""
+        return self._m().trial_id
+
+    @property
+    def experiment_id(self) -> int:
+        """Id of its experiment (cached)."""
+        return self._m().experiment_id
+
+    @property
+    def steps_completed(self) -> int:
+        """Training steps done when it was saved (cached)."""
+        return self._m().steps_completed
+
+    @property
+    def training_metrics(self) -> dict[str, float]:
+        """The last training report at or before its step (cached)."""
+        return dict(self._m().training_metrics)
+
+    @property
+    def validation_metrics(self) -> dict[str, float]:
+        """The last validation report at or before its step (cached)."""
+        return dict(self._m().validation_metrics)
+
+    @property
+    def storage(self) -> dict[str, Any]:
+        """Where the files live: ``{"type": "shared_fs", "path": base}``; bytes in
+        ``base/uuid`` (cached)."""
+        storage: dict[str, Any] = self._json("storage_json")
+        return storage
+
+    @property
+    def report_time(self) -> float:
+        """Unix time it was reported (cached)."""
+        return self._m().report_time
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the file sizes in :attr:`resources` (cached)."""
+        return sum(self._m().resources.values())
+
+    # -- calls ------------------------------------------------------------------------------
+    def add_metadata(self, metadata: dict[str, Any]) -> None:
+        """Merge ``metadata`` into the checkpoint's metadata on the master and locally.
+
+        Args:
+            metadata: Keys and JSON-serializable values to set.
+
+        Raises:
+            InvalidArgumentError: ``metadata`` is not a dict of JSON values.
+            NotFoundError: The checkpoint does not exist.
+        """
+        if not isinstance(metadata, dict):
+            raise errors.InvalidArgumentError(
+                f"metadata: must be a dict, got {type(metadata).__name__}"
+            )
+        req = checkpoint_pb2.PatchCheckpointMetadataRequest(
+            uuid=self.uuid, set_json=dumps(metadata, "metadata")
+        )
+        self._update_metadata(self._session.patch_checkpoint_metadata(req).checkpoint)
+
+    def remove_metadata(self, keys: Iterable[str] | str) -> None:
+        """Remove keys from the checkpoint's metadata on the master and locally.
+
+        Args:
+            keys: Top-level keys to remove (missing keys are ignored).
+
+        Raises:
+            NotFoundError: The checkpoint does not exist.
+        """
+        req = checkpoint_pb2.PatchCheckpointMetadataRequest(
+            uuid=self.uuid, remove_keys=str_list(keys, "keys")
+        )
+        self._update_metadata(self._session.patch_checkpoint_metadata(req).checkpoint)
+
+    def _update_metadata(self, fresh: checkpoint_pb2.Checkpoint) -> None:
+        if self._msg is None:
+            self._set(fresh)
+            return
+        self._msg.metadata_json = fresh.metadata_json
+        self._parsed.pop("metadata_json", None)
+
+    def delete(self) -> None:
+        """Delete the checkpoint's files and mark it DELETED (updates ``state``).
+
+        Raises:
+            NotFoundError: The checkpoint does not exist.
+        """
+        req = checkpoint_pb2.DeleteCheckpointsRequest(uuids=[self.uuid])
+        resp = self._session.delete_checkpoints(req)
+        for c in resp.checkpoints:
+            if c.uuid == self.uuid and self._msg is not None:
+                self._msg.state = c.state
+                self._msg.resources.clear()
+                self._msg.resources.update(c.resources)
+
+    def download(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        mode: DownloadMode | str = DownloadMode.AUTO,
+    ) -> pathlib.Path:
+        """Copy the checkpoint's files into a local directory.
+
+        ``AUTO`` copies straight from the storage directory when it is reachable from here
+        (a shared filesystem) and otherwise streams the files through the master. A progress
+        bar is shown when stdout is a terminal.
+
+        Args:
+            path: Target directory (created; default ``./checkpoints/<uuid>``).
+            mode: :class:`DownloadMode` or its value (``"auto"``, ``"direct"``, ``"master"``).
+
+        Returns:
+            The directory holding the files.
+
+        Raises:
+            NotFoundError: The checkpoint does not exist.
+            FailedPreconditionError: ``DIRECT`` was asked but the storage is not reachable, or
+                the checkpoint is deleted.
+            InvalidArgumentError: Unknown ``mode``.
+        """
+        try:
+            mode = DownloadMode(mode.value if isinstance(mode, DownloadMode) else mode)
+        except ValueError:
+            raise errors.InvalidArgumentError(
+                f"mode: must be one of auto, direct, master, got {mode!r}"
+            ) from None
+        target = pathlib.Path(path) if path is not None else pathlib.Path("checkpoints", self.uuid)
+        if self.state is CheckpointState.DELETED:
+            raise errors.FailedPreconditionError(f"checkpoint {self.uuid} is deleted")
+        source = self._local_source()
+        if mode is DownloadMode.DIRECT and source is None:
+            raise errors.FailedPreconditionError(
+                f"checkpoint {self.uuid}: storage {self.storage!r} is not reachable from here"
+            )
+        target.mkdir(parents=True, exist_ok=True)
+        if source is not None and mode is not DownloadMode.MASTER:
+            self._copy_direct(source, target)
+        else:
+            self._stream_from_master(target)
+        return target
+
+    def _local_source(self) -> pathlib.Path | None:
+        storage = self.storage
+        if storage.get("type", "shared_fs") != "shared_fs" or not storage.get("path"):
+            return None
+        src = pathlib.Path(storage["path"], self.uuid)
+        return src if src.is_dir() else None
+
+    def _copy_direct(self, source: pathlib.Path, target: pathlib.Path) -> None:
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        with _Progress(sum(p.stat().st_size for p in files), self.uuid) as bar:
+            for f in files:
+                dst = target / f.relative_to(source)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dst)
+                bar.advance(f.stat().st_size)
+
+    def _stream_from_master(self, target: pathlib.Path) -> None:
+        root = target.resolve()
+        req = checkpoint_pb2.DownloadCheckpointRequest(uuid=self.uuid)
+        out = None
+        current = ""
+        try:
+            with _Progress(self.total_bytes, self.uuid) as bar:
+                for chunk in self._session.download_checkpoint(req):
+                    if chunk.path != current or out is None:
+                        if out is not None:
+                            out.close()
+                        current = chunk.path
+                        dst = (root / chunk.path).resolve()
+                        if not dst.is_relative_to(root):
+                            raise errors.InternalError(
+                                f"checkpoint {self.uuid}: master sent unsafe path {chunk.path!r}"
+                            )
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        out = open(dst, "wb")  # noqa: SIM115 (spans many chunks)
+                    if chunk.offset != out.tell():
+                        out.seek(chunk.offset)
+                    out.write(chunk.data)
+                    bar.advance(len(chunk.data))
+        finally:
+            if out is not None:
+                out.close()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint(uuid={self.uuid!r})"
+
+
+class _Progress:
+    """A rich progress bar over bytes when stdout is a terminal; otherwise nothing."""
+
+    def __init__(self, total: int, uuid: str) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        if sys.stdout.isatty():
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TransferSpeedColumn,
+            )
+
+            self._bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                transient=True,
+            )
+            self._task = self._bar.add_task(f"checkpoint {uuid[:8]}", total=total or None)
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+
+def sort_by_to_wire(sort_by: str | CheckpointSortBy | None) -> str:
+    """``list_checkpoints``'s ``sort_by`` as the wire's string (a str is a metric name)."""
+    if sort_by is None:
+        return CheckpointSortBy.SEARCHER_METRIC.value
+    if isinstance(sort_by, CheckpointSortBy):
+        return sort_by.value
+    if isinstance(sort_by, str):
+        if not sort_by:
+            raise errors.InvalidArgumentError("sort_by: metric name must not be empty")
+        return f"metric:{sort_by}"
+    raise errors.InvalidArgumentError(
+        f"sort_by: must be a metric name or a CheckpointSortBy, got {sort_by!r}"
+    )
+
+
+def list_checkpoints(
+    session: Session,
+    *,
+    experiment_id: int = 0,
+    trial_id: int = 0,
+    sort_by: str | CheckpointSortBy | None,
+    order_by: OrderBy | None,
+    max_results: int | None,
+    states: Iterable[CheckpointState] | None = None,
+) -> list[Checkpoint]:
+    """Checkpoints of an experiment or a trial, sorted and cut on the master."""
+    limit = check_limit(max_results, "max_results")
+    if max_results == 0:
+        return []
+    if order_by is not None and not isinstance(order_by, OrderBy):
+        raise errors.InvalidArgumentError(f"order_by: must be an OrderBy, got {order_by!r}")
+    req = checkpoint_pb2.ListCheckpointsRequest(
+        experiment_id=experiment_id,
+        trial_id=trial_id,
+        sort_by=sort_by_to_wire(sort_by),
+        max_results=limit,
+        states=[s._to_proto() for s in states or ()],
+    )
+    if order_by is not None:
+        req.order_by = order_by._to_proto()
+    resp = session.list_checkpoints(req)
+    return [Checkpoint._from_proto(c, session) for c in resp.checkpoints]

@@ -1,0 +1,484 @@
+"""The :class:`Determined` client: the SDK's entry point, one session to one master."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from determined_sdk import errors
+from determined_sdk._checkpoint import Checkpoint
+from determined_sdk._enums import ExperimentState, OrderBy
+from determined_sdk._experiment import Experiment
+from determined_sdk._model import Model
+from determined_sdk._resource import check_id, deprecated, dumps, str_list
+from determined_sdk._session import RetryPolicy, Session
+from determined_sdk._trial import Trial, TrialMetrics, iter_metrics
+from determined_sdk._workspace import Project, Workspace, iter_experiments
+from determined_sdk.proto import (
+    checkpoint_pb2,
+    experiment_pb2,
+    master_pb2,
+    model_pb2,
+    workspace_pb2,
+)
+
+ConfigLike = Mapping[str, Any] | str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class MasterInfo:
+    """What the master says about itself.
+
+    Attributes:
+        version: Master version.
+        cluster_id: Unique id of this master's data.
+        total_slots: Slots it schedules on.
+        free_slots: Slots free now.
+        database: ``sqlite`` or ``postgresql``.
+    """
+
+    version: str
+    cluster_id: str
+    total_slots: int
+    free_slots: int
+    database: str
+
+
+def _config_text(config: ConfigLike) -> str:
+    if isinstance(config, Mapping):
+        return dumps(dict(config), "config")
+    if isinstance(config, (str, os.PathLike)):
+        path = pathlib.Path(config)
+        try:
+            return path.read_text()
+        except OSError as e:
+            raise errors.InvalidArgumentError(
+                f"config: cannot read config file {str(path)!r}: {e.strerror or e}"
+            ) from None
+    raise errors.InvalidArgumentError(
+        f"config: must be a dict or a path to a YAML/JSON file, got {type(config).__name__}"
+    )
+
+
+class Determined:
+    """A connection to a master, and the calls that start from it.
+
+    Resources it returns (:class:`Experiment`, :class:`Trial`, ...) share its session and are
+    hydrated from the master's answer; see their docs for which attributes are cached.
+
+    Args:
+        master: ``host:port`` of the master (default: ``$DET_MASTER``, else
+            ``localhost:8080``); ``http://`` and ``grpc://`` prefixes are accepted.
+        user: User to log in as (None: no login).
+        password: That user's password.
+        retry: Retry policy of reads (default: 5 attempts, exponential backoff).
+        timeout: Default deadline of one call, in seconds.
+        interceptors: gRPC client interceptors to wrap the channel with (advanced).
+
+    Raises:
+        UnauthenticatedError: Bad user or password.
+
+    Example::
+
+        with Determined("127.0.0.1:8080") as d:
+            exp = d.create_experiment({"name": "x", "entrypoint": "python train.py"}, "model")
+            print(exp.wait())
+    """
+
+    def __init__(
+        self,
+        master: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = 60.0,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
+        self._session = Session(master, retry=retry, timeout=timeout, interceptors=interceptors)
+        if user is not None:
+            try:
+                resp = self._session.login(
+                    master_pb2.LoginRequest(username=user, password=password or "")
+                )
+            except BaseException:
+                self._session.close()
+                raise
+            self._session.set_token(resp.token)
+
+    @property
+    def session(self) -> Session:
+        """The session (pass it, or this client, to ``Trial(id, session)`` and friends)."""
+        return self._session
+
+    @property
+    def master(self) -> str:
+        """``host:port`` of the master."""
+        return self._session.master
+
+    def close(self) -> None:
+        """Close the connection; objects made from this client stop working."""
+        self._session.close()
+
+    def __enter__(self) -> Determined:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Determined(master={self.master!r})"
+
+    # -- master -----------------------------------------------------------------------------
+    def get_master_info(self) -> MasterInfo:
+        """Version, slots and database of the master.
+
+        Raises:
+            MasterUnavailableError: The master cannot be reached.
+        """
+        r = self._session.get_master_info(master_pb2.GetMasterInfoRequest())
+        return MasterInfo(r.version, r.cluster_id, r.total_slots, r.free_slots, r.database)
+
+    # -- experiments ------------------------------------------------------------------------
+    def create_experiment(
+        self,
+        config: ConfigLike,
+        model_dir: str | os.PathLike[str] | None,
+        *,
+        activate: bool = True,
+        project_id: int | None = None,
+    ) -> Experiment:
+        """Submit an experiment.
+
+        Args:
+            config: The config as a dict, or a path to a YAML/JSON file.
+            model_dir: Directory holding the model code (packed and sent to the master), or
+                None for none.
+            activate: Start scheduling trials at once (else it waits, PAUSED, for
+                :meth:`Experiment.activate`).
+            project_id: Project to create it in (None: the default project).
+
+        Returns:
+            The new experiment (hydrated).
+
+        Raises:
+            InvalidArgumentError: The config is invalid (the message names the field).
+            ResourceExhaustedError: The model directory is too large.
+            NotFoundError: No such project.
+        """
+        text = _config_text(config)
+        model_def = b""
+        if model_dir is not None:
+            from determined_sdk.model_dir import pack_model_dir
+
+            path = pathlib.Path(model_dir)
+            if not path.is_dir():
+                raise errors.InvalidArgumentError(f"model_dir: {str(path)!r} is not a directory")
+            model_def = pack_model_dir(path)
+        req = experiment_pb2.CreateExperimentRequest(
+            config=text,
+            model_definition=model_def,
+            activate=activate,
+            project_id=0 if project_id is None else check_id(project_id, "project_id"),
+        )
+        msg = self._session.create_experiment(req).experiment
+        return Experiment._from_proto(msg, self._session)
+
+    def get_experiment(self, experiment_id: int) -> Experiment:
+        """An experiment by id.
+
+        Returns:
+            The experiment (hydrated).
+
+        Raises:
+            NotFoundError: No such experiment.
+        """
+        exp = Experiment(experiment_id, self._session)
+        exp.reload()
+        return exp
+
+    def iter_experiments(
+        self,
+        *,
+        project_id: int | None = None,
+        workspace_id: int | None = None,
+        states: Iterable[ExperimentState | str] | None = None,
+        name: str | None = None,
+        labels: Iterable[str] | None = None,
+        include_archived: bool = False,
+        archived_only: bool = False,
+        sort_by: str = "id",
+        order_by: OrderBy | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Experiment]:
+        """Like :meth:`list_experiments`, but fetches pages lazily as you iterate."""
+        return iter_experiments(
+            self._session,
+            project_id=project_id,
+            workspace_id=workspace_id,
+            states=states,
+            name=name,
+            labels=labels,
+            include_archived=include_archived,
+            archived_only=archived_only,
+            sort_by=sort_by,
+            order_by=order_by,
+            limit=limit,
+        )
+
+    def list_experiments(
+        self,
+        *,
+        project_id: int | None = None,
+        workspace_id: int | None = None,
+        states: Iterable[ExperimentState | str] | None = None,
+        name: str | None = None,
+        labels: Iterable[str] | None = None,
+        include_archived: bool = False,
+        archived_only: bool = False,
+        sort_by: str = "id",
+        order_by: OrderBy | None = None,
+        limit: int | None = None,
+    ) -> list[Experiment]:
+        """Experiments matching every filter given.
+
+        Args:
+            project_id: Only this project's.
+            workspace_id: Only this workspace's.
+            states: Only these states.
+            name: Only names containing this substring.
+            labels: Only experiments carrying all these labels.
+            include_archived: Also archived ones.
+            archived_only: Only archived ones.
+            sort_by: ``id``, ``name``, ``start_time``, ``end_time``, ``state`` or ``progress``.
+            order_by: Direction (None: ascending).
+            limit: At most this many.
+
+        Returns:
+            A list of hydrated :class:`Experiment` objects.
+
+        Raises:
+            InvalidArgumentError: Bad filter values.
+        """
+        return list(
+            self.iter_experiments(
+                project_id=project_id,
+                workspace_id=workspace_id,
+                states=states,
+                name=name,
+                labels=labels,
+                include_archived=include_archived,
+                archived_only=archived_only,
+                sort_by=sort_by,
+                order_by=order_by,
+                limit=limit,
+            )
+        )
+
+    # -- trials, checkpoints, metrics ---------------------------------------------------------
+    def get_trial(self, trial_id: int) -> Trial:
+        """A trial by id.
+
+        Returns:
+            The trial (hydrated).
+
+        Raises:
+            NotFoundError: No such trial.
+        """
+        trial = Trial(trial_id, self._session)
+        trial.reload()
+        return trial
+
+    def get_checkpoint(self, uuid: str) -> Checkpoint:
+        """A checkpoint by UUID.
+
+        Returns:
+            The checkpoint (hydrated).
+
+        Raises:
+            NotFoundError: No such checkpoint.
+        """
+        ckpt = Checkpoint(uuid, self._session)
+        ckpt.reload()
+        return ckpt
+
+    def iter_trials_metrics(
+        self, trial_ids: Sequence[int] | int, group: str | None = None
+    ) -> Iterator[TrialMetrics]:
+        """Metric reports of several trials, streamed lazily (by trial, then steps).
+
+        Args:
+            trial_ids: The trials (an int is one trial).
+            group: ``"training"``, ``"validation"``, a user group, or None for all.
+
+        Returns:
+            An iterator of :class:`TrialMetrics`.
+
+        Raises:
+            InvalidArgumentError: No trial ids or a bad one.
+            NotFoundError: A trial does not exist (raised on first ``next``).
+        """
+        ids = [trial_ids] if isinstance(trial_ids, int) else list(trial_ids)
+        return iter_metrics(self._session, ids, group)
+
+    def delete_checkpoints(self, uuids: Iterable[str]) -> None:
+        """Delete several checkpoints' files and mark them DELETED.
+
+        Raises:
+            NotFoundError: A checkpoint does not exist.
+        """
+        req = checkpoint_pb2.DeleteCheckpointsRequest(uuids=str_list(uuids, "uuids"))
+        self._session.delete_checkpoints(req)
+
+    # -- workspaces and projects ----------------------------------------------------------
+    def create_workspace(self, name: str) -> Workspace:
+        """Create a workspace.
+
+        Raises:
+            AlreadyExistsError: A workspace has that name.
+            InvalidArgumentError: Empty name.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise errors.InvalidArgumentError(f"name: must be a non-empty string, got {name!r}")
+        resp = self._session.create_workspace(workspace_pb2.CreateWorkspaceRequest(name=name))
+        return Workspace._from_proto(resp.workspace, self._session)
+
+    def get_workspace(self, workspace: str | int) -> Workspace:
+        """A workspace by name (or id).
+
+        Returns:
+            The workspace (hydrated).
+
+        Raises:
+            NotFoundError: No such workspace.
+        """
+        if isinstance(workspace, int) and not isinstance(workspace, bool):
+            req = workspace_pb2.GetWorkspaceRequest(workspace_id=check_id(workspace, "workspace"))
+        elif isinstance(workspace, str) and workspace:
+            req = workspace_pb2.GetWorkspaceRequest(name=workspace)
+        else:
+            raise errors.InvalidArgumentError(
+                f"workspace: must be a name or an id, got {workspace!r}"
+            )
+        return Workspace._from_proto(self._session.get_workspace(req).workspace, self._session)
+
+    def list_workspaces(self, name: str | None = None) -> list[Workspace]:
+        """Workspaces, optionally only the one with that name.
+
+        Returns:
+            A list of hydrated :class:`Workspace` objects.
+        """
+        resp = self._session.list_workspaces(workspace_pb2.ListWorkspacesRequest(name=name or ""))
+        return [Workspace._from_proto(w, self._session) for w in resp.workspaces]
+
+    def get_project(self, project_id: int) -> Project:
+        """A project by id.
+
+        Raises:
+            NotFoundError: No such project.
+        """
+        p = Project(project_id, self._session)
+        p.reload()
+        return p
+
+    # -- models -----------------------------------------------------------------------------
+    def create_model(
+        self,
+        name: str,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+        labels: Iterable[str] | None = None,
+        workspace_name: str | None = None,
+    ) -> Model:
+        """Register a model (versions are added with :meth:`Model.register_version`).
+
+        Args:
+            name: Unique model name.
+            description: Free text.
+            metadata: JSON-serializable dict.
+            labels: Labels.
+            workspace_name: Workspace to create it in (None: the default one).
+
+        Returns:
+            The new model (hydrated).
+
+        Raises:
+            AlreadyExistsError: A model has that name.
+            NotFoundError: No such workspace.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise errors.InvalidArgumentError(f"name: must be a non-empty string, got {name!r}")
+        ws_id = 0 if workspace_name is None else self.get_workspace(workspace_name).id
+        req = model_pb2.CreateModelRequest(
+            name=name,
+            description=description,
+            metadata_json=dumps(metadata or {}, "metadata"),
+            labels=str_list(labels, "labels"),
+            workspace_id=ws_id,
+        )
+        return Model._from_proto(self._session.create_model(req).model, self._session)
+
+    def get_model(self, name: str) -> Model:
+        """A model by name.
+
+        Returns:
+            The model (hydrated).
+
+        Raises:
+            NotFoundError: No such model.
+        """
+        m = Model(name, self._session)
+        m.reload()
+        return m
+
+    def list_models(
+        self,
+        name: str | None = None,
+        labels: Iterable[str] | None = None,
+        include_archived: bool = False,
+        workspace_name: str | None = None,
+    ) -> list[Model]:
+        """Registered models.
+
+        Args:
+            name: Only names containing this substring.
+            labels: Only models carrying all these labels.
+            include_archived: Also archived ones.
+            workspace_name: Only this workspace's.
+
+        Returns:
+            A list of hydrated :class:`Model` objects.
+        """
+        ws_id = 0 if workspace_name is None else self.get_workspace(workspace_name).id
+        req = model_pb2.ListModelsRequest(
+            name=name or "",
+            labels=str_list(labels, "labels"),
+            include_archived=include_archived,
+            workspace_id=ws_id,
+        )
+        return [Model._from_proto(m, self._session) for m in self._session.list_models(req).models]
+
+    # -- deprecated -------------------------------------------------------------------------
+    def get_models(self, *args: Any, **kwargs: Any) -> list[Model]:
+        """Deprecated: use :meth:`list_models`."""
+        deprecated("Determined.get_models()", "Determined.list_models()")
+        return self.list_models(*args, **kwargs)
+
+    def get_workspaces(self) -> list[Workspace]:
+        """Deprecated: use :meth:`list_workspaces`."""
+        deprecated("Determined.get_workspaces()", "Determined.list_workspaces()")
+        return self.list_workspaces()
+
+    def get_experiments(self, **kwargs: Any) -> list[Experiment]:
+        """Deprecated: use :meth:`list_experiments`."""
+        deprecated("Determined.get_experiments()", "Determined.list_experiments()")
+        return self.list_experiments(**kwargs)

@@ -1,0 +1,514 @@
+"""The :class:`Experiment` resource."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import tarfile
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from determined_sdk import errors
+from determined_sdk._checkpoint import Checkpoint, list_checkpoints
+from determined_sdk._enums import CheckpointSortBy, ExperimentState, OrderBy, TrialState
+from determined_sdk._resource import (
+    Resource,
+    SessionLike,
+    check_id,
+    deprecated,
+    str_list,
+)
+from determined_sdk._session import Session
+from determined_sdk._trial import Trial
+from determined_sdk.proto import common_pb2, experiment_pb2, workspace_pb2
+
+_A = experiment_pb2.ExperimentAction
+TRIALS_PAGE_SIZE = 1000
+
+
+class Experiment(Resource[experiment_pb2.Experiment]):
+    """An experiment: a config, model code, and the trials its searcher runs.
+
+    ``Experiment(experiment_id, session)`` builds a blank object without a request; actions
+    (:meth:`pause`, :meth:`kill`, ...), :meth:`list_trials` and :meth:`list_checkpoints` work on
+    it without fetching, and reading a cached attribute fetches it once.
+
+    Cached attributes (refreshed by :meth:`reload`; :meth:`wait` reloads too): ``name``,
+    ``description``, ``labels``, ``config``, ``state``, ``progress``, ``archived``,
+    ``project_id``, ``workspace_id``, ``start_time``, ``end_time``, ``searcher_name``,
+    ``num_trials``, ``unmanaged``, ``original_config``, ``error``. Setters update the master
+    and the attribute they set (``set_name`` -> ``name``, ``add_label`` -> ``labels``,
+    ``archive`` -> ``archived``, ``move_to_project`` -> ``project_id``/``workspace_id``); the
+    state-changing actions do not touch ``state``: call :meth:`reload` to see it.
+
+    Args:
+        experiment_id: The experiment's id.
+        session: A :class:`Session` or a ``Determined`` client (None: the default client).
+    """
+
+    def __init__(self, experiment_id: int, session: SessionLike | None = None) -> None:
+        super().__init__(session)
+        self.id = check_id(experiment_id, "experiment_id")
+
+    @classmethod
+    def _from_proto(cls, msg: experiment_pb2.Experiment, session: Session) -> Experiment:
+        e = cls(msg.id, session)
+        e._set(msg)
+        return e
+
+    def _fetch(self) -> experiment_pb2.Experiment:
+        req = experiment_pb2.GetExperimentRequest(experiment_id=self.id)
+        return self._session.get_experiment(req).experiment
+
+    # -- cached attributes ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """Name (cached; :meth:`set_name` updates it)."""
+        return self._m().name
+
+    @property
+    def description(self) -> str:
+        """Description (cached; :meth:`set_description` updates it)."""
+        return self._m().description
+
+    @property
+    def labels(self) -> list[str]:
+        """Labels (cached; :meth:`add_label`/:meth:`remove_label` update them)."""
+        return list(self._m().labels)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The validated config with defaults filled in (cached; never changes)."""
+        config: dict[str, Any] = self._json("config_json")
+        return config
+
+    @property
+    def original_config(self) -> str:
+        """The config text as submitted (cached)."""
+        return self._m().original_config
+
+    @property
+    def state(self) -> ExperimentState:
+        """State (cached: call :meth:`reload` to see a change)."""
+        return ExperimentState._from_proto(self._m().state)
+
+    @property
+    def progress(self) -> float:
+        """0..1, aggregated over its trials by the searcher (cached)."""
+        return self._m().progress
+
+    @property
+    def archived(self) -> bool:
+        """Whether it is archived (cached; :meth:`archive`/:meth:`unarchive` update it)."""
+        return self._m().archived
+
+    @property
+    def project_id(self) -> int:
+        """Its project's id (cached; :meth:`move_to_project` updates it)."""
+        return self._m().project_id
+
+    @property
+    def workspace_id(self) -> int:
+        """Its workspace's id (cached; :meth:`move_to_project` updates it)."""
+        return self._m().workspace_id
+
+    @property
+    def start_time(self) -> float:
+        """Unix time it was created (cached)."""
+        return self._m().start_time
+
+    @property
+    def end_time(self) -> float | None:
+        """Unix time it ended, None while it is not terminal (cached)."""
+        return self._m().end_time or None
+
+    @property
+    def searcher_name(self) -> str:
+        """Its searcher (``single``, ``grid``, ``adaptive_asha``, ...) (cached)."""
+        return self._m().searcher_name
+
+    @property
+    def num_trials(self) -> int:
+        """How many trials it has created (cached)."""
+        return self._m().num_trials
+
+    @property
+    def unmanaged(self) -> bool:
+        """True for an experiment registered by a script run outside the master (cached)."""
+        return self._m().unmanaged
+
+    @property
+    def error(self) -> str:
+        """Why it is in ERROR, empty otherwise (cached)."""
+        return self._m().parent_error
+
+    # -- setters ----------------------------------------------------------------------------
+    def _patch(self, req: experiment_pb2.PatchExperimentRequest, fields: Iterable[str]) -> None:
+        req.experiment_id = self.id
+        fresh = self._session.patch_experiment(req).experiment
+        self._take(fresh, fields)
+
+    def _take(self, fresh: experiment_pb2.Experiment, fields: Iterable[str]) -> None:
+        """Copy ``fields`` of a message the master returned into the cache (if hydrated)."""
+        msg = self._msg
+        if msg is None:
+            return
+        for f in fields:
+            if f == "labels":
+                del msg.labels[:]
+                msg.labels.extend(fresh.labels)
+            else:
+                setattr(msg, f, getattr(fresh, f))
+
+    def set_name(self, name: str) -> None:
+        """Rename the experiment (updates ``name``).
+
+        Raises:
+            InvalidArgumentError: Empty name.
+            NotFoundError: The experiment does not exist.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise errors.InvalidArgumentError(f"name: must be a non-empty string, got {name!r}")
+        self._patch(experiment_pb2.PatchExperimentRequest(name=name), ["name"])
+
+    def set_description(self, description: str) -> None:
+        """Set the description (updates ``description``).
+
+        Raises:
+            NotFoundError: The experiment does not exist.
+        """
+        if not isinstance(description, str):
+            raise errors.InvalidArgumentError(f"description: must be a string, got {description!r}")
+        self._patch(experiment_pb2.PatchExperimentRequest(description=description), ["description"])
+
+    def add_label(self, label: str) -> None:
+        """Add a label (no-op if present; updates ``labels``).
+
+        Raises:
+            NotFoundError: The experiment does not exist.
+        """
+        labels = _label(label)
+        self._patch(experiment_pb2.PatchExperimentRequest(add_labels=labels), ["labels"])
+
+    def remove_label(self, label: str) -> None:
+        """Remove a label (no-op if absent; updates ``labels``).
+
+        Raises:
+            NotFoundError: The experiment does not exist.
+        """
+        labels = _label(label)
+        self._patch(experiment_pb2.PatchExperimentRequest(remove_labels=labels), ["labels"])
+
+    # -- actions ----------------------------------------------------------------------------
+    def _act(self, action: experiment_pb2.ExperimentAction.ValueType, retry: bool = True) -> None:
+        req = experiment_pb2.ExperimentActionRequest(experiment_id=self.id, action=action)
+        fresh = self._session.experiment_action(req, retry=retry).experiment
+        if action in (_A.EXPERIMENT_ACTION_ARCHIVE, _A.EXPERIMENT_ACTION_UNARCHIVE):
+            self._take(fresh, ["archived"])
+
+    def activate(self) -> None:
+        """Start (or resume) scheduling its trials.
+
+        Raises:
+            FailedPreconditionError: It is terminal.
+            NotFoundError: The experiment does not exist.
+        """
+        self._act(_A.EXPERIMENT_ACTION_ACTIVATE)
+
+    def pause(self) -> None:
+        """Pause it: running trials checkpoint and stop; :meth:`activate` resumes them.
+
+        Raises:
+            FailedPreconditionError: It is terminal.
+            NotFoundError: The experiment does not exist.
+        """
+        self._act(_A.EXPERIMENT_ACTION_PAUSE)
+
+    def cancel(self) -> None:
+        """Stop it gracefully (trials checkpoint first); it ends CANCELED.
+
+        Raises:
+            NotFoundError: The experiment does not exist.
+        """
+        self._act(_A.EXPERIMENT_ACTION_CANCEL)
+
+    def kill(self) -> None:
+        """Stop it now, without waiting for checkpoints; it ends CANCELED.
+
+        Raises:
+            NotFoundError: The experiment does not exist.
+        """
+        self._act(_A.EXPERIMENT_ACTION_KILL)
+
+    def archive(self) -> None:
+        """Hide it from default listings (updates ``archived``).
+
+        Raises:
+            FailedPreconditionError: It is not terminal.
+            NotFoundError: The experiment does not exist.
+        """
+        self._act(_A.EXPERIMENT_ACTION_ARCHIVE)
+
+    def unarchive(self) -> None:
+        """Undo :meth:`archive` (updates ``archived``).
+
+        Raises:
+            NotFoundError: The experiment does not exist.
+        """
+        self._act(_A.EXPERIMENT_ACTION_UNARCHIVE)
+
+    def delete(self) -> None:
+        """Delete it with its trials, metrics, logs and checkpoints (files included).
+
+        Raises:
+            FailedPreconditionError: It is not terminal.
+            NotFoundError: The experiment does not exist.
+        """
+        # Not retried: a resend after a lost reply would answer NOT_FOUND.
+        self._act(_A.EXPERIMENT_ACTION_DELETE, retry=False)
+
+    def move_to_project(self, workspace_name: str, project_name: str) -> None:
+        """Move it into another project (updates ``project_id`` and ``workspace_id``).
+
+        Args:
+            workspace_name: Name of the target workspace.
+            project_name: Name of the project within that workspace.
+
+        Raises:
+            NotFoundError: No such workspace, project or experiment.
+        """
+        s = self._session
+        ws = s.get_workspace(workspace_pb2.GetWorkspaceRequest(name=workspace_name)).workspace
+        proj = s.get_project(
+            workspace_pb2.GetProjectRequest(workspace_id=ws.id, name=project_name)
+        ).project
+        req = experiment_pb2.MoveExperimentRequest(experiment_id=self.id, project_id=proj.id)
+        fresh = s.move_experiment(req).experiment
+        self._take(fresh, ["project_id", "workspace_id"])
+
+    # -- waiting ----------------------------------------------------------------------------
+    def wait(self, interval: float = 5.0, timeout: float | None = None) -> ExperimentState:
+        """Block until it reaches a terminal state, polling every ``interval`` seconds.
+
+        Reloads this object as it polls, so the cache ends fresh.
+
+        Args:
+            interval: Seconds between polls.
+            timeout: Give up after this many seconds (None: wait forever).
+
+        Returns:
+            The terminal state (COMPLETED, CANCELED, ERROR or DELETED).
+
+        Raises:
+            DeadlineExceededError: ``timeout`` passed first.
+            NotFoundError: The experiment does not exist.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.reload()
+            state = self.state
+            if state.is_terminal:
+                return state
+            if deadline is not None and time.monotonic() >= deadline:
+                raise errors.DeadlineExceededError(
+                    f"experiment {self.id} still {state.value} after {timeout}s"
+                )
+            time.sleep(interval)
+
+    def await_first_trial(self, interval: float = 0.1, timeout: float | None = None) -> Trial:
+        """Block until the experiment has created a trial and return it.
+
+        Args:
+            interval: Seconds between polls.
+            timeout: Give up after this many seconds (None: wait forever).
+
+        Returns:
+            The first trial (hydrated).
+
+        Raises:
+            DeadlineExceededError: ``timeout`` passed first.
+            FailedPreconditionError: The experiment ended without creating a trial.
+            NotFoundError: The experiment does not exist.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        s = self._session
+        req = experiment_pb2.ListExperimentTrialsRequest(
+            experiment_id=self.id, pagination=common_pb2.Pagination(limit=1)
+        )
+        last_check = time.monotonic()
+        while True:
+            resp = s.list_experiment_trials(req)
+            if resp.trials:
+                return Trial._from_proto(resp.trials[0], s)
+            now = time.monotonic()
+            if now - last_check >= 1.0:
+                # An experiment that ends (config error, killed) will never make a trial.
+                last_check = now
+                state = ExperimentState._from_proto(self._fetch().state)
+                if state.is_terminal:
+                    raise errors.FailedPreconditionError(
+                        f"experiment {self.id} ended {state.value} without creating a trial"
+                    )
+            if deadline is not None and now >= deadline:
+                raise errors.DeadlineExceededError(
+                    f"experiment {self.id} created no trial within {timeout}s"
+                )
+            time.sleep(interval)
+
+    # -- collections ------------------------------------------------------------------------
+    def iter_trials(
+        self,
+        states: Iterable[TrialState] | None = None,
+        page_size: int = TRIALS_PAGE_SIZE,
+    ) -> Iterator[Trial]:
+        """Its trials in id order, fetched lazily a page at a time.
+
+        Args:
+            states: Only trials in these states (None: all).
+            page_size: Trials per request.
+
+        Returns:
+            An iterator of hydrated :class:`Trial` objects.
+
+        Raises:
+            NotFoundError: The experiment does not exist (raised on first ``next``).
+        """
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise errors.InvalidArgumentError(f"page_size: must be >= 1, got {page_size!r}")
+        wire_states = [_trial_state(st)._to_proto() for st in states or ()]
+        return self._iter_trials(wire_states, page_size)
+
+    def _iter_trials(
+        self, wire_states: list[common_pb2.TrialState.ValueType], page_size: int
+    ) -> Iterator[Trial]:
+        s = self._session
+        offset = 0
+        while True:
+            req = experiment_pb2.ListExperimentTrialsRequest(
+                experiment_id=self.id,
+                states=wire_states,
+                pagination=common_pb2.Pagination(offset=offset, limit=page_size),
+            )
+            resp = s.list_experiment_trials(req)
+            for t in resp.trials:
+                yield Trial._from_proto(t, s)
+            offset += len(resp.trials)
+            if len(resp.trials) < page_size or offset >= resp.pagination.total:
+                return
+
+    def list_trials(self, states: Iterable[TrialState] | None = None) -> list[Trial]:
+        """All its trials in id order.
+
+        Args:
+            states: Only trials in these states (None: all).
+
+        Returns:
+            A list of hydrated :class:`Trial` objects.
+
+        Raises:
+            NotFoundError: The experiment does not exist.
+        """
+        return list(self.iter_trials(states=states))
+
+    def list_checkpoints(
+        self,
+        sort_by: str | CheckpointSortBy | None = None,
+        order_by: OrderBy | None = None,
+        max_results: int | None = None,
+    ) -> list[Checkpoint]:
+        """Checkpoints of all its trials (every state but DELETED), sorted on the master.
+
+        Args:
+            sort_by: A :class:`CheckpointSortBy`, or a str naming a validation metric
+                (``"loss"``). None sorts by the searcher metric.
+            order_by: Direction; None lets the master decide (best-first for the searcher
+                metric, using the config's ``searcher.smaller_is_better``).
+            max_results: At most this many (None: all).
+
+        Returns:
+            A list of hydrated :class:`Checkpoint` objects.
+
+        Raises:
+            InvalidArgumentError: Bad ``sort_by``/``order_by``/``max_results``.
+            NotFoundError: The experiment does not exist.
+        """
+        return list_checkpoints(
+            self._session,
+            experiment_id=self.id,
+            sort_by=sort_by,
+            order_by=order_by,
+            max_results=max_results,
+        )
+
+    def download_code(self, path: str | os.PathLike[str]) -> pathlib.Path:
+        """Unpack the experiment's model directory into ``path`` (created if missing).
+
+        Args:
+            path: Target directory.
+
+        Returns:
+            ``path`` as a :class:`pathlib.Path`.
+
+        Raises:
+            NotFoundError: The experiment does not exist.
+        """
+        req = experiment_pb2.GetModelDefinitionRequest(experiment_id=self.id)
+        data = self._session.get_model_definition(req).model_definition
+        target = pathlib.Path(path)
+        target.mkdir(parents=True, exist_ok=True)
+        if data:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+                tar.extractall(target, filter="data")
+        return target
+
+    # -- deprecated -------------------------------------------------------------------------
+    def get_trials(self) -> list[Trial]:
+        """Deprecated: use :meth:`list_trials`."""
+        deprecated("Experiment.get_trials()", "Experiment.list_trials()")
+        return self.list_trials()
+
+    def top_checkpoint(
+        self, sort_by: str | None = None, smaller_is_better: bool | None = None
+    ) -> Checkpoint:
+        """Deprecated: use ``list_checkpoints(sort_by=..., order_by=..., max_results=1)``."""
+        deprecated("Experiment.top_checkpoint()", "Experiment.list_checkpoints(max_results=1)")
+        found = self._top(1, sort_by, smaller_is_better)
+        if not found:
+            raise errors.NotFoundError(f"experiment {self.id} has no checkpoints")
+        return found[0]
+
+    def top_n_checkpoints(
+        self, limit: int, sort_by: str | None = None, smaller_is_better: bool | None = None
+    ) -> list[Checkpoint]:
+        """Deprecated: use ``list_checkpoints(sort_by=..., order_by=..., max_results=n)``."""
+        deprecated("Experiment.top_n_checkpoints()", "Experiment.list_checkpoints(max_results=n)")
+        return self._top(limit, sort_by, smaller_is_better)
+
+    def _top(
+        self, limit: int, sort_by: str | None, smaller_is_better: bool | None
+    ) -> list[Checkpoint]:
+        order = None
+        if smaller_is_better is not None:
+            order = OrderBy.ASC if smaller_is_better else OrderBy.DESC
+        return self.list_checkpoints(sort_by=sort_by, order_by=order, max_results=limit)
+
+    def __repr__(self) -> str:
+        return f"Experiment(id={self.id})"
+
+
+def _label(label: str) -> list[str]:
+    labels = str_list(label, "label")
+    if not labels or not all(x.strip() for x in labels):
+        raise errors.InvalidArgumentError(f"label: must be a non-empty string, got {label!r}")
+    return labels
+
+
+def _trial_state(value: TrialState | str) -> TrialState:
+    if isinstance(value, TrialState):
+        return value
+    try:
+        return TrialState(str(value).upper())
+    except ValueError:
+        raise errors.InvalidArgumentError(f"states: unknown trial state {value!r}") from None

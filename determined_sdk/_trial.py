@@ -1,0 +1,411 @@
+"""The :class:`Trial` resource, its logs and its metrics."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from determined_sdk import errors
+from determined_sdk._checkpoint import Checkpoint, list_checkpoints
+from determined_sdk._enums import CheckpointSortBy, LogLevel, OrderBy, TrialState
+from determined_sdk._resource import (
+    Resource,
+    SessionLike,
+    check_id,
+    check_limit,
+    deprecated,
+    str_list,
+)
+from determined_sdk._session import Session
+from determined_sdk.proto import logs_pb2, trial_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One line of a trial's output. ``str(line)`` is the message.
+
+    Attributes:
+        id: Increasing per trial, set by the master.
+        trial_id: The trial.
+        timestamp: Unix seconds.
+        rank: Process rank (0 unless distributed).
+        stream: ``stdout``, ``stderr`` or ``master``.
+        level: Log level.
+        message: The text, without a trailing newline.
+        run_id: Which run of the trial (1 + restarts) wrote it.
+    """
+
+    id: int
+    trial_id: int
+    timestamp: float
+    rank: int
+    stream: str
+    level: LogLevel
+    message: str
+    run_id: int
+
+    def __str__(self) -> str:
+        return self.message
+
+    def format(self) -> str:
+        """``"<ISO time> [rank=R] LEVEL  message"``, as the CLI prints it."""
+        ts = datetime.datetime.fromtimestamp(self.timestamp).isoformat(timespec="milliseconds")
+        return f"{ts} [rank={self.rank}] {self.level.value:<8} {self.message}"
+
+    @classmethod
+    def _from_proto(cls, m: logs_pb2.LogLine) -> LogLine:
+        return cls(
+            id=m.id,
+            trial_id=m.trial_id,
+            timestamp=m.timestamp,
+            rank=m.rank,
+            stream=m.stream,
+            level=LogLevel._from_proto(m.level),
+            message=m.message,
+            run_id=m.run_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrialMetrics:
+    """One metric report of a trial.
+
+    Attributes:
+        trial_id: The trial.
+        group: ``"training"``, ``"validation"`` or a user group.
+        steps_completed: Training steps done at the report.
+        metrics: Metric name -> value.
+        timestamp: Unix seconds, the trial's clock.
+    """
+
+    trial_id: int
+    group: str
+    steps_completed: int
+    metrics: dict[str, float]
+    timestamp: float
+
+
+def iter_metrics(
+    session: Session, trial_ids: Sequence[int], group: str | None, page_size: int = 0
+) -> Iterator[TrialMetrics]:
+    """Stream metric reports of trials from the master, page by page, in steps order."""
+    ids = [check_id(t, "trial_ids") for t in trial_ids]
+    if not ids:
+        raise errors.InvalidArgumentError("trial_ids: must name at least one trial")
+    if group is not None and not isinstance(group, str):
+        raise errors.InvalidArgumentError(f"group: must be a string, got {group!r}")
+    req = trial_pb2.StreamMetricsRequest(trial_ids=ids, group=group or "", page_size=page_size)
+    return _stream_metrics(session, req)
+
+
+def _stream_metrics(
+    session: Session, req: trial_pb2.StreamMetricsRequest
+) -> Iterator[TrialMetrics]:
+    for page in session.stream_metrics(req):
+        for p in page.points:
+            yield TrialMetrics(p.trial_id, p.group, p.steps_completed, dict(p.metrics), p.timestamp)
+
+
+def _timestamp(value: float | datetime.datetime | None, what: str) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise errors.InvalidArgumentError(
+            f"{what}: must be a datetime or unix seconds >= 0, got {value!r}"
+        )
+    return float(value)
+
+
+class Trial(Resource[trial_pb2.Trial]):
+    """A trial: one set of hyperparameters trained by one experiment.
+
+    ``Trial(trial_id, session)`` builds a blank object without a request; :meth:`kill`,
+    :meth:`logs`, :meth:`iter_metrics` and :meth:`list_checkpoints` work on it without
+    fetching, and reading a cached attribute fetches it once. Cached attributes (refreshed
+    only by :meth:`reload`): ``experiment_id``, ``hparams``, ``state``, ``summary_metrics``,
+    ``restarts``, ``run_id``, ``start_time``, ``end_time``, ``steps_completed``, ``progress``,
+    ``searcher_metric``, ``latest_checkpoint_uuid``, ``warm_start_checkpoint_uuid``,
+    ``exit_reason``.
+
+    Args:
+        trial_id: The trial's id.
+        session: A :class:`Session` or a ``Determined`` client (None: the default client).
+    """
+
+    def __init__(self, trial_id: int, session: SessionLike | None = None) -> None:
+        super().__init__(session)
+        self.id = check_id(trial_id, "trial_id")
+
+    @classmethod
+    def _from_proto(cls, msg: trial_pb2.Trial, session: Session) -> Trial:
+        t = cls(msg.id, session)
+        t._set(msg)
+        return t
+
+    def _fetch(self) -> trial_pb2.Trial:
+        return self._session.get_trial(trial_pb2.GetTrialRequest(trial_id=self.id)).trial
+
+    # -- cached attributes ------------------------------------------------------------------
+    @property
+    def experiment_id(self) -> int:
+        """Id of its experiment (cached)."""
+        return self._m().experiment_id
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """Hyperparameter values (cached; they never change)."""
+        hparams: dict[str, Any] = self._json("hparams_json")
+        return hparams
+
+    @property
+    def state(self) -> TrialState:
+        """State (cached: call :meth:`reload` to see a change)."""
+        return TrialState._from_proto(self._m().state)
+
+    @property
+    def summary_metrics(self) -> dict[str, Any]:
+        """Per group, per metric ``{"min", "max", "last", "count", "mean"}`` (cached).
+
+        Training metrics are under ``"avg_metrics"``, validation metrics under
+        ``"validation_metrics"``, other groups under their own name.
+        """
+        summary: dict[str, Any] = self._json("summary_metrics_json")
+        return summary
+
+    @property
+    def restarts(self) -> int:
+        """How many times it was restarted after a failure (cached)."""
+        return self._m().restarts
+
+    @property
+    def run_id(self) -> int:
+        """Current run number, 1 + restarts and resumes (cached)."""
+        return self._m().run_id
+
+    @property
+    def start_time(self) -> float:
+        """Unix time it was created (cached)."""
+        return self._m().start_time
+
+    @property
+    def end_time(self) -> float | None:
+        """Unix time it ended, None while it runs (cached)."""
+        return self._m().end_time or None
+
+    @property
+    def steps_completed(self) -> int:
+        """Highest steps_completed it reported (cached)."""
+        return self._m().steps_completed
+
+    @property
+    def progress(self) -> float:
+        """0..1 within its searcher work (cached)."""
+        return self._m().progress
+
+    @property
+    def searcher_metric(self) -> float | None:
+        """Best value of the searcher metric so far, None before the first (cached)."""
+        m = self._m()
+        return m.searcher_metric if m.has_searcher_metric else None
+
+    @property
+    def exit_reason(self) -> str:
+        """Early-exit reason or error summary, empty if none (cached)."""
+        return self._m().exit_reason
+
+    @property
+    def latest_checkpoint_uuid(self) -> str | None:
+        """UUID of its latest completed checkpoint, None if none (cached)."""
+        return self._m().latest_checkpoint_uuid or None
+
+    @property
+    def warm_start_checkpoint_uuid(self) -> str | None:
+        """UUID of the checkpoint it started from, None if none (cached)."""
+        return self._m().warm_start_checkpoint_uuid or None
+
+    @property
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """Its latest completed checkpoint as a blank :class:`Checkpoint`, None if none.
+
+        The uuid is cached; the checkpoint's own attributes are fetched when first read.
+        """
+        uuid = self.latest_checkpoint_uuid
+        return Checkpoint(uuid, self._session) if uuid else None
+
+    # -- calls ------------------------------------------------------------------------------
+    def kill(self) -> None:
+        """Stop the trial now (the experiment goes on with its other trials).
+
+        Raises:
+            NotFoundError: The trial does not exist.
+        """
+        self._session.kill_trial(trial_pb2.KillTrialRequest(trial_id=self.id))
+
+    def logs(
+        self,
+        follow: bool = False,
+        *,
+        head: int | None = None,
+        tail: int | None = None,
+        search: str | None = None,
+        levels: Iterable[LogLevel | str] | None = None,
+        timestamp_after: float | datetime.datetime | None = None,
+        timestamp_before: float | datetime.datetime | None = None,
+        ranks: Iterable[int] | None = None,
+        streams: Iterable[str] | None = None,
+    ) -> Iterator[LogLine]:
+        """The trial's log lines, oldest first.
+
+        With ``follow=True`` the iterator keeps streaming new lines as the trial writes them
+        and ends when the trial ends; it yields exactly the lines a later full read yields.
+        The request is sent when iteration starts.
+
+        Args:
+            follow: Keep streaming until the trial ends.
+            head: Only the first N matching lines.
+            tail: Only the last N matching lines (with ``follow``: then the new ones).
+            search: Only lines containing this substring.
+            levels: Only these levels (``LogLevel`` or names such as ``"ERROR"``).
+            timestamp_after: Only lines written after this time.
+            timestamp_before: Only lines written before this time.
+            ranks: Only these process ranks.
+            streams: Only these streams (``stdout``, ``stderr``, ``master``).
+
+        Returns:
+            An iterator of :class:`LogLine` (``str(line)`` is the message).
+
+        Raises:
+            InvalidArgumentError: Both ``head`` and ``tail``, a negative count, an unknown
+                level.
+            NotFoundError: The trial does not exist (raised on first ``next``).
+        """
+        if head is not None and tail is not None:
+            raise errors.InvalidArgumentError("head and tail: give at most one of them")
+        req = logs_pb2.TrialLogsRequest(
+            trial_id=self.id,
+            follow=bool(follow),
+            head=check_limit(head, "head"),
+            tail=check_limit(tail, "tail"),
+            search=search or "",
+            levels=[LogLevel._parse(lv)._to_proto() for lv in levels or ()],
+            timestamp_after=_timestamp(timestamp_after, "timestamp_after"),
+            timestamp_before=_timestamp(timestamp_before, "timestamp_before"),
+            ranks=list(ranks or ()),
+            streams=str_list(streams, "streams"),
+        )
+        if head == 0 or tail == 0:
+            return iter(())
+        return self._stream_logs(req)
+
+    def _stream_logs(self, req: logs_pb2.TrialLogsRequest) -> Iterator[LogLine]:
+        for resp in self._session.trial_logs(req):
+            for line in resp.lines:
+                yield LogLine._from_proto(line)
+
+    def iter_metrics(self, group: str | None = None) -> Iterator[TrialMetrics]:
+        """Every metric report of this trial, in steps order, streamed lazily in pages.
+
+        Args:
+            group: ``"training"``, ``"validation"``, a user group, or None for all.
+
+        Returns:
+            An iterator of :class:`TrialMetrics`.
+
+        Raises:
+            NotFoundError: The trial does not exist (raised on first ``next``).
+        """
+        return iter_metrics(self._session, [self.id], group)
+
+    def list_checkpoints(
+        self,
+        sort_by: str | CheckpointSortBy | None = None,
+        order_by: OrderBy | None = None,
+        max_results: int | None = None,
+    ) -> list[Checkpoint]:
+        """This trial's checkpoints (every state but DELETED), sorted on the master.
+
+        Args:
+            sort_by: A :class:`CheckpointSortBy`, or a str naming a validation metric. None
+                sorts by the searcher metric.
+            order_by: Direction; None lets the master decide (best-first for the searcher
+                metric, using the experiment's ``smaller_is_better``).
+            max_results: At most this many (None: all).
+
+        Returns:
+            A list of hydrated :class:`Checkpoint` objects.
+
+        Raises:
+            InvalidArgumentError: Bad ``sort_by``/``order_by``/``max_results``.
+            NotFoundError: The trial does not exist.
+        """
+        return list_checkpoints(
+            self._session,
+            trial_id=self.id,
+            sort_by=sort_by,
+            order_by=order_by,
+            max_results=max_results,
+        )
+
+    # -- deprecated -------------------------------------------------------------------------
+    def get_checkpoints(
+        self,
+        sort_by: str | CheckpointSortBy | None = None,
+        order_by: OrderBy | None = None,
+        max_results: int | None = None,
+    ) -> list[Checkpoint]:
+        """Deprecated: use :meth:`list_checkpoints`."""
+        deprecated("Trial.get_checkpoints()", "Trial.list_checkpoints()")
+        return self.list_checkpoints(sort_by=sort_by, order_by=order_by, max_results=max_results)
+
+    def top_checkpoint(
+        self, sort_by: str | None = None, smaller_is_better: bool | None = None
+    ) -> Checkpoint:
+        """Deprecated: use ``list_checkpoints(sort_by=..., order_by=..., max_results=1)``."""
+        deprecated("Trial.top_checkpoint()", "Trial.list_checkpoints(max_results=1)")
+        return self._select_best(sort_by, smaller_is_better)
+
+    def select_checkpoint(
+        self,
+        latest: bool = False,
+        best: bool = False,
+        uuid: str | None = None,
+        sort_by: str | None = None,
+        smaller_is_better: bool | None = None,
+    ) -> Checkpoint | None:
+        """Deprecated: use :meth:`list_checkpoints` (or ``Checkpoint(uuid, session)``).
+
+        Exactly one of ``latest``, ``best``, ``uuid`` must be given.
+        """
+        deprecated("Trial.select_checkpoint()", "Trial.list_checkpoints()")
+        if sum((bool(latest), bool(best), uuid is not None)) != 1:
+            raise errors.InvalidArgumentError(
+                "select_checkpoint: give exactly one of latest, best, uuid"
+            )
+        if uuid is not None:
+            ckpt = Checkpoint(uuid, self._session)
+            ckpt.reload()
+            return ckpt
+        if latest:
+            found = self.list_checkpoints(
+                sort_by=CheckpointSortBy.BATCH_NUMBER, order_by=OrderBy.DESC, max_results=1
+            )
+            return found[0] if found else None
+        return self._select_best(sort_by, smaller_is_better)
+
+    def _select_best(self, sort_by: str | None, smaller_is_better: bool | None) -> Checkpoint:
+        order = None if smaller_is_better is None else _order(smaller_is_better)
+        found = self.list_checkpoints(sort_by=sort_by, order_by=order, max_results=1)
+        if not found:
+            raise errors.NotFoundError(f"trial {self.id} has no checkpoints")
+        return found[0]
+
+    def __repr__(self) -> str:
+        return f"Trial(id={self.id})"
+
+
+def _order(smaller_is_better: bool) -> OrderBy:
+    return OrderBy.ASC if smaller_is_better else OrderBy.DESC

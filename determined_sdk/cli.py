@@ -1,0 +1,731 @@
+"""``detsdk``: the command line over the SDK.
+
+Every command talks to the master named by ``-m/--master`` (or ``$DET_MASTER``, else
+``localhost:8080``). Failures print one red line to stderr and exit with status 1; no traceback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from determined_sdk import errors
+from determined_sdk._checkpoint import Checkpoint
+from determined_sdk._client import Determined
+from determined_sdk._enums import CheckpointSortBy, DownloadMode, LogLevel, OrderBy
+from determined_sdk._experiment import Experiment
+from determined_sdk._trial import Trial
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _client(ctx: click.Context) -> Determined:
+    obj = ctx.find_root().ensure_object(dict)
+    if "client" not in obj:
+        obj["client"] = Determined(obj.get("master"))
+        ctx.find_root().call_on_close(obj["client"].close)
+    client: Determined = obj["client"]
+    return client
+
+
+def _time(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else str(v)
+
+
+def _table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    t = Table(title=title, show_lines=False, header_style="bold")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*(escape(_num(x)) for x in r))
+    out.print(t)
+
+
+def _kv(pairs: Sequence[tuple[str, Any]]) -> None:
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in pairs:
+        t.add_row(k, escape(_num(v)))
+    out.print(t)
+
+
+def _experiment_rows(exps: Iterable[Experiment]) -> list[list[Any]]:
+    return [
+        [
+            e.id,
+            e.name,
+            e.state.value,
+            f"{e.progress:.0%}",
+            e.num_trials,
+            e.project_id,
+            ",".join(e.labels),
+            _time(e.start_time),
+            _time(e.end_time),
+        ]
+        for e in exps
+    ]
+
+
+_EXP_COLUMNS = ["id", "name", "state", "progress", "trials", "project", "labels", "start", "end"]
+_TRIAL_COLUMNS = ["id", "state", "hparams", "steps", "searcher metric", "restarts", "start", "end"]
+_CKPT_COLUMNS = ["uuid", "trial", "steps", "state", "validation metrics", "size", "reported"]
+
+
+def _trial_rows(trials: Iterable[Trial]) -> list[list[Any]]:
+    return [
+        [
+            t.id,
+            t.state.value,
+            json.dumps(t.hparams, sort_keys=True),
+            t.steps_completed,
+            t.searcher_metric,
+            t.restarts,
+            _time(t.start_time),
+            _time(t.end_time),
+        ]
+        for t in trials
+    ]
+
+
+def _ckpt_rows(ckpts: Iterable[Checkpoint]) -> list[list[Any]]:
+    return [
+        [
+            c.uuid,
+            c.trial_id,
+            c.steps_completed,
+            c.state.value,
+            ", ".join(f"{k}={v:.6g}" for k, v in sorted(c.validation_metrics.items())),
+            _size(c.total_bytes),
+            _time(c.report_time),
+        ]
+        for c in ckpts
+    ]
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+class _Group(click.Group):
+    """Turns SDK errors into one red line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.DeterminedError as e:
+            err.print(f"[red]Error: {escape(str(e))}[/red]")
+            ctx.exit(1)
+        except OSError as e:
+            err.print(f"[red]Error: {escape(str(e))}[/red]")
+            ctx.exit(1)
+
+
+@click.group(cls=_Group)
+@click.option(
+    "-m",
+    "--master",
+    envvar="DET_MASTER",
+    default=None,
+    metavar="HOST:PORT",
+    help="Master address (default: $DET_MASTER, else localhost:8080).",
+)
+@click.pass_context
+def cli(ctx: click.Context, master: str | None) -> None:
+    """Command line of the ML experiment platform."""
+    ctx.ensure_object(dict)["master"] = master
+
+
+def _confirm(yes: bool, what: str) -> None:
+    if not yes and not click.confirm(f"Really {what}?", default=False):
+        raise click.Abort()
+
+
+# -- master --------------------------------------------------------------------------------------
+@cli.group()
+def master() -> None:
+    """The master itself."""
+
+
+@master.command("info")
+@click.pass_context
+def master_info(ctx: click.Context) -> None:
+    """Version, slots and database of the master."""
+    c = _client(ctx)
+    info = c.get_master_info()
+    _kv(
+        [
+            ("master", c.master),
+            ("version", info.version),
+            ("cluster id", info.cluster_id),
+            ("slots", f"{info.free_slots} free of {info.total_slots}"),
+            ("database", info.database),
+        ]
+    )
+
+
+# -- experiments ---------------------------------------------------------------------------------
+@cli.group()
+def experiment() -> None:
+    """Create, list and control experiments."""
+
+
+def _follow_trial(trial: Trial) -> None:
+    for line in trial.logs(follow=True):
+        out.print(escape(line.format()))
+
+
+@experiment.command("create")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-activate", is_flag=True, help="Create it paused.")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Stream the first trial's logs, then wait for the end."
+)
+@click.option("--project-id", type=int, default=None, help="Project to create it in.")
+@click.pass_context
+def experiment_create(
+    ctx: click.Context,
+    config: str,
+    model_dir: str,
+    no_activate: bool,
+    follow: bool,
+    project_id: int | None,
+) -> None:
+    """Create an experiment from a CONFIG file and a MODEL_DIR."""
+    exp = _client(ctx).create_experiment(
+        config, model_dir, activate=not no_activate, project_id=project_id
+    )
+    out.print(f"Created experiment {exp.id}")
+    if follow:
+        if no_activate:
+            raise errors.FailedPreconditionError("--follow needs an active experiment")
+        _follow_trial(exp.await_first_trial())
+        state = exp.wait(interval=1.0)
+        out.print(f"Experiment {exp.id} ended {state.value}")
+        if state.value != "COMPLETED":
+            ctx.exit(1)
+
+
+@experiment.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include archived experiments.")
+@click.option("--project-id", type=int, default=None)
+@click.option("--workspace-id", type=int, default=None)
+@click.option("--state", "states", multiple=True, help="Only this state (repeatable).")
+@click.option("--name", default=None, help="Only names containing this.")
+@click.option("--label", "labels", multiple=True, help="Only with this label (repeatable).")
+@click.option("--limit", type=int, default=None)
+@click.pass_context
+def experiment_list(
+    ctx: click.Context,
+    show_all: bool,
+    project_id: int | None,
+    workspace_id: int | None,
+    states: tuple[str, ...],
+    name: str | None,
+    labels: tuple[str, ...],
+    limit: int | None,
+) -> None:
+    """List experiments."""
+    exps = _client(ctx).list_experiments(
+        project_id=project_id,
+        workspace_id=workspace_id,
+        states=states or None,
+        name=name,
+        labels=labels or None,
+        include_archived=show_all,
+        limit=limit,
+    )
+    _table(None, _EXP_COLUMNS, _experiment_rows(exps))
+
+
+@experiment.command("describe")
+@click.argument("experiment_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the config as JSON.")
+@click.pass_context
+def experiment_describe(ctx: click.Context, experiment_id: int, as_json: bool) -> None:
+    """Show an experiment and its trials."""
+    e = _client(ctx).get_experiment(experiment_id)
+    if as_json:
+        out.print_json(json.dumps(e.config))
+        return
+    _kv(
+        [
+            ("id", e.id),
+            ("name", e.name),
+            ("description", e.description),
+            ("state", e.state.value + (f" ({e.error})" if e.error else "")),
+            ("progress", f"{e.progress:.0%}"),
+            ("searcher", e.searcher_name),
+            ("labels", ", ".join(e.labels)),
+            ("project / workspace", f"{e.project_id} / {e.workspace_id}"),
+            ("archived", e.archived),
+            ("started", _time(e.start_time)),
+            ("ended", _time(e.end_time)),
+        ]
+    )
+    _table("Trials", _TRIAL_COLUMNS, _trial_rows(e.list_trials()))
+
+
+def _exp_action(name: str, done: str, confirm: bool = False) -> None:
+    @experiment.command(name, help=f"{name.capitalize()} an experiment.")
+    @click.argument("experiment_id", type=int)
+    @click.option("-y", "--yes", is_flag=True, hidden=not confirm, help="Do not ask.")
+    @click.pass_context
+    def cmd(ctx: click.Context, experiment_id: int, yes: bool) -> None:
+        if confirm:
+            _confirm(yes, f"{name} experiment {experiment_id}")
+        exp = Experiment(experiment_id, _client(ctx))
+        getattr(exp, name)()
+        out.print(f"{done} experiment {experiment_id}")
+
+
+for _name, _done, _confirmed in (
+    ("activate", "Activated", False),
+    ("pause", "Paused", False),
+    ("cancel", "Canceled", False),
+    ("kill", "Killed", False),
+    ("archive", "Archived", False),
+    ("unarchive", "Unarchived", False),
+    ("delete", "Deleted", True),
+):
+    _exp_action(_name, _done, _confirmed)
+
+
+@experiment.command("set-name")
+@click.argument("experiment_id", type=int)
+@click.argument("name")
+@click.pass_context
+def experiment_set_name(ctx: click.Context, experiment_id: int, name: str) -> None:
+    """Rename an experiment."""
+    Experiment(experiment_id, _client(ctx)).set_name(name)
+    out.print(f"Renamed experiment {experiment_id} to {escape(name)}")
+
+
+@experiment.command("download-code")
+@click.argument("experiment_id", type=int)
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.pass_context
+def experiment_download_code(ctx: click.Context, experiment_id: int, directory: str) -> None:
+    """Unpack an experiment's model directory into DIRECTORY."""
+    path = Experiment(experiment_id, _client(ctx)).download_code(directory)
+    out.print(f"Model code of experiment {experiment_id} in {escape(str(path))}")
+
+
+@experiment.command("wait")
+@click.argument("experiment_id", type=int)
+@click.option("--interval", type=float, default=2.0)
+@click.pass_context
+def experiment_wait(ctx: click.Context, experiment_id: int, interval: float) -> None:
+    """Wait for an experiment to end; exit 1 unless it COMPLETED."""
+    state = Experiment(experiment_id, _client(ctx)).wait(interval=interval)
+    out.print(state.value)
+    if state.value != "COMPLETED":
+        ctx.exit(1)
+
+
+# -- trials --------------------------------------------------------------------------------------
+@cli.group()
+def trial() -> None:
+    """Inspect and control trials."""
+
+
+@trial.command("describe")
+@click.argument("trial_id", type=int)
+@click.pass_context
+def trial_describe(ctx: click.Context, trial_id: int) -> None:
+    """Show a trial, its summary metrics and checkpoints."""
+    t = _client(ctx).get_trial(trial_id)
+    _kv(
+        [
+            ("id", t.id),
+            ("experiment", t.experiment_id),
+            ("state", t.state.value + (f" ({t.exit_reason})" if t.exit_reason else "")),
+            ("hparams", json.dumps(t.hparams, sort_keys=True)),
+            ("steps completed", t.steps_completed),
+            ("searcher metric", t.searcher_metric),
+            ("restarts", t.restarts),
+            ("latest checkpoint", t.latest_checkpoint_uuid or ""),
+            ("started", _time(t.start_time)),
+            ("ended", _time(t.end_time)),
+        ]
+    )
+    rows = []
+    for group, metrics in sorted(t.summary_metrics.items()):
+        for name, s in sorted(metrics.items()):
+            rows.append(
+                [
+                    group,
+                    name,
+                    s.get("last"),
+                    s.get("min"),
+                    s.get("max"),
+                    s.get("mean"),
+                    s.get("count"),
+                ]
+            )
+    if rows:
+        _table("Summary metrics", ["group", "metric", "last", "min", "max", "mean", "count"], rows)
+    ckpts = t.list_checkpoints(sort_by=CheckpointSortBy.BATCH_NUMBER, order_by=OrderBy.ASC)
+    if ckpts:
+        _table("Checkpoints", _CKPT_COLUMNS, _ckpt_rows(ckpts))
+
+
+@trial.command("logs")
+@click.argument("trial_id", type=int)
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the trial ends.")
+@click.option("--head", type=int, default=None, help="Only the first N lines.")
+@click.option("--tail", type=int, default=None, help="Only the last N lines.")
+@click.option("--search", default=None, help="Only lines containing this.")
+@click.option(
+    "--level",
+    "levels",
+    multiple=True,
+    type=click.Choice([lv.value for lv in LogLevel if lv is not LogLevel.UNSPECIFIED], False),
+    help="Only this level (repeatable).",
+)
+@click.option("--rank", "ranks", type=int, multiple=True, help="Only this rank (repeatable).")
+@click.option("--raw", is_flag=True, help="Print messages only (no time, rank, level).")
+@click.pass_context
+def trial_logs(
+    ctx: click.Context,
+    trial_id: int,
+    follow: bool,
+    head: int | None,
+    tail: int | None,
+    search: str | None,
+    levels: tuple[str, ...],
+    ranks: tuple[int, ...],
+    raw: bool,
+) -> None:
+    """Print a trial's logs."""
+    t = Trial(trial_id, _client(ctx))
+    lines = t.logs(
+        follow=follow, head=head, tail=tail, search=search, levels=levels or None, ranks=ranks
+    )
+    for line in lines:
+        click.echo(line.message if raw else line.format())
+
+
+@trial.command("kill")
+@click.argument("trial_id", type=int)
+@click.pass_context
+def trial_kill(ctx: click.Context, trial_id: int) -> None:
+    """Stop a trial now."""
+    Trial(trial_id, _client(ctx)).kill()
+    out.print(f"Killed trial {trial_id}")
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+@cli.group()
+def checkpoint() -> None:
+    """List, download and delete checkpoints."""
+
+
+def _sort_key(value: str | None) -> str | CheckpointSortBy | None:
+    if value is None:
+        return None
+    by_name = {m.name.lower(): m for m in CheckpointSortBy}
+    return by_name.get(value.lower(), value)
+
+
+@checkpoint.command("list")
+@click.argument("experiment_id", type=int)
+@click.option(
+    "--sort-by",
+    default=None,
+    help="uuid, trial_id, batch_number, end_time, searcher_metric, or a validation metric name "
+    "(default: searcher_metric).",
+)
+@click.option("--order", type=click.Choice(["asc", "desc"], False), default=None)
+@click.option("--limit", type=int, default=None, help="At most N checkpoints.")
+@click.option("--trial-id", type=int, default=None, help="Only this trial's checkpoints.")
+@click.pass_context
+def checkpoint_list(
+    ctx: click.Context,
+    experiment_id: int,
+    sort_by: str | None,
+    order: str | None,
+    limit: int | None,
+    trial_id: int | None,
+) -> None:
+    """List the checkpoints of an experiment."""
+    c = _client(ctx)
+    order_by = None if order is None else OrderBy(order.upper())
+    if trial_id is not None:
+        ckpts = Trial(trial_id, c).list_checkpoints(_sort_key(sort_by), order_by, limit)
+    else:
+        ckpts = Experiment(experiment_id, c).list_checkpoints(_sort_key(sort_by), order_by, limit)
+    _table(None, _CKPT_COLUMNS, _ckpt_rows(ckpts))
+
+
+@checkpoint.command("describe")
+@click.argument("uuid")
+@click.pass_context
+def checkpoint_describe(ctx: click.Context, uuid: str) -> None:
+    """Show a checkpoint."""
+    ck = _client(ctx).get_checkpoint(uuid)
+    _kv(
+        [
+            ("uuid", ck.uuid),
+            ("state", ck.state.value),
+            ("experiment / trial", f"{ck.experiment_id} / {ck.trial_id}"),
+            ("steps completed", ck.steps_completed),
+            ("reported", _time(ck.report_time)),
+            ("storage", json.dumps(ck.storage)),
+            ("metadata", json.dumps(ck.metadata, sort_keys=True)),
+            ("training metrics", json.dumps(ck.training_metrics, sort_keys=True)),
+            ("validation metrics", json.dumps(ck.validation_metrics, sort_keys=True)),
+        ]
+    )
+    _table("Files", ["path", "size"], [[p, _size(n)] for p, n in sorted(ck.resources.items())])
+
+
+@checkpoint.command("download")
+@click.argument("uuid")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--mode",
+    type=click.Choice([m.value for m in DownloadMode], False),
+    default="auto",
+    help="auto: copy directly if reachable, else via the master.",
+)
+@click.pass_context
+def checkpoint_download(ctx: click.Context, uuid: str, directory: str, mode: str) -> None:
+    """Download a checkpoint's files into DIRECTORY."""
+    path = Checkpoint(uuid, _client(ctx)).download(directory, mode=DownloadMode(mode.lower()))
+    out.print(f"Checkpoint {uuid} in {escape(str(path))}")
+
+
+@checkpoint.command("delete")
+@click.argument("uuids", nargs=-1, required=True)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask.")
+@click.pass_context
+def checkpoint_delete(ctx: click.Context, uuids: tuple[str, ...], yes: bool) -> None:
+    """Delete checkpoints (their files and records)."""
+    _confirm(yes, f"delete {len(uuids)} checkpoint(s)")
+    _client(ctx).delete_checkpoints(uuids)
+    out.print(f"Deleted {len(uuids)} checkpoint(s)")
+
+
+# -- workspaces and projects ---------------------------------------------------------------------
+@cli.group()
+def workspace() -> None:
+    """Workspaces."""
+
+
+@workspace.command("list")
+@click.pass_context
+def workspace_list(ctx: click.Context) -> None:
+    """List workspaces."""
+    ws = _client(ctx).list_workspaces()
+    _table(
+        None,
+        ["id", "name", "projects", "archived"],
+        [[w.id, w.name, w.num_projects, w.archived] for w in ws],
+    )
+
+
+@workspace.command("create")
+@click.argument("name")
+@click.pass_context
+def workspace_create(ctx: click.Context, name: str) -> None:
+    """Create a workspace."""
+    w = _client(ctx).create_workspace(name)
+    out.print(f"Created workspace {w.id} ({escape(w.name)})")
+
+
+@workspace.command("describe")
+@click.argument("name")
+@click.pass_context
+def workspace_describe(ctx: click.Context, name: str) -> None:
+    """Show a workspace and its projects."""
+    w = _client(ctx).get_workspace(name)
+    _kv([("id", w.id), ("name", w.name), ("archived", w.archived)])
+    _table(
+        "Projects",
+        ["id", "name", "experiments", "description"],
+        [[p.id, p.name, p.num_experiments, p.description] for p in w.list_projects()],
+    )
+
+
+@workspace.command("delete")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask.")
+@click.pass_context
+def workspace_delete(ctx: click.Context, name: str, yes: bool) -> None:
+    """Delete an empty workspace."""
+    _confirm(yes, f"delete workspace {name}")
+    _client(ctx).get_workspace(name).delete()
+    out.print(f"Deleted workspace {escape(name)}")
+
+
+@cli.group()
+def project() -> None:
+    """Projects inside workspaces."""
+
+
+@project.command("list")
+@click.argument("workspace_name")
+@click.pass_context
+def project_list(ctx: click.Context, workspace_name: str) -> None:
+    """List the projects of a workspace."""
+    ps = _client(ctx).get_workspace(workspace_name).list_projects()
+    _table(
+        None,
+        ["id", "name", "experiments", "description"],
+        [[p.id, p.name, p.num_experiments, p.description] for p in ps],
+    )
+
+
+@project.command("create")
+@click.argument("workspace_name")
+@click.argument("name")
+@click.option("--description", default="")
+@click.pass_context
+def project_create(ctx: click.Context, workspace_name: str, name: str, description: str) -> None:
+    """Create a project in a workspace."""
+    p = _client(ctx).get_workspace(workspace_name).create_project(name, description)
+    out.print(f"Created project {p.id} ({escape(p.name)})")
+
+
+@project.command("describe")
+@click.argument("workspace_name")
+@click.argument("name")
+@click.pass_context
+def project_describe(ctx: click.Context, workspace_name: str, name: str) -> None:
+    """Show a project and its experiments."""
+    p = _client(ctx).get_workspace(workspace_name).get_project(name)
+    _kv([("id", p.id), ("name", p.name), ("description", p.description)])
+    _table("Experiments", _EXP_COLUMNS, _experiment_rows(p.list_experiments()))
+
+
+# -- models --------------------------------------------------------------------------------------
+@cli.group()
+def model() -> None:
+    """The model registry."""
+
+
+@model.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include archived models.")
+@click.pass_context
+def model_list(ctx: click.Context, show_all: bool) -> None:
+    """List registered models."""
+    ms = _client(ctx).list_models(include_archived=show_all)
+    _table(
+        None,
+        ["id", "name", "versions", "labels", "description", "updated"],
+        [
+            [
+                m.id,
+                m.name,
+                m.num_versions,
+                ",".join(m.labels),
+                m.description,
+                _time(m.last_updated_time),
+            ]
+            for m in ms
+        ],
+    )
+
+
+@model.command("create")
+@click.argument("name")
+@click.option("--description", default="")
+@click.option("--label", "labels", multiple=True)
+@click.pass_context
+def model_create(ctx: click.Context, name: str, description: str, labels: tuple[str, ...]) -> None:
+    """Register a model."""
+    m = _client(ctx).create_model(name, description=description, labels=labels)
+    out.print(f"Created model {m.id} ({escape(m.name)})")
+
+
+@model.command("describe")
+@click.argument("name")
+@click.pass_context
+def model_describe(ctx: click.Context, name: str) -> None:
+    """Show a model and its versions."""
+    m = _client(ctx).get_model(name)
+    _kv(
+        [
+            ("id", m.id),
+            ("name", m.name),
+            ("description", m.description),
+            ("labels", ", ".join(m.labels)),
+            ("metadata", json.dumps(m.metadata, sort_keys=True)),
+            ("archived", m.archived),
+        ]
+    )
+    _table(
+        "Versions",
+        ["version", "name", "checkpoint", "trial", "comment", "registered"],
+        [
+            [
+                v.version,
+                v.name,
+                v.checkpoint.uuid,
+                v.checkpoint.trial_id,
+                v.comment,
+                _time(v.creation_time),
+            ]
+            for v in m.list_versions()
+        ],
+    )
+
+
+@model.command("register-version")
+@click.argument("name")
+@click.argument("checkpoint_uuid")
+@click.option("--comment", default="")
+@click.pass_context
+def model_register_version(
+    ctx: click.Context, name: str, checkpoint_uuid: str, comment: str
+) -> None:
+    """Register CHECKPOINT_UUID as the next version of model NAME."""
+    v = _client(ctx).get_model(name).register_version(checkpoint_uuid, comment=comment)
+    out.print(f"Registered version {v.version} of {escape(name)}")
+
+
+@model.command("delete")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask.")
+@click.pass_context
+def model_delete(ctx: click.Context, name: str, yes: bool) -> None:
+    """Delete a model and its versions."""
+    _confirm(yes, f"delete model {name}")
+    _client(ctx).get_model(name).delete()
+    out.print(f"Deleted model {escape(name)}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``detsdk`` console script."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="detsdk")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

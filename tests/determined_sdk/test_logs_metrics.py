@@ -1,0 +1,134 @@
+"""Trial logs (follow and filters) and metric streams through a real master."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from determined_sdk import (
+    Determined,
+    Experiment,
+    InvalidArgumentError,
+    LogLevel,
+    NotFoundError,
+    Trial,
+    TrialState,
+)
+
+
+def test_follow_yields_exactly_a_later_full_read(
+    det: Determined, make_experiment: Callable[..., Experiment]
+) -> None:
+    exp = make_experiment(name="follow", hyperparameters={"steps": 12, "sleep": 0.05})
+    trial = exp.await_first_trial(timeout=60)
+    followed = list(trial.logs(follow=True))  # returns once the trial ends
+    trial.reload()
+    assert trial.state.is_terminal
+    full = list(Trial(trial.id, det).logs())
+    assert followed == full
+    msgs = [str(x) for x in full]
+    assert msgs.index(f"starting trial {trial.id} lr=0.1") < msgs.index("done")
+    assert sum(m.startswith("step ") for m in msgs) == 12
+    ids = [x.id for x in full]
+    assert ids == sorted(set(ids))
+    exp.wait(interval=0.1, timeout=60)
+
+
+def test_follow_from_another_thread_while_running(
+    make_experiment: Callable[..., Experiment],
+) -> None:
+    exp = make_experiment(name="follow-thread", hyperparameters={"steps": 6, "sleep": 0.05})
+    trial = exp.await_first_trial(timeout=60)
+    got: list[str] = []
+    t = threading.Thread(target=lambda: got.extend(str(x) for x in trial.logs(follow=True)))
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive()
+    assert got[-1] == "done"
+    assert exp.wait(interval=0.1, timeout=60).value == "COMPLETED"
+
+
+def test_log_filters(finished: Experiment) -> None:
+    trial = finished.list_trials()[0]
+    full = list(trial.logs())
+    assert len(full) > 8
+    assert list(trial.logs(head=3)) == full[:3]
+    assert list(trial.logs(tail=2)) == full[-2:]
+    assert list(trial.logs(head=0)) == []
+    assert list(trial.logs(follow=True, tail=2)) == full[-2:]  # an ended trial: backlog only
+    assert list(trial.logs(follow=True, search="done")) == [x for x in full if "done" in str(x)]
+    searched = list(trial.logs(search="loss="))
+    assert searched and all("loss=" in str(x) for x in searched)
+    assert len(searched) == 6
+    warn = list(trial.logs(levels=[LogLevel.WARNING]))
+    assert [str(x) for x in warn] == ["WARNING: loss plateau suspected"]
+    errs = list(trial.logs(levels=["error"]))
+    assert any("something odd" in str(x) for x in errs)
+    assert all(x.level is LogLevel.ERROR for x in errs)
+    stderr = list(trial.logs(streams=["stderr"]))
+    assert stderr and all(x.stream == "stderr" for x in stderr)
+    assert list(trial.logs(ranks=[3])) == []
+    assert list(trial.logs(ranks=[0])) == [x for x in full if x.rank == 0]
+    # A cut between two lines written at least 1 ms apart (datetimes keep microseconds).
+    i = next(
+        i
+        for i in range(len(full) // 2, len(full) - 1)
+        if full[i + 1].timestamp - full[i].timestamp > 1e-3
+    )
+    mid = (full[i].timestamp + full[i + 1].timestamp) / 2
+    assert list(trial.logs(timestamp_after=mid)) == full[i + 1 :]
+    assert list(trial.logs(timestamp_before=datetime.datetime.fromtimestamp(mid))) == full[: i + 1]
+    line = full[0]
+    assert str(line) == line.message and str(trial.id) in line.message
+    assert line.format().endswith(line.message)
+
+
+def test_log_bad_args(finished: Experiment, det: Determined) -> None:
+    trial = finished.list_trials()[0]
+    with pytest.raises(InvalidArgumentError, match="head and tail"):
+        trial.logs(head=1, tail=1)
+    with pytest.raises(InvalidArgumentError, match="head"):
+        trial.logs(head=-1)
+    with pytest.raises(InvalidArgumentError, match="tail"):
+        trial.logs(tail=-5)
+    with pytest.raises(InvalidArgumentError, match="levels"):
+        trial.logs(levels=["LOUD"])
+    with pytest.raises(InvalidArgumentError, match="timestamp_after"):
+        trial.logs(timestamp_after=-1)
+    with pytest.raises(NotFoundError, match="31337"):
+        list(Trial(31337, det).logs())
+
+
+def test_iter_metrics(finished: Experiment, det: Determined) -> None:
+    t1, t2 = finished.list_trials()
+    val = list(t1.iter_metrics("validation"))
+    assert [m.steps_completed for m in val] == [10, 20, 30, 40, 50, 60]
+    assert all(m.group == "validation" and m.trial_id == t1.id for m in val)
+    assert val[-1].metrics["loss"] == pytest.approx(
+        t1.summary_metrics["validation_metrics"]["loss"]["last"]
+    )
+    every = list(t1.iter_metrics())
+    assert {m.group for m in every} == {"training", "validation"} and len(every) == 12
+    both = list(det.iter_trials_metrics([t1.id, t2.id], group="training"))
+    assert [m.trial_id for m in both] == [t1.id] * 6 + [t2.id] * 6
+    assert list(det.iter_trials_metrics(t2.id, group="nope")) == []
+    with pytest.raises(NotFoundError, match="55555"):
+        list(det.iter_trials_metrics([55555]))
+    with pytest.raises(InvalidArgumentError, match="trial_ids"):
+        det.iter_trials_metrics([])
+    with pytest.raises(InvalidArgumentError, match="trial_ids"):
+        det.iter_trials_metrics([0])
+
+
+def test_kill_trial(make_experiment: Callable[..., Experiment], det: Determined) -> None:
+    exp = make_experiment(name="kill-trial", hyperparameters={"steps": 1000, "sleep": 0.05})
+    trial = exp.await_first_trial(timeout=60)
+    for _ in trial.logs(follow=True, search="step 2 "):
+        break  # it is running and reporting
+    Trial(trial.id, det).kill()
+    assert exp.wait(interval=0.1, timeout=60).is_terminal
+    trial.reload()
+    assert trial.state is TrialState.CANCELED
