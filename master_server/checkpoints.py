@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from determined_sdk.errors import InvalidArgumentError
+from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
 from master_server.domain import Checkpoint, CheckpointState, JSONDict
 from master_server.experiments import ExperimentService
 from master_server.store.base import Store
@@ -192,10 +192,10 @@ class CheckpointService:
         """Yield (relative path, offset, data, file size) chunks of every file."""
         c = self.store.get_checkpoint(uuid)
         if c.state == CheckpointState.DELETED:
-            raise InvalidArgumentError(f"checkpoint {uuid!r} is DELETED; its files are gone")
+            raise FailedPreconditionError(f"checkpoint {uuid!r} is DELETED; its files are gone")
         root = _ckpt_dir(c)
         if not root.is_dir():
-            raise InvalidArgumentError(f"checkpoint {uuid!r}: its files are missing from {root}")
+            raise FailedPreconditionError(f"checkpoint {uuid!r}: its files are missing from {root}")
         for dirpath, _dirs, files in os.walk(root):
             for name in sorted(files):
                 full = pathlib.Path(dirpath) / name
