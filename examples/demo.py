@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=None, help="override searcher.max_trials")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     args = p.parse_args()
-    console = Console()
+    console = Console(width=max(100, Console().width))
     t0 = time.monotonic()
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="detsdk-demo-"))
     proc, address = start_master(data_dir, args.slots)
@@ -103,7 +103,7 @@ def main() -> None:
         for t in exp.list_trials():
             vm = (t.summary_metrics or {}).get("validation_metrics", {})
             best = vm.get(metric, {}).get("min")
-            acc = vm.get("validation_accuracy", {}).get("last")
+            acc = vm.get("accuracy", {}).get("last")
             rows.append((t, best, acc))
             table.add_row(
                 str(t.id),
@@ -112,7 +112,7 @@ def main() -> None:
                 str(t.hparams.get("hidden_size", "")),
                 "-" if best is None else f"{best:.4f}",
                 "-" if acc is None else f"{acc:.3f}",
-                str(vm.get(metric, {}).get("count", 0)),
+                str(t.steps_completed),
             )
         console.print(table)
         scored = [r for r in rows if r[1] is not None]
@@ -122,7 +122,7 @@ def main() -> None:
         ckpts = exp.list_checkpoints(sort_by=metric, max_results=1)
         console.print(
             f"[bold green]best:[/] trial {best_trial.id} {best_trial.hparams} "
-            f"{metric}={best_value:.4f} accuracy={best_acc}"
+            f"{metric}={best_value:.4f} accuracy={best_acc:.3f}"
             + (f", checkpoint {ckpts[0].uuid}" if ckpts else "")
         )
         console.print(f"demo finished in {time.monotonic() - t0:.1f}s")
