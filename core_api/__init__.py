@@ -1,0 +1,45 @@
+"""The Core API: what runs inside training code.
+
+``core_api.init()`` returns a :class:`Context` with ``train`` (metrics, progress), ``checkpoint``
+(store/restore/upload/download), ``searcher`` (operations with absolute lengths), ``preempt``
+(should_preempt), ``distributed`` (ranks, collectives) and ``info`` (the trial's cluster info).
+The same script runs on the cluster, by hand against a master (an unmanaged trial), or with no
+master at all. Names and semantics follow Determined's ``determined.core``.
+
+PyTorch Lightning users get a logger, a callback and a searcher-driven ``fit`` in
+``core_api.lightning`` (optional; needs ``lightning``). Importing this package does not import
+torch (nor Lightning).
+"""
+
+from __future__ import annotations
+
+from core_api._checkpoint import CheckpointContext, DownloadMode, SharedFSStorage
+from core_api._context import Context, init
+from core_api._distributed import DistributedContext
+from core_api._info import ClusterInfo, TrialInfo, get_cluster_info
+from core_api._preempt import PreemptContext, PreemptMode
+from core_api._searcher import SearcherContext, SearcherMode, SearcherOperation
+from core_api._train import ContextClosedError, EarlyExitReason, TrainContext
+from determined_sdk.errors import DeterminedError, NotFoundError
+
+__all__ = [
+    "CheckpointContext",
+    "ClusterInfo",
+    "Context",
+    "ContextClosedError",
+    "DeterminedError",
+    "DistributedContext",
+    "DownloadMode",
+    "EarlyExitReason",
+    "NotFoundError",
+    "PreemptContext",
+    "PreemptMode",
+    "SearcherContext",
+    "SearcherMode",
+    "SearcherOperation",
+    "SharedFSStorage",
+    "TrainContext",
+    "TrialInfo",
+    "get_cluster_info",
+    "init",
+]

@@ -1,0 +1,136 @@
+"""The trial's one gRPC channel to the master, its stubs, and the retry/error policy.
+
+Every call into the master goes through :meth:`MasterSession.call`, which turns a failed call
+into the platform's :class:`~determined_sdk.errors.DeterminedError` tree (never a raw
+``grpc.RpcError``) and, for calls marked idempotent, retries on ``UNAVAILABLE`` and
+``DEADLINE_EXCEEDED`` with exponential backoff (tenacity).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import tenacity
+
+from determined_sdk import errors
+from determined_sdk.proto import (
+    checkpoint_pb2_grpc,
+    experiment_pb2_grpc,
+    master_pb2_grpc,
+    searcher_pb2_grpc,
+    trial_pb2_grpc,
+)
+
+logger = logging.getLogger(__name__)
+
+_Resp = TypeVar("_Resp")
+
+#: Codes worth another try: the master is restarting or the network hiccuped.
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+#: How long idempotent calls keep retrying before the error reaches the user (seconds).
+DEFAULT_RETRY_SECONDS = 60.0
+
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` (a raw or translated error) is worth retrying."""
+    if isinstance(exc, errors.DeterminedError):
+        return exc.code in RETRYABLE_CODES
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+        return exc.code() in RETRYABLE_CODES
+    return False
+
+
+def retrying(seconds: float) -> tenacity.Retrying:
+    """A tenacity policy: retry retryable errors for ``seconds``, backing off up to 5 s."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_retryable),
+        stop=tenacity.stop_after_delay(seconds),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=5.0),
+        reraise=True,
+        before_sleep=_log_retry,
+    )
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    logger.warning("master call failed (%s); retry %d", exc, state.attempt_number)
+
+
+class MasterSession:
+    """One channel to the master plus a stub per service the Core API uses.
+
+    Args:
+        address: ``host:port`` of the master's gRPC endpoint.
+        retry_seconds: how long idempotent calls keep retrying retryable errors (default
+            :data:`DEFAULT_RETRY_SECONDS`).
+    """
+
+    def __init__(self, address: str, *, retry_seconds: float | None = None) -> None:
+        self.address = _strip_scheme(address)
+        self.retry_seconds = DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds
+        self._channel = grpc.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        self.trials = trial_pb2_grpc.TrialServiceStub(self._channel)
+        self.checkpoints = checkpoint_pb2_grpc.CheckpointServiceStub(self._channel)
+        self.searcher = searcher_pb2_grpc.SearcherServiceStub(self._channel)
+        self.experiments = experiment_pb2_grpc.ExperimentServiceStub(self._channel)
+        self.master = master_pb2_grpc.MasterServiceStub(self._channel)
+
+    def call(
+        self,
+        method: Callable[..., _Resp],
+        request: Any,
+        *,
+        timeout: float = 30.0,
+        idempotent: bool = True,
+    ) -> _Resp:
+        """Call ``method(request)``, translating errors and retrying idempotent calls.
+
+        Args:
+            method: a stub method, e.g. ``session.trials.GetTrialContext``.
+            request: the request message.
+            timeout: per-attempt deadline in seconds.
+            idempotent: retry on UNAVAILABLE / DEADLINE_EXCEEDED when True.
+
+        Returns:
+            The response message.
+
+        Raises:
+            DeterminedError: the matching subclass for the call's status code.
+        """
+
+        def once() -> _Resp:
+            try:
+                return method(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                raise errors.from_rpc_error(exc) from None
+
+        if not idempotent:
+            return once()
+        for attempt in retrying(self.retry_seconds):
+            with attempt:
+                return once()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close the channel; in-flight calls are cancelled."""
+        self._channel.close()
+
+
+def _strip_scheme(address: str) -> str:
+    for prefix in ("grpc://", "http://", "https://"):
+        if address.startswith(prefix):
+            address = address[len(prefix) :]
+    return address.rstrip("/")

@@ -1,0 +1,382 @@
+"""The :class:`Context` that :func:`init` builds, in one of three modes.
+
+* **on-cluster**: ``DET_CLUSTER_INFO`` is set (the master's launcher ran this process): the
+  trial id, hparams, latest checkpoint and checkpoint storage come from it.
+* **unmanaged**: no cluster info, but a master address (``master=`` or ``DET_MASTER``): a new
+  unmanaged trial is created on the master (``CreateUnmanagedTrial``) and everything is
+  recorded against it; ``close()`` reports the trial's exit.
+* **off-cluster**: neither: metrics go to the log, checkpoints to ``./checkpoints`` (or
+  ``checkpoint_storage``), the searcher yields one op and nothing is ever preempted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import logging
+import os
+import pathlib
+import sys
+import types
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from core_api._channel import MasterSession
+from core_api._checkpoint import CheckpointContext, SharedFSStorage
+from core_api._distributed import DistributedContext
+from core_api._info import ClusterInfo, TrialInfo, get_cluster_info
+from core_api._preempt import PreemptContext, PreemptMode
+from core_api._searcher import SearcherContext
+from core_api._train import TrainContext
+from determined_sdk import errors
+from determined_sdk.proto import experiment_pb2, master_pb2, trial_pb2
+
+logger = logging.getLogger(__name__)
+
+
+class Context:
+    """Everything training code uses: ``train``, ``checkpoint``, ``searcher``, ``preempt``,
+    ``distributed`` and ``info``. Use it as a context manager, or call :meth:`close`.
+
+    Attributes:
+        train: metrics, progress, early exit.
+        checkpoint: store / restore / upload / download checkpoints.
+        searcher: searcher operations.
+        preempt: should_preempt().
+        distributed: ranks and collectives.
+        info: the cluster info (on-cluster and unmanaged), else None.
+        mode: ``"cluster"``, ``"unmanaged"`` or ``"off-cluster"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        train: TrainContext,
+        checkpoint: CheckpointContext,
+        searcher: SearcherContext,
+        preempt: PreemptContext,
+        distributed: DistributedContext,
+        info: ClusterInfo | None,
+        mode: str,
+        session: MasterSession | None = None,
+    ) -> None:
+        self.train = train
+        self.checkpoint = checkpoint
+        self.searcher = searcher
+        self.preempt = preempt
+        self.distributed = distributed
+        self.info = info
+        self.mode = mode
+        self._session = session
+        self._closed = False
+        # A script that never closes its context still gets its last reports stored.
+        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self._close(failed=True)
+        except Exception:
+            # The user's exception is the one to see; ours goes to the log.
+            logger.exception("core_api: error while closing after an exception")
+
+    def close(self) -> None:
+        """Flush every pending report (returns once the master has stored them), stop the
+        background threads and close the channel.
+
+        Raises:
+            DeterminedError: a background send failed.
+        """
+        self._close(failed=False)
+
+    def _close(self, *, failed: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._at_exit)
+        try:
+            self.preempt.close()
+            self.train.close()
+        finally:
+            self.searcher.close()
+            self.checkpoint.close()
+            try:
+                if self.mode == "unmanaged" and self.distributed.is_chief:
+                    self._report_unmanaged_exit(1 if failed else 0)
+            finally:
+                if self._session is not None:
+                    self._session.close()
+                self.distributed.close()
+
+    def _report_unmanaged_exit(self, exit_code: int) -> None:
+        assert self._session is not None and self.info is not None
+        session = self._session
+        try:
+            session.call(
+                session.master.ReportTrialExit,
+                master_pb2.ReportTrialExitRequest(
+                    trial_id=self.info.trial.trial_id,
+                    run_id=self.info.trial.run_id,
+                    exit_code=exit_code,
+                ),
+            )
+        except errors.DeterminedError as exc:
+            logger.warning("could not report the unmanaged trial's exit: %s", exc)
+
+
+def _close_at_exit(ref: weakref.ReferenceType[Context]) -> None:
+    ctx = ref()
+    if ctx is None or ctx._closed:
+        return
+    try:
+        ctx.close()
+    except Exception:
+        logger.exception("core_api: closing the context at interpreter exit failed")
+
+
+def _script_name() -> str:
+    argv0 = sys.argv[0] if sys.argv else ""
+    name = pathlib.Path(argv0).stem if argv0 not in ("", "-c", "-m") else ""
+    return name or "unmanaged"
+
+
+def init(
+    *,
+    distributed: DistributedContext | None = None,
+    checkpoint_storage: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    preempt_mode: PreemptMode = PreemptMode.WorkersAskChief,
+    master: str | None = None,
+    experiment_name: str | None = None,
+    hparams: Mapping[str, Any] | None = None,
+    max_length: int = 1,
+) -> Context:
+    """Build the :class:`Context` for this process.
+
+    Args:
+        distributed: the ranks' context (e.g. ``DistributedContext.from_torch_distributed()``);
+            None means a single process.
+        checkpoint_storage: a directory (or ``{"type": "shared_fs", "path": ...}``) to store
+            checkpoints in. On-cluster the trial's configured storage is used unless given;
+            off-cluster the default is ``./checkpoints``.
+        preempt_mode: see :class:`PreemptMode`.
+        master: ``host:port`` of a master, to record a run outside the cluster as an
+            unmanaged trial (default ``$DET_MASTER``; ignored on-cluster).
+        experiment_name: the unmanaged experiment's name (default: the script's name).
+        hparams: the unmanaged trial's hyperparameters (recorded on the master).
+        max_length: the length of the single searcher op yielded without a master searcher
+            (off-cluster and unmanaged).
+
+    Returns:
+        The context; use it as a context manager or call ``close()``.
+    """
+    dist = distributed if distributed is not None else DistributedContext.single()
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0:
+        raise ValueError(f"max_length must be an int >= 0, got {max_length!r}")
+
+    info = get_cluster_info()
+    if info is not None:
+        return _init_cluster(info, dist, checkpoint_storage, preempt_mode)
+    address = master or os.environ.get("DET_MASTER")
+    if address:
+        return _init_unmanaged(
+            address,
+            dist,
+            checkpoint_storage,
+            experiment_name,
+            hparams,
+            max_length,
+        )
+    return _init_off_cluster(dist, checkpoint_storage, max_length)
+
+
+def _storage(
+    given: str | os.PathLike[str] | Mapping[str, Any] | None, fallback: Mapping[str, Any]
+) -> SharedFSStorage:
+    if given is None:
+        return SharedFSStorage.from_config(fallback)
+    if isinstance(given, Mapping):
+        return SharedFSStorage.from_config(given)
+    return SharedFSStorage(given)
+
+
+def _unit_of(config: Mapping[str, Any]) -> str:
+    max_len = (config.get("searcher") or {}).get("max_length")
+    if isinstance(max_len, Mapping):
+        if "unit" in max_len:  # the master's normalized form {"unit": ..., "value": ...}
+            return str(max_len["unit"])
+        for unit in ("batches", "records", "epochs"):
+            if unit in max_len:
+                return unit
+    return "batches"
+
+
+def _init_cluster(
+    info: ClusterInfo,
+    dist: DistributedContext,
+    checkpoint_storage: str | os.PathLike[str] | Mapping[str, Any] | None,
+    preempt_mode: PreemptMode,
+) -> Context:
+    if not info.master_url:
+        raise ValueError("cluster info has no master address (DET_MASTER is not set either)")
+    session = MasterSession(info.master_url)
+    trial_id = info.trial.trial_id
+    try:
+        storage = _storage(checkpoint_storage, info.checkpoint_storage)
+        train = TrainContext(
+            session,
+            trial_id=trial_id,
+            experiment_id=info.trial.experiment_id,
+            is_chief=dist.is_chief,
+        )
+        preempt = PreemptContext(session, dist, trial_id=trial_id, mode=preempt_mode)
+    except BaseException:
+        session.close()
+        raise
+    return Context(
+        train=train,
+        checkpoint=CheckpointContext(
+            dist, storage, session, trial_id=trial_id, before_report=train.flush
+        ),
+        searcher=SearcherContext(
+            session, dist, train, trial_id=trial_id, unit=_unit_of(info.trial.config)
+        ),
+        preempt=preempt,
+        distributed=dist,
+        info=info,
+        mode="cluster",
+        session=session,
+    )
+
+
+def _init_unmanaged(
+    address: str,
+    dist: DistributedContext,
+    checkpoint_storage: str | os.PathLike[str] | Mapping[str, Any] | None,
+    experiment_name: str | None,
+    hparams: Mapping[str, Any] | None,
+    max_length: int,
+) -> Context:
+    session = MasterSession(address)
+    try:
+        created: dict[str, Any] | None = None
+        if dist.is_chief:
+            created = _create_unmanaged_trial(session, experiment_name, hparams, checkpoint_storage)
+        if dist.size > 1:
+            created = dist.broadcast(created)
+        assert created is not None
+        trial = TrialInfo(
+            trial_id=created["trial_id"],
+            experiment_id=created["experiment_id"],
+            hparams=created["hparams"],
+            run_id=created["run_id"],
+            config=created["config"],
+            user_data=created["config"].get("data") or {},
+        )
+        storage_config = created["checkpoint_storage"]
+        if checkpoint_storage is None and not storage_config:
+            raise ValueError(
+                "the master returned no checkpoint storage for the unmanaged trial; "
+                "pass checkpoint_storage= to core_api.init()"
+            )
+        storage = _storage(checkpoint_storage, storage_config)
+        info = ClusterInfo(
+            master_url=session.address,
+            trial=trial,
+            latest_checkpoint=created["latest_checkpoint"],
+            checkpoint_storage={"type": "shared_fs", "path": str(storage.base)},
+            slots_per_trial=dist.size,
+        )
+        train = TrainContext(
+            session,
+            trial_id=trial.trial_id,
+            experiment_id=trial.experiment_id,
+            is_chief=dist.is_chief,
+        )
+    except BaseException:
+        session.close()
+        raise
+    logger.info(
+        "recording this run as unmanaged trial %d of experiment %d on %s",
+        trial.trial_id,
+        trial.experiment_id,
+        session.address,
+    )
+    return Context(
+        train=train,
+        checkpoint=CheckpointContext(
+            dist, storage, session, trial_id=trial.trial_id, before_report=train.flush
+        ),
+        # No master searcher drives an unmanaged trial, and nobody preempts it.
+        searcher=SearcherContext(None, dist, train, max_length=max_length),
+        preempt=PreemptContext(None, dist),
+        distributed=dist,
+        info=info,
+        mode="unmanaged",
+        session=session,
+    )
+
+
+def _create_unmanaged_trial(
+    session: MasterSession,
+    experiment_name: str | None,
+    hparams: Mapping[str, Any] | None,
+    checkpoint_storage: str | os.PathLike[str] | Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    config: dict[str, Any] = {"name": experiment_name or _script_name()}
+    if checkpoint_storage is not None:
+        # Recorded on the master, so the SDK finds the files where this run puts them.
+        base = _storage(checkpoint_storage, {}).base
+        config["checkpoint_storage"] = {"type": "shared_fs", "path": str(base)}
+    resp = session.call(
+        session.experiments.CreateUnmanagedTrial,
+        experiment_pb2.CreateUnmanagedTrialRequest(
+            config=json.dumps(config), hparams_json=json.dumps(dict(hparams or {}))
+        ),
+        idempotent=False,
+    )
+    trial_id = resp.trial.id
+    ctx = session.call(
+        session.trials.GetTrialContext, trial_pb2.GetTrialContextRequest(trial_id=trial_id)
+    )
+    return {
+        "trial_id": trial_id,
+        "experiment_id": resp.experiment.id or resp.trial.experiment_id,
+        "hparams": json.loads(resp.trial.hparams_json) if resp.trial.hparams_json else {},
+        "run_id": resp.trial.run_id or 1,
+        "config": json.loads(ctx.experiment_config_json) if ctx.experiment_config_json else {},
+        "checkpoint_storage": (
+            json.loads(ctx.checkpoint_storage_json) if ctx.checkpoint_storage_json else {}
+        ),
+        "latest_checkpoint": ctx.latest_checkpoint_uuid or None,
+    }
+
+
+def _init_off_cluster(
+    dist: DistributedContext,
+    checkpoint_storage: str | os.PathLike[str] | Mapping[str, Any] | None,
+    max_length: int,
+) -> Context:
+    storage = _storage(checkpoint_storage, {"type": "shared_fs", "path": "checkpoints"})
+    train = TrainContext(None, is_chief=dist.is_chief)
+    return Context(
+        train=train,
+        checkpoint=CheckpointContext(dist, storage, None),
+        searcher=SearcherContext(None, dist, train, max_length=max_length),
+        preempt=PreemptContext(None, dist),
+        distributed=dist,
+        info=None,
+        mode="off-cluster",
+    )

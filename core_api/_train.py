@@ -1,0 +1,409 @@
+"""Metrics and progress: :class:`TrainContext` and its background sender.
+
+A report costs the training loop a type check of each value and one ``deque.append``; a
+background thread builds the protos and sends batches (up to ``batch_size`` reports, or whatever
+is pending every ``flush_interval`` seconds) as ``ReportMetrics`` calls, each with a client-made
+``batch_id``. A batch that fails with UNAVAILABLE/DEADLINE_EXCEEDED is resent with the *same*
+id, so the master stores it at most once. A failure that survives the retries is raised on the
+next report call or by :meth:`TrainContext.close`.
+
+Off-cluster the same methods log the metrics (logger ``core_api._train``) instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from core_api._channel import MasterSession, is_retryable
+from determined_sdk import errors
+from determined_sdk.proto import experiment_pb2, trial_pb2
+
+logger = logging.getLogger(__name__)
+
+TRAINING = "training"
+_SEND_TIMEOUT = 60.0
+VALIDATION = "validation"
+
+
+class ContextClosedError(RuntimeError):
+    """A Core API method was called after ``Context.close()``."""
+
+
+class EarlyExitReason(enum.Enum):
+    """Why a trial stops before the searcher is done with it."""
+
+    INVALID_HP = "INVALID_HP"
+    ERRORED = "ERRORED"
+    USER_CANCELED = "USER_CANCELED"
+
+
+def _metric_value(name: Any, value: Any) -> float:
+    """Slow path of the hot loop: convert numpy scalars, 0-d tensors, bools; reject the rest."""
+    if not isinstance(name, str):
+        raise TypeError(f"metric names must be str, got {type(name).__name__} ({name!r})")
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__}")
+    if isinstance(value, (int, float)):  # bool, int/float subclasses, numpy float64
+        return float(value)
+    shape = getattr(value, "shape", None)
+    if shape is not None and tuple(shape) not in ((), (1,)):
+        raise TypeError(
+            f"metric {name!r} must be a number, got {type(value).__name__} of shape {tuple(shape)}"
+        )
+    if hasattr(value, "__float__"):
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"metric {name!r} must be a number, got {type(value).__name__}"
+            ) from exc
+    raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__}")
+
+
+def _check_steps(steps_completed: Any) -> int:
+    if isinstance(steps_completed, bool) or not isinstance(steps_completed, int):
+        index = getattr(steps_completed, "__index__", None)
+        if index is None or isinstance(steps_completed, bool):
+            raise TypeError(f"steps_completed must be an int, got {type(steps_completed).__name__}")
+        steps_completed = int(index())
+    if steps_completed < 0:
+        raise ValueError(f"steps_completed must be >= 0, got {steps_completed}")
+    return int(steps_completed)
+
+
+def _check_group(group: Any) -> str:
+    if not isinstance(group, str) or not group:
+        raise ValueError(f"metric group must be a non-empty str, got {group!r}")
+    return group
+
+
+class _Flush:
+    """A marker in the queue: the sender sets ``done`` once everything before it is stored."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Progress:
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+
+class TrainContext:
+    """Report metrics, progress and early exits for one trial.
+
+    Built by :func:`core_api.init`; on a worker rank every report is validated and then
+    dropped (only the chief reports, as in Determined).
+
+    Args:
+        session: the master session, or None off-cluster (metrics are logged).
+        trial_id: the trial reported against.
+        experiment_id: its experiment (for :meth:`get_experiment_best_validation`).
+        is_chief: whether this rank sends reports.
+        max_queue: reports that may wait unsent before a report call blocks.
+        batch_size: most reports per ``ReportMetrics`` call.
+        flush_interval: seconds the sender waits for a batch to fill.
+    """
+
+    def __init__(
+        self,
+        session: MasterSession | None,
+        *,
+        trial_id: int = 0,
+        experiment_id: int = 0,
+        is_chief: bool = True,
+        max_queue: int = 100_000,
+        batch_size: int = 1000,
+        flush_interval: float = 0.05,
+    ) -> None:
+        self._session = session
+        self._trial_id = trial_id
+        self._experiment_id = experiment_id
+        self._is_chief = is_chief
+        self._max_queue = max_queue
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._queue: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._space = threading.Condition()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._stopping = False
+        self._sender: threading.Thread | None = None
+        self._inflight: tuple[trial_pb2.ReportMetricsRequest, Any] | None = None
+        # Off-cluster or on a worker nothing is sent: reports end at validation.
+        self._sends = session is not None and is_chief
+        self._logs = session is None and is_chief
+        if self._sends:
+            self._sender = threading.Thread(
+                target=self._run_sender, name="core_api-metrics-sender", daemon=True
+            )
+            self._sender.start()
+
+    # -- the hot path ---------------------------------------------------------------------
+    def _report(self, group: str, steps_completed: Any, metrics: Mapping[str, Any]) -> None:
+        if self._closed:
+            raise ContextClosedError(
+                "cannot report metrics: the core_api context is closed (close() was called)"
+            )
+        if self._error is not None:
+            self._raise_error()
+        if type(steps_completed) is not int or steps_completed < 0:
+            steps_completed = _check_steps(steps_completed)
+        clean: dict[str, float] = {}
+        try:
+            for name, value in metrics.items():
+                tv = type(value)
+                if (tv is float or tv is int) and type(name) is str:
+                    clean[name] = value
+                else:
+                    clean[name] = _metric_value(name, value)
+        except AttributeError:
+            raise TypeError(
+                f"metrics must be a dict of name -> number, got {type(metrics).__name__}"
+            ) from None
+        if self._sends:
+            queue = self._queue
+            queue.append((group, steps_completed, clean, time.time()))
+            n = len(queue)
+            if n >= self._batch_size:
+                if not self._wake.is_set():
+                    self._wake.set()
+                if n >= self._max_queue:
+                    self._wait_for_space()
+        elif self._logs:
+            logger.info("%s metrics at step %d: %s", group, steps_completed, clean)
+
+    def report_training_metrics(
+        self,
+        steps_completed: int,
+        metrics: Mapping[str, Any],
+        batch_metrics: Any = None,
+    ) -> None:
+        """Report training metrics (group ``"training"``).
+
+        Args:
+            steps_completed: training steps (batches) completed so far.
+            metrics: name -> number (int, float, bool, numpy scalar, 0-d tensor). NaN and
+                infinities are allowed.
+            batch_metrics: accepted for Determined compatibility and ignored.
+
+        Raises:
+            TypeError: a value is not a number (the message names the metric).
+            ContextClosedError: the context is closed.
+            DeterminedError: an earlier background send failed.
+        """
+        self._report(TRAINING, steps_completed, metrics)
+
+    def report_validation_metrics(self, steps_completed: int, metrics: Mapping[str, Any]) -> None:
+        """Report validation metrics (group ``"validation"``).
+
+        See :meth:`report_training_metrics`.
+        """
+        self._report(VALIDATION, steps_completed, metrics)
+
+    def report_metrics(self, group: str, steps_completed: int, metrics: Mapping[str, Any]) -> None:
+        """Report metrics in any group; see :meth:`report_training_metrics`."""
+        self._report(_check_group(group), steps_completed, metrics)
+
+    # -- other reports --------------------------------------------------------------------
+    def report_progress(self, progress: float) -> None:
+        """Report the trial's progress (0..1) through its searcher work.
+
+        Sent by the background sender after the metrics reported before it; calling it often
+        costs nothing (only the latest value pending is sent).
+
+        Raises:
+            ValueError: ``progress`` is outside [0, 1].
+        """
+        self._check_usable()
+        value = float(progress)
+        if not 0.0 <= value <= 1.0 or math.isnan(value):
+            raise ValueError(f"progress must be in [0, 1], got {progress!r}")
+        if self._sends:
+            self._queue.append(_Progress(value))
+        elif self._logs:
+            logger.info("progress: %.4f", value)
+
+    def report_early_exit(self, reason: EarlyExitReason) -> None:
+        """Tell the master the trial is stopping early (e.g. ``EarlyExitReason.INVALID_HP``).
+
+        Pending metrics are flushed first. The trial should exit afterwards.
+        """
+        self._check_usable()
+        if not isinstance(reason, EarlyExitReason):
+            reason = EarlyExitReason(reason)
+        if self._session is None or not self._is_chief:
+            if self._logs:
+                logger.info("early exit: %s", reason.value)
+            return
+        self.flush()
+        self._session.call(
+            self._session.trials.ReportEarlyExit,
+            trial_pb2.ReportEarlyExitRequest(trial_id=self._trial_id, reason=reason.value),
+        )
+
+    def get_experiment_best_validation(self) -> float | None:
+        """The best searcher-metric value any trial of this experiment has reported, or None."""
+        self._check_usable()
+        if self._session is None:
+            return None
+        resp = self._session.call(
+            self._session.experiments.GetBestSearcherValidation,
+            experiment_pb2.GetBestSearcherValidationRequest(experiment_id=self._experiment_id),
+        )
+        return resp.value if resp.has_value else None
+
+    # -- flush / close --------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every report made so far is stored by the master.
+
+        Raises:
+            DeterminedError: a background send failed.
+            TimeoutError: ``timeout`` passed first.
+        """
+        if self._sends and self._sender is not None and self._sender.is_alive():
+            marker = _Flush()
+            self._queue.append(marker)
+            self._wake.set()
+            if not marker.done.wait(timeout):
+                raise TimeoutError(f"metrics not flushed within {timeout} s")
+        if self._error is not None:
+            self._raise_error()
+
+    def close(self) -> None:
+        """Flush, stop the sender thread; raise the sender's last error, if any. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._stopping = True
+            self._wake.set()
+            if self._sender is not None:
+                self._sender.join()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ContextClosedError("the core_api context is closed (close() was called)")
+        if self._error is not None:
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        err, self._error = self._error, None
+        if err is not None:
+            raise err
+
+    def _wait_for_space(self) -> None:
+        with self._space:
+            while len(self._queue) >= self._max_queue and self._error is None:
+                if self._sender is None or not self._sender.is_alive():
+                    return
+                self._space.wait(0.1)
+
+    # -- the sender thread ----------------------------------------------------------------
+    def _run_sender(self) -> None:
+        queue = self._queue
+        while True:
+            self._wake.wait(self._flush_interval)
+            self._wake.clear()
+            self._drain()
+            if self._stopping and not queue:
+                break
+
+    def _drain(self) -> None:
+        queue = self._queue
+        batch: list[tuple[str, int, dict[str, float], float]] = []
+        progress: float | None = None
+        while queue:
+            item = queue.popleft()
+            if type(item) is tuple:
+                batch.append(item)
+                if len(batch) >= self._batch_size:
+                    self._guarded(self._send, batch)
+                    batch = []
+                    self._notify_space()
+            elif type(item) is _Progress:
+                progress = item.value
+            else:  # _Flush: everything before it must be stored before it is released
+                if batch:
+                    self._guarded(self._send, batch)
+                    batch = []
+                self._guarded(self._await_inflight)
+                if progress is not None:
+                    self._guarded(self._send_progress, progress)
+                    progress = None
+                item.done.set()
+        if batch:
+            self._guarded(self._send, batch)
+        self._guarded(self._await_inflight)
+        if progress is not None:
+            self._guarded(self._send_progress, progress)
+        self._notify_space()
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        # A send that fails after its retries is dropped; its error waits for the user's thread.
+        try:
+            fn(*args)
+        except BaseException as exc:
+            logger.debug("metrics sender: send failed", exc_info=True)
+            self._error = exc
+
+    def _notify_space(self) -> None:
+        if len(self._queue) < self._max_queue:
+            with self._space:
+                self._space.notify_all()
+
+    def _send(self, batch: list[tuple[str, int, dict[str, float], float]]) -> None:
+        """Build the next request while the previous one is in flight, then send it.
+
+        At most one request is in flight, so batches reach the master in order; building the
+        next one overlaps with the master storing the last.
+        """
+        session = self._session
+        assert session is not None
+        request = trial_pb2.ReportMetricsRequest(trial_id=self._trial_id, batch_id=uuid.uuid4().hex)
+        add = request.reports.add
+        for group, steps, metrics, timestamp in batch:
+            add(group=group, steps_completed=steps, timestamp=timestamp).metrics.update(metrics)
+        self._guarded(self._await_inflight)
+        future = session.trials.ReportMetrics.future(request, timeout=_SEND_TIMEOUT)
+        self._inflight = (request, future)
+
+    def _await_inflight(self) -> None:
+        if self._inflight is None:
+            return
+        request, future = self._inflight
+        self._inflight = None
+        session = self._session
+        assert session is not None
+        try:
+            future.result()
+        except grpc.RpcError as exc:
+            if not is_retryable(exc):
+                raise errors.from_rpc_error(exc) from None
+            # Resend the very same request (same batch_id): the master stores it at most once.
+            session.call(session.trials.ReportMetrics, request, timeout=_SEND_TIMEOUT)
+
+    def _send_progress(self, value: float) -> None:
+        session = self._session
+        assert session is not None
+        session.call(
+            session.trials.ReportProgress,
+            trial_pb2.ReportProgressRequest(trial_id=self._trial_id, progress=value),
+        )
