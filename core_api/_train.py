@@ -26,6 +26,7 @@ import grpc
 
 from core_api._channel import MasterSession, is_retryable
 from determined_sdk import errors
+from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import experiment_pb2, trial_pb2
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class TrainContext:
         experiment_id: int = 0,
         is_chief: bool = True,
         max_queue: int = 100_000,
-        batch_size: int = 1000,
+        batch_size: int = 5000,
         flush_interval: float = 0.05,
     ) -> None:
         self._session = session
@@ -377,10 +378,7 @@ class TrainContext:
         """
         session = self._session
         assert session is not None
-        request = trial_pb2.ReportMetricsRequest(trial_id=self._trial_id, batch_id=uuid.uuid4().hex)
-        add = request.reports.add
-        for group, steps, metrics, timestamp in batch:
-            add(group=group, steps_completed=steps, timestamp=timestamp).metrics.update(metrics)
+        request = pack_reports(self._trial_id, uuid.uuid4().hex, batch)
         self._guarded(self._await_inflight)
         future = session.trials.ReportMetrics.future(request, timeout=_SEND_TIMEOUT)
         self._inflight = (request, future)

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from determined_sdk.errors import InvalidArgumentError
+from determined_sdk.metrics_wire import unpack_reports
 from determined_sdk.proto import (
     checkpoint_pb2,
     common_pb2,
@@ -146,25 +147,18 @@ def trial_to_proto(t: domain.Trial, searcher_metric: float | None = None) -> tri
     )
 
 
-def metric_reports_from_proto(
-    reports: Any,
-) -> list[domain.MetricReport]:
+def metric_reports_from_proto(request: trial_pb2.ReportMetricsRequest) -> list[domain.MetricReport]:
+    """The reports of a columnar batch, checked (errors name the report and field)."""
     out = []
-    for i, r in enumerate(reports):
-        if not r.group:
-            raise InvalidArgumentError(f"reports[{i}].group: must not be empty")
-        if r.steps_completed < 0:
-            raise InvalidArgumentError(
-                f"reports[{i}].steps_completed: must be >= 0, got {r.steps_completed}"
-            )
-        out.append(
-            domain.MetricReport(
-                group=r.group,
-                steps_completed=r.steps_completed,
-                metrics=dict(r.metrics),
-                timestamp=r.timestamp,
-            )
-        )
+    report = domain.MetricReport
+    for i, (group, steps, metrics, timestamp) in enumerate(unpack_reports(request)):
+        if not group:
+            raise InvalidArgumentError(f"groups[{i}]: must not be empty")
+        if steps < 0:
+            raise InvalidArgumentError(f"steps_completed[{i}]: must be >= 0, got {steps}")
+        if len(metrics) != request.metric_counts[i]:
+            raise InvalidArgumentError(f"names: report {i} names a metric twice")
+        out.append(report(group, steps, metrics, timestamp))  # type: ignore[arg-type]
     return out
 
 

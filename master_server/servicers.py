@@ -267,7 +267,7 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
     def ReportMetrics(self, request: Any, context: Any) -> Any:
         if not request.batch_id:
             raise InvalidArgumentError("batch_id: must not be empty (it makes retries safe)")
-        reports = convert.metric_reports_from_proto(request.reports)
+        reports = convert.metric_reports_from_proto(request)
         stored = self.store.add_metrics(request.trial_id, request.batch_id, reports)
         if stored:
             for r in reports:

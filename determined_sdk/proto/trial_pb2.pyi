@@ -90,83 +90,58 @@ class Trial(_message.Message):
 Global___Trial: _TypeAlias = Trial  # noqa: Y015
 
 @_typing.final
-class MetricReport(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    @_typing.final
-    class MetricsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.float
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.float = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    GROUP_FIELD_NUMBER: _builtins.int
-    STEPS_COMPLETED_FIELD_NUMBER: _builtins.int
-    METRICS_FIELD_NUMBER: _builtins.int
-    TIMESTAMP_FIELD_NUMBER: _builtins.int
-    group: _builtins.str
-    """"training", "validation" or any user group"""
-    steps_completed: _builtins.int
-    timestamp: _builtins.float
-    """unix seconds, client clock"""
-    @_builtins.property
-    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """NaN and infinities are stored as such"""
-
-    def __init__(
-        self,
-        *,
-        group: _builtins.str = ...,
-        steps_completed: _builtins.int = ...,
-        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
-        timestamp: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "metrics", b"metrics", "steps_completed", b"steps_completed", "timestamp", b"timestamp"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___MetricReport: _TypeAlias = MetricReport  # noqa: Y015
-
-@_typing.final
 class ReportMetricsRequest(_message.Message):
-    """A batch from one trial. batch_id is made by the client; a batch whose id the
-    master has already stored for this trial is acknowledged and not stored again.
+    """A batch of metric reports from one trial, in columnar form: report i is in group groups[i]
+    at steps_completed[i] (timestamps[i], unix seconds, client clock) and holds the next
+    metric_counts[i] entries of names / values. Whole arrays decode in C on both sides, several
+    times faster than one sub-message per report on this hot path. NaN and infinities are stored
+    as such. Build and read it with determined_sdk.metrics_wire.
+
+    batch_id is made by the client; a batch whose id the master has already stored for this
+    trial is acknowledged and not stored again.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TRIAL_ID_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
-    REPORTS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    STEPS_COMPLETED_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    METRIC_COUNTS_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
     trial_id: _builtins.int
     batch_id: _builtins.str
     @_builtins.property
-    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricReport]: ...
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"training", "validation" or any user group"""
+
+    @_builtins.property
+    def steps_completed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def metric_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     def __init__(
         self,
         *,
         trial_id: _builtins.int = ...,
         batch_id: _builtins.str = ...,
-        reports: _abc.Iterable[Global___MetricReport] | None = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        steps_completed: _abc.Iterable[_builtins.int] | None = ...,
+        timestamps: _abc.Iterable[_builtins.float] | None = ...,
+        metric_counts: _abc.Iterable[_builtins.int] | None = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "reports", b"reports", "trial_id", b"trial_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "groups", b"groups", "metric_counts", b"metric_counts", "names", b"names", "steps_completed", b"steps_completed", "timestamps", b"timestamps", "trial_id", b"trial_id", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -140,11 +140,30 @@ def _dec_float(v: Any) -> Any:
     return float(v) if isinstance(v, str) else v
 
 
+_KEY_JSON: dict[str, str] = {}  # metric name -> its JSON string; names repeat in every report
+
+
 def _encode_metrics(metrics: dict[str, float]) -> str:
-    try:
-        return _STRICT.encode(metrics)
-    except ValueError:  # a NaN or an infinity: spell them as strings
-        return _STRICT.encode({k: _enc_float(v) for k, v in metrics.items()})
+    """``{name: value}`` as compact JSON, non-finite values as strings.
+
+    This is the hot path of ingestion: floats are written with ``repr`` (the shortest string
+    that reads back to the same float, and valid JSON for finite values) and each name's JSON
+    is cached, about three times cheaper than ``json`` for the usual few-metric report.
+    """
+    parts = []
+    for k, v in metrics.items():
+        kj = _KEY_JSON.get(k)
+        if kj is None:
+            kj = _STRICT.encode(k)
+            if len(_KEY_JSON) < 100_000:
+                _KEY_JSON[k] = kj
+        if type(v) is not float:
+            v = float(v)
+        if v - v == 0.0:  # finite (NaN and +/-inf give NaN)
+            parts.append(f"{kj}:{v!r}")
+        else:
+            parts.append(f'{kj}:"{_enc_float(v)}"')
+    return "{" + ",".join(parts) + "}"
 
 
 def _decode_metrics(payload: str) -> dict[str, float]:

@@ -27,7 +27,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 TRAINER = """
 import json, os, pathlib, sys, time, uuid
 import grpc
-from determined_sdk.proto import checkpoint_pb2, checkpoint_pb2_grpc, trial_pb2, trial_pb2_grpc
+from determined_sdk.metrics_wire import pack_reports
+from determined_sdk.proto import checkpoint_pb2, checkpoint_pb2_grpc, trial_pb2_grpc
 
 info = json.loads(pathlib.Path(os.environ["DET_CLUSTER_INFO"]).read_text())
 hp = info["hparams"]
@@ -46,14 +47,10 @@ for step in range(1, int(hp.get("steps", 4)) + 1):
     if step == 2:
         print("WARNING: loss plateau suspected")
         print("ERROR something odd on stderr", file=sys.stderr)
-    trials.ReportMetrics(trial_pb2.ReportMetricsRequest(
-        trial_id=tid, batch_id=uuid.uuid4().hex,
-        reports=[
-            trial_pb2.MetricReport(group="training", steps_completed=steps,
-                                   metrics={"loss": loss * 1.1}, timestamp=time.time()),
-            trial_pb2.MetricReport(group="validation", steps_completed=steps,
-                                   metrics={"loss": loss, "accuracy": acc}, timestamp=time.time()),
-        ]))
+    trials.ReportMetrics(pack_reports(tid, uuid.uuid4().hex, [
+        ("training", steps, {"loss": loss * 1.1}, time.time()),
+        ("validation", steps, {"loss": loss, "accuracy": acc}, time.time()),
+    ]))
     if step % int(hp.get("ckpt_every", 2)) == 0:
         u = str(uuid.uuid4())
         d = storage / u

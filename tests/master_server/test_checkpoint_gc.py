@@ -15,16 +15,16 @@ pytestmark = pytest.mark.slow
 TRIAL = """
     import json, os, pathlib, time, uuid
     import grpc
-    from determined_sdk.proto import checkpoint_pb2, checkpoint_pb2_grpc, trial_pb2, trial_pb2_grpc
+    from determined_sdk.metrics_wire import pack_reports
+    from determined_sdk.proto import checkpoint_pb2, checkpoint_pb2_grpc, trial_pb2_grpc
     info = json.load(open(os.environ["DET_CLUSTER_INFO"]))
     ch = grpc.insecure_channel(os.environ["DET_MASTER"])
     ckpts = checkpoint_pb2_grpc.CheckpointServiceStub(ch)
     trials = trial_pb2_grpc.TrialServiceStub(ch)
     tid = info["trial_id"]
     for step, loss in enumerate([5.0, 1.0, 4.0, 3.0, 2.0], start=1):
-        trials.ReportMetrics(trial_pb2.ReportMetricsRequest(trial_id=tid, batch_id=str(step),
-            reports=[trial_pb2.MetricReport(group="validation", steps_completed=step,
-                                            metrics={"loss": loss})]))
+        batch = [("validation", step, {"loss": loss}, 0.0)]
+        trials.ReportMetrics(pack_reports(tid, str(step), batch))
         u = str(uuid.uuid4())
         d = pathlib.Path(info["checkpoint_storage"]["path"]) / u
         d.mkdir(parents=True)

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import (
     experiment_pb2,
     logs_pb2,
@@ -477,38 +478,59 @@ def test_bad_metric_and_log_requests(stubs: Stubs, tmp_path: pathlib.Path) -> No
     stubs.create(single_config("python main.py"), _ok_dir(tmp_path), activate=False)
     cases = [
         (
-            trial_pb2.ReportMetricsRequest(
-                trial_id=999,
-                batch_id="b",
-                reports=[
-                    trial_pb2.MetricReport(group="training", steps_completed=1, metrics={"a": 1.0})
-                ],
-            ),
+            pack_reports(999, "b", [("training", 1, {"a": 1.0}, 0.0)]),
             grpc.StatusCode.NOT_FOUND,
             "999",
         ),
         (
-            trial_pb2.ReportMetricsRequest(trial_id=1, batch_id="", reports=[]),
+            trial_pb2.ReportMetricsRequest(trial_id=1, batch_id=""),
             grpc.StatusCode.INVALID_ARGUMENT,
             "batch_id",
         ),
         (
+            pack_reports(1, "b", [("", 1, {}, 0.0)]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "groups[0]",
+        ),
+        (
+            pack_reports(1, "b", [("training", -1, {}, 0.0)]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "steps_completed[0]",
+        ),
+        (
             trial_pb2.ReportMetricsRequest(
-                trial_id=1,
-                batch_id="b",
-                reports=[trial_pb2.MetricReport(group="", steps_completed=1)],
+                trial_id=1, batch_id="b", groups=["training"], steps_completed=[1, 2]
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "group",
+            "steps_completed: 2 entries for 1 reports",
         ),
         (
             trial_pb2.ReportMetricsRequest(
                 trial_id=1,
                 batch_id="b",
-                reports=[trial_pb2.MetricReport(group="training", steps_completed=-1)],
+                groups=["training"],
+                steps_completed=[1],
+                timestamps=[0.0],
+                metric_counts=[2],
+                names=["a", "b"],
+                values=[1.0],
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "steps_completed",
+            "values: 1 entries for 2 names",
+        ),
+        (
+            trial_pb2.ReportMetricsRequest(
+                trial_id=1,
+                batch_id="b",
+                groups=["training"],
+                steps_completed=[1],
+                timestamps=[0.0],
+                metric_counts=[2],
+                names=["a", "a"],
+                values=[1.0, 2.0],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "names a metric twice",
         ),
     ]
     for req, code, needle in cases:
