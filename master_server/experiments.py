@@ -202,6 +202,17 @@ class ExperimentService:
                 f"resources.slots_per_trial: {slots} is more than this master's "
                 f"{self.scheduler.total_slots} slots"
             )
+        searcher_cfg = config["searcher"]
+        if searcher_cfg["name"] == "pbt":
+            need = int(searcher_cfg["population_size"]) * slots
+            if need > self.scheduler.total_slots:
+                # A PBT round ends only when every member has reported, and members that
+                # finished wait for the round while holding their slots.
+                raise InvalidArgumentError(
+                    f"searcher.population_size: {searcher_cfg['population_size']} members of "
+                    f"{slots} slot(s) need {need} slots at once (a PBT round waits for all of "
+                    f"them); this master has {self.scheduler.total_slots}"
+                )
         project_id = self._resolve_project(config, project_id)
         self._fill_checkpoint_storage(config)
         # Build the search method now so a searcher config error fails the create call.
@@ -604,8 +615,12 @@ class ExperimentService:
                 op = tr.current_op()
                 if op is not None:
                     return op, False
-                if not tr.ops and searcher_length_unit(rt.config) is None:
-                    return None, True  # this searcher hands out no lengths
+                if (
+                    not tr.ops
+                    and searcher_length_unit(rt.config) is None
+                    and not isinstance(rt.searcher, CustomSearchMethod)
+                ):
+                    return None, True  # this searcher hands out no lengths (a custom driver may)
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
                     return None, False
@@ -707,7 +722,7 @@ class ExperimentService:
             raise InvalidArgumentError(f"after_event_id: must be >= 0, got {after_id}")
         deadline = time.monotonic() + max(0.0, min(timeout_s, 600.0))
         with self._lock:
-            rt, method = self._custom(experiment_id)
+            _, method = self._custom(experiment_id)
             while True:
                 events = method.events_after(after_id)
                 over = self.store.get_experiment(experiment_id).state in TERMINAL_EXPERIMENT_STATES
