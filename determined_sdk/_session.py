@@ -294,6 +294,14 @@ class Session:
             experiment_pb2.GetBestSearcherValidationRequest,
             experiment_pb2.GetBestSearcherValidationResponse,
         ] = _Unary(self, exp.GetBestSearcherValidation, R)
+        # Custom search: reading events is a read; posting actions is a plain write (a resend
+        # after a lost reply would create trials twice), so it is sent once.
+        self.get_searcher_events: _Unary[
+            experiment_pb2.GetSearcherEventsRequest, experiment_pb2.GetSearcherEventsResponse
+        ] = _Unary(self, exp.GetSearcherEvents, R)
+        self.post_searcher_actions: _Unary[
+            experiment_pb2.PostSearcherActionsRequest, experiment_pb2.PostSearcherActionsResponse
+        ] = _Unary(self, exp.PostSearcherActions, W)
 
         self.get_trial: _Unary[trial_pb2.GetTrialRequest, trial_pb2.GetTrialResponse] = _Unary(
             self, trial.GetTrial, R

@@ -78,8 +78,8 @@ from determined_sdk import errors
 from determined_sdk._client import Determined
 from determined_sdk._enums import ExperimentState
 from determined_sdk._experiment import Experiment
-from determined_sdk._session import CallKind, Session, _Unary
-from determined_sdk.proto import experiment_pb2, experiment_pb2_grpc
+from determined_sdk._session import Session
+from determined_sdk.proto import experiment_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -349,16 +349,8 @@ class SearchRunner:
         self.poll_timeout = float(poll_timeout)
         self.state_dir = None if state_dir is None else pathlib.Path(state_dir)
         session: Session = experiment._session
-        # The two custom-search RPCs, through the session's one call path (retries, deadline,
-        # error translation). Reading events is a read; posting actions is a plain write: a
-        # resend after a lost reply would create trials twice, so it is sent once.
-        stub = experiment_pb2_grpc.ExperimentServiceStub(session._channel)
-        self._get_events: _Unary[
-            experiment_pb2.GetSearcherEventsRequest, experiment_pb2.GetSearcherEventsResponse
-        ] = _Unary(session, stub.GetSearcherEvents, CallKind.READ)
-        self._post_actions: _Unary[
-            experiment_pb2.PostSearcherActionsRequest, experiment_pb2.PostSearcherActionsResponse
-        ] = _Unary(session, stub.PostSearcherActions, CallKind.WRITE)
+        self._get_events = session.get_searcher_events
+        self._post_actions = session.post_searcher_actions
         self._saved: _SavedState | None = None
         if self.state_dir is not None:
             self._saved = self._load()
