@@ -36,6 +36,13 @@ DEFAULT_RETRY_SECONDS = 60.0
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+#: Private test hook: gRPC client interceptors (``grpc.UnaryUnaryClientInterceptor``) wrapped,
+#: in order, around the channel of every :class:`MasterSession` created while it is non-empty.
+#: Tests set it with ``monkeypatch.setattr(_channel, "_TEST_INTERCEPTORS", [...])`` to record
+#: the calls of a context that ``core_api.init()`` builds, or to inject faults (lost replies,
+#: UNAVAILABLE) between it and a real master. Production code never sets it.
+_TEST_INTERCEPTORS: list[grpc.UnaryUnaryClientInterceptor] = []
+
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether ``exc`` (a raw or translated error) is worth retrying."""
@@ -74,7 +81,7 @@ class MasterSession:
     def __init__(self, address: str, *, retry_seconds: float | None = None) -> None:
         self.address = _strip_scheme(address)
         self.retry_seconds = DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds
-        self._channel = grpc.insecure_channel(
+        channel = grpc.insecure_channel(
             self.address,
             options=[
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -82,6 +89,9 @@ class MasterSession:
                 ("grpc.enable_retries", 0),
             ],
         )
+        if _TEST_INTERCEPTORS:
+            channel = grpc.intercept_channel(channel, *_TEST_INTERCEPTORS)
+        self._channel = channel
         self.trials = trial_pb2_grpc.TrialServiceStub(self._channel)
         self.checkpoints = checkpoint_pb2_grpc.CheckpointServiceStub(self._channel)
         self.searcher = searcher_pb2_grpc.SearcherServiceStub(self._channel)

@@ -1,8 +1,9 @@
 """A small in-memory gRPC master for the Core API's unit tests.
 
-It speaks the real wire (the generated servicers) on 127.0.0.1:<port 0> and lets a test inject
-faults (lost replies, errors) that a real master cannot be made to produce on demand. The
-integration tests in this directory use the real master instead.
+It speaks the real wire (the generated servicers) on 127.0.0.1:<port 0>. Deprecated: only
+``test_distributed.py`` and ``test_lightning.py`` still use it; the other Core API tests run
+against the real master (the ``cluster_trial`` fixture) and inject faults with a client
+interceptor (``tests/core_api/wire.py``). Delete this module once those two move too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from determined_sdk.metrics_wire import unpack_reports
 from determined_sdk.proto import (
     checkpoint_pb2,
     checkpoint_pb2_grpc,
@@ -156,8 +158,8 @@ class _Trials(_Base, trial_pb2_grpc.TrialServiceServicer):
                 dup = request.batch_id in self.m.state.batches
                 if not dup:
                     self.m.state.batches[request.batch_id] = [
-                        (r.group, r.steps_completed, dict(r.metrics), r.timestamp)
-                        for r in request.reports
+                        (group, steps, dict(metrics), ts)
+                        for group, steps, metrics, ts in unpack_reports(request)
                     ]
             return trial_pb2.ReportMetricsResponse(duplicate=dup)
 
