@@ -28,7 +28,6 @@ from typing import Any
 from determined_sdk.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
-    NotFoundError,
 )
 from determined_sdk.model_dir import check_archive
 from master_server import config as config_mod
@@ -36,6 +35,7 @@ from master_server.domain import (
     TERMINAL_EXPERIMENT_STATES,
     TERMINAL_TRIAL_STATES,
     Experiment,
+    ExperimentFilter,
     ExperimentState,
     JSONDict,
     NewExperiment,
@@ -546,9 +546,7 @@ class ExperimentService:
             return
         if rt.shutdown is not None and not live:
             failed = rt.shutdown.failure
-            if exp.state == E.PAUSED:
-                # A paused experiment whose search is done simply completes.
-                pass
+            # A paused experiment whose search is done completes too.
             self._set_exp_state(experiment_id, E.ERROR if failed else E.COMPLETED, "finish")
             if failed:
                 self.store.update_experiment(
@@ -596,6 +594,8 @@ class ExperimentService:
                 self._changed.wait(left)
 
     def ack_preemption(self, trial_id: int) -> None:
+        """The trial heard the stop request. The outcome of its exit is decided by why it was
+        asked to stop (see :meth:`on_trial_exit`), so this only checks the trial exists."""
         with self._lock:
             self._require_trial(trial_id)
 
@@ -989,13 +989,8 @@ def _run_hook(hook: Callable[[int], None], experiment_id: int) -> None:
         logger.exception("experiment %d: finishing work (checkpoint GC) failed", experiment_id)
 
 
-def _unfinished_filter() -> Any:
-    from master_server.domain import ExperimentFilter
-
+def _unfinished_filter() -> ExperimentFilter:
     return ExperimentFilter(
         states=(E.ACTIVE, E.PAUSED, E.STOPPING_COMPLETED, E.STOPPING_CANCELED, E.STOPPING_ERROR),
         archived=None,
     )
-
-
-__all__ = ["ExperimentService", "NotFoundError"]

@@ -24,7 +24,8 @@ EXPERIMENT_EDGES: dict[E, frozenset[E]] = {
             E.ERROR,
         }
     ),
-    E.PAUSED: frozenset({E.ACTIVE, E.STOPPING_CANCELED, E.CANCELED, E.ERROR}),
+    # PAUSED -> COMPLETED: the last trial finished its work while the pause was on its way.
+    E.PAUSED: frozenset({E.ACTIVE, E.STOPPING_CANCELED, E.CANCELED, E.COMPLETED, E.ERROR}),
     E.STOPPING_COMPLETED: frozenset({E.COMPLETED, E.STOPPING_CANCELED, E.STOPPING_ERROR, E.ERROR}),
     E.STOPPING_CANCELED: frozenset({E.CANCELED, E.ERROR}),
     E.STOPPING_ERROR: frozenset({E.ERROR, E.STOPPING_CANCELED}),

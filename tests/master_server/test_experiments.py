@@ -561,3 +561,33 @@ def test_experiment_runs_on_postgresql(
     ]
     assert lines == ["hello from the trial"]
     stubs.channel.close()
+
+
+def test_pause_while_the_last_trial_finishes_completes_the_experiment(
+    master_factory: Any, tmp_path: pathlib.Path
+) -> None:
+    """The searcher stops the trial; the user pauses; the trial then exits 0: COMPLETED."""
+    master = master_factory(preempt_grace_s=30.0)
+    stubs = Stubs.connect(master.address)
+    gate = tmp_path / "gate"
+    md = _ok_dir(
+        tmp_path,
+        f"""
+        import pathlib, time
+        import core_api
+        with core_api.init() as ctx:
+            for op in ctx.searcher.operations():
+                ctx.train.report_validation_metrics(op.length, {{"loss": 1.0}})
+                op.report_completed(1.0)
+            while not pathlib.Path({str(gate)!r}).exists():
+                time.sleep(0.02)
+        """,
+    )
+    exp = stubs.create(single_config("python main.py"), md)
+    wait_for(lambda: stubs.trials_of(exp.id)[0].has_searcher_metric, 60, "op completed")
+    stubs.action(exp.id, "pause")
+    gate.touch()
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR", "PAUSED") in ("COMPLETED", "PAUSED")
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    _assert_serving(stubs)
+    stubs.channel.close()

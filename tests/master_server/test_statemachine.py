@@ -40,6 +40,7 @@ def test_terminal_experiments_only_go_to_deleting() -> None:
     [
         (E.ACTIVE, E.PAUSED, True),
         (E.PAUSED, E.ACTIVE, True),
+        (E.PAUSED, E.COMPLETED, True),
         (E.ACTIVE, E.STOPPING_CANCELED, True),
         (E.STOPPING_CANCELED, E.CANCELED, True),
         (E.STOPPING_CANCELED, E.ACTIVE, False),
