@@ -3,8 +3,10 @@
 A background thread long-polls ``WatchPreemption`` (about 30 s a poll, again and again until
 the context closes or the master says "stop"); :meth:`PreemptContext.should_preempt` reads the
 cached answer, so calling it every batch is cheap. Pause, cancel, kill and a searcher stop all
-arrive this way. Acknowledging (``AckPreemption``, sent once) tells the master that the trial
-will exit on its own, so an exit 0 afterwards means PAUSED/stopped rather than COMPLETED.
+arrive this way. Acknowledging (``AckPreemption``, sent once) only tells the master that the
+trial heard the request; it does not decide what the trial's exit means. The master decides that
+from why it asked the trial to stop: after a pause the trial ends PAUSED, after a cancel or kill
+CANCELED, after a searcher stop COMPLETED.
 """
 
 from __future__ import annotations

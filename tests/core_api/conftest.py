@@ -6,9 +6,6 @@ whose entrypoint holds its slot until the test opens a gate file, so the trial s
 with a real process. It then points ``DET_CLUSTER_INFO`` at (a copy of) the cluster info that
 the master's launcher wrote for that process, so ``core_api.init()`` in the test process is
 on-cluster for that trial: every call it makes reaches the real master.
-
-The ``fake`` and ``on_cluster`` fixtures (an in-memory fake master) remain only for the tests
-that still use them (``test_distributed.py``, ``test_lightning.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ import pytest
 
 from core_api import _channel
 from master_server.app import Master
-from tests.core_api.fake_master import FakeMaster
 from tests.core_api.live_trial import GATE_ENV, GATE_MAIN, LiveTrial
 from tests.core_api.wire import Wire
 from tests.support import Stubs, single_config, wait_for, write_model_dir
@@ -116,31 +112,3 @@ def cluster_trial(
     for live in made:
         if master._server is not None:  # not stopped by the test
             live.wait_settled()
-
-
-# -- the in-memory fake master (still used by test_distributed.py and test_lightning.py) -----
-@pytest.fixture
-def fake(tmp_path: pathlib.Path) -> Iterator[FakeMaster]:
-    """An in-memory fake master on a free port, with checkpoint storage in tmp_path."""
-    storage = tmp_path / "storage"
-    storage.mkdir()
-    m = FakeMaster(str(storage)).start()
-    yield m
-    m.stop()
-
-
-@pytest.fixture
-def on_cluster(
-    fake: FakeMaster, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., dict[str, Any]]:
-    """Make this process look like a trial launched by ``fake`` (kwargs override the info)."""
-
-    def make(**over: Any) -> dict[str, Any]:
-        info = fake.cluster_info(**over)
-        path = tmp_path / "cluster_info.json"
-        path.write_text(json.dumps(info))
-        monkeypatch.setenv("DET_CLUSTER_INFO", str(path))
-        monkeypatch.setenv("DET_MASTER", fake.address)
-        return info
-
-    return make

@@ -1,5 +1,9 @@
 """DistributedContext collectives (TCP transport in threads, torch gloo in processes), sharded
-checkpoints and rank-consistent preemption/searcher answers."""
+checkpoints and rank-consistent preemption/searcher answers.
+
+The preemption and searcher tests run the ranks (threads of this process) as the training code
+of a real trial on a real master (``cluster_trial``); ``wire`` records the calls they make.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,21 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
 
 import core_api
 from core_api import DistributedContext, PreemptMode
 from core_api._checkpoint import CheckpointContext, SharedFSStorage
 from core_api._preempt import PreemptContext
-from tests.core_api.fake_master import FakeMaster
+from tests.core_api.live_trial import LiveTrial
+from tests.core_api.wire import Wire
+from tests.support import Stubs, wait_for
+
+Make = Callable[..., LiveTrial]
 
 
 def _free_port() -> int:
@@ -194,30 +202,36 @@ def test_non_chief_unsharded_store_is_refused(tmp_path: pathlib.Path) -> None:
     assert out[1] == "refused" and (tmp_path / out[0]).is_dir()
 
 
-def test_preemption_answer_is_broadcast(fake: FakeMaster) -> None:
-    from core_api._channel import MasterSession
-
-    fake.set(lambda st: setattr(st, "preempt", True))
+def test_preemption_answer_is_broadcast(cluster_trial: Make, stubs: Stubs, wire: Wire) -> None:
+    t = cluster_trial()
 
     def body(d: DistributedContext) -> Any:
-        session = MasterSession(fake.address) if d.is_chief else None
-        pre = PreemptContext(session, d, trial_id=fake.state.trial_id)
-        answers = []
-        deadline = time.monotonic() + 10
-        while True:
-            a = pre.should_preempt()  # collective: every rank calls it each time
-            answers.append(a)
-            if a or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        pre.close()
-        if session is not None:
-            session.close()
-        return answers
+        with core_api.init(distributed=d) as ctx:
+            # collective: every rank calls should_preempt() each time, and gets the same answer
+            answers = [ctx.preempt.should_preempt()]  # nobody asked the trial to stop yet
+            if d.is_chief:
+                wire.wait_sent("WatchPreemption")  # the chief's watcher is in its long poll
+                stubs.action(t.experiment_id, "pause")
+
+            def ask() -> bool:
+                answers.append(ctx.preempt.should_preempt())
+                return answers[-1]
+
+            wait_for(ask, 30, "the preemption signal")
+            return answers
 
     out = run_ranks(3, body)
-    assert out[0] == out[1] == out[2] and out[0][-1] is True
-    assert fake.state.acks == 1
+    assert out[0] == out[1] == out[2]
+    assert out[0][0] is False and out[0][-1] is True
+    # only the chief watches the master (one long poll, woken by the pause); it acknowledged once
+    (watch,) = wire.requests("WatchPreemption")
+    assert watch.trial_id == t.trial_id
+    assert len(wire.calls("AckPreemption")) == 1
+    assert wire.calls("AckPreemption")[0].code == grpc.StatusCode.OK
+    # the master stopped the trial for a pause: its exit 0 leaves it PAUSED
+    t.release()
+    assert t.wait_settled() == "PAUSED"
+    assert stubs.exp_state(t.experiment_id) == "PAUSED"
 
 
 def test_chief_only_preempt_refuses_workers() -> None:
@@ -232,11 +246,8 @@ def test_chief_only_preempt_refuses_workers() -> None:
     assert run_ranks(2, body) == [False, "refused"]
 
 
-def test_searcher_ops_are_shared_with_workers(
-    fake: FakeMaster, on_cluster: Callable[..., Any]
-) -> None:
-    on_cluster()
-    fake.set(lambda st: st.ops.extend([5, 9]))
+def test_searcher_ops_are_shared_with_workers(cluster_trial: Make, wire: Wire) -> None:
+    t = cluster_trial(custom=True, ops=[5, 9])
 
     def body(d: DistributedContext) -> Any:
         with core_api.init(distributed=d) as ctx:
@@ -247,12 +258,20 @@ def test_searcher_ops_are_shared_with_workers(
                 if d.rank == 0:
                     op.report_completed(float(op.length))
                     if op.length == 9:
-                        fake.set(lambda st: setattr(st, "searcher_done", True))
+                        t.post({"type": "stop", "request_id": "r1"})  # the searcher is done
             return lengths
 
     assert run_ranks(2, body) == [[5, 9], [5, 9]]
-    # only the chief reports
-    assert [r[2] for r in fake.reports()] == [{"rank": 0.0}, {"rank": 0.0}]
+    # only the chief reports: the master stored the chief's metrics and its two completions
+    assert [(g, s, m) for g, s, m, _ in t.metrics()] == [
+        ("training", 5, {"rank": 0.0}),
+        ("training", 9, {"rank": 0.0}),
+    ]
+    completed = [(e["length"], e["metric"]) for e in t.events() if e["type"] == "validation"]
+    assert completed == [(5, 5.0), (9, 9.0)]
+    assert len(wire.calls("CompleteSearcherOperation")) == 2
+    t.release()
+    assert t.wait_settled() == "COMPLETED"  # stopped by the searcher, then exit 0
 
 
 TORCH_SCRIPT = textwrap.dedent(
@@ -314,11 +333,8 @@ def test_from_torch_distributed_requires_init() -> None:
         DistributedContext.from_torch_distributed()
 
 
-def test_a_chief_searcher_failure_reaches_the_workers(
-    fake: FakeMaster, on_cluster: Callable[..., Any]
-) -> None:
-    on_cluster()
-    fake.set(lambda st: st.ops.append(5))
+def test_a_chief_searcher_failure_reaches_the_workers(cluster_trial: Make, wire: Wire) -> None:
+    t = cluster_trial(custom=True, ops=[5])
 
     def body(d: DistributedContext) -> Any:
         with core_api.init(distributed=d) as ctx:
@@ -328,3 +344,9 @@ def test_a_chief_searcher_failure_reaches_the_workers(
             return "raised"
 
     assert run_ranks(2, body) == ["raised", "raised"]
+    # the chief asked the master once (for the op of length 5), and never completed it
+    (poll,) = wire.calls("GetSearcherOperation")
+    assert poll.code == grpc.StatusCode.OK and poll.response.op.length == 5
+    assert wire.calls("CompleteSearcherOperation") == []
+    assert [e for e in t.events() if e["type"] == "validation"] == []
+    assert t.state() == "RUNNING"

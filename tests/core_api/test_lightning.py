@@ -1,5 +1,6 @@
-"""core_api.lightning: the logger, the callback and fit() (off-cluster and against the fake
-master: metrics, checkpoints, searcher promotion, preemption)."""
+"""core_api.lightning: the logger, the callback and fit() (off-cluster, and on-cluster as the
+training code of a real trial on a real master (``cluster_trial``): metrics, checkpoints,
+searcher promotion, preemption)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
 
 pl = pytest.importorskip("lightning.pytorch")
@@ -19,7 +21,13 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import core_api  # noqa: E402
 import core_api.lightning as cl  # noqa: E402
-from tests.core_api.fake_master import FakeMaster  # noqa: E402
+from determined_sdk.metrics_wire import unpack_reports  # noqa: E402
+from determined_sdk.proto import checkpoint_pb2  # noqa: E402
+from tests.core_api.live_trial import LiveTrial  # noqa: E402
+from tests.core_api.wire import Wire  # noqa: E402
+from tests.support import Stubs, wait_for  # noqa: E402
+
+Make = Callable[..., LiveTrial]
 
 TRAINER = {"accelerator": "cpu", "log_every_n_steps": 5, "val_check_interval": 10}
 
@@ -79,21 +87,35 @@ def test_fit_off_cluster(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixtur
     assert "validation metrics at step 25" in caplog.text
 
 
-def test_fit_follows_promotions_and_reports(
-    fake: FakeMaster, on_cluster: Callable[..., Any]
-) -> None:
-    on_cluster()
-    fake.set(lambda st: st.ops.append(20))
+def stored_checkpoints(stubs: Stubs, t: LiveTrial) -> list[checkpoint_pb2.Checkpoint]:
+    """The trial's checkpoints as the master recorded them (by steps)."""
+    resp = stubs.checkpoints.ListCheckpoints(
+        checkpoint_pb2.ListCheckpointsRequest(trial_id=t.trial_id)
+    )
+    return list(resp.checkpoints)
+
+
+def sent_steps(wire: Wire, group: str) -> list[int]:
+    """The steps of the ``group`` reports in the order the client sent them."""
+    return [
+        steps
+        for req in wire.requests("ReportMetrics")
+        for g, steps, _, _ in unpack_reports(req)
+        if g == group
+    ]
+
+
+def test_fit_follows_promotions_and_reports(cluster_trial: Make, stubs: Stubs, wire: Wire) -> None:
+    t = cluster_trial(custom=True, ops=[20])
 
     class Promote(pl.Callback):  # type: ignore[misc]
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.global_step == 20:
-                fake.set(lambda st: st.ops.append(40))  # ASHA promotes the trial
+                t.validate_after(40)  # ASHA promotes the trial
             else:
-                fake.set(lambda st: setattr(st, "searcher_done", True))
+                t.post({"type": "stop", "request_id": "r1"})  # the searcher is done with it
 
     with core_api.init() as ctx:
-        ctx.searcher._poll_timeout = 0.2
         trainer = cl.fit(
             ctx,
             Tiny(),
@@ -102,32 +124,42 @@ def test_fit_follows_promotions_and_reports(
             **loaders(),
         )
     assert trainer is not None and trainer.global_step == 40
-    assert [length for length, _ in fake.state.completed] == [20, 40]
-    steps = sorted({c.steps_completed for c in fake.state.checkpoints.values()})
-    assert steps == [10, 20, 30, 40]
-    training = [s for g, s, _, _ in fake.reports() if g == "training"]
+    assert [e["length"] for e in t.events() if e["type"] == "validation"] == [20, 40]
+    ckpts = stored_checkpoints(stubs, t)
+    assert [c.steps_completed for c in ckpts] == [10, 20, 30, 40]
+    assert all(cl.CHECKPOINT_FILE in c.resources for c in ckpts)
+    training = [s for _, s, _, _ in t.metrics("training")]
+    # sent in step order, and the master stored each report once
+    assert sent_steps(wire, "training") == training
     assert training == sorted(training) and training[-1] <= 40 and training[0] >= 1
-    validation = [s for g, s, m, _ in fake.reports() if g == "validation"]
+    validation = [s for _, s, _, _ in t.metrics("validation")]
     assert validation == [10, 20, 30, 40]
     # the second fit resumed from the step-20 checkpoint instead of starting over
     assert training.count(5) == 1
+    t.release()
+    assert t.wait_settled() == "COMPLETED"
 
 
-def test_preemption_checkpoints_and_stops(fake: FakeMaster, on_cluster: Callable[..., Any]) -> None:
-    on_cluster()
-    fake.set(lambda st: st.ops.append(200))
+def test_preemption_checkpoints_and_stops(cluster_trial: Make, stubs: Stubs, wire: Wire) -> None:
+    t = cluster_trial(custom=True, ops=[200])
     with core_api.init() as ctx:
-        fake.set(lambda st: setattr(st, "preempt", True))
-        fake.wait(lambda st: any(n == "WatchPreemption" for n, _ in st.calls))
+        (watch,) = wire.wait_sent("WatchPreemption")
+        stubs.action(t.experiment_id, "pause")
+        wait_for(lambda: watch.code is not None, 30, "the long poll to answer the pause")
         trainer = cl.fit(
             ctx, Tiny(), searcher_metric="val_loss", trainer_kwargs=TRAINER, **loaders()
         )
+    assert watch.code == grpc.StatusCode.OK and watch.response.preempt
     assert trainer is not None and trainer.global_step < 200
-    assert fake.state.completed == [] and fake.state.acks == 1
-    (ckpt,) = [
-        c for c in fake.state.checkpoints.values() if c.steps_completed == trainer.global_step
-    ]
+    # no op was completed, and the preemption was acknowledged once
+    assert [e for e in t.events() if e["type"] == "validation"] == []
+    assert wire.calls("CompleteSearcherOperation") == []
+    assert len(wire.calls("AckPreemption")) == 1
+    (ckpt,) = [c for c in stored_checkpoints(stubs, t) if c.steps_completed == trainer.global_step]
     assert cl.CHECKPOINT_FILE in ckpt.resources
+    assert t.trial().latest_checkpoint_uuid == ckpt.uuid
+    t.release()
+    assert t.wait_settled() == "PAUSED"  # the master stopped it for a pause
 
 
 def test_missing_searcher_metric_is_named(tmp_path: pathlib.Path) -> None:
