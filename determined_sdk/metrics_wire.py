@@ -13,6 +13,7 @@ from determined_sdk.errors import InvalidArgumentError
 from determined_sdk.proto import trial_pb2
 
 Report = tuple[str, int, Mapping[str, float], float]
+UnpackedReport = tuple[str, int, dict[str, float], float]
 
 
 def pack_reports(
@@ -44,8 +45,30 @@ def pack_reports(
     )
 
 
-def unpack_reports(request: trial_pb2.ReportMetricsRequest) -> Iterator[Report]:
+def unpack_reports(request: trial_pb2.ReportMetricsRequest) -> Iterator[UnpackedReport]:
     """The reports of a request, in order; the metrics of each report are a new dict.
+
+    Raises:
+        InvalidArgumentError: the arrays do not line up (naming the field at fault).
+    """
+    groups, steps, stamps, counts, names, values = unpack_columns(request)
+    at = 0
+    for i in range(len(groups)):
+        c = counts[i]
+        if c == 1:  # the common case, without slicing
+            metrics = {names[at]: values[at]}
+        else:
+            metrics = dict(zip(names[at : at + c], values[at : at + c], strict=True))
+        yield groups[i], steps[i], metrics, stamps[i]
+        at += c
+
+
+Columns = tuple[list[str], list[int], list[float], list[int], list[str], list[float]]
+
+
+def unpack_columns(request: trial_pb2.ReportMetricsRequest) -> Columns:
+    """The request's arrays as lists (groups, steps, timestamps, counts, names, values), checked
+    to line up.
 
     Raises:
         InvalidArgumentError: the arrays do not line up (naming the field at fault).
@@ -70,8 +93,4 @@ def unpack_reports(request: trial_pb2.ReportMetricsRequest) -> Iterator[Report]:
         raise InvalidArgumentError(
             f"metric_counts: they add up to {sum(counts)}, but there are {len(names)} names"
         )
-    at = 0
-    for i in range(n):
-        end = at + counts[i]
-        yield groups[i], steps[i], dict(zip(names[at:end], values[at:end], strict=True)), stamps[i]
-        at = end
+    return groups, steps, stamps, counts, names, values

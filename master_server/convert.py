@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from determined_sdk.errors import InvalidArgumentError
-from determined_sdk.metrics_wire import unpack_reports
+from determined_sdk.metrics_wire import unpack_columns, unpack_reports
 from determined_sdk.proto import (
     checkpoint_pb2,
     common_pb2,
@@ -148,17 +148,21 @@ def trial_to_proto(t: domain.Trial, searcher_metric: float | None = None) -> tri
 
 
 def metric_reports_from_proto(request: trial_pb2.ReportMetricsRequest) -> list[domain.MetricReport]:
-    """The reports of a columnar batch, checked (errors name the report and field)."""
-    out = []
+    """The reports of a columnar batch, checked (errors name the report and field).
+
+    Checks run on whole columns first, so the per-report loop only builds values.
+    """
+    groups, steps, _, counts, _, _ = unpack_columns(request)
+    if "" in groups:
+        raise InvalidArgumentError(f"groups[{groups.index('')}]: must not be empty")
+    if steps and min(steps) < 0:
+        i = next(k for k, s in enumerate(steps) if s < 0)
+        raise InvalidArgumentError(f"steps_completed[{i}]: must be >= 0, got {steps[i]}")
     report = domain.MetricReport
-    for i, (group, steps, metrics, timestamp) in enumerate(unpack_reports(request)):
-        if not group:
-            raise InvalidArgumentError(f"groups[{i}]: must not be empty")
-        if steps < 0:
-            raise InvalidArgumentError(f"steps_completed[{i}]: must be >= 0, got {steps}")
-        if len(metrics) != request.metric_counts[i]:
+    out = [report(g, s, m, t) for g, s, m, t in unpack_reports(request)]
+    for i, r in enumerate(out):
+        if len(r.metrics) != counts[i]:
             raise InvalidArgumentError(f"names: report {i} names a metric twice")
-        out.append(report(group, steps, metrics, timestamp))  # type: ignore[arg-type]
     return out
 
 

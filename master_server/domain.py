@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 JSONDict = dict[str, Any]
 
@@ -140,8 +140,10 @@ class Trial:
     exit_reason: str = ""
 
 
-@dataclass(frozen=True)
-class MetricReport:
+class MetricReport(NamedTuple):
+    """One report of a batch. A NamedTuple, not a dataclass: it is built once per reported
+    step on the ingestion hot path, where construction is ~2x cheaper."""
+
     group: str
     steps_completed: int
     metrics: dict[str, float]
