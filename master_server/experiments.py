@@ -908,6 +908,11 @@ class ExperimentService:
         v = s.get("min" if cfg["searcher"].get("smaller_is_better", True) else "max")
         return float(v) if isinstance(v, int | float) else None
 
+    def free_slots(self) -> int:
+        """Slots not held by a running trial."""
+        with self._lock:
+            return self.scheduler.free_slots
+
     # -- startup and shutdown ----------------------------------------------------------------
     def recover(self) -> None:
         """Rebuild runtimes of unfinished experiments after a master (re)start."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -34,12 +35,6 @@ class LogService:
             self._version += 1
             self._cond.notify_all()
 
-    def notify(self) -> None:
-        """Wake followers (called when a trial changes state)."""
-        with self._cond:
-            self._version += 1
-            self._cond.notify_all()
-
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -63,11 +58,7 @@ class LogService:
                 version = self._version
             trial = self.store.get_trial(q.trial_id)
             done = trial.state in TERMINAL_TRIAL_STATES
-            page_q = (
-                LogQuery(**{**q.__dict__, "after_id": after, "head": None, "tail": None})
-                if not first
-                else q
-            )
+            page_q = q if first else dataclasses.replace(q, after_id=after, head=None, tail=None)
             lines = self.store.query_logs(page_q)
             first = False  # tail applies to the backlog only; later pages are every new line
             if lines:
@@ -75,6 +66,7 @@ class LogService:
                 yield lines
             if done:
                 return
+            # New lines wake us at once; a trial's end is noticed at the next wake-up (<= 0.5 s).
             with self._cond:
                 if self._closed:
                     return

@@ -609,8 +609,7 @@ class Master(master_pb2_grpc.MasterServiceServicer):
 
     @rpc
     def GetMasterInfo(self, request: Any, context: Any) -> Any:
-        with self.svc._lock:
-            free = self.svc.scheduler.free_slots
+        free = self.svc.free_slots()
         return master_pb2.GetMasterInfoResponse(
             version=self.version,
             cluster_id=self.cluster_id,
