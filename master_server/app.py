@@ -1,11 +1,14 @@
 """The master process: store + services + gRPC server + launcher, started and stopped as one.
 
+The gRPC server is a ``grpc.aio`` server on an event loop of its own thread: waiting callers (long
+polls) are coroutines and cost memory only, while ordinary handlers run on a bounded thread pool.
 Tests start it in-process on port 0 (:class:`Master`); ``python -m master_server`` wraps it in a
 command line with signal handling.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pathlib
@@ -19,15 +22,41 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from master_server.checkpoints import CheckpointService
 from master_server.experiments import ExperimentService
+from master_server.ingest import MetricIngest
 from master_server.launcher import LocalLauncher, kill_stale_supervisors
 from master_server.logs import LogService
 from master_server.scheduler import Scheduler
 from master_server.servicers import register_all
 from master_server.store import open_store
+from master_server.waiting import Waker
 
 logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
 MAX_MESSAGE_BYTES = 128 * 2**20
+
+
+class _LoopThread:
+    """An asyncio event loop running on a daemon thread of its own."""
+
+    def __init__(self, executor: futures.Executor) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(executor)
+        self._thread = threading.Thread(target=self._run, name="grpc-aio", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run ``coro`` on the loop and wait for its result from this (another) thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 class Master:
@@ -42,6 +71,7 @@ class Master:
         checkpoint_dir: default checkpoint storage (default ``DATA_DIR/checkpoints``).
         max_model_bytes: size limit of an experiment's model directory.
         preempt_grace_s: how long a trial may take to stop after a pause/cancel before it is killed.
+        max_workers: threads running ordinary (non-waiting) RPC handlers.
     """
 
     def __init__(
@@ -55,7 +85,7 @@ class Master:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         max_model_bytes: int = 64 * 2**20,
         preempt_grace_s: float = 30.0,
-        max_workers: int = 128,
+        max_workers: int = 32,
     ) -> None:
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
@@ -69,7 +99,8 @@ class Master:
         self.preempt_grace_s = preempt_grace_s
         self.max_workers = max_workers
         self.port = 0
-        self._server: grpc.Server | None = None
+        self._server: grpc.aio.Server | None = None
+        self._loop: _LoopThread | None = None
         self._stopped = threading.Event()
         self.parts: dict[str, Any] = {}
 
@@ -86,18 +117,15 @@ class Master:
         if stale:
             logger.warning("killed %d trial supervisors left by a previous master", stale)
         store = open_store(self.db_url)
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc"),
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        self.port = server.add_insecure_port(f"{self.host}:{self._requested_port}")
-        if self.port == 0:
+        pool = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc")
+        loop = _LoopThread(pool)
+        try:
+            server, self.port = loop.call(self._bind(pool))
+        except BaseException:
+            loop.close()
+            pool.shutdown(wait=False)
             store.close()
-            raise OSError(f"could not bind {self.host}:{self._requested_port}")
+            raise
         launcher = LocalLauncher(self.data_dir, lambda: self.address)
         scheduler = Scheduler(self.slots)
         experiments = ExperimentService(
@@ -111,23 +139,27 @@ class Master:
             preempt_grace_s=self.preempt_grace_s,
         )
         logs = LogService(store)
+        waker, log_waker = Waker(loop.loop), Waker(loop.loop)
+        experiments.add_change_listener(waker.notify)
+        logs.add_listener(log_waker.notify)
         self.parts = {
             "store": store,
             "experiments": experiments,
             "checkpoints": CheckpointService(store, experiments),
             "logs": logs,
+            "ingest": MetricIngest(store),
             "launcher": launcher,
+            "pool": pool,
+            "waker": waker,
+            "log_waker": log_waker,
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
         }
         experiments.on_experiment_finished = self.parts["checkpoints"].garbage_collect
         register_all(server, self.parts)
-        hs = health.HealthServicer()
-        hs.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(hs, server)
         launcher.start(experiments.on_trial_exit)
-        server.start()
-        self._server = server
+        loop.call(self._serve(server))
+        self._server, self._loop = server, loop
         experiments.recover()
         logger.info(
             "master serving on %s (%s, %d slots, data in %s)",
@@ -138,14 +170,41 @@ class Master:
         )
         return self
 
+    async def _bind(self, pool: futures.Executor) -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(
+            migration_thread_pool=pool,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        port = server.add_insecure_port(f"{self.host}:{self._requested_port}")
+        if port == 0:
+            raise OSError(f"could not bind {self.host}:{self._requested_port}")
+        return server, port
+
+    @staticmethod
+    async def _serve(server: grpc.aio.Server) -> None:
+        hs = health.aio.HealthServicer()
+        await hs.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+        await server.start()
+
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop serving, stop trial supervisors, close the database. Safe to call twice."""
-        if self._server is None:
+        if self._server is None or self._loop is None:
             return
         server, self._server = self._server, None
+        loop, self._loop = self._loop, None
         self.parts["experiments"].close()
         self.parts["logs"].close()
-        server.stop(grace_s).wait()
+        self.parts["waker"].close()
+        self.parts["log_waker"].close()
+        loop.call(server.stop(grace_s))
+        loop.close()
+        self.parts["ingest"].close()
+        self.parts["pool"].shutdown(wait=True)
         self.parts["launcher"].stop()
         self.parts["store"].close()
         self._stopped.set()

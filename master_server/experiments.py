@@ -134,12 +134,20 @@ class ExperimentService:
         self._trials: dict[int, TrialRuntime] = {}  # by trial id
         self._config_cache: dict[int, JSONDict] = {}
         self._closed = False
+        self._listeners: list[Callable[[], None]] = []
         # Called (on a background thread) with an experiment id when it reaches a final state.
         self.on_experiment_finished: Callable[[int], None] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _notify(self) -> None:
         self._changed.notify_all()
+        for fn in self._listeners:
+            fn()
+
+    def add_change_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` after every change a long poll may wait for (from any thread, under the
+        engine's lock: it must be cheap and must not call back into the engine)."""
+        self._listeners.append(fn)
 
     def experiment_config(self, experiment_id: int) -> JSONDict:
         cfg = self._config_cache.get(experiment_id)
@@ -579,6 +587,14 @@ class ExperimentService:
         self.launcher.signal(trial_id, signal.SIGTERM)
         threading.Timer(10.0, self.launcher.kill, (trial_id,)).start()
 
+    def preemption_nowait(self, trial_id: int) -> bool | None:
+        """Whether a live trial should stop, read without locking or I/O (safe on an event loop);
+        None when the trial is not live here (ask :meth:`watch_preemption` instead)."""
+        tr = self._trials.get(trial_id)
+        if tr is None:
+            return None
+        return tr.preempt_reason is not None or self._closed
+
     def watch_preemption(self, trial_id: int, timeout_s: float) -> bool:
         """Long poll: True as soon as the trial should stop, False at the deadline."""
         deadline = time.monotonic() + max(0.0, min(timeout_s, 600.0))
@@ -600,30 +616,44 @@ class ExperimentService:
             self._require_trial(trial_id)
 
     # -- searcher operations (from the trial) ------------------------------------------------
+    def _op_state(self, trial_id: int) -> tuple[bool, tuple[int | None, bool]]:
+        """(ready, (length, done)) of a trial's searcher operation, from memory only."""
+        tr = self._trials.get(trial_id)
+        if tr is None or tr.closed:
+            return True, (None, True)
+        rt = self._exps.get(tr.experiment_id)
+        if rt is None:  # unmanaged: no searcher
+            return True, (None, True)
+        op = tr.current_op()
+        if op is not None:
+            return True, (op, False)
+        if (
+            not tr.ops
+            and searcher_length_unit(rt.config) is None
+            and not isinstance(rt.searcher, CustomSearchMethod)
+        ):
+            return True, (None, True)  # this searcher hands out no lengths (a custom driver may)
+        return self._closed, (None, False)
+
+    def searcher_operation_nowait(
+        self, trial_id: int
+    ) -> tuple[bool, tuple[int | None, bool]] | None:
+        """:meth:`_op_state` for a live trial without locking or I/O (safe on an event loop);
+        None when the trial is not live here (ask :meth:`get_searcher_operation` instead)."""
+        if trial_id not in self._trials:
+            return None
+        return self._op_state(trial_id)
+
     def get_searcher_operation(self, trial_id: int, timeout_s: float) -> tuple[int | None, bool]:
         """Long poll for the trial's current op: (length, False), or (None, True) when done."""
         deadline = time.monotonic() + max(0.0, min(timeout_s, 600.0))
         with self._lock:
             self._require_trial(trial_id)
             while True:
-                tr = self._trials.get(trial_id)
-                if tr is None or tr.closed:
-                    return None, True
-                rt = self._exps.get(tr.experiment_id)
-                if rt is None:  # unmanaged: no searcher
-                    return None, True
-                op = tr.current_op()
-                if op is not None:
-                    return op, False
-                if (
-                    not tr.ops
-                    and searcher_length_unit(rt.config) is None
-                    and not isinstance(rt.searcher, CustomSearchMethod)
-                ):
-                    return None, True  # this searcher hands out no lengths (a custom driver may)
+                ready, value = self._op_state(trial_id)
                 left = deadline - time.monotonic()
-                if left <= 0 or self._closed:
-                    return None, False
+                if ready or left <= 0:
+                    return value
                 self._changed.wait(left)
 
     def complete_searcher_operation(self, trial_id: int, length: int, metric: float) -> None:

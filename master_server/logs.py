@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from determined_sdk.errors import InvalidArgumentError
 from master_server.domain import TERMINAL_TRIAL_STATES, LogLine, LogQuery
@@ -19,6 +19,11 @@ class LogService:
         self._cond = threading.Condition()
         self._version = 0
         self._closed = False
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (from the shipping thread) after new lines are stored; it must be cheap."""
+        self._listeners.append(fn)
 
     def ship(self, lines: Sequence[LogLine]) -> None:
         if not lines:
@@ -34,19 +39,36 @@ class LogService:
         with self._cond:
             self._version += 1
             self._cond.notify_all()
+        for fn in self._listeners:
+            fn()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
-    def query(self, q: LogQuery, *, follow: bool) -> Iterator[list[LogLine]]:
-        """Pages of matching lines; with ``follow``, keeps going until the trial is terminal."""
+    @staticmethod
+    def check(q: LogQuery) -> None:
+        """Raise InvalidArgumentError for a query that cannot be answered."""
         if q.head is not None and q.tail is not None:
             raise InvalidArgumentError("head and tail: give at most one")
         for name, v in (("head", q.head), ("tail", q.tail)):
             if v is not None and v < 0:
                 raise InvalidArgumentError(f"{name}: must be >= 0, got {v}")
+
+    def page(self, q: LogQuery, after: int | None) -> tuple[list[LogLine], bool]:
+        """One page of a follow: the backlog when ``after`` is None (``tail`` applies to it), else
+        every line after that id; and whether the trial had ended before the page was read."""
+        trial = self.store.get_trial(q.trial_id)
+        done = trial.state in TERMINAL_TRIAL_STATES
+        page_q = (
+            q if after is None else dataclasses.replace(q, after_id=after, head=None, tail=None)
+        )
+        return self.store.query_logs(page_q), done
+
+    def query(self, q: LogQuery, *, follow: bool) -> Iterator[list[LogLine]]:
+        """Pages of matching lines; with ``follow``, keeps going until the trial is terminal."""
+        self.check(q)
         self.store.get_trial(q.trial_id)
         if not follow or q.head is not None:
             yield self.store.query_logs(q)
@@ -56,11 +78,8 @@ class LogService:
         while True:
             with self._cond:
                 version = self._version
-            trial = self.store.get_trial(q.trial_id)
-            done = trial.state in TERMINAL_TRIAL_STATES
-            page_q = q if first else dataclasses.replace(q, after_id=after, head=None, tail=None)
-            lines = self.store.query_logs(page_q)
-            first = False  # tail applies to the backlog only; later pages are every new line
+            lines, done = self.page(q, None if first else after)
+            first = False
             if lines:
                 after = lines[-1].id
                 yield lines

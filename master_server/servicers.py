@@ -1,16 +1,24 @@
 """Thin gRPC servicers: deserialize, call a service, serialize (``master_server.convert``).
 
-Errors are mapped in one place, :func:`rpc`: a :class:`DeterminedError` becomes its status code
-(``determined_sdk.errors``' table) with its message; anything else is logged with its traceback
-and answered INTERNAL, and the master keeps serving.
+They run on a ``grpc.aio`` server. Ordinary handlers are plain functions, run on the server's
+thread pool (the services they call block on the database). Long polls (preemption, searcher
+operations, custom-search events, log follow) are coroutines that wait on a
+:class:`~master_server.waiting.Waker` and hold no thread while they wait.
+
+Errors are mapped in one place, :func:`_status`: a :class:`DeterminedError` becomes its status
+code (``determined_sdk.errors``' table) with its message; anything else is logged with its
+traceback and answered INTERNAL, and the master keeps serving. :func:`rpc` / :func:`rpc_stream`
+apply it to thread-pool handlers, :func:`rpc_async` / :func:`rpc_async_stream` to coroutines.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -37,22 +45,29 @@ from determined_sdk.proto import (
 )
 from master_server import convert
 from master_server.checkpoints import CheckpointService
-from master_server.domain import ExperimentFilter, LogQuery
+from master_server.domain import ExperimentFilter, JSONDict, LogQuery
 from master_server.experiments import ExperimentService
+from master_server.ingest import MetricIngest
 from master_server.logs import LogService
 from master_server.searcher.factory import searcher_length_unit
 from master_server.store.base import Store
+from master_server.waiting import Waker, long_poll
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 A = experiment_pb2.ExperimentAction
 
 
-def _abort(context: grpc.ServicerContext, e: Exception, name: str) -> None:
+def _status(e: Exception, name: str) -> tuple[grpc.StatusCode, str]:
     if isinstance(e, DeterminedError):
-        context.abort(e.code, str(e))
+        return e.code, str(e)
     logger.exception("%s failed", name)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}: {type(e).__name__}: {e}")
+    return grpc.StatusCode.INTERNAL, f"internal error in {name}: {type(e).__name__}: {e}"
+
+
+def _abort(context: grpc.ServicerContext, e: Exception, name: str) -> None:
+    context.abort(*_status(e, name))
 
 
 def rpc(fn: F) -> F:
@@ -81,6 +96,40 @@ def rpc_stream(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def rpc_async(fn: F) -> F:
+    """Same as :func:`rpc` for coroutine handlers (long polls)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await fn(self, request, context)
+        except Exception as e:
+            await context.abort(*_status(e, fn.__name__))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def rpc_async_stream(fn: F) -> F:
+    """Same as :func:`rpc` for async-generator handlers (log follow)."""
+
+    @functools.wraps(fn)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as e:
+            await context.abort(*_status(e, fn.__name__))
+
+    return wrapper  # type: ignore[return-value]
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking service code on the loop's executor (the server's thread pool)."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
 def _page(p: Any) -> tuple[int, int | None]:
     if p.offset < 0 or p.limit < 0:
         raise InvalidArgumentError("pagination: offset and limit must be >= 0")
@@ -88,8 +137,8 @@ def _page(p: Any) -> tuple[int, int | None]:
 
 
 class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
-    def __init__(self, store: Store, svc: ExperimentService) -> None:
-        self.store, self.svc = store, svc
+    def __init__(self, store: Store, svc: ExperimentService, waker: Waker) -> None:
+        self.store, self.svc, self.waker = store, svc, waker
 
     @rpc
     def CreateExperiment(self, request: Any, context: Any) -> Any:
@@ -224,11 +273,15 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
             has_value=v is not None, value=v if v is not None else 0.0
         )
 
-    @rpc
-    def GetSearcherEvents(self, request: Any, context: Any) -> Any:
-        events, over = self.svc.searcher_events(
-            request.experiment_id, request.after_event_id, request.timeout_seconds
-        )
+    @rpc_async
+    async def GetSearcherEvents(self, request: Any, context: Any) -> Any:
+        exp_id, after = request.experiment_id, request.after_event_id
+
+        async def check() -> tuple[bool, tuple[list[JSONDict], bool]]:
+            events, over = await _in_thread(self.svc.searcher_events, exp_id, after, 0.0)
+            return bool(events) or over, (events, over)
+
+        events, over = await long_poll(self.waker, check, request.timeout_seconds)
         return experiment_pb2.GetSearcherEventsResponse(
             events_json=[convert.dumps(e) for e in events], search_over=over
         )
@@ -247,8 +300,8 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
 
 
 class Trials(trial_pb2_grpc.TrialServiceServicer):
-    def __init__(self, store: Store, svc: ExperimentService) -> None:
-        self.store, self.svc = store, svc
+    def __init__(self, store: Store, svc: ExperimentService, ingest: MetricIngest) -> None:
+        self.store, self.svc, self.ingest = store, svc, ingest
 
     @rpc
     def GetTrial(self, request: Any, context: Any) -> Any:
@@ -263,16 +316,22 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
             trial=convert.trial_to_proto(self.svc.kill_trial(request.trial_id))
         )
 
-    @rpc
-    def ReportMetrics(self, request: Any, context: Any) -> Any:
+    @rpc_async
+    async def ReportMetrics(self, request: Any, context: Any) -> Any:
+        # A coroutine: the batch waits for its group commit without holding a thread.
         if not request.batch_id:
             raise InvalidArgumentError("batch_id: must not be empty (it makes retries safe)")
         reports = convert.metric_reports_from_proto(request)
-        stored = self.store.add_metrics(request.trial_id, request.batch_id, reports)
-        if stored:
-            for r in reports:
-                if r.group == "validation":
+        fut = self.ingest.submit(request.trial_id, request.batch_id, reports)
+        stored = await asyncio.wrap_future(fut)
+        validations = [r for r in reports if r.group == "validation"] if stored else []
+        if validations:
+
+            def feed() -> None:
+                for r in validations:
                     self.svc.on_validation_metrics(request.trial_id, r.metrics, r.steps_completed)
+
+            await _in_thread(feed)
         return trial_pb2.ReportMetricsResponse(duplicate=not stored)
 
     @rpc_stream
@@ -373,13 +432,21 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
 
 
 class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
-    def __init__(self, svc: ExperimentService) -> None:
-        self.svc = svc
+    def __init__(self, svc: ExperimentService, waker: Waker) -> None:
+        self.svc, self.waker = svc, waker
 
-    @rpc
-    def GetSearcherOperation(self, request: Any, context: Any) -> Any:
-        length, done = self.svc.get_searcher_operation(request.trial_id, request.timeout_seconds)
-        unit = searcher_length_unit(self.svc.experiment_config_of_trial(request.trial_id))
+    @rpc_async
+    async def GetSearcherOperation(self, request: Any, context: Any) -> Any:
+        tid = request.trial_id
+
+        async def check() -> tuple[bool, tuple[int | None, bool]]:
+            state = self.svc.searcher_operation_nowait(tid)
+            if state is None:  # not live here: the blocking call answers at once (or raises)
+                return True, await _in_thread(self.svc.get_searcher_operation, tid, 0.0)
+            return state
+
+        length, done = await long_poll(self.waker, check, request.timeout_seconds)
+        unit = searcher_length_unit(await _in_thread(self.svc.experiment_config_of_trial, tid))
         if length is None:
             return searcher_pb2.GetSearcherOperationResponse(has_op=False, completed=done)
         return searcher_pb2.GetSearcherOperationResponse(
@@ -393,11 +460,18 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
         )
         return searcher_pb2.CompleteSearcherOperationResponse()
 
-    @rpc
-    def WatchPreemption(self, request: Any, context: Any) -> Any:
-        return searcher_pb2.WatchPreemptionResponse(
-            preempt=self.svc.watch_preemption(request.trial_id, request.timeout_seconds)
-        )
+    @rpc_async
+    async def WatchPreemption(self, request: Any, context: Any) -> Any:
+        tid = request.trial_id
+
+        async def check() -> tuple[bool, bool]:
+            preempt = self.svc.preemption_nowait(tid)
+            if preempt is None:  # not live here: the blocking call answers at once (or raises)
+                return True, await _in_thread(self.svc.watch_preemption, tid, 0.0)
+            return preempt, preempt
+
+        preempt = await long_poll(self.waker, check, request.timeout_seconds)
+        return searcher_pb2.WatchPreemptionResponse(preempt=preempt)
 
     @rpc
     def AckPreemption(self, request: Any, context: Any) -> Any:
@@ -406,16 +480,18 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
 
 
 class Logs(logs_pb2_grpc.LogServiceServicer):
-    def __init__(self, svc: LogService) -> None:
-        self.svc = svc
+    def __init__(self, svc: LogService, waker: Waker) -> None:
+        self.svc, self.waker = svc, waker
 
     @rpc
     def ShipLogs(self, request: Any, context: Any) -> Any:
         self.svc.ship([convert.log_line_from_proto(x) for x in request.lines])
         return logs_pb2.ShipLogsResponse()
 
-    @rpc_stream
-    def TrialLogs(self, request: Any, context: Any) -> Iterator[Any]:
+    @rpc_async_stream
+    async def TrialLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        if request.head < 0 or request.tail < 0:
+            raise InvalidArgumentError("head/tail: must be >= 0")
         q = LogQuery(
             trial_id=request.trial_id,
             search=request.search or None,
@@ -427,15 +503,35 @@ class Logs(logs_pb2_grpc.LogServiceServicer):
             head=request.head or None,
             tail=request.tail or None,
         )
-        if request.head < 0 or request.tail < 0:
-            raise InvalidArgumentError("head/tail: must be >= 0")
-        for page in self.svc.query(q, follow=request.follow):
-            if not context.is_active():
+        self.svc.check(q)
+        if not request.follow or q.head is not None:
+            for page in await _in_thread(lambda: list(self.svc.query(q, follow=False))):
+                for resp in _log_responses(page):
+                    yield resp
+            return
+        after: int | None = None
+        while True:
+            # New lines wake us at once; a trial's end is noticed within half a second.
+            event = self.waker.current()
+            lines, done = await _in_thread(self.svc.page, q, after)
+            if lines:
+                after = lines[-1].id
+                for resp in _log_responses(lines):
+                    yield resp
+            elif after is None:
+                after = q.after_id
+            if done or self.waker.closed:
                 return
-            for i in range(0, len(page), 1000):
-                yield logs_pb2.TrialLogsResponse(
-                    lines=[convert.log_line_to_proto(x) for x in page[i : i + 1000]]
-                )
+            if not lines:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), 0.5)
+
+
+def _log_responses(lines: list[Any]) -> Iterator[Any]:
+    for i in range(0, len(lines), 1000):
+        yield logs_pb2.TrialLogsResponse(
+            lines=[convert.log_line_to_proto(x) for x in lines[i : i + 1000]]
+        )
 
 
 class Workspaces(workspace_pb2_grpc.WorkspaceServiceServicer):
@@ -632,7 +728,7 @@ class Master(master_pb2_grpc.MasterServiceServicer):
         return master_pb2.ReportTrialExitResponse()
 
 
-def register_all(server: grpc.Server, parts: dict[str, Any]) -> None:
+def register_all(server: grpc.aio.Server, parts: dict[str, Any]) -> None:
     """Add every servicer to ``server``."""
     store, exps, ckpts, logs = (
         parts["store"],
@@ -640,11 +736,14 @@ def register_all(server: grpc.Server, parts: dict[str, Any]) -> None:
         parts["checkpoints"],
         parts["logs"],
     )
-    experiment_pb2_grpc.add_ExperimentServiceServicer_to_server(Experiments(store, exps), server)
-    trial_pb2_grpc.add_TrialServiceServicer_to_server(Trials(store, exps), server)
+    waker, log_waker = parts["waker"], parts["log_waker"]
+    experiment_pb2_grpc.add_ExperimentServiceServicer_to_server(
+        Experiments(store, exps, waker), server
+    )
+    trial_pb2_grpc.add_TrialServiceServicer_to_server(Trials(store, exps, parts["ingest"]), server)
     checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(Checkpoints(store, ckpts), server)
-    searcher_pb2_grpc.add_SearcherServiceServicer_to_server(Searcher(exps), server)
-    logs_pb2_grpc.add_LogServiceServicer_to_server(Logs(logs), server)
+    searcher_pb2_grpc.add_SearcherServiceServicer_to_server(Searcher(exps, waker), server)
+    logs_pb2_grpc.add_LogServiceServicer_to_server(Logs(logs, log_waker), server)
     workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(Workspaces(store), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(Models(store), server)
     master_pb2_grpc.add_MasterServiceServicer_to_server(

@@ -12,7 +12,8 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
 * **Ids.** Workspace, project, experiment, trial, model ids are integers counting up from 1.
   The default workspace and project, both named ``"Uncategorized"``, exist after
   :meth:`Store.migrate` and have id 1.
-* **Metrics.** :meth:`add_metrics` writes one batch in one transaction and updates the trial's
+* **Metrics.** :meth:`add_metrics` writes one batch in one transaction (:meth:`add_metrics_many`
+  many batches in one) and updates the trial's
   ``summary_metrics`` and ``steps_completed`` in that same transaction. The summary has one
   entry per group: ``"training"`` is kept under ``"avg_metrics"``, ``"validation"`` under
   ``"validation_metrics"``, any other group under its own name; each metric name maps to
@@ -34,6 +35,7 @@ import abc
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from determined_sdk.errors import DeterminedError
 from master_server.domain import (
     Checkpoint,
     CheckpointState,
@@ -184,6 +186,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def add_metrics(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> bool:
         """Store one batch and update the summary; False if ``batch_id`` was already stored."""
+
+    @abc.abstractmethod
+    def add_metrics_many(
+        self, batches: Sequence[tuple[int, str, Sequence[MetricReport]]]
+    ) -> list[bool | DeterminedError]:
+        """Store many ``(trial_id, batch_id, reports)`` batches in one transaction.
+
+        Each batch is stored as :meth:`add_metrics` would; the result per batch is True, False (a
+        batch id already stored, earlier or in this call) or the error that batch alone raises.
+        A bad batch never stops the others."""
 
     @abc.abstractmethod
     def iter_metrics(

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from alembic import command
 from alembic.config import Config
@@ -43,7 +43,9 @@ from sqlalchemy import (
     Engine,
     Row,
     Select,
+    Table,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -63,6 +65,7 @@ from sqlalchemy.pool import StaticPool
 
 from determined_sdk.errors import (
     AlreadyExistsError,
+    DeterminedError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -286,6 +289,53 @@ def _fold_batch(by_group: dict[str, list[dict[str, float]]]) -> tuple[_Partial, 
                 st = [_INF, -_INF, vals[-1], len(vals), 0, 0.0]
             stats[name] = st
     return partial, convert
+
+
+def _prepare_batch(
+    trial_id: int, batch_id: str, reports: Sequence[MetricReport]
+) -> tuple[list[tuple[Any, ...]], _Partial, int]:
+    """Check one batch and turn it into metric rows, partial summary statistics and its highest
+    step (all before any database work).
+
+    Raises:
+        InvalidArgumentError: An empty batch id, group or metric name, a negative step, or a
+            value that is not a number.
+    """
+    if not isinstance(batch_id, str) or not batch_id:
+        raise InvalidArgumentError(f"batch_id must be a non-empty string, got {batch_id!r}")
+    by_group: dict[str, list[dict[str, float]]] = {}
+    max_steps = -1
+    for rep in reports:
+        group = rep.group
+        steps = rep.steps_completed
+        if type(steps) is not int or steps < 0:
+            raise InvalidArgumentError(f"steps_completed must be an int >= 0: {rep!r}")
+        if steps > max_steps:
+            max_steps = steps
+        dicts = by_group.get(group)
+        if dicts is None:
+            if not isinstance(group, str) or not group:
+                raise InvalidArgumentError(f"metric group must be a non-empty string: {rep!r}")
+            dicts = by_group[group] = []
+        dicts.append(rep.metrics)
+    partial, convert = _fold_batch(by_group)
+    enc = _encode_metrics
+    if convert:  # some values were ints: store them as the floats they stand for
+        rows = [
+            (
+                trial_id,
+                r.group,
+                r.steps_completed,
+                r.timestamp,
+                enc({k: float(v) for k, v in r.metrics.items()}),
+            )
+            for r in reports
+        ]
+    else:
+        rows = [
+            (trial_id, r.group, r.steps_completed, r.timestamp, enc(r.metrics)) for r in reports
+        ]
+    return rows, partial, max_steps
 
 
 _FLOAT_ONLY = {float}
@@ -1236,73 +1286,97 @@ class SQLStore(Store):
             InvalidArgumentError: An empty batch id, group or metric name, a negative step, or
                 a value that is not a number.
         """
-        if not isinstance(batch_id, str) or not batch_id:
-            raise InvalidArgumentError(f"batch_id must be a non-empty string, got {batch_id!r}")
-        by_group: dict[str, list[dict[str, float]]] = {}
-        max_steps = -1
-        for rep in reports:
-            group = rep.group
-            steps = rep.steps_completed
-            if type(steps) is not int or steps < 0:
-                raise InvalidArgumentError(f"steps_completed must be an int >= 0: {rep!r}")
-            if steps > max_steps:
-                max_steps = steps
-            dicts = by_group.get(group)
-            if dicts is None:
-                if not isinstance(group, str) or not group:
-                    raise InvalidArgumentError(f"metric group must be a non-empty string: {rep!r}")
-                dicts = by_group[group] = []
-            dicts.append(rep.metrics)
-        partial, convert = _fold_batch(by_group)
-        enc = _encode_metrics
-        if convert:  # some values were ints: store them as the floats they stand for
-            rows = [
-                (
-                    trial_id,
-                    r.group,
-                    r.steps_completed,
-                    r.timestamp,
-                    enc({k: float(v) for k, v in r.metrics.items()}),
-                )
-                for r in reports
-            ]
-        else:
-            rows = [
-                (trial_id, r.group, r.steps_completed, r.timestamp, enc(r.metrics)) for r in reports
-            ]
+        result = self.add_metrics_many([(trial_id, batch_id, reports)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
+    def add_metrics_many(
+        self, batches: Sequence[tuple[int, str, Sequence[MetricReport]]]
+    ) -> list[bool | DeterminedError]:
+        """Store many batches (of any trials) in one transaction; see :meth:`add_metrics`.
+
+        Returns:
+            Per batch, in order: True (stored), False (its batch id was already stored, earlier
+            or in this same call), or the error that batch alone raises (a bad batch does not
+            stop the others).
+        """
+        results: list[bool | DeterminedError] = [False] * len(batches)
+        prepared: list[tuple[int, int, str, list[tuple[Any, ...]], _Partial, int]] = []
+        for i, (trial_id, batch_id, reports) in enumerate(batches):
+            try:
+                rows, partial, max_steps = _prepare_batch(trial_id, batch_id, reports)
+            except DeterminedError as e:
+                results[i] = e
+                continue
+            prepared.append((i, trial_id, batch_id, rows, partial, max_steps))
+        if not prepared:
+            return results
+        trial_ids = sorted({p[1] for p in prepared})
         with self._write() as conn:
-            cur = conn.execute(
-                select(T.summary_metrics, T.summary_state, T.steps_completed)
-                .where(T.id == trial_id)
-                .with_for_update()
-            ).first()
-            if cur is None:
-                raise NotFoundError(f"trial {trial_id} not found")
-            seen = conn.scalar(
-                select(MetricBatchRow.trial_id).where(
-                    MetricBatchRow.trial_id == trial_id, MetricBatchRow.batch_id == batch_id
+            summaries = {
+                r[0]: [json.loads(r[1]), json.loads(r[2]), r[3], False]
+                for r in conn.execute(
+                    select(T.id, T.summary_metrics, T.summary_state, T.steps_completed)
+                    .where(T.id.in_(trial_ids))
+                    .order_by(T.id)
+                    .with_for_update()
                 )
-            )
-            if seen is not None:
-                return False
-            conn.execute(insert(MetricBatchRow).values(trial_id=trial_id, batch_id=batch_id))
-            if not rows:
-                return True
-            self._insert_metric_rows(conn, rows)
-            summary: JSONDict = json.loads(cur[0])
-            aux: JSONDict = json.loads(cur[1])
-            _merge_summary(summary, aux, partial)
-            conn.execute(
-                update(T)
-                .where(T.id == trial_id)
-                .values(
-                    summary_metrics=_STRICT.encode(summary),
-                    summary_state=_STRICT.encode(aux),
-                    steps_completed=max(cur[2], max_steps),
+            }
+            seen = {
+                (r[0], r[1])
+                for r in conn.execute(
+                    select(MetricBatchRow.trial_id, MetricBatchRow.batch_id).where(
+                        MetricBatchRow.trial_id.in_(trial_ids),
+                        MetricBatchRow.batch_id.in_({p[2] for p in prepared}),
+                    )
                 )
-            )
-        return True
+            }
+            batch_rows: list[dict[str, Any]] = []
+            metric_rows: list[tuple[Any, ...]] = []
+            for i, trial_id, batch_id, rows, partial, max_steps in prepared:
+                cur = summaries.get(trial_id)
+                if cur is None:
+                    results[i] = NotFoundError(f"trial {trial_id} not found")
+                    continue
+                if (trial_id, batch_id) in seen:
+                    continue  # results[i] stays False: a retry of a stored batch
+                seen.add((trial_id, batch_id))
+                results[i] = True
+                batch_rows.append({"trial_id": trial_id, "batch_id": batch_id})
+                if not rows:
+                    continue
+                metric_rows += rows
+                _merge_summary(cur[0], cur[1], partial)
+                cur[2] = max(cur[2], max_steps)
+                cur[3] = True
+            if batch_rows:
+                conn.execute(insert(MetricBatchRow), batch_rows)
+            if metric_rows:
+                self._insert_metric_rows(conn, metric_rows)
+            changed = [
+                {
+                    "tid": tid,
+                    "b_summary": _STRICT.encode(v[0]),
+                    "b_state": _STRICT.encode(v[1]),
+                    "b_steps": v[2],
+                }
+                for tid, v in summaries.items()
+                if v[3]
+            ]
+            if changed:
+                t = cast(Table, TrialRow.__table__)
+                conn.execute(
+                    update(t)
+                    .where(t.c.id == bindparam("tid"))
+                    .values(
+                        summary_metrics=bindparam("b_summary"),
+                        summary_state=bindparam("b_state"),
+                        steps_completed=bindparam("b_steps"),
+                    ),
+                    changed,
+                )
+        return results
 
     def _insert_metric_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         """Bulk insert ``(trial_id, group, steps, timestamp, payload)`` rows at driver level:

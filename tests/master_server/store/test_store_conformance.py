@@ -616,6 +616,37 @@ def test_list_trials(store: SQLStore) -> None:
 # -- metrics -----------------------------------------------------------------------------------
 
 
+def test_add_metrics_many_one_transaction_per_call(store: SQLStore) -> None:
+    exp = new_exp(store)
+    a, b = new_trial(store, exp.id, "a"), new_trial(store, exp.id, "b")
+    assert store.add_metrics(a.id, "old", [rep("training", 1, loss=9.0)])
+    results = store.add_metrics_many(
+        [
+            (a.id, "a1", [rep("training", 2, loss=4.0)]),
+            (b.id, "b1", [rep("training", 5, loss=1.0), rep("validation", 5, acc=0.5)]),
+            (a.id, "old", [rep("training", 3, loss=0.0)]),  # stored before: a no-op
+            (a.id, "a1", [rep("training", 3, loss=0.0)]),  # a retry within the same call
+            (999_999, "x", [rep("training", 1, loss=1.0)]),  # no such trial
+            (b.id, "", [rep("training", 1, loss=1.0)]),  # a bad batch id
+            (b.id, "b2", [rep("training", -1, loss=1.0)]),  # a bad step
+            (b.id, "b3", [rep("training", 6, loss=3.0)]),
+        ]
+    )
+    assert results[:4] == [True, True, False, False]
+    assert isinstance(results[4], NotFoundError) and "999999" in str(results[4])
+    assert isinstance(results[5], InvalidArgumentError) and "batch_id" in str(results[5])
+    assert isinstance(results[6], InvalidArgumentError) and "steps_completed" in str(results[6])
+    assert results[7] is True
+    # The bad batches stopped nothing else; each trial's summary folds its own batches.
+    ga, gb = store.get_trial(a.id), store.get_trial(b.id)
+    assert [p.steps_completed for p in all_points(store, [a.id])] == [1, 2]
+    assert [p.steps_completed for p in all_points(store, [b.id])] == [5, 5, 6]
+    assert_stats(ga.summary_metrics["avg_metrics"]["loss"], min=4.0, max=9.0, last=4.0, count=2)
+    assert_stats(gb.summary_metrics["avg_metrics"]["loss"], min=1.0, max=3.0, last=3.0, count=2)
+    assert (ga.steps_completed, gb.steps_completed) == (2, 6)
+    assert store.add_metrics_many([]) == []
+
+
 def test_add_metrics_summary(store: SQLStore) -> None:
     exp = new_exp(store)
     trial = new_trial(store, exp.id)
