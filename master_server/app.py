@@ -33,6 +33,10 @@ from master_server.waiting import Waker
 logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
 MAX_MESSAGE_BYTES = 128 * 2**20
+# Calls the server has received but not yet handed to a handler. gRPC's defaults (1,000 soft,
+# 3,000 hard) cancel calls when thousands of trials re-arm their long polls at once, e.g. after
+# a master restart; every waiting call costs only memory here, so allow many.
+MAX_PENDING_CALLS = 50_000
 
 
 class _LoopThread:
@@ -177,6 +181,9 @@ class Master:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+                ("grpc.server_max_unrequested_time_in_server", 120),
             ],
         )
         port = server.add_insecure_port(f"{self.host}:{self._requested_port}")

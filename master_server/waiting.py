@@ -37,6 +37,7 @@ class Waker:
         self._pending = False
         self._lock = threading.Lock()
         self._closed = False
+        self.waiting = 0  # long polls parked on this waker now (read by tests and benchmarks)
 
     def notify(self) -> None:
         """Wake every current waiter (thread-safe; cheap when called in bursts)."""
@@ -97,5 +98,9 @@ async def long_poll(
         left = deadline - loop.time()
         if ready or left <= 0 or waker.closed:
             return value
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), left)
+        waker.waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), left)
+        finally:
+            waker.waiting -= 1

@@ -1,0 +1,135 @@
+"""The master at scale: thousands of waiting trials cost no threads, and callers still get answers.
+
+Each simulated trial is a real unmanaged trial of a real master holding the preemption long poll a
+real trial holds. With a thread per waiting caller (the old synchronous server had 128), the SDK
+call below would queue behind the polls until they time out.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import determined_sdk
+from determined_sdk.metrics_wire import pack_reports
+from determined_sdk.proto import trial_pb2
+from master_server.app import Master
+from tests.support import REPO, Stubs, wait_for
+
+WAITERS = 2000
+
+
+# Run in a process of its own (as trials are): grpc.aio wants one event loop per process.
+_WAITERS_SCRIPT = """
+import asyncio, sys
+import grpc
+from determined_sdk.proto import searcher_pb2, searcher_pb2_grpc
+
+async def main(address, ids):
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = searcher_pb2_grpc.SearcherServiceStub(ch)
+
+        async def poll(tid):
+            try:
+                r = await stub.WatchPreemption(
+                    searcher_pb2.WatchPreemptionRequest(trial_id=tid, timeout_seconds=120),
+                    timeout=150,
+                )
+                out = str(r.preempt)
+            except grpc.aio.AioRpcError as e:
+                out = e.code().name + ":" + (e.details() or "").replace(" ", "_")
+            print(tid, out, flush=True)
+
+        await asyncio.gather(*(poll(t) for t in ids))
+
+asyncio.run(main(sys.argv[1], [int(x) for x in sys.stdin.read().split()]))
+"""
+
+
+class _Waiters:
+    """A process holding one preemption long poll per trial; collects how each one ended."""
+
+    def __init__(self, address: str, trial_ids: list[int]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WAITERS_SCRIPT, address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(" ".join(map(str, trial_ids)))
+        self.proc.stdin.close()
+        self.ended: dict[int, str] = {}
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            tid, how = line.split(maxsplit=1)
+            self.ended[int(tid)] = how.strip()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+
+
+@pytest.mark.slow
+def test_2000_waiting_trials_leave_the_master_answering(master: Master, stubs: Stubs) -> None:
+    exps = master.parts["experiments"]
+    _, first = exps.create_unmanaged_trial("name: waiters", {}, 0, 0)
+    trial_ids = [first.id]
+    trial_ids += [
+        exps.create_unmanaged_trial("", {}, first.experiment_id, 0)[1].id
+        for _ in range(WAITERS - 1)
+    ]
+    waiters = _Waiters(master.address, trial_ids)
+    try:
+        _check_master_answers(master, stubs, waiters, first.experiment_id, trial_ids)
+    finally:
+        waiters.stop()
+
+
+def _check_master_answers(
+    master: Master, stubs: Stubs, waiters: _Waiters, exp_id: int, trial_ids: list[int]
+) -> None:
+    waker = master.parts["waker"]
+    wait_for(lambda: waker.waiting >= WAITERS, 120, f"{WAITERS} long polls parked on the master")
+    assert waiters.ended == {}
+
+    # SDK calls and a metric report answer at once.
+    client = determined_sdk.Determined(master=master.address)
+    t0 = time.perf_counter()
+    exp = client.get_experiment(exp_id)
+    assert exp.id == exp_id
+    listed = client.list_experiments()
+    sdk_s = time.perf_counter() - t0
+    assert sdk_s < 1.0, f"SDK calls took {sdk_s:.2f} s with {WAITERS} waiting trials"
+    assert any(e.id == exp_id for e in listed)
+    t0 = time.perf_counter()
+    resp = stubs.trials.ReportMetrics(
+        pack_reports(trial_ids[7], "b-1", [("training", 1, {"loss": 0.5}, time.time())]),
+        timeout=5,
+    )
+    assert not resp.duplicate and time.perf_counter() - t0 < 1.0
+
+    # A kill wakes that trial's poll (and only that one's answer says preempt).
+    stubs.trials.KillTrial(trial_pb2.KillTrialRequest(trial_id=trial_ids[3]))
+    wait_for(lambda: trial_ids[3] in waiters.ended, 10, "the killed trial's poll to return")
+    assert waiters.ended == {trial_ids[3]: "True"}
+
+    # Stopping the master ends the rest: none is left hanging.
+    master.stop()
+    wait_for(lambda: len(waiters.ended) == WAITERS, 60, "every poll to end with the master")
+    assert {how.split(":")[0] for how in waiters.ended.values()} <= {
+        "True",
+        "False",
+        "UNAVAILABLE",
+        "CANCELLED",
+    }
