@@ -78,16 +78,26 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         """Labels (cached; :meth:`add_label`/:meth:`remove_label` update them)."""
         return list(self._m().labels)
 
+    def _full(self) -> experiment_pb2.Experiment:
+        """The cached message with its configs: objects from a list hold a summary without
+        them, fetched once on first use (a list of thousands stays cheap)."""
+        msg = self._m()
+        if msg.summary:
+            self.reload()
+            msg = self._m()
+        return msg
+
     @property
     def config(self) -> dict[str, Any]:
         """The validated config with defaults filled in (cached; never changes)."""
+        self._full()
         config: dict[str, Any] = self._json("config_json")
         return config
 
     @property
     def original_config(self) -> str:
         """The config text as submitted (cached)."""
-        return self._m().original_config
+        return self._full().original_config
 
     @property
     def state(self) -> ExperimentState:

@@ -104,13 +104,17 @@ def loads_dict(text: str, field: str, *, default: dict[str, Any] | None = None) 
 # -- resources ---------------------------------------------------------------------------------
 
 
-def experiment_to_proto(e: domain.Experiment) -> experiment_pb2.Experiment:
+def experiment_to_proto(
+    e: domain.Experiment, *, summary: bool = False
+) -> experiment_pb2.Experiment:
+    """The experiment's message; a ``summary`` leaves out both configs (lists stay small)."""
     return experiment_pb2.Experiment(
+        summary=summary,
         id=e.id,
         name=e.name,
         description=e.description,
         labels=list(e.labels),
-        config_json=dumps(e.config),
+        config_json="" if summary else dumps(e.config),
         state=experiment_state_to_proto(e.state),
         archived=e.archived,
         progress=e.progress,
@@ -121,7 +125,7 @@ def experiment_to_proto(e: domain.Experiment) -> experiment_pb2.Experiment:
         searcher_name=e.searcher_name,
         num_trials=e.num_trials,
         unmanaged=e.unmanaged,
-        original_config=e.original_config,
+        original_config="" if summary else e.original_config,
         parent_error=e.error,
     )
 

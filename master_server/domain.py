@@ -119,6 +119,8 @@ class ExperimentFilter:
     descending: bool = False
     offset: int = 0
     limit: int | None = None
+    # False: summaries, with ``config`` {} and ``original_config`` "" (lists stay cheap).
+    full: bool = True
 
 
 @dataclass(frozen=True)

@@ -187,10 +187,12 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
             descending=request.order_by == 2,
             offset=offset,
             limit=limit,
+            full=request.full,
         )
         exps, total = self.store.list_experiments(flt)
+        summary = not request.full
         return experiment_pb2.ListExperimentsResponse(
-            experiments=[convert.experiment_to_proto(e) for e in exps],
+            experiments=[convert.experiment_to_proto(e, summary=summary) for e in exps],
             pagination=common_pb2.Pagination(offset=offset, limit=limit or 0, total=total),
         )
 

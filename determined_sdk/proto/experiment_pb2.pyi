@@ -70,6 +70,7 @@ class Experiment(_message.Message):
     UNMANAGED_FIELD_NUMBER: _builtins.int
     ORIGINAL_CONFIG_FIELD_NUMBER: _builtins.int
     PARENT_ERROR_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     description: _builtins.str
@@ -92,6 +93,8 @@ class Experiment(_message.Message):
     """the YAML/JSON text as submitted"""
     parent_error: _builtins.str
     """why it is in ERROR, if it is"""
+    summary: _builtins.bool
+    """config_json and original_config left out (a list reply)"""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -114,10 +117,11 @@ class Experiment(_message.Message):
         unmanaged: _builtins.bool = ...,
         original_config: _builtins.str = ...,
         parent_error: _builtins.str = ...,
+        summary: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "config_json", b"config_json", "description", b"description", "end_time", b"end_time", "id", b"id", "labels", b"labels", "name", b"name", "num_trials", b"num_trials", "original_config", b"original_config", "parent_error", b"parent_error", "progress", b"progress", "project_id", b"project_id", "searcher_name", b"searcher_name", "start_time", b"start_time", "state", b"state", "unmanaged", b"unmanaged", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "config_json", b"config_json", "description", b"description", "end_time", b"end_time", "id", b"id", "labels", b"labels", "name", b"name", "num_trials", b"num_trials", "original_config", b"original_config", "parent_error", b"parent_error", "progress", b"progress", "project_id", b"project_id", "searcher_name", b"searcher_name", "start_time", b"start_time", "state", b"state", "summary", b"summary", "unmanaged", b"unmanaged", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,6 +286,7 @@ class ListExperimentsRequest(_message.Message):
     SORT_BY_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
     PAGINATION_FIELD_NUMBER: _builtins.int
+    FULL_FIELD_NUMBER: _builtins.int
     project_id: _builtins.int
     """0 = any"""
     workspace_id: _builtins.int
@@ -293,6 +298,8 @@ class ListExperimentsRequest(_message.Message):
     sort_by: _builtins.str
     """id | name | start_time | end_time | state | progress"""
     order_by: _common_pb2.OrderBy.ValueType
+    full: _builtins.bool
+    """also send both configs (default: summaries)"""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.ExperimentState.ValueType]:
         """empty = any"""
@@ -316,10 +323,11 @@ class ListExperimentsRequest(_message.Message):
         sort_by: _builtins.str = ...,
         order_by: _common_pb2.OrderBy.ValueType = ...,
         pagination: _common_pb2.Pagination | None = ...,
+        full: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pagination", b"pagination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_only", b"archived_only", "include_archived", b"include_archived", "labels", b"labels", "name", b"name", "order_by", b"order_by", "pagination", b"pagination", "project_id", b"project_id", "sort_by", b"sort_by", "states", b"states", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_only", b"archived_only", "full", b"full", "include_archived", b"include_archived", "labels", b"labels", "name", b"name", "order_by", b"order_by", "pagination", b"pagination", "project_id", b"project_id", "sort_by", b"sort_by", "states", b"states", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

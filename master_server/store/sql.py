@@ -52,6 +52,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -438,6 +439,21 @@ _EXP_COLS = (
 
 def _exp_select() -> Select[Any]:
     return select(*_EXP_COLS).join(ProjectRow, ProjectRow.id == E.project_id)
+
+
+# The same columns with the two config columns left out (``ExperimentFilter.full=False``).
+_EXP_SUMMARY_COLS: tuple[Any, ...] = tuple(
+    literal_column("'{}'")
+    if c is E.config
+    else literal_column("''")
+    if c is E.original_config
+    else c
+    for c in _EXP_COLS
+)
+
+
+def _exp_summary_select() -> Select[Any]:
+    return select(*_EXP_SUMMARY_COLS).join(ProjectRow, ProjectRow.id == E.project_id)
 
 
 def _to_experiment(r: _AnyRow) -> Experiment:
@@ -1046,7 +1062,11 @@ class SQLStore(Store):
         if flt.limit is not None:
             page_ids = page_ids.limit(flt.limit)
         ids_sq = page_ids.subquery()
-        page = _exp_select().join(ids_sq, ids_sq.c.id == E.id).order_by(*order)
+        page = (
+            (_exp_select() if flt.full else _exp_summary_select())
+            .join(ids_sq, ids_sq.c.id == E.id)
+            .order_by(*order)
+        )
         count = select(func.count()).select_from(E).where(*conds)
         with self._read() as conn:
             total = conn.scalar(count) or 0

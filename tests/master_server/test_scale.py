@@ -17,9 +17,9 @@ import pytest
 
 import determined_sdk
 from determined_sdk.metrics_wire import pack_reports
-from determined_sdk.proto import trial_pb2
+from determined_sdk.proto import experiment_pb2, trial_pb2
 from master_server.app import Master
-from tests.support import REPO, Stubs, wait_for
+from tests.support import REPO, Stubs, single_config, wait_for
 
 WAITERS = 2000
 
@@ -133,3 +133,25 @@ def _check_master_answers(
         "UNAVAILABLE",
         "CANCELLED",
     }
+
+
+def test_lists_send_summaries_and_the_sdk_fetches_a_config_when_read(
+    master: Master, stubs: Stubs
+) -> None:
+    config = single_config("python main.py", name="listed")
+    exp = stubs.create(config, activate=False)
+    req = experiment_pb2.ListExperimentsRequest()
+    (summary,) = stubs.experiments.ListExperiments(req).experiments
+    assert summary.summary and summary.config_json == "" and summary.original_config == ""
+    assert (summary.id, summary.name, summary.state) == (exp.id, "listed", exp.state)
+    (full,) = stubs.experiments.ListExperiments(
+        experiment_pb2.ListExperimentsRequest(full=True)
+    ).experiments
+    assert full == exp  # every field, configs included
+
+    client = determined_sdk.Determined(master=master.address)
+    (listed,) = client.list_experiments()
+    assert listed.name == "listed"
+    assert listed.config["name"] == "listed"  # fetched on first read
+    assert listed.original_config == exp.original_config
+    assert client.get_experiment(exp.id).config == listed.config

@@ -5,6 +5,7 @@ Every test runs once per backend (SQLite file and PostgreSQL schema, see ``conft
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -398,6 +399,9 @@ def test_list_experiments_filters(store: SQLStore, catalog: dict[str, Experiment
     assert run(labels=("prod",), name_contains="ALPHA", project_id=1) == (["a"], 1)
     full = store.list_experiments(ExperimentFilter(project_id=1))[0][0]
     assert full == store.get_experiment(c["a"].id)
+    # Summaries leave out both configs and nothing else.
+    summary = store.list_experiments(ExperimentFilter(project_id=1, full=False))[0][0]
+    assert summary == dataclasses.replace(full, config={}, original_config="")
 
 
 def test_list_experiments_sort_and_paging(store: SQLStore, catalog: dict[str, Experiment]) -> None:
