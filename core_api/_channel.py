@@ -28,8 +28,15 @@ logger = logging.getLogger(__name__)
 
 _Resp = TypeVar("_Resp")
 
-#: Codes worth another try: the master is restarting or the network hiccuped.
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: Codes worth another try: the master is restarting, the network hiccuped, or the master is
+#: busy and refused the call before doing anything (RESOURCE_EXHAUSTED).
+RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 #: How long idempotent calls keep retrying before the error reaches the user (seconds).
 DEFAULT_RETRY_SECONDS = 60.0

@@ -57,7 +57,14 @@ MAX_MESSAGE_BYTES = 128 * 2**20
 
 DEFAULT_MASTER = "localhost:8080"
 
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# RESOURCE_EXHAUSTED: the master refused the call because it is busy (nothing was done).
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 Req = TypeVar("Req", bound=_message.Message)
 Resp = TypeVar("Resp", bound=_message.Message)

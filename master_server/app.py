@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from master_server.admission import Admission
 from master_server.checkpoints import CheckpointService
 from master_server.experiments import ExperimentService
 from master_server.ingest import MetricIngest
@@ -76,6 +77,8 @@ class Master:
         max_model_bytes: size limit of an experiment's model directory.
         preempt_grace_s: how long a trial may take to stop after a pause/cancel before it is killed.
         max_workers: threads running ordinary (non-waiting) RPC handlers.
+        max_queued_calls: ordinary calls that may wait for a thread; more are refused with
+            RESOURCE_EXHAUSTED and a retry hint (see ``master_server.admission``).
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class Master:
         max_model_bytes: int = 64 * 2**20,
         preempt_grace_s: float = 30.0,
         max_workers: int = 32,
+        max_queued_calls: int = 4096,
     ) -> None:
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
@@ -102,6 +106,7 @@ class Master:
         self.max_model_bytes = max_model_bytes
         self.preempt_grace_s = preempt_grace_s
         self.max_workers = max_workers
+        self.max_queued_calls = max_queued_calls
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._loop: _LoopThread | None = None
@@ -123,8 +128,14 @@ class Master:
         store = open_store(self.db_url)
         pool = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc")
         loop = _LoopThread(pool)
+        waker, log_waker = Waker(loop.loop), Waker(loop.loop)
+        admission = Admission(
+            pool,
+            lambda: waker.waiting + log_waker.waiting,
+            max_queued_calls=self.max_queued_calls,
+        )
         try:
-            server, self.port = loop.call(self._bind(pool))
+            server, self.port = loop.call(self._bind(admission))
         except BaseException:
             loop.close()
             pool.shutdown(wait=False)
@@ -143,7 +154,6 @@ class Master:
             preempt_grace_s=self.preempt_grace_s,
         )
         logs = LogService(store)
-        waker, log_waker = Waker(loop.loop), Waker(loop.loop)
         experiments.add_change_listener(waker.notify)
         logs.add_listener(log_waker.notify)
         self.parts = {
@@ -156,6 +166,7 @@ class Master:
             "pool": pool,
             "waker": waker,
             "log_waker": log_waker,
+            "admission": admission,
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
         }
@@ -174,9 +185,10 @@ class Master:
         )
         return self
 
-    async def _bind(self, pool: futures.Executor) -> tuple[grpc.aio.Server, int]:
+    async def _bind(self, admission: Admission) -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(
-            migration_thread_pool=pool,
+            migration_thread_pool=admission.pool,
+            interceptors=[admission],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -12,12 +12,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import determined_sdk
+from determined_sdk import RetryPolicy
+from determined_sdk.errors import ResourceExhaustedError
 from determined_sdk.metrics_wire import pack_reports
-from determined_sdk.proto import experiment_pb2, trial_pb2
+from determined_sdk.proto import experiment_pb2, searcher_pb2, trial_pb2
+from master_server.admission import RETRY_AFTER_KEY
 from master_server.app import Master
 from tests.support import REPO, Stubs, single_config, wait_for
 
@@ -155,3 +161,39 @@ def test_lists_send_summaries_and_the_sdk_fetches_a_config_when_read(
     assert listed.config["name"] == "listed"  # fetched on first read
     assert listed.original_config == exp.original_config
     assert client.get_experiment(exp.id).config == listed.config
+
+
+def test_a_busy_master_refuses_with_a_retry_hint_and_still_answers_health(
+    master_factory: Callable[..., Master],
+) -> None:
+    # A queue bound of 0 makes every ordinary call find the queue full: the refusal path.
+    master = master_factory(max_queued_calls=0)
+    stubs = Stubs.connect(master.address)
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            stubs.experiments.GetExperiment(experiment_pb2.GetExperimentRequest(experiment_id=1))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "busy" in e.value.details()
+        assert dict(e.value.trailing_metadata())[RETRY_AFTER_KEY] == "500"
+        health = health_pb2_grpc.HealthStub(stubs.channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
+        # Long polls wait on the event loop, not in the queue: still admitted.
+        resp = stubs.searcher.WatchPreemption(
+            searcher_pb2.WatchPreemptionRequest(trial_id=424242, timeout_seconds=1)
+        )
+        pytest.fail(f"an unknown trial's poll answered {resp}")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND and "424242" in e.details()
+    finally:
+        stubs.channel.close()
+    assert master.parts["admission"].refused == 1
+
+    # The SDK retries a refusal (nothing was done) and then says what happened.
+    client = determined_sdk.Determined(
+        master=master.address, retry=RetryPolicy(attempts=2, initial_wait=0.01)
+    )
+    with pytest.raises(ResourceExhaustedError, match="busy"):
+        client.get_experiment(1)
+    assert master.parts["admission"].refused == 3
