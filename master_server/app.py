@@ -19,9 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from master_server.checkpoints import CheckpointService
 from master_server.experiments import ExperimentService
-from master_server.launcher import LocalLauncher, kill_stale_supervisors
 from master_server.logs import LogService
-from master_server.scheduler import Scheduler
+from master_server.rm.local import LocalResourceManager
 from master_server.servicers import register_all
 from master_server.store import open_store
 
@@ -82,9 +81,12 @@ class Master:
         """Open the database (migrating it), recover unfinished work, and start serving."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        stale = kill_stale_supervisors(self.data_dir)
+        rm = LocalResourceManager(self.data_dir, self.slots, lambda: self.address)
+        stale = rm.live_runs()
+        for run in stale:
+            rm.discard(run)
         if stale:
-            logger.warning("killed %d trial supervisors left by a previous master", stale)
+            logger.warning("killed %d trial supervisors left by a previous master", len(stale))
         store = open_store(self.db_url)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc"),
@@ -98,13 +100,9 @@ class Master:
         if self.port == 0:
             store.close()
             raise OSError(f"could not bind {self.host}:{self._requested_port}")
-        launcher = LocalLauncher(self.data_dir, lambda: self.address)
-        scheduler = Scheduler(self.slots)
         experiments = ExperimentService(
             store,
-            launcher,
-            scheduler,
-            data_dir=self.data_dir,
+            rm,
             checkpoint_dir=self.checkpoint_dir,
             master_address=lambda: self.address,
             max_model_bytes=self.max_model_bytes,
@@ -116,7 +114,7 @@ class Master:
             "experiments": experiments,
             "checkpoints": CheckpointService(store, experiments),
             "logs": logs,
-            "launcher": launcher,
+            "rm": rm,
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
         }
@@ -125,7 +123,7 @@ class Master:
         hs = health.HealthServicer()
         hs.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-        launcher.start(experiments.on_trial_exit)
+        rm.start(experiments.on_trial_exit)
         server.start()
         self._server = server
         experiments.recover()
@@ -146,7 +144,7 @@ class Master:
         self.parts["experiments"].close()
         self.parts["logs"].close()
         server.stop(grace_s).wait()
-        self.parts["launcher"].stop()
+        self.parts["rm"].stop()
         self.parts["store"].close()
         self._stopped.set()
         logger.info("master stopped")

@@ -22,27 +22,11 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from determined_sdk.model_dir import extract_archive
+from master_server.rm.base import ExitCallback, LaunchSpec, LiveRun
 
 logger = logging.getLogger(__name__)
-
-ExitCallback = Callable[[int, int, int], None]  # (trial_id, run_id, exit_code)
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """Everything needed to start one run of a trial."""
-
-    trial_id: int
-    experiment_id: int
-    run_id: int
-    entrypoint: str | list[str]  # a string is one command line (split like a shell)
-    slots: int
-    env: dict[str, str]
-    cluster_info: dict[str, Any]
-    model_definition: Callable[[], bytes]
 
 
 @dataclass
@@ -94,21 +78,7 @@ class LocalLauncher:
         info_path = run_dir / ".det" / "cluster_info.json"
         info_path.parent.mkdir(parents=True, exist_ok=True)
         info_path.write_text(json.dumps(spec.cluster_info, indent=1))
-        python_bin = os.path.dirname(sys.executable)
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            {
-                "DET_MASTER": self._master_address(),
-                "DET_TRIAL_ID": str(spec.trial_id),
-                "DET_EXPERIMENT_ID": str(spec.experiment_id),
-                "DET_RUN_ID": str(spec.run_id),
-                "DET_CLUSTER_INFO": str(info_path),
-                "DET_SLOTS_PER_TRIAL": str(spec.slots),
-                "PYTHONUNBUFFERED": "1",
-                "PATH": python_bin + os.pathsep + env.get("PATH", ""),
-            }
-        )
+        env = trial_environment(spec, self._master_address(), info_path)
         launch = {
             "master": self._master_address(),
             "trial_id": spec.trial_id,
@@ -144,11 +114,14 @@ class LocalLauncher:
             run_dir,
         )
 
-    def signal(self, trial_id: int, sig: signal.Signals) -> bool:
-        """Send ``sig`` to the trial's supervisor (which forwards it); False if not running."""
+    def signal(self, trial_id: int, run_id: int, sig: signal.Signals) -> bool:
+        """Send ``sig`` to run ``run_id``'s supervisor (which forwards it).
+
+        False when that run is not the trial's live run (it ended, or a newer run replaced it).
+        """
         with self._lock:
             run = self._runs.get(trial_id)
-        if run is None or run.proc.poll() is not None:
+        if run is None or run.run_id != run_id or run.proc.poll() is not None:
             return False
         try:
             os.kill(run.proc.pid, sig)
@@ -156,11 +129,11 @@ class LocalLauncher:
             return False
         return True
 
-    def kill(self, trial_id: int) -> bool:
-        """Kill the whole process group of the trial's run at once."""
+    def kill(self, trial_id: int, run_id: int) -> bool:
+        """Kill the whole process group of run ``run_id`` at once; False if it is not live."""
         with self._lock:
             run = self._runs.get(trial_id)
-        if run is None or run.proc.poll() is not None:
+        if run is None or run.run_id != run_id or run.proc.poll() is not None:
             return False
         try:
             os.killpg(run.proc.pid, signal.SIGKILL)
@@ -207,21 +180,49 @@ class LocalLauncher:
                 r.proc.wait()
 
 
-def kill_stale_supervisors(data_dir: pathlib.Path) -> int:
-    """Kill supervisors left by a previous master process (their trials get relaunched).
+def trial_environment(spec: LaunchSpec, master: str, info_path: pathlib.Path) -> dict[str, str]:
+    """The environment of a trial run: the master's, the config's variables, then ours."""
+    python_bin = os.path.dirname(sys.executable)
+    env = dict(os.environ)
+    env.update(spec.env)
+    env.update(
+        {
+            "DET_MASTER": master,
+            "DET_TRIAL_ID": str(spec.trial_id),
+            "DET_EXPERIMENT_ID": str(spec.experiment_id),
+            "DET_RUN_ID": str(spec.run_id),
+            "DET_CLUSTER_INFO": str(info_path),
+            "DET_SLOTS_PER_TRIAL": str(spec.slots),
+            "PYTHONUNBUFFERED": "1",
+            "PATH": python_bin + os.pathsep + env.get("PATH", ""),
+        }
+    )
+    return env
 
-    Returns how many were found alive.
-    """
-    n = 0
-    for pid_file in data_dir.glob("runs/trial-*/run-*/.det/supervisor.pid"):
+
+def find_live_runs(data_dir: pathlib.Path) -> list[LiveRun]:
+    """Supervisors left alive by a previous master process, from their run directories."""
+    out: list[LiveRun] = []
+    for pid_file in sorted(data_dir.glob("runs/trial-*/run-*/.det/supervisor.pid")):
+        run_dir = pid_file.parent.parent
         try:
             pid = int(pid_file.read_text())
+            trial_id = int(run_dir.parent.name.removeprefix("trial-"))
+            run_id = int(run_dir.name.removeprefix("run-"))
         except (OSError, ValueError):
             continue
         try:
-            os.killpg(pid, signal.SIGKILL)
-            n += 1
+            os.kill(pid, 0)
         except (ProcessLookupError, PermissionError):
-            pass
-        pid_file.unlink(missing_ok=True)
-    return n
+            pid_file.unlink(missing_ok=True)
+            continue
+        out.append(LiveRun(trial_id=trial_id, run_id=run_id, pid=pid))
+    return out
+
+
+def discard_run(data_dir: pathlib.Path, run: LiveRun) -> None:
+    """Kill a run left by a previous master (its whole process group) and forget its pid."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(run.pid, signal.SIGKILL)
+    pid_file = data_dir / "runs" / f"trial-{run.trial_id}" / f"run-{run.run_id}" / ".det"
+    (pid_file / "supervisor.pid").unlink(missing_ok=True)

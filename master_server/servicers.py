@@ -613,7 +613,7 @@ class Master(master_pb2_grpc.MasterServiceServicer):
         return master_pb2.GetMasterInfoResponse(
             version=self.version,
             cluster_id=self.cluster_id,
-            total_slots=self.svc.scheduler.total_slots,
+            total_slots=self.svc.total_slots,
             free_slots=free,
             database=self.store.dialect,
         )
