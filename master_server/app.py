@@ -118,7 +118,6 @@ class Master:
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
         }
-        experiments.on_experiment_finished = self.parts["checkpoints"].garbage_collect
         register_all(server, self.parts)
         hs = health.HealthServicer()
         hs.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -127,6 +126,7 @@ class Master:
         server.start()
         self._server = server
         experiments.recover()
+        experiments.jobs.start()  # finishes GC and deletions a previous master left pending
         logger.info(
             "master serving on %s (%s, %d slots, data in %s)",
             self.address,
@@ -144,6 +144,7 @@ class Master:
         self.parts["experiments"].close()
         self.parts["logs"].close()
         server.stop(grace_s).wait()
+        self.parts["experiments"].jobs.stop()
         self.parts["rm"].stop()
         self.parts["store"].close()
         self._stopped.set()

@@ -9,13 +9,18 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
-from master_server.domain import Checkpoint, CheckpointState, JSONDict
+from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from master_server.domain import (
+    TERMINAL_EXPERIMENT_STATES,
+    Checkpoint,
+    CheckpointState,
+    JSONDict,
+    PendingJob,
+)
 from master_server.experiments import ExperimentService
 from master_server.store.base import Store
 
@@ -29,6 +34,8 @@ class CheckpointService:
     def __init__(self, store: Store, experiments: ExperimentService) -> None:
         self.store = store
         self.experiments = experiments
+        self.jobs = experiments.jobs
+        self.jobs.register("gc_experiment", self._gc_job)
 
     def report(
         self,
@@ -137,13 +144,25 @@ class CheckpointService:
         if not uuids:
             raise InvalidArgumentError("uuids: give at least one checkpoint uuid")
         ckpts = [self.store.get_checkpoint(u) for u in uuids]  # all exist, or nothing happens
-        out = []
-        for c in ckpts:
-            shutil.rmtree(_ckpt_dir(c), ignore_errors=True)
-            out.append(
-                self.store.update_checkpoint(c.uuid, state=CheckpointState.DELETED, resources={})
-            )
-        return out
+        live = [c for c in ckpts if c.state != CheckpointState.DELETED]
+        if live:
+            # Checked (model versions), marked DELETED and recorded in one transaction, then
+            # the files go: a checkpoint is never COMPLETED with its files missing.
+            paths = [str(_ckpt_dir(c)) for c in live if c.storage.get("path")]
+            job = self.store.begin_checkpoint_deletion([c.uuid for c in live], paths)
+            self.jobs.run_now(job)
+        return [self.store.get_checkpoint(c.uuid) for c in ckpts]
+
+    def _gc_job(self, job: PendingJob) -> bool:
+        experiment_id = int(job.payload["experiment_id"])
+        try:
+            exp = self.store.get_experiment(experiment_id)
+        except NotFoundError:
+            return True  # deleted meanwhile: its deletion removes every file
+        if exp.state not in TERMINAL_EXPERIMENT_STATES:
+            return False  # not finished yet (recorded just before its final state was written)
+        self.garbage_collect(experiment_id)
+        return True
 
     def garbage_collect(self, experiment_id: int) -> list[str]:
         """Delete the checkpoints a finished experiment's config does not keep.

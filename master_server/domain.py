@@ -175,6 +175,21 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class PendingJob:
+    """Side work recorded in the database before it starts (see ``Store.add_job``).
+
+    Kinds: ``remove_files`` ({"paths": [...]}), ``delete_experiment`` ({"experiment_id",
+    "paths"}), ``gc_experiment`` ({"experiment_id"}).
+    """
+
+    id: int
+    kind: str
+    key: str
+    payload: JSONDict
+    create_time: float
+
+
+@dataclass(frozen=True)
 class LogLine:
     trial_id: int
     timestamp: float

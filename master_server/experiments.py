@@ -13,6 +13,7 @@ import pathlib
 from collections.abc import Callable
 
 from master_server.domain import Experiment, JSONDict, Trial
+from master_server.engine.jobs import JobRunner
 from master_server.engine.lifecycle import ExperimentLifecycle
 from master_server.engine.preemption import Preemption
 from master_server.engine.search import SearchDriver
@@ -65,13 +66,9 @@ class ExperimentService:
             part.preemption = self.preemption
 
     @property
-    def on_experiment_finished(self) -> Callable[[int], None] | None:
-        """Called (on a background thread) with an experiment id when it reaches a final state."""
-        return self.state.on_experiment_finished
-
-    @on_experiment_finished.setter
-    def on_experiment_finished(self, hook: Callable[[int], None] | None) -> None:
-        self.state.on_experiment_finished = hook
+    def jobs(self) -> JobRunner:
+        """Durable side work (file removals, deletions, checkpoint GC)."""
+        return self.state.jobs
 
     # -- experiments ---------------------------------------------------------------------------
     def create_experiment(

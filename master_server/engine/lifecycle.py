@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
-import shutil
 import time
 from typing import TYPE_CHECKING
 
@@ -248,24 +247,28 @@ class ExperimentLifecycle:
             return self.s.store.update_experiment(experiment_id, archived=archived)
 
     def delete(self, experiment_id: int) -> None:
+        """Delete a finished experiment: records, checkpoint files, run directories.
+
+        Every precondition (finished, no checkpoint registered as a model version) is checked
+        and the deletion recorded as a pending job before anything is removed; a master that
+        stops half way finishes it on its next start.
+        """
         store = self.s.store
         with self.s.lock:
-            exp = store.get_experiment(experiment_id)
-            if exp.state not in TERMINAL_EXPERIMENT_STATES:
-                raise FailedPreconditionError(
-                    f"experiment {experiment_id} is {exp.state.value}; cancel it before deleting it"
-                )
-            for c in store.list_checkpoints(experiment_id=experiment_id):
-                shutil.rmtree(pathlib.Path(str(c.storage.get("path", ""))) / c.uuid, True)
+            store.get_experiment(experiment_id)
+            paths = [
+                str(pathlib.Path(str(c.storage.get("path", ""))) / c.uuid)
+                for c in store.list_checkpoints(experiment_id=experiment_id)
+                if c.storage.get("path")
+            ]
             trials, _ = store.list_trials(experiment_id)
             for t in trials:
-                for p in self.s.rm.trial_paths(t.id):
-                    shutil.rmtree(p, ignore_errors=True)
-            for p in self.s.rm.experiment_paths(experiment_id):
-                shutil.rmtree(p, ignore_errors=True)
-            store.delete_experiment(experiment_id)
+                paths.extend(str(p) for p in self.s.rm.trial_paths(t.id))
+            paths.extend(str(p) for p in self.s.rm.experiment_paths(experiment_id))
+            job = store.begin_experiment_deletion(experiment_id, paths)
             self.s.exps.pop(experiment_id, None)
             self.s.config_cache.pop(experiment_id, None)
+        self.s.jobs.run_now(job)
 
     def move(self, experiment_id: int, project_id: int) -> Experiment:
         self.s.store.get_project(project_id)

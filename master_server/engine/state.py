@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from master_server.domain import (
     Trial,
     TrialState,
 )
+from master_server.engine.jobs import JobRunner
 from master_server.rm.base import ResourceManager
 from master_server.searcher.base import SearchMethod, Shutdown
 from master_server.statemachine import check_experiment_transition, check_trial_transition
@@ -90,8 +90,7 @@ class EngineState:
         self.trials: dict[int, TrialRuntime] = {}  # by trial id
         self.config_cache: dict[int, JSONDict] = {}
         self.closed = False
-        # Called (on a background thread) with an experiment id when it reaches a final state.
-        self.on_experiment_finished: Callable[[int], None] | None = None
+        self.jobs = JobRunner(store)
 
     def notify(self) -> None:
         """Wake every long poll (call with the lock held)."""
@@ -118,22 +117,15 @@ class EngineState:
         cur = self.store.get_experiment(experiment_id)
         check_experiment_transition(experiment_id, cur.state, state, action)
         kw: dict[str, Any] = {"state": state}
+        gc = state in TERMINAL_EXPERIMENT_STATES and not cur.unmanaged
         if state in TERMINAL_EXPERIMENT_STATES:
             kw["end_time"] = time.time()
+        if gc:
+            # Recorded before the final state is written, so no restart can forget it.
+            self.store.add_job(
+                "gc_experiment", f"gc_experiment:{experiment_id}", {"experiment_id": experiment_id}
+            )
         exp = self.store.update_experiment(experiment_id, **kw)
-        hook = self.on_experiment_finished
-        if state in TERMINAL_EXPERIMENT_STATES and hook is not None and not exp.unmanaged:
-            threading.Thread(
-                target=_run_hook,
-                args=(hook, experiment_id),
-                name="experiment-finished",
-                daemon=True,
-            ).start()
+        if gc:
+            self.jobs.kick()
         return exp
-
-
-def _run_hook(hook: Callable[[int], None], experiment_id: int) -> None:
-    try:
-        hook(experiment_id)
-    except Exception:
-        logger.exception("experiment %d: finishing work (checkpoint GC) failed", experiment_id)

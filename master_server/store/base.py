@@ -25,6 +25,13 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   are the trial's highest.
 * **Deletion.** :meth:`delete_experiment` removes the experiment and everything under it
   (trials, metrics, checkpoint records, logs, searcher state); files on disk are the caller's.
+* **Pending jobs.** Side work (file removals, deletions, checkpoint GC) is recorded with
+  :meth:`add_job` before it starts and removed with :meth:`finish_job` when done; at most one
+  pending job exists per ``key`` (adding it again returns the pending one).
+  :meth:`begin_checkpoint_deletion` and :meth:`begin_experiment_deletion` check every
+  precondition, mark the records (checkpoints DELETED, the experiment DELETING) and record the
+  job that removes the files, all in one transaction: a checkpoint is never COMPLETED with its
+  files gone, and nothing is marked when a precondition fails.
 * **Immutability.** An experiment's config and model definition never change after creation.
 """
 
@@ -48,6 +55,7 @@ from master_server.domain import (
     Model,
     ModelVersion,
     NewExperiment,
+    PendingJob,
     Project,
     Trial,
     TrialState,
@@ -285,3 +293,37 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_model_version(self, model_name: str, version: int) -> None: ...
+
+    # -- pending jobs --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_job(self, kind: str, key: str, payload: JSONDict) -> PendingJob:
+        """Record side work before it starts; returns the pending job of ``key`` if one exists."""
+
+    @abc.abstractmethod
+    def list_jobs(self) -> list[PendingJob]:
+        """Pending jobs, oldest first."""
+
+    @abc.abstractmethod
+    def finish_job(self, job_id: int) -> None:
+        """The job's work is done: forget it (finishing a finished job is a no-op)."""
+
+    @abc.abstractmethod
+    def begin_checkpoint_deletion(self, uuids: Sequence[str], paths: Sequence[str]) -> PendingJob:
+        """Mark checkpoints DELETED and record a ``remove_files`` job for ``paths``, atomically.
+
+        Raises:
+            NotFoundError: One of the uuids does not exist (nothing is changed).
+            FailedPreconditionError: One of them is registered as a model version; the message
+                names the checkpoint, the model and the version (nothing is changed).
+        """
+
+    @abc.abstractmethod
+    def begin_experiment_deletion(self, experiment_id: int, paths: Sequence[str]) -> PendingJob:
+        """Mark a finished experiment DELETING and record its ``delete_experiment`` job.
+
+        Raises:
+            NotFoundError: No such experiment.
+            FailedPreconditionError: It has not finished (COMPLETED, CANCELED, ERROR or already
+                DELETING), or one of its checkpoints is registered as a model version (the
+                message names the model and the version). Nothing is changed.
+        """

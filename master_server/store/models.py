@@ -257,3 +257,20 @@ class ModelVersionRow(Base):
     labels: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
     checkpoint_uuid: Mapped[str] = mapped_column(ForeignKey("checkpoints.uuid"), index=True)
     creation_time: Mapped[float] = mapped_column(Double)
+
+
+class PendingJobRow(Base):
+    """Durable side work (file removals, deletions, checkpoint GC) recorded before it starts.
+
+    A row is written before anything is removed and deleted when the work is done; a master
+    that stops in between finishes the work on its next start.
+    """
+
+    __tablename__ = "pending_jobs"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    key: Mapped[str] = mapped_column(Text, unique=True)  # one pending job per key
+    payload: Mapped[str] = mapped_column(Text)  # JSON
+    create_time: Mapped[float] = mapped_column(Double)

@@ -81,6 +81,7 @@ from master_server.domain import (
     Model,
     ModelVersion,
     NewExperiment,
+    PendingJob,
     Project,
     Trial,
     TrialState,
@@ -96,6 +97,7 @@ from master_server.store.models import (
     MetricRow,
     ModelRow,
     ModelVersionRow,
+    PendingJobRow,
     ProjectRow,
     SearcherStateRow,
     TrialRow,
@@ -1877,4 +1879,115 @@ class SQLStore(Store):
                 update(ModelRow)
                 .where(ModelRow.id == model_id)
                 .values(last_updated_time=time.time())
+            )
+
+    # -- pending jobs --------------------------------------------------------------------------
+    @staticmethod
+    def _job(conn: Connection, key: str) -> PendingJob | None:
+        J = PendingJobRow
+        r = conn.execute(
+            select(J.id, J.kind, J.key, J.payload, J.create_time).where(J.key == key)
+        ).first()
+        if r is None:
+            return None
+        return PendingJob(r[0], r[1], r[2], json.loads(r[3]), r[4])
+
+    def _add_job(self, conn: Connection, kind: str, key: str, payload: JSONDict) -> PendingJob:
+        existing = self._job(conn, key)
+        if existing is not None:
+            return existing
+        conn.execute(
+            insert(PendingJobRow).values(
+                kind=kind, key=key, payload=_dumps(payload), create_time=time.time()
+            )
+        )
+        job = self._job(conn, key)
+        assert job is not None
+        return job
+
+    def add_job(self, kind: str, key: str, payload: JSONDict) -> PendingJob:
+        """Record side work before it starts (idempotent per ``key``)."""
+        if not kind or not key:
+            raise InvalidArgumentError("job: kind and key must not be empty")
+        with self._write() as conn:
+            return self._add_job(conn, kind, key, payload)
+
+    def list_jobs(self) -> list[PendingJob]:
+        """Pending jobs, oldest first."""
+        J = PendingJobRow
+        with self._read() as conn:
+            rows = conn.execute(
+                select(J.id, J.kind, J.key, J.payload, J.create_time).order_by(J.id)
+            ).all()
+        return [PendingJob(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+    def finish_job(self, job_id: int) -> None:
+        """Forget a finished job."""
+        with self._write() as conn:
+            conn.execute(delete(PendingJobRow).where(PendingJobRow.id == job_id))
+
+    @staticmethod
+    def _refuse_registered(conn: Connection, where: ColumnElement[bool], what: str) -> None:
+        row = conn.execute(
+            select(MV.checkpoint_uuid, ModelRow.name, MV.version)
+            .join(ModelRow, ModelRow.id == MV.model_id)
+            .join(C, C.uuid == MV.checkpoint_uuid)
+            .where(where)
+            .order_by(ModelRow.name, MV.version)
+            .limit(1)
+        ).first()
+        if row is not None:
+            raise FailedPreconditionError(
+                f"{what}: checkpoint {row[0]!r} is registered as version {row[2]} of model "
+                f"{row[1]!r}; delete that model version first"
+            )
+
+    def begin_checkpoint_deletion(self, uuids: Sequence[str], paths: Sequence[str]) -> PendingJob:
+        """Mark checkpoints DELETED and record the removal of their files, atomically."""
+        uuids = sorted(set(uuids))
+        if not uuids:
+            raise InvalidArgumentError("uuids: give at least one checkpoint uuid")
+        with self._write() as conn:
+            found = conn.execute(
+                select(C.uuid, C.trial_id, C.steps_completed).where(C.uuid.in_(uuids))
+            ).all()
+            missing = sorted(set(uuids) - {r[0] for r in found})
+            if missing:
+                raise NotFoundError(f"checkpoint {missing[0]!r} not found")
+            self._refuse_registered(conn, C.uuid.in_(uuids), "cannot delete")
+            deleted = CheckpointState.DELETED
+            for uuid, trial_id, steps in sorted(found, key=lambda r: r[1]):
+                conn.execute(select(T.id).where(T.id == trial_id).with_for_update())
+                conn.execute(
+                    update(C).where(C.uuid == uuid).values(state=deleted.value, resources="{}")
+                )
+                self._refresh_latest(conn, trial_id, uuid, deleted, steps)
+            key = f"remove_files:checkpoints:{uuids[0]}:{len(uuids)}:{time.time_ns()}"
+            return self._add_job(conn, "remove_files", key, {"paths": list(paths)})
+
+    def begin_experiment_deletion(self, experiment_id: int, paths: Sequence[str]) -> PendingJob:
+        """Mark a finished experiment DELETING and record its deletion, atomically."""
+        with self._write() as conn:
+            exp = self._read_experiment(conn, experiment_id)
+            ok = (
+                ExperimentState.COMPLETED,
+                ExperimentState.CANCELED,
+                ExperimentState.ERROR,
+                ExperimentState.DELETING,
+            )
+            if exp.state not in ok:
+                raise FailedPreconditionError(
+                    f"experiment {experiment_id} is {exp.state.value}; cancel it before deleting it"
+                )
+            self._refuse_registered(
+                conn, C.experiment_id == experiment_id, f"experiment {experiment_id}"
+            )
+            conn.execute(
+                update(E).where(E.id == experiment_id).values(state=ExperimentState.DELETING.value)
+            )
+            return self._add_job(
+                conn,
+                "delete_experiment",
+                f"delete_experiment:{experiment_id}",
+                {"experiment_id": experiment_id, "paths": list(paths)},
             )

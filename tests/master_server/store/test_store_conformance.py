@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, insert, select
 
 from determined_sdk.errors import (
@@ -49,6 +50,7 @@ from master_server.store.models import (
     SearcherStateRow,
     TrialRow,
 )
+from master_server.store.sql import _MIGRATIONS_DIR
 
 NAN = math.nan
 INF = math.inf
@@ -158,7 +160,9 @@ def test_migrate_twice_is_noop_and_schema_matches_models(store: SQLStore) -> Non
     assert [p.name for p in store.list_projects()] == ["Uncategorized"]
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0001"
+        # The newest revision (whichever that is after merges): migrations have one head.
+        (head,) = ScriptDirectory(str(_MIGRATIONS_DIR)).get_heads()
+        assert ctx.get_current_revision() == head
         assert compare_metadata(ctx, Base.metadata) == []
     # Sequences were moved past the default rows: the next ids are 2.
     assert store.create_workspace("w").id == 2
@@ -1212,3 +1216,63 @@ def test_model_versions(store: SQLStore) -> None:
         store.create_model_version("m", "c0")
     store.delete_model("n")  # its versions go with it
     assert store.list_models(include_archived=True)[0].name == "m"
+
+
+# -- pending jobs ---------------------------------------------------------------------------------
+def test_jobs_are_recorded_once_per_key_and_finished(store: Store) -> None:
+    a = store.add_job("remove_files", "k1", {"paths": ["/x"]})
+    again = store.add_job("remove_files", "k1", {"paths": ["/other"]})
+    b = store.add_job("gc_experiment", "k2", {"experiment_id": 3})
+    assert again == a and a.payload == {"paths": ["/x"]}
+    assert [j.key for j in store.list_jobs()] == ["k1", "k2"]
+    store.finish_job(a.id)
+    store.finish_job(a.id)  # finishing twice is a no-op
+    assert store.list_jobs() == [b]
+    with pytest.raises(InvalidArgumentError):
+        store.add_job("", "k3", {})
+
+
+def test_checkpoint_deletion_is_atomic_with_its_job(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    store.add_checkpoint(ckpt("c1", trial, 1))
+    store.add_checkpoint(ckpt("c2", trial, 2))
+    store.create_model("m")
+    store.create_model_version("m", "c2")
+    # Refused whole: the message names checkpoint, model and version; nothing is marked.
+    with pytest.raises(FailedPreconditionError, match=r"'c2'.*version 1 of model 'm'"):
+        store.begin_checkpoint_deletion(["c1", "c2"], ["/ckpts/c1", "/ckpts/c2"])
+    with pytest.raises(NotFoundError, match="nope"):
+        store.begin_checkpoint_deletion(["c1", "nope"], [])
+    assert {c.state for c in store.list_checkpoints(experiment_id=exp.id)} == {
+        CheckpointState.COMPLETED
+    }
+    assert store.list_jobs() == []
+    job = store.begin_checkpoint_deletion(["c1"], ["/ckpts/c1"])
+    assert (job.kind, job.payload) == ("remove_files", {"paths": ["/ckpts/c1"]})
+    c1 = store.get_checkpoint("c1")
+    assert (c1.state, c1.resources) == (CheckpointState.DELETED, {})
+    assert store.get_trial(trial.id).latest_checkpoint_uuid == "c2"
+    assert store.list_jobs() == [job]
+
+
+def test_experiment_deletion_checks_then_marks_deleting(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    store.add_checkpoint(ckpt("c1", trial, 1))
+    with pytest.raises(FailedPreconditionError, match="ACTIVE"):
+        store.begin_experiment_deletion(exp.id, ["/runs/trial-1"])
+    store.update_experiment(exp.id, state=ExperimentState.COMPLETED)
+    store.create_model("m")
+    store.create_model_version("m", "c1")
+    with pytest.raises(FailedPreconditionError, match=r"version 1 of model 'm'"):
+        store.begin_experiment_deletion(exp.id, ["/runs/trial-1"])
+    assert store.get_experiment(exp.id).state == ExperimentState.COMPLETED
+    assert store.list_jobs() == []
+    store.delete_model_version("m", 1)
+    job = store.begin_experiment_deletion(exp.id, ["/runs/trial-1"])
+    assert job.payload == {"experiment_id": exp.id, "paths": ["/runs/trial-1"]}
+    assert store.get_experiment(exp.id).state == ExperimentState.DELETING
+    assert store.begin_experiment_deletion(exp.id, []) == job  # recorded once
+    with pytest.raises(NotFoundError, match="experiment 999"):
+        store.begin_experiment_deletion(999, [])

@@ -1,0 +1,38 @@
+"""Pending jobs: durable file removals, deletions and checkpoint GC.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-02
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Apply this revision."""
+    op.create_table(
+        "pending_jobs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("key", sa.Text(), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("create_time", sa.Double(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_pending_jobs")),
+        sa.UniqueConstraint("key", name=op.f("uq_pending_jobs_key")),
+        sqlite_autoincrement=True,
+    )
+
+
+def downgrade() -> None:
+    """Revert this revision."""
+    op.drop_table("pending_jobs")
