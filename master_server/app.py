@@ -41,6 +41,8 @@ class Master:
         checkpoint_dir: default checkpoint storage (default ``DATA_DIR/checkpoints``).
         max_model_bytes: size limit of an experiment's model directory.
         preempt_grace_s: how long a trial may take to stop after a pause/cancel before it is killed.
+        keep_runs_on_stop: leave running trials running when the master stops; the next master
+            on the same data directory adopts them (the command line's default).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class Master:
         max_model_bytes: int = 64 * 2**20,
         preempt_grace_s: float = 30.0,
         max_workers: int = 128,
+        keep_runs_on_stop: bool = False,
     ) -> None:
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
@@ -67,6 +70,7 @@ class Master:
         self.max_model_bytes = max_model_bytes
         self.preempt_grace_s = preempt_grace_s
         self.max_workers = max_workers
+        self.keep_runs_on_stop = keep_runs_on_stop
         self.port = 0
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
@@ -82,11 +86,6 @@ class Master:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         rm = LocalResourceManager(self.data_dir, self.slots, lambda: self.address)
-        stale = rm.live_runs()
-        for run in stale:
-            rm.discard(run)
-        if stale:
-            logger.warning("killed %d trial supervisors left by a previous master", len(stale))
         store = open_store(self.db_url)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc"),
@@ -145,7 +144,7 @@ class Master:
         self.parts["logs"].close()
         server.stop(grace_s).wait()
         self.parts["experiments"].jobs.stop()
-        self.parts["rm"].stop()
+        self.parts["rm"].stop(keep_runs=self.keep_runs_on_stop)
         self.parts["store"].close()
         self._stopped.set()
         logger.info("master stopped")

@@ -29,6 +29,7 @@ from master_server.domain import (
 from master_server.domain import ExperimentState as E
 from master_server.domain import TrialState as T
 from master_server.engine.state import EngineState, ExperimentRuntime, TrialRuntime
+from master_server.rm.base import LiveRun
 from master_server.searcher.factory import make_search_method
 
 if TYPE_CHECKING:
@@ -339,32 +340,48 @@ class ExperimentLifecycle:
 
     # -- startup -------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Rebuild runtimes of unfinished experiments after a master (re)start."""
+        """Rebuild runtimes of unfinished experiments after a master (re)start.
+
+        Live runs of a previous master are adopted when their trial still expects them;
+        the others (unverifiable, or of trials that ended meanwhile) are killed.
+        """
         with self.s.lock:
+            live = {r.trial_id: r for r in self.s.rm.live_runs()}
+            adopted: set[int] = set()
             exps, _ = self.s.store.list_experiments(_unfinished_filter())
             for exp in sorted(exps, key=lambda e: e.id):
                 if exp.unmanaged:
                     self.runs.recover_unmanaged(exp)
                     continue
                 try:
-                    self._recover_experiment(exp)
+                    adopted |= self._recover_experiment(exp, live)
                 except Exception as e:
                     logger.exception("experiment %d: could not recover its search", exp.id)
                     self.s.store.update_experiment(
                         exp.id, state=E.ERROR, error=f"recovery failed: {e}", end_time=time.time()
                     )
+            stale = [r for r in live.values() if r.trial_id not in adopted]
+            for r in stale:
+                self.s.rm.discard(r)
+            if stale:
+                logger.warning(
+                    "killed %d runs a previous master left that no trial expects", len(stale)
+                )
+            if adopted:
+                logger.info("adopted %d live runs", len(adopted))
             self.runs.schedule()
 
-    def _recover_experiment(self, exp: Experiment) -> None:
+    def _recover_experiment(self, exp: Experiment, live: dict[int, LiveRun]) -> set[int]:
         rt = ExperimentRuntime(exp.id, exp.config, make_search_method(exp.config))
         self.s.exps[exp.id] = rt
         self.s.config_cache[exp.id] = exp.config
         saved = self.search.restore(rt)
-        self.runs.recover(rt, exp, saved)
+        adopted = self.runs.recover(rt, exp, saved, live)
         if exp.state == E.ACTIVE and not rt.started:
             self.search.start(rt)
         else:
             self.maybe_finish(exp.id)
+        return adopted
 
 
 def _unfinished_filter() -> ExperimentFilter:

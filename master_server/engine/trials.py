@@ -17,7 +17,7 @@ from master_server.domain import TERMINAL_TRIAL_STATES, Experiment, Trial
 from master_server.domain import ExperimentState as E
 from master_server.domain import TrialState as T
 from master_server.engine.state import EngineState, ExperimentRuntime, TrialRuntime
-from master_server.rm.base import LaunchSpec
+from master_server.rm.base import LaunchSpec, LiveRun
 from master_server.searcher.base import ExitedReason
 
 if TYPE_CHECKING:
@@ -232,13 +232,20 @@ class TrialRuns:
 
     # -- recovery ----------------------------------------------------------------------------
     def recover(
-        self, rt: ExperimentRuntime, exp: Experiment, saved: dict[str, dict[str, object]]
-    ) -> None:
+        self,
+        rt: ExperimentRuntime,
+        exp: Experiment,
+        saved: dict[str, dict[str, object]],
+        live: dict[int, LiveRun],
+    ) -> set[int]:
         """Rebuild the runtimes of ``exp``'s unfinished trials after a master (re)start.
 
-        Trials that were running are requeued: their runs died with the previous master and
-        start again from their latest checkpoint (not counted as a restart).
+        A trial that was running keeps running when its run is still alive and the resource
+        manager verifies it (the run is adopted: same run id, no work lost). Otherwise it is
+        requeued and starts again from its latest checkpoint (not counted as a restart).
+        Returns the ids of the trials whose runs were adopted.
         """
+        adopted: set[int] = set()
         trials, _ = self.s.store.list_trials(exp.id)
         for t in trials:
             if t.state in TERMINAL_TRIAL_STATES:
@@ -255,6 +262,24 @@ class TrialRuns:
             )
             rt.trials[t.request_id] = tr
             self.s.trials[t.id] = tr
+            run = live.get(t.id)
+            if (
+                t.state in _WAS_RUNNING
+                and run is not None
+                and run.run_id == t.run_id
+                and self.s.rm.adopt(run, rt.slots)
+            ):
+                tr.running, tr.run_id = True, t.run_id
+                adopted.add(t.id)
+                logger.info("trial %d: adopted its live run %d", t.id, t.run_id)
+                # Stop requests were in memory only: ask again.
+                if exp.state == E.STOPPING_CANCELED:
+                    self.preemption.preempt(tr, "cancel")
+                elif exp.state == E.PAUSED:
+                    self.preemption.preempt(tr, "pause")
+                elif tr.closed:
+                    self.preemption.preempt(tr, "searcher")
+                continue
             if t.state in _WAS_RUNNING:
                 self.s.store.update_trial(t.id, state=T.QUEUED)
                 t = self.s.store.get_trial(t.id)
@@ -262,6 +287,7 @@ class TrialRuns:
                 self.s.rm.request(t.id, rt.slots)
             elif exp.state == E.PAUSED and t.state == T.QUEUED:
                 self.s.store.update_trial(t.id, state=T.PAUSED)
+        return adopted
 
     def recover_unmanaged(self, exp: Experiment) -> None:
         """Unmanaged trials run outside the master: just remember the running ones."""

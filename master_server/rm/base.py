@@ -68,8 +68,9 @@ class ResourceManager(abc.ABC):
         """Start watching runs; ``on_exit`` hears every run that ends."""
 
     @abc.abstractmethod
-    def stop(self) -> None:
-        """Stop watching runs (and stop the runs this backend cannot keep without a master)."""
+    def stop(self, *, keep_runs: bool = False) -> None:
+        """Stop watching runs; stop the runs too unless ``keep_runs`` (the next master on the
+        same data adopts kept runs)."""
 
     # -- capacity and allocation -------------------------------------------------------------
     @property
@@ -114,6 +115,14 @@ class ResourceManager(abc.ABC):
     @abc.abstractmethod
     def live_runs(self) -> list[LiveRun]:
         """Runs left alive by a previous master process (found on start)."""
+
+    @abc.abstractmethod
+    def adopt(self, run: LiveRun, slots: int) -> bool:
+        """Watch a run found by :meth:`live_runs` and hold its slots.
+
+        Returns False (and changes nothing) when the run cannot be verified as the one this
+        resource manager started for that trial and run id.
+        """
 
     @abc.abstractmethod
     def discard(self, run: LiveRun) -> None:

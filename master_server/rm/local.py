@@ -37,8 +37,8 @@ class LocalResourceManager(ResourceManager):
     def start(self, on_exit: ExitCallback) -> None:
         self.launcher.start(on_exit)
 
-    def stop(self) -> None:
-        self.launcher.stop()
+    def stop(self, *, keep_runs: bool = False) -> None:
+        self.launcher.stop(keep_runs=keep_runs)
 
     @property
     def total_slots(self) -> int:
@@ -71,6 +71,12 @@ class LocalResourceManager(ResourceManager):
 
     def live_runs(self) -> list[LiveRun]:
         return find_live_runs(self._data_dir)
+
+    def adopt(self, run: LiveRun, slots: int) -> bool:
+        if not self.launcher.adopt(run):
+            return False
+        self._scheduler.hold(run.trial_id, slots)
+        return True
 
     def discard(self, run: LiveRun) -> None:
         discard_run(self._data_dir, run)
