@@ -248,7 +248,12 @@ def _init_cluster(
     return Context(
         train=train,
         checkpoint=CheckpointContext(
-            dist, storage, session, trial_id=trial_id, before_report=train.flush
+            dist,
+            storage,
+            session,
+            trial_id=trial_id,
+            before_report=train.flush,
+            send_report=train.report_checkpoint,
         ),
         searcher=SearcherContext(
             session, dist, train, trial_id=trial_id, unit=_unit_of(info.trial.config)
@@ -317,7 +322,12 @@ def _init_unmanaged(
     return Context(
         train=train,
         checkpoint=CheckpointContext(
-            dist, storage, session, trial_id=trial.trial_id, before_report=train.flush
+            dist,
+            storage,
+            session,
+            trial_id=trial.trial_id,
+            before_report=train.flush,
+            send_report=train.report_checkpoint,
         ),
         # No master searcher drives an unmanaged trial, and nobody preempts it.
         searcher=SearcherContext(None, dist, train, max_length=max_length),
