@@ -238,6 +238,7 @@ def _init_cluster(
         train = TrainContext(
             session,
             trial_id=trial_id,
+            run_id=info.trial.run_id,
             experiment_id=info.trial.experiment_id,
             is_chief=dist.is_chief,
         )
@@ -307,6 +308,7 @@ def _init_unmanaged(
         train = TrainContext(
             session,
             trial_id=trial.trial_id,
+            run_id=trial.run_id,
             experiment_id=trial.experiment_id,
             is_chief=dist.is_chief,
         )

@@ -124,6 +124,8 @@ class TrainContext:
     Args:
         session: the master session, or None off-cluster (metrics are logged).
         trial_id: the trial reported against.
+        run_id: the trial run reporting (``DET_RUN_ID``; 1 for an unmanaged trial); the master
+            supersedes an earlier run's reports after a restart from a checkpoint.
         experiment_id: its experiment (for :meth:`get_experiment_best_validation`).
         is_chief: whether this rank sends reports.
         max_queue: reports that may wait unsent before a report call blocks.
@@ -136,6 +138,7 @@ class TrainContext:
         session: MasterSession | None,
         *,
         trial_id: int = 0,
+        run_id: int = 0,
         experiment_id: int = 0,
         is_chief: bool = True,
         max_queue: int = 100_000,
@@ -144,6 +147,7 @@ class TrainContext:
     ) -> None:
         self._session = session
         self._trial_id = trial_id
+        self._run_id = run_id
         self._experiment_id = experiment_id
         self._is_chief = is_chief
         self._max_queue = max_queue
@@ -436,6 +440,7 @@ class TrainContext:
         session = self._session
         assert session is not None
         request = pack_reports(self._trial_id, uuid.uuid4().hex, batch)
+        request.trial_run_id = self._run_id
         self._guarded(self._await_inflight)
         future = session.trials.ReportMetrics.future(request, timeout=_SEND_TIMEOUT)
         self._inflight = (request, future)

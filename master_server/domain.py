@@ -157,6 +157,8 @@ class MetricPoint:
     steps_completed: int
     metrics: dict[str, float]
     timestamp: float
+    run_id: int = 0  # the trial run that reported it (0: unknown)
+    superseded: bool = False  # a later run restarted from a checkpoint before this step
 
 
 @dataclass(frozen=True)

@@ -268,7 +268,9 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         if not request.batch_id:
             raise InvalidArgumentError("batch_id: must not be empty (it makes retries safe)")
         reports = convert.metric_reports_from_proto(request)
-        stored = self.store.add_metrics(request.trial_id, request.batch_id, reports)
+        stored = self.store.add_metrics(
+            request.trial_id, request.batch_id, reports, run_id=request.trial_run_id
+        )
         if stored:
             for r in reports:
                 if r.group == "validation":
@@ -284,7 +286,10 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         for tid in request.trial_ids:
             self.store.get_trial(tid)
         for page in self.store.iter_metrics(
-            list(request.trial_ids), request.group or None, request.page_size or 10_000
+            list(request.trial_ids),
+            request.group or None,
+            request.page_size or 10_000,
+            include_superseded=request.include_superseded,
         ):
             yield trial_pb2.StreamMetricsResponse(
                 points=[convert.metric_point_to_proto(p) for p in page]

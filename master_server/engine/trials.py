@@ -67,6 +67,13 @@ class TrialRuns:
             **({} if trial.run_id else {"start_time": time.time()}),
         )
         tr.running, tr.run_id, tr.preempt_reason, tr.early_exit = True, run_id, None, None
+        if run_id > 1:
+            # This run starts from the trial's latest checkpoint (or from scratch): what
+            # earlier runs reported after that step is redone, so it is superseded.
+            start = 0
+            if trial.latest_checkpoint_uuid:
+                start = self.s.store.get_checkpoint(trial.latest_checkpoint_uuid).steps_completed
+            self.s.store.supersede_metrics(trial_id, run_id, start)
         latest = trial.latest_checkpoint_uuid or trial.warm_start_checkpoint_uuid
         seed = int(cfg.get("reproducibility", {}).get("experiment_seed") or 0)
         info = {

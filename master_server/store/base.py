@@ -19,6 +19,9 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   ``{"min", "max", "last", "count", "mean"}`` (NaN values count in ``count`` and ``last`` but
   not in min/max/mean). A batch id already stored for the trial makes the call a no-op that
   returns False. NaN and +/-inf are stored and read back as such.
+* **Runs.** Each metric report records the trial run that sent it. When run ``r`` restarts a
+  trial from its checkpoint at step ``S``, :meth:`supersede_metrics` marks the reports of runs
+  before ``r`` at steps after ``S``; readers see one series unless they ask for superseded ones.
 * **Checkpoints.** :meth:`add_checkpoint` fills ``training_metrics`` / ``validation_metrics``
   from the last report of each group at or before the checkpoint's ``steps_completed``, and
   sets the trial's ``latest_checkpoint_uuid`` when the checkpoint is COMPLETED and its steps
@@ -190,14 +193,28 @@ class Store(abc.ABC):
 
     # -- metrics ------------------------------------------------------------------------------
     @abc.abstractmethod
-    def add_metrics(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> bool:
-        """Store one batch and update the summary; False if ``batch_id`` was already stored."""
+    def add_metrics(
+        self, trial_id: int, batch_id: str, reports: Sequence[MetricReport], run_id: int = 0
+    ) -> bool:
+        """Store one batch (reported by run ``run_id``, 0 = unknown) and update the summary;
+        False if ``batch_id`` was already stored."""
 
     @abc.abstractmethod
     def iter_metrics(
-        self, trial_ids: Sequence[int], group: str | None = None, page_size: int = 10_000
+        self,
+        trial_ids: Sequence[int],
+        group: str | None = None,
+        page_size: int = 10_000,
+        *,
+        include_superseded: bool = False,
     ) -> Iterator[list[MetricPoint]]:
-        """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy."""
+        """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy.
+        Superseded reports are left out unless ``include_superseded``."""
+
+    @abc.abstractmethod
+    def supersede_metrics(self, trial_id: int, run_id: int, after_steps: int) -> int:
+        """Mark reports of runs before ``run_id`` at steps after ``after_steps`` superseded (a
+        restart from the checkpoint at ``after_steps``); returns how many were marked."""
 
     # -- checkpoints --------------------------------------------------------------------------
     @abc.abstractmethod

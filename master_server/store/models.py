@@ -31,6 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -179,6 +180,9 @@ class MetricRow(Base):
     steps_completed: Mapped[int] = mapped_column(BigInteger)
     timestamp: Mapped[float] = mapped_column(Double)
     payload: Mapped[str] = mapped_column(Text)  # JSON {name: value}
+    run_id: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A later run of the trial restarted from a checkpoint before this step.
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class CheckpointRow(Base):

@@ -48,6 +48,7 @@ from sqlalchemy import (
     delete,
     event,
     exists,
+    false,
     func,
     insert,
     or_,
@@ -292,11 +293,11 @@ def _fold_batch(by_group: dict[str, list[dict[str, float]]]) -> tuple[_Partial, 
 
 _FLOAT_ONLY = {float}
 _METRICS_INSERT_SQLITE = (
-    "INSERT INTO metrics (trial_id, metric_group, steps_completed, timestamp, payload) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO metrics (trial_id, metric_group, steps_completed, timestamp, payload, run_id) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _METRICS_COPY_PG = (
-    "COPY metrics (trial_id, metric_group, steps_completed, timestamp, payload) FROM STDIN"
+    "COPY metrics (trial_id, metric_group, steps_completed, timestamp, payload, run_id) FROM STDIN"
 )
 
 
@@ -1230,8 +1231,12 @@ class SQLStore(Store):
             return self._read_trial(conn, trial_id)
 
     # -- metrics ------------------------------------------------------------------------------
-    def add_metrics(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> bool:
+    def add_metrics(
+        self, trial_id: int, batch_id: str, reports: Sequence[MetricReport], run_id: int = 0
+    ) -> bool:
         """Store one batch and update the summary; False if ``batch_id`` was already stored.
+
+        ``run_id`` is the trial run that reported the batch (0: unknown).
 
         Raises:
             NotFoundError: No such trial.
@@ -1265,12 +1270,14 @@ class SQLStore(Store):
                     r.steps_completed,
                     r.timestamp,
                     enc({k: float(v) for k, v in r.metrics.items()}),
+                    run_id,
                 )
                 for r in reports
             ]
         else:
             rows = [
-                (trial_id, r.group, r.steps_completed, r.timestamp, enc(r.metrics)) for r in reports
+                (trial_id, r.group, r.steps_completed, r.timestamp, enc(r.metrics), run_id)
+                for r in reports
             ]
 
         with self._write() as conn:
@@ -1307,8 +1314,8 @@ class SQLStore(Store):
         return True
 
     def _insert_metric_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        """Bulk insert ``(trial_id, group, steps, timestamp, payload)`` rows at driver level:
-        ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
+        """Bulk insert ``(trial_id, group, steps, timestamp, payload, run_id)`` rows at driver
+        level: ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
         if self._sqlite:
             conn.exec_driver_sql(_METRICS_INSERT_SQLITE, rows)
             return
@@ -1319,9 +1326,17 @@ class SQLStore(Store):
                 copy.write_row(row)
 
     def iter_metrics(
-        self, trial_ids: Sequence[int], group: str | None = None, page_size: int = 10_000
+        self,
+        trial_ids: Sequence[int],
+        group: str | None = None,
+        page_size: int = 10_000,
+        *,
+        include_superseded: bool = False,
     ) -> Iterator[list[MetricPoint]]:
         """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy.
+
+        Reports superseded by a restart from an earlier checkpoint are left out unless
+        ``include_superseded``.
 
         Trials come in ascending id order whatever the order of ``trial_ids``. Each page is
         read with a keyset query (no OFFSET) in its own short transaction, so no connection
@@ -1347,7 +1362,7 @@ class SQLStore(Store):
             else:
                 with self._read() as conn:
                     groups = [g for g in conn.scalars(_GROUPS_SQL, {"t": tid})]
-            streams = [self._group_stream(tid, g, page_size) for g in groups]
+            streams = [self._group_stream(tid, g, page_size, include_superseded) for g in groups]
             merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
             for _steps, _id, point in merged:
                 page.append(point)
@@ -1358,16 +1373,18 @@ class SQLStore(Store):
             yield page
 
     def _group_stream(
-        self, trial_id: int, group: str, page_size: int
+        self, trial_id: int, group: str, page_size: int, include_superseded: bool = False
     ) -> Iterator[tuple[int, int, MetricPoint]]:
         """Points of one (trial, group) in (steps, id) order, fetched a page at a time."""
         m = MetricRow
         base = (
-            select(m.steps_completed, m.id, m.timestamp, m.payload)
+            select(m.steps_completed, m.id, m.timestamp, m.payload, m.run_id, m.superseded)
             .where(m.trial_id == trial_id, m.metric_group == group)
             .order_by(m.steps_completed, m.id)
             .limit(page_size)
         )
+        if not include_superseded:
+            base = base.where(m.superseded == false())
         last: tuple[int, int] | None = None
         while True:
             stmt = base
@@ -1376,15 +1393,41 @@ class SQLStore(Store):
                 stmt = stmt.where(m.steps_completed >= s, or_(m.steps_completed > s, m.id > i))
             with self._read() as conn:
                 rows = conn.execute(stmt).all()
-            for steps, row_id, ts, payload in rows:
+            for steps, row_id, ts, payload, run_id, superseded in rows:
                 yield (
                     steps,
                     row_id,
-                    MetricPoint(trial_id, group, steps, _decode_metrics(payload), ts),
+                    MetricPoint(
+                        trial_id,
+                        group,
+                        steps,
+                        _decode_metrics(payload),
+                        ts,
+                        run_id=run_id,
+                        superseded=bool(superseded),
+                    ),
                 )
             if len(rows) < page_size:
                 return
             last = (rows[-1][0], rows[-1][1])
+
+    def supersede_metrics(self, trial_id: int, run_id: int, after_steps: int) -> int:
+        """Run ``run_id`` restarts the trial at ``after_steps``: earlier runs' reports at later
+        steps are superseded. Returns how many reports were marked."""
+        m = MetricRow
+        with self._write() as conn:
+            self._need_trial(conn, trial_id)
+            result = conn.execute(
+                update(m)
+                .where(
+                    m.trial_id == trial_id,
+                    m.run_id < run_id,
+                    m.steps_completed > after_steps,
+                    m.superseded == false(),
+                )
+                .values(superseded=True)
+            )
+            return int(result.rowcount or 0)
 
     # -- checkpoints --------------------------------------------------------------------------
     @staticmethod

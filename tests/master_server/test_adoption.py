@@ -212,11 +212,10 @@ def test_chaos_kill9_three_times_loses_and_duplicates_nothing(
         truth = _truth(truth_dir / f"trial-{t.id}.txt")
         assert truth == list(range(1, len(truth) + 1))
         req = trial_pb2.StreamMetricsRequest(trial_ids=[t.id], group="training")
-        stored = [
-            p.steps_completed for page in stubs.trials.StreamMetrics(req) for p in page.points
-        ]
-        # Every step exactly once: 0 lost, 0 duplicated.
-        assert stored == truth, t.id
+        points = [p for page in stubs.trials.StreamMetrics(req) for p in page.points]
+        # Every step exactly once: 0 lost, 0 duplicated; all reported by run 1.
+        assert [p.steps_completed for p in points] == truth, t.id
+        assert {p.trial_run_id for p in points} == {1}
 
     # Checkpoints written during the outages were recorded: every directory has a record, and
     # (after GC) every COMPLETED record has its directory.

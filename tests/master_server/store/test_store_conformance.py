@@ -1276,3 +1276,38 @@ def test_experiment_deletion_checks_then_marks_deleting(store: Store) -> None:
     assert store.begin_experiment_deletion(exp.id, []) == job  # recorded once
     with pytest.raises(NotFoundError, match="experiment 999"):
         store.begin_experiment_deletion(999, [])
+
+
+# -- runs and superseded reports ------------------------------------------------------------------
+def test_restart_from_a_checkpoint_supersedes_later_steps_of_earlier_runs(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    assert store.add_metrics(trial.id, "a", [rep("training", s, loss=s) for s in (1, 2, 3)], 1)
+    assert store.add_metrics(trial.id, "b", [rep("validation", 3, loss=3.0)], 1)
+    # Run 2 restarts from the checkpoint at step 1.
+    assert store.supersede_metrics(trial.id, 2, 1) == 3
+    assert store.supersede_metrics(trial.id, 2, 1) == 0  # idempotent
+    assert store.add_metrics(trial.id, "c", [rep("training", s, loss=s) for s in (2, 3)], 2)
+
+    def points(**kw: Any) -> list[tuple[str, int, int, bool]]:
+        return [
+            (p.group, p.steps_completed, p.run_id, p.superseded)
+            for page in store.iter_metrics([trial.id], **kw)
+            for p in page
+        ]
+
+    assert points(group="training") == [
+        ("training", 1, 1, False),
+        ("training", 2, 2, False),
+        ("training", 3, 2, False),
+    ]
+    assert points(group="training", include_superseded=True) == [
+        ("training", 1, 1, False),
+        ("training", 2, 1, True),
+        ("training", 2, 2, False),
+        ("training", 3, 1, True),
+        ("training", 3, 2, False),
+    ]
+    assert points(group="validation") == []
+    with pytest.raises(NotFoundError, match="trial 999"):
+        store.supersede_metrics(999, 2, 0)

@@ -1,4 +1,4 @@
-"""Pending jobs: durable file removals, deletions and checkpoint GC.
+"""Pending jobs (durable file removals, deletions, checkpoint GC); the run of each metric.
 
 Revision ID: 0002
 Revises: 0001
@@ -31,8 +31,16 @@ def upgrade() -> None:
         sa.UniqueConstraint("key", name=op.f("uq_pending_jobs_key")),
         sqlite_autoincrement=True,
     )
+    with op.batch_alter_table("metrics") as batch:
+        batch.add_column(sa.Column("run_id", sa.Integer(), server_default="0", nullable=False))
+        batch.add_column(
+            sa.Column("superseded", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
 
 
 def downgrade() -> None:
     """Revert this revision."""
+    with op.batch_alter_table("metrics") as batch:
+        batch.drop_column("superseded")
+        batch.drop_column("run_id")
     op.drop_table("pending_jobs")

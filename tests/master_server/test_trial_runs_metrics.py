@@ -1,0 +1,69 @@
+"""Metrics carry the run that reported them; a restart from a checkpoint supersedes what
+earlier runs reported after it. Through a real master with a real Core API trial."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import grpc
+import pytest
+
+from determined_sdk.proto import trial_pb2
+from tests.support import Stubs, single_config, write_model_dir
+
+pytestmark = pytest.mark.slow
+
+TRIAL = """
+    import core_api
+    with core_api.init() as ctx:
+        start = 0
+        if ctx.info.latest_checkpoint:
+            with ctx.checkpoint.restore_path(ctx.info.latest_checkpoint) as path:
+                start = int((path / "step").read_text())
+        for step in range(start + 1, 11):
+            ctx.train.report_training_metrics(step, {"loss": 1.0 / step})
+            if step == 5:
+                with ctx.checkpoint.store_path({"steps_completed": step}) as (path, _):
+                    (path / "step").write_text(str(step))
+        ctx.train.flush()
+        if ctx.info.trial.run_id == 1:
+            raise SystemExit(3)  # crash after reporting steps 6..10
+"""
+
+
+def test_restart_supersedes_reports_after_the_checkpoint(
+    stubs: Stubs, tmp_path: pathlib.Path
+) -> None:
+    cfg: dict[str, Any] = single_config("python main.py")
+    cfg["max_restarts"] = 1
+    exp = stubs.create(cfg, write_model_dir(tmp_path / "m", {"main.py": TRIAL}))
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    (t,) = stubs.trials_of(exp.id)
+    assert (t.run_id, t.restarts) == (2, 1)
+
+    def points(**kw: Any) -> list[tuple[int, int, bool]]:
+        req = trial_pb2.StreamMetricsRequest(trial_ids=[t.id], group="training", **kw)
+        return [
+            (p.steps_completed, p.trial_run_id, p.superseded)
+            for page in stubs.trials.StreamMetrics(req)
+            for p in page.points
+        ]
+
+    # One series by default: steps 1..5 of run 1, 6..10 of run 2.
+    assert points() == [(s, 1 if s <= 5 else 2, False) for s in range(1, 11)]
+    # The superseded reports of run 1 on request.
+    every = points(include_superseded=True)
+    assert [x for x in every if x[2]] == [(s, 1, True) for s in range(6, 11)]
+    assert len(every) == 15
+
+
+def test_stream_metrics_bad_input(stubs: Stubs) -> None:
+    with pytest.raises(grpc.RpcError) as ei:
+        list(
+            stubs.trials.StreamMetrics(
+                trial_pb2.StreamMetricsRequest(trial_ids=[404], include_superseded=True)
+            )
+        )
+    assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "404" in ei.value.details()
