@@ -23,7 +23,9 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   trial from its checkpoint at step ``S``, :meth:`supersede_metrics` marks the reports of runs
   before ``r`` at steps after ``S``; readers see one series unless they ask for superseded ones.
 * **Checkpoints.** :meth:`add_checkpoint` fills ``training_metrics`` / ``validation_metrics``
-  from the last report of each group at or before the checkpoint's ``steps_completed``, and
+  from the last (not superseded) report of each group at or before the checkpoint's
+  ``steps_completed``; :meth:`add_metrics` keeps them so when the report comes after the
+  checkpoint (a validation reported right after its checkpoint belongs to it), and
   sets the trial's ``latest_checkpoint_uuid`` when the checkpoint is COMPLETED and its steps
   are the trial's highest.
 * **Deletion.** :meth:`delete_experiment` removes the experiment and everything under it

@@ -1299,6 +1299,7 @@ class SQLStore(Store):
             if not rows:
                 return True
             self._insert_metric_rows(conn, rows)
+            self._refresh_checkpoint_metrics(conn, trial_id, reports)
             summary: JSONDict = json.loads(cur[0])
             aux: JSONDict = json.loads(cur[1])
             _merge_summary(summary, aux, partial)
@@ -1312,6 +1313,33 @@ class SQLStore(Store):
                 )
             )
         return True
+
+    def _refresh_checkpoint_metrics(
+        self, conn: Connection, trial_id: int, reports: Sequence[MetricReport]
+    ) -> None:
+        """A checkpoint's metrics do not depend on whether it or the report came first:
+        checkpoints at or after a newly reported step get their metrics of that group again."""
+        first: dict[str, int] = {}
+        for r in reports:
+            if r.group in ("training", "validation") and r.steps_completed < first.get(
+                r.group, r.steps_completed + 1
+            ):
+                first[r.group] = r.steps_completed
+        if not first:
+            return
+        ckpts = conn.execute(
+            select(C.uuid, C.steps_completed).where(
+                C.trial_id == trial_id, C.steps_completed >= min(first.values())
+            )
+        ).all()
+        for uuid, steps in ckpts:
+            values: dict[str, str] = {}
+            if "training" in first and steps >= first["training"]:
+                values["training_metrics"] = self._metrics_at(conn, trial_id, "training", steps)
+            if "validation" in first and steps >= first["validation"]:
+                values["validation_metrics"] = self._metrics_at(conn, trial_id, "validation", steps)
+            if values:
+                conn.execute(update(C).where(C.uuid == uuid).values(**values))
 
     def _insert_metric_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         """Bulk insert ``(trial_id, group, steps, timestamp, payload, run_id)`` rows at driver
@@ -1432,11 +1460,17 @@ class SQLStore(Store):
     # -- checkpoints --------------------------------------------------------------------------
     @staticmethod
     def _metrics_at(conn: Connection, trial_id: int, group: str, steps: int) -> str:
-        """The merged metrics of the last ``group`` report at or before ``steps``, as JSON."""
+        """The merged metrics of the last ``group`` report at or before ``steps``, as JSON
+        (superseded reports do not count)."""
         m = MetricRow
         last_step = (
             select(func.max(m.steps_completed))
-            .where(m.trial_id == trial_id, m.metric_group == group, m.steps_completed <= steps)
+            .where(
+                m.trial_id == trial_id,
+                m.metric_group == group,
+                m.steps_completed <= steps,
+                m.superseded == false(),
+            )
             .scalar_subquery()
         )
         payloads = conn.scalars(
@@ -1445,6 +1479,7 @@ class SQLStore(Store):
                 m.trial_id == trial_id,
                 m.metric_group == group,
                 m.steps_completed == last_step,
+                m.superseded == false(),
             )
             .order_by(m.id)
         ).all()

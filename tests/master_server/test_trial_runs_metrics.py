@@ -67,3 +67,32 @@ def test_stream_metrics_bad_input(stubs: Stubs) -> None:
         )
     assert ei.value.code() == grpc.StatusCode.NOT_FOUND
     assert "404" in ei.value.details()
+
+
+ASSOC = """
+    import core_api
+    losses = {1: 0.3, 2: 0.1, 3: 0.2}
+    with core_api.init() as ctx:
+        for step, loss in losses.items():
+            with ctx.checkpoint.store_path({"steps_completed": step}) as (path, _):
+                (path / "w").write_text(str(step))
+            # Reported right after its checkpoint: it still belongs to it.
+            ctx.train.report_validation_metrics(step, {"loss": loss})
+"""
+
+
+def test_validation_after_its_checkpoint_sorts_checkpoints(
+    stubs: Stubs, tmp_path: pathlib.Path
+) -> None:
+    from determined_sdk.proto import checkpoint_pb2
+
+    cfg: dict[str, Any] = single_config("python main.py")
+    cfg["checkpoint_storage"] = {"save_trial_best": 3, "save_trial_latest": 3}
+    exp = stubs.create(cfg, write_model_dir(tmp_path / "m", {"main.py": ASSOC}))
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    req = checkpoint_pb2.ListCheckpointsRequest(experiment_id=exp.id, sort_by="metric:loss")
+    got = [
+        (c.steps_completed, c.validation_metrics["loss"])
+        for c in stubs.checkpoints.ListCheckpoints(req).checkpoints
+    ]
+    assert got == [(2, 0.1), (3, 0.2), (1, 0.3)]

@@ -1311,3 +1311,20 @@ def test_restart_from_a_checkpoint_supersedes_later_steps_of_earlier_runs(store:
     assert points(group="validation") == []
     with pytest.raises(NotFoundError, match="trial 999"):
         store.supersede_metrics(999, 2, 0)
+
+
+def test_validation_reported_after_its_checkpoint_belongs_to_it(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    store.add_metrics(trial.id, "v10", [rep("validation", 10, loss=0.9)])
+    store.add_checkpoint(ckpt("c20", trial, 20))
+    store.add_checkpoint(ckpt("c30", trial, 30))
+    assert store.get_checkpoint("c20").validation_metrics == {"loss": 0.9}
+    # The validation at step 20 comes after the checkpoint at 20: same result as before it.
+    store.add_metrics(trial.id, "v20", [rep("validation", 20, loss=0.5), rep("training", 20, t=1)])
+    assert store.get_checkpoint("c20").validation_metrics == {"loss": 0.5}
+    assert store.get_checkpoint("c20").training_metrics == {"t": 1.0}
+    assert store.get_checkpoint("c30").validation_metrics == {"loss": 0.5}
+    store.add_metrics(trial.id, "v30", [rep("validation", 30, loss=0.7)])
+    assert store.get_checkpoint("c30").validation_metrics == {"loss": 0.7}
+    assert store.get_checkpoint("c20").validation_metrics == {"loss": 0.5}
