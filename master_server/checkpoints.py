@@ -54,6 +54,7 @@ class CheckpointService:
             if p.is_absolute() or ".." in p.parts or size < 0:
                 raise InvalidArgumentError(f"resources: bad entry {path!r} ({size} bytes)")
         trial = self.store.get_trial(trial_id)
+        self.experiments.record_activity(trial_id)
         cfg = self.experiments.experiment_config(trial.experiment_id)
         metadata = dict(metadata)
         metadata.setdefault("steps_completed", steps_completed)

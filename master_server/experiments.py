@@ -9,7 +9,9 @@ public method names stable for the servicers.
 
 from __future__ import annotations
 
+import logging
 import pathlib
+import threading
 from collections.abc import Callable
 
 from master_server.domain import Experiment, JSONDict, Trial
@@ -23,6 +25,7 @@ from master_server.rm.base import ResourceManager
 from master_server.store.base import Store
 
 __all__ = ["ExperimentRuntime", "ExperimentService", "TrialRuntime"]
+logger = logging.getLogger(__name__)
 
 
 class ExperimentService:
@@ -51,6 +54,7 @@ class ExperimentService:
         self.store = store
         self.rm = rm
         self.state = EngineState(store, rm)
+        self._stop_watchdog = threading.Event()
         self.lifecycle = ExperimentLifecycle(
             self.state, checkpoint_dir=checkpoint_dir, max_model_bytes=max_model_bytes
         )
@@ -135,6 +139,10 @@ class ExperimentService:
         """A run ended (reported by its supervisor or the resource manager); idempotent."""
         self.runs.on_exit(trial_id, run_id, exit_code)
 
+    def record_activity(self, trial_id: int) -> None:
+        """A report of the trial reached the master (metrics, checkpoint): it is not idle."""
+        self.state.touch(trial_id)
+
     def report_progress(self, trial_id: int, progress: float) -> None:
         self.search.report_progress(trial_id, progress)
 
@@ -175,11 +183,21 @@ class ExperimentService:
 
     # -- startup and shutdown ----------------------------------------------------------------
     def recover(self) -> None:
-        """Rebuild runtimes of unfinished experiments after a master (re)start."""
+        """Rebuild runtimes of unfinished experiments after a master (re)start, then start
+        the liveness watchdog (``max_idle``)."""
         self.lifecycle.recover()
+        threading.Thread(target=self._watchdog, name="trial-liveness", daemon=True).start()
+
+    def _watchdog(self) -> None:
+        while not self._stop_watchdog.wait(1.0):
+            try:
+                self.runs.check_idle()
+            except Exception:
+                logger.exception("liveness check failed")
 
     def close(self) -> None:
         """Wake every long poll and start no more runs."""
+        self._stop_watchdog.set()
         with self.state.lock:
             self.state.closed = True
             self.state.notify()

@@ -271,6 +271,7 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         stored = self.store.add_metrics(
             request.trial_id, request.batch_id, reports, run_id=request.trial_run_id
         )
+        self.svc.record_activity(request.trial_id)
         if stored:
             for r in reports:
                 if r.group == "validation":

@@ -194,6 +194,7 @@ class SearchDriver:
                     f" (current: {tr.current_op()})"
                 )
             tr.completed_length = length
+            self.s.touch(trial_id)
             self.event(rt, rt.searcher.on_validation_completed(tr.request_id, metric, length))
 
     def on_validation_metrics(self, trial_id: int, metrics: dict[str, float], steps: int) -> None:
@@ -225,6 +226,7 @@ class SearchDriver:
             raise InvalidArgumentError(f"progress: must be within [0, 1], got {progress}")
         with self.s.lock:
             tr, rt = self.live(trial_id)
+            self.s.touch(trial_id)
             self.s.store.update_trial(trial_id, progress=progress)
             if rt is not None:
                 op = tr.current_op()

@@ -47,6 +47,8 @@ class TrialRuntime:
     early_exit: str | None = None
     running: bool = False
     run_id: int = 0
+    last_activity: float = field(default_factory=time.monotonic)  # for ``max_idle``
+    idle_killed: bool = False
 
     def current_op(self) -> int | None:
         """The first operation length not completed yet, if any."""
@@ -102,6 +104,12 @@ class EngineState:
             cfg = self.store.get_experiment(experiment_id).config
             self.config_cache[experiment_id] = cfg
         return cfg
+
+    def touch(self, trial_id: int) -> None:
+        """The trial made progress (a report reached the master); lock-free on purpose."""
+        tr = self.trials.get(trial_id)
+        if tr is not None:
+            tr.last_activity = time.monotonic()
 
     def live_trials_of(self, experiment_id: int) -> list[TrialRuntime]:
         return [t for t in self.trials.values() if t.experiment_id == experiment_id]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from master_server.domain import TERMINAL_TRIAL_STATES, Experiment, Trial
+from master_server.domain import TERMINAL_TRIAL_STATES, Experiment, LogLine, Trial
 from master_server.domain import ExperimentState as E
 from master_server.domain import TrialState as T
 from master_server.engine.state import EngineState, ExperimentRuntime, TrialRuntime
@@ -67,6 +67,7 @@ class TrialRuns:
             **({} if trial.run_id else {"start_time": time.time()}),
         )
         tr.running, tr.run_id, tr.preempt_reason, tr.early_exit = True, run_id, None, None
+        tr.last_activity, tr.idle_killed = time.monotonic(), False
         if run_id > 1:
             # This run starts from the trial's latest checkpoint (or from scratch): what
             # earlier runs reported after that step is redone, so it is superseded.
@@ -180,6 +181,8 @@ class TrialRuns:
                 self.s.set_trial_state(trial_id, T.COMPLETED)
                 self.s.trials.pop(trial_id, None)
                 self.search.event(rt, rt.searcher.on_trial_exited(tr.request_id))
+        elif tr.idle_killed:
+            self.failed(trial_id, f"no progress for {rt.config.get('max_idle')} s (max_idle)")
         else:
             self.failed(trial_id, f"exit code {exit_code}")
 
@@ -209,6 +212,40 @@ class TrialRuns:
             self.search.event(
                 rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.ERRORED)
             )
+
+    # -- liveness ---------------------------------------------------------------------------
+    def check_idle(self) -> None:
+        """Kill runs of trials with ``max_idle`` that reported nothing for that long; their
+        exit restarts them from their latest checkpoint, with the reason in their logs."""
+        now = time.monotonic()
+        with self.s.lock:
+            for tr in list(self.s.trials.values()):
+                rt = self.s.exps.get(tr.experiment_id)
+                if rt is None or not tr.running or tr.idle_killed or tr.preempt_reason:
+                    continue
+                max_idle = rt.config.get("max_idle")
+                if not max_idle or now - tr.last_activity < float(max_idle):
+                    continue
+                why = (
+                    f"trial {tr.trial_id} run {tr.run_id}: no progress reported for "
+                    f"{float(max_idle):g} s (max_idle); killing it to restart from its latest "
+                    "checkpoint"
+                )
+                logger.warning("%s", why)
+                self.s.store.add_logs(
+                    [
+                        LogLine(
+                            trial_id=tr.trial_id,
+                            timestamp=time.time(),
+                            message=why,
+                            stream="stderr",
+                            level="ERROR",
+                            run_id=tr.run_id,
+                        )
+                    ]
+                )
+                tr.idle_killed = True
+                self.s.rm.kill(tr.trial_id, tr.run_id)
 
     # -- kill ---------------------------------------------------------------------------------
     def kill(self, trial_id: int) -> Trial:

@@ -129,3 +129,42 @@ def test_kill_every_remaining_trial_cancels_the_experiment(
         stubs.trials.KillTrial(trial_pb2.KillTrialRequest(trial_id=t.id))
     assert stubs.wait_exp(exp.id, "CANCELED", "ERROR", "COMPLETED") == "CANCELED"
     assert [trial_state(t) for t in stubs.trials_of(exp.id)] == ["CANCELED", "CANCELED"]
+
+
+def test_max_idle_fails_a_hung_trial_and_restarts_it_with_the_reason_in_its_logs(
+    master_factory: Any, tmp_path: pathlib.Path
+) -> None:
+    from determined_sdk.proto import logs_pb2
+
+    master = master_factory()
+    stubs = Stubs.connect(master.address)
+    body = """
+        import os, time
+        import core_api
+        with core_api.init() as ctx:
+            ctx.train.report_training_metrics(1, {"loss": 1.0})
+            if ctx.info.trial.run_id == 1:
+                time.sleep(300)  # hangs: no progress, no exit
+    """
+    cfg = single_config("python main.py")
+    cfg["max_idle"] = 2
+    cfg["max_restarts"] = 1
+    exp = stubs.create(cfg, _model(tmp_path, body))
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR", timeout=90) == "COMPLETED"
+    t = stubs.trial(1)
+    assert (t.run_id, t.restarts) == (2, 1)
+    lines = [
+        x.message
+        for page in stubs.logs.TrialLogs(logs_pb2.TrialLogsRequest(trial_id=1))
+        for x in page.lines
+    ]
+    assert any("no progress reported for 2 s (max_idle)" in x for x in lines), lines
+
+
+def test_max_idle_must_be_positive(stubs: Stubs, tmp_path: pathlib.Path) -> None:
+    cfg = single_config("python main.py")
+    cfg["max_idle"] = -1
+    with pytest.raises(grpc.RpcError) as ei:
+        stubs.create(cfg, _model(tmp_path, "print(1)\n"))
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_idle" in ei.value.details()
