@@ -43,6 +43,8 @@ class Master:
         preempt_grace_s: how long a trial may take to stop after a pause/cancel before it is killed.
         keep_runs_on_stop: leave running trials running when the master stops; the next master
             on the same data directory adopts them (the command line's default).
+        orphan_checkpoint_grace_s: on start, directories in ``checkpoint_dir`` that no
+            checkpoint record names and that are older than this are removed.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Master:
         preempt_grace_s: float = 30.0,
         max_workers: int = 128,
         keep_runs_on_stop: bool = False,
+        orphan_checkpoint_grace_s: float = 3600.0,
     ) -> None:
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
@@ -71,6 +74,7 @@ class Master:
         self.preempt_grace_s = preempt_grace_s
         self.max_workers = max_workers
         self.keep_runs_on_stop = keep_runs_on_stop
+        self.orphan_checkpoint_grace_s = orphan_checkpoint_grace_s
         self.port = 0
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
@@ -126,6 +130,9 @@ class Master:
         self._server = server
         experiments.recover()
         experiments.jobs.start()  # finishes GC and deletions a previous master left pending
+        threading.Thread(
+            target=self._remove_orphans, name="orphan-checkpoints", daemon=True
+        ).start()
         logger.info(
             "master serving on %s (%s, %d slots, data in %s)",
             self.address,
@@ -134,6 +141,14 @@ class Master:
             self.data_dir,
         )
         return self
+
+    def _remove_orphans(self) -> None:
+        try:
+            self.parts["checkpoints"].remove_orphans(
+                self.checkpoint_dir, self.orphan_checkpoint_grace_s
+            )
+        except Exception:
+            logger.exception("removing orphaned checkpoint directories failed")
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop serving, stop trial supervisors, close the database. Safe to call twice."""

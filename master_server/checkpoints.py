@@ -6,6 +6,7 @@ keeps metadata and, for clients that cannot reach the storage, streams files on 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pathlib
@@ -24,6 +25,7 @@ from master_server.domain import (
 from master_server.experiments import ExperimentService
 from master_server.store.base import Store
 
+logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
 SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric")
 
@@ -153,6 +155,38 @@ class CheckpointService:
             job = self.store.begin_checkpoint_deletion([c.uuid for c in live], paths)
             self.jobs.run_now(job)
         return [self.store.get_checkpoint(c.uuid) for c in ckpts]
+
+    def remove_orphans(self, root: pathlib.Path, grace_s: float) -> list[str]:
+        """Remove checkpoint directories under ``root`` that no record names, once they are
+        older than ``grace_s`` (a trial that died before reporting its checkpoint, or a staging
+        directory of a sharded one). Reports of checkpoints written while the master was down
+        arrive within the grace period, so those are kept. Returns the names removed."""
+        if not root.is_dir():
+            return []
+        cutoff = time.time() - grace_s
+        doomed: list[pathlib.Path] = []
+        for d in root.iterdir():
+            try:
+                if not d.is_dir() or d.stat().st_mtime > cutoff:
+                    continue
+            except OSError:
+                continue
+            if not d.name.startswith("."):
+                try:
+                    self.store.get_checkpoint(d.name)
+                    continue
+                except NotFoundError:
+                    pass
+            doomed.append(d)
+        if doomed:
+            job = self.store.add_job(
+                "remove_files",
+                f"remove_files:orphans:{root}:{time.time_ns()}",
+                {"paths": [str(d) for d in doomed]},
+            )
+            self.jobs.run_now(job)
+            logger.info("removed %d orphaned checkpoint directories from %s", len(doomed), root)
+        return [d.name for d in doomed]
 
     def _gc_job(self, job: PendingJob) -> bool:
         experiment_id = int(job.payload["experiment_id"])

@@ -167,3 +167,33 @@ def test_interrupted_experiment_deletion_finishes_on_start(
     wait_for(gone, 30, "the deletion to finish")
     wait_for(lambda: m2.parts["store"].list_jobs() == [], 30, "no pending job left")
     assert not run_dir.exists() and not any(_path(c).exists() for c in kept)
+
+
+def test_orphaned_checkpoint_directories_are_removed_after_the_grace_period(
+    master_factory: Any, tmp_path: pathlib.Path
+) -> None:
+    data_dir = tmp_path / "data"
+    m1 = master_factory(data_dir=data_dir)
+    stubs = Stubs.connect(m1.address)
+    exp_id, _ = _run_experiment(stubs, tmp_path)
+    wait_for(lambda: m1.parts["store"].list_jobs() == [], 30, "GC done")
+    kept = [c for c in _all_checkpoints(stubs, exp_id) if _state(c) == DONE]
+    m1.stop()
+    root = m1.checkpoint_dir
+    # A trial that died before reporting its checkpoint, and a sharded one's staging dir.
+    orphan, staging = root / "0b5e7c1e-orphan", root / ".staging-x-rank0"
+    for d in (orphan, staging):
+        d.mkdir()
+        (d / "w.bin").write_bytes(b"x")
+    m2 = master_factory(data_dir=data_dir, orphan_checkpoint_grace_s=0.0)
+    wait_for(lambda: not orphan.exists() and not staging.exists(), 30, "orphans removed")
+    assert all(_path(c).is_dir() for c in kept)  # recorded checkpoints stay
+    m2.stop()
+    # Within the grace period (default: an hour) an unrecorded directory is kept: its report
+    # may still be buffered by a trial that wrote it while the master was down.
+    young = root / "written-during-an-outage"
+    young.mkdir()
+    m3 = master_factory(data_dir=data_dir)
+    wait_for(lambda: m3.parts["store"].list_jobs() == [], 30, "start-up jobs done")
+    Stubs.connect(m3.address).experiment(exp_id)
+    assert young.is_dir()
