@@ -168,3 +168,29 @@ def test_max_idle_must_be_positive(stubs: Stubs, tmp_path: pathlib.Path) -> None
         stubs.create(cfg, _model(tmp_path, "print(1)\n"))
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "max_idle" in ei.value.details()
+
+
+def test_seed002_monitoring_loop_with_stale_state_through_the_sdk(
+    master_factory: Any, tmp_path: pathlib.Path
+) -> None:
+    from determined_sdk import Determined
+
+    master = master_factory()
+    stubs = Stubs.connect(master.address)
+    exp = stubs.create(
+        single_config("python main.py"), _model(tmp_path, "import time\ntime.sleep(300)\n")
+    )
+    wait_for(lambda: trial_state(stubs.trial(1)) == "RUNNING", 30, "running")
+    with Determined(master.address) as det:
+        trial = det.get_trial(1)  # cached state: RUNNING
+        experiment = det.get_experiment(exp.id)
+        trial.kill()
+        assert stubs.wait_exp(exp.id, "CANCELED", "ERROR", "COMPLETED") == "CANCELED"
+        # The loop acts on its stale copy again: every call returns normally.
+        trial.kill()
+        experiment.kill()
+        experiment.cancel()
+        trial.reload()
+        experiment.reload()
+        assert trial.state.value == "CANCELED"
+        assert experiment.state.value == "CANCELED"
