@@ -417,8 +417,10 @@ class Logs(logs_pb2_grpc.LogServiceServicer):
 
     @rpc
     def ShipLogs(self, request: Any, context: Any) -> Any:
-        self.svc.ship([convert.log_line_from_proto(x) for x in request.lines])
-        return logs_pb2.ShipLogsResponse()
+        stored = self.svc.ship(
+            [convert.log_line_from_proto(x) for x in request.lines], request.batch_id
+        )
+        return logs_pb2.ShipLogsResponse(duplicate=not stored)
 
     @rpc_stream
     def TrialLogs(self, request: Any, context: Any) -> Iterator[Any]:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import IO, Any
 
 import grpc
@@ -96,9 +97,11 @@ class _Shipper(threading.Thread):
         """Send one batch. While the master is unreachable, keep trying (an outage of any
         length; the queue is bounded) and say so once; other errors give up after 60 s."""
         delay, warned, first_error = 0.1, False, 0.0
+        # One id for every attempt: a batch whose reply was lost is stored once.
+        request = logs_pb2.ShipLogsRequest(lines=batch, batch_id=uuid.uuid4().hex)
         while True:
             try:
-                self._stub.ShipLogs(logs_pb2.ShipLogsRequest(lines=batch), timeout=10)
+                self._stub.ShipLogs(request, timeout=10)
             except grpc.RpcError as e:
                 transient = e.code() in (
                     grpc.StatusCode.UNAVAILABLE,

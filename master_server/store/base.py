@@ -249,8 +249,10 @@ class Store(abc.ABC):
 
     # -- logs ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    def add_logs(self, lines: Sequence[LogLine]) -> None:
-        """Append lines (one transaction); ids are assigned increasing in the given order."""
+    def add_logs(self, lines: Sequence[LogLine], batch_id: str = "") -> bool:
+        """Append lines (one transaction); ids are assigned increasing in the given order.
+        With a ``batch_id`` already stored for the first line's trial, nothing is stored and
+        the call returns False (a retried batch)."""
 
     @abc.abstractmethod
     def query_logs(self, q: LogQuery) -> list[LogLine]:

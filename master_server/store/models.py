@@ -155,6 +155,17 @@ class TrialRow(Base):
     exit_reason: Mapped[str] = mapped_column(Text, default="")
 
 
+class LogBatchRow(Base):
+    """A log batch id already stored for a trial (makes ``add_logs`` retries no-ops)."""
+
+    __tablename__ = "log_batches"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    batch_id: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
 class MetricBatchRow(Base):
     """A metric batch id already stored for a trial (makes ``add_metrics`` retries no-ops)."""
 

@@ -93,6 +93,7 @@ from master_server.store.models import (
     CheckpointRow,
     ExperimentLabelRow,
     ExperimentRow,
+    LogBatchRow,
     LogRow,
     MetricBatchRow,
     MetricRow,
@@ -1670,14 +1671,17 @@ class SQLStore(Store):
             return self._read_checkpoint(conn, uuid)
 
     # -- logs ---------------------------------------------------------------------------------
-    def add_logs(self, lines: Sequence[LogLine]) -> None:
+    def add_logs(self, lines: Sequence[LogLine], batch_id: str = "") -> bool:
         """Append lines (one transaction); ids are assigned increasing in the given order.
+
+        A ``batch_id`` already stored for the first line's trial makes the call a no-op that
+        returns False.
 
         Raises:
             NotFoundError: A line names a trial that does not exist.
         """
         if not lines:
-            return
+            return True
         rows = [
             {
                 "trial_id": ln.trial_id,
@@ -1696,7 +1700,18 @@ class SQLStore(Store):
             for tid in wanted:
                 if tid not in found:
                     raise NotFoundError(f"trial {tid} not found")
+            if batch_id:
+                owner = lines[0].trial_id
+                seen = conn.scalar(
+                    select(LogBatchRow.trial_id).where(
+                        LogBatchRow.trial_id == owner, LogBatchRow.batch_id == batch_id
+                    )
+                )
+                if seen is not None:
+                    return False
+                conn.execute(insert(LogBatchRow).values(trial_id=owner, batch_id=batch_id))
             conn.execute(insert(LogRow), rows)
+        return True
 
     def query_logs(self, q: LogQuery) -> list[LogLine]:
         """Matching lines with id > ``q.after_id`` in id order, cut by head/tail.

@@ -96,3 +96,27 @@ def test_validation_after_its_checkpoint_sorts_checkpoints(
         for c in stubs.checkpoints.ListCheckpoints(req).checkpoints
     ]
     assert got == [(2, 0.1), (3, 0.2), (1, 0.3)]
+
+
+def test_ship_logs_retry_is_stored_once(stubs: Stubs, tmp_path: pathlib.Path) -> None:
+    from determined_sdk.proto import logs_pb2
+
+    exp = stubs.create(
+        single_config("python main.py"), write_model_dir(tmp_path / "m", {"main.py": "print(1)"})
+    )
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    line = logs_pb2.LogLine(trial_id=1, timestamp=1.0, message="shipped twice", run_id=1)
+    req = logs_pb2.ShipLogsRequest(lines=[line], batch_id="lost-reply")
+    assert stubs.logs.ShipLogs(req).duplicate is False
+    assert stubs.logs.ShipLogs(req).duplicate is True
+    lines = [
+        x.message
+        for page in stubs.logs.TrialLogs(logs_pb2.TrialLogsRequest(trial_id=1))
+        for x in page.lines
+    ]
+    assert lines.count("shipped twice") == 1
+    bad = logs_pb2.ShipLogsRequest(lines=[logs_pb2.LogLine(trial_id=0)], batch_id="x")
+    with pytest.raises(grpc.RpcError) as ei:
+        stubs.logs.ShipLogs(bad)
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "trial_id" in ei.value.details()

@@ -1328,3 +1328,14 @@ def test_validation_reported_after_its_checkpoint_belongs_to_it(store: Store) ->
     store.add_metrics(trial.id, "v30", [rep("validation", 30, loss=0.7)])
     assert store.get_checkpoint("c30").validation_metrics == {"loss": 0.7}
     assert store.get_checkpoint("c20").validation_metrics == {"loss": 0.5}
+
+
+def test_a_retried_log_batch_is_stored_once(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    lines = [LogLine(trial_id=trial.id, timestamp=1.0, message=f"l{i}") for i in range(3)]
+    assert store.add_logs(lines, "b1") is True
+    assert store.add_logs(lines, "b1") is False
+    assert store.add_logs(lines[:1]) is True  # no batch id: always stored
+    got = [x.message for x in store.query_logs(LogQuery(trial_id=trial.id))]
+    assert got == ["l0", "l1", "l2", "l0"]

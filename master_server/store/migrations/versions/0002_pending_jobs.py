@@ -1,4 +1,4 @@
-"""Pending jobs (durable file removals, deletions, checkpoint GC); the run of each metric.
+"""Pending jobs (durable file removals, deletions, GC); metric runs; log batch ids.
 
 Revision ID: 0002
 Revises: 0001
@@ -31,6 +31,18 @@ def upgrade() -> None:
         sa.UniqueConstraint("key", name=op.f("uq_pending_jobs_key")),
         sqlite_autoincrement=True,
     )
+    op.create_table(
+        "log_batches",
+        sa.Column("trial_id", sa.Integer(), nullable=False),
+        sa.Column("batch_id", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["trial_id"],
+            ["trials.id"],
+            name=op.f("fk_log_batches_trial_id_trials"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("trial_id", "batch_id", name=op.f("pk_log_batches")),
+    )
     with op.batch_alter_table("metrics") as batch:
         batch.add_column(sa.Column("run_id", sa.Integer(), server_default="0", nullable=False))
         batch.add_column(
@@ -43,4 +55,5 @@ def downgrade() -> None:
     with op.batch_alter_table("metrics") as batch:
         batch.drop_column("superseded")
         batch.drop_column("run_id")
+    op.drop_table("log_batches")
     op.drop_table("pending_jobs")
