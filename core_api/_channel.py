@@ -4,11 +4,19 @@ Every call into the master goes through :meth:`MasterSession.call`, which turns 
 into the platform's :class:`~determined_sdk.errors.DeterminedError` tree (never a raw
 ``grpc.RpcError``) and, for calls marked idempotent, retries on ``UNAVAILABLE`` and
 ``DEADLINE_EXCEEDED`` with exponential backoff (tenacity).
+
+Master outages of any length are survived by default: idempotent calls keep retrying until the
+master is back (a restarted or upgraded master adopts the trial). ``DET_MASTER_OUTAGE_LIMIT_S``
+(or ``retry_seconds``) bounds that. An outage is logged once, as one warning line, and its end
+once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,8 +46,11 @@ RETRYABLE_CODES = frozenset(
     }
 )
 
-#: How long idempotent calls keep retrying before the error reaches the user (seconds).
-DEFAULT_RETRY_SECONDS = 60.0
+#: How long idempotent calls keep retrying before the error reaches the user (seconds); None
+#: means as long as the outage lasts. ``DET_MASTER_OUTAGE_LIMIT_S`` overrides it.
+DEFAULT_RETRY_SECONDS: float | None = None
+
+OUTAGE_LIMIT_ENV = "DET_MASTER_OUTAGE_LIMIT_S"
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -60,20 +71,30 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
-def retrying(seconds: float) -> tenacity.Retrying:
-    """A tenacity policy: retry retryable errors for ``seconds``, backing off up to 5 s."""
+def retrying(
+    seconds: float | None,
+    before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
+) -> tenacity.Retrying:
+    """A tenacity policy: retry retryable errors for ``seconds`` (None: without a limit),
+    backing off up to 5 s."""
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_retryable),
-        stop=tenacity.stop_after_delay(seconds),
+        stop=tenacity.stop_never if seconds is None else tenacity.stop_after_delay(seconds),
         wait=tenacity.wait_exponential(multiplier=0.05, max=5.0),
         reraise=True,
-        before_sleep=_log_retry,
+        before_sleep=before_sleep,
     )
 
 
-def _log_retry(state: tenacity.RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome is not None else None
-    logger.warning("master call failed (%s); retry %d", exc, state.attempt_number)
+def _outage_limit() -> float | None:
+    raw = os.environ.get(OUTAGE_LIMIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{OUTAGE_LIMIT_ENV}: must be a number of seconds, got {raw!r}") from None
+    return None if value <= 0 else value
 
 
 class MasterSession:
@@ -81,13 +102,15 @@ class MasterSession:
 
     Args:
         address: ``host:port`` of the master's gRPC endpoint.
-        retry_seconds: how long idempotent calls keep retrying retryable errors (default
-            :data:`DEFAULT_RETRY_SECONDS`).
+        retry_seconds: how long idempotent calls keep retrying retryable errors (default:
+            ``$DET_MASTER_OUTAGE_LIMIT_S``, else :data:`DEFAULT_RETRY_SECONDS`, i.e. no limit).
     """
 
     def __init__(self, address: str, *, retry_seconds: float | None = None) -> None:
         self.address = _strip_scheme(address)
-        self.retry_seconds = DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds
+        self.retry_seconds = _outage_limit() if retry_seconds is None else retry_seconds
+        self._outage_lock = threading.Lock()
+        self._outage_since: float | None = None
         channel = grpc.insecure_channel(
             self.address,
             options=[
@@ -136,10 +159,40 @@ class MasterSession:
 
         if not idempotent:
             return once()
-        for attempt in retrying(self.retry_seconds):
+        for attempt in retrying(self.retry_seconds, self._on_retry):
             with attempt:
-                return once()
+                result = once()
+                self._outage_over()
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _on_retry(self, state: tenacity.RetryCallState) -> None:
+        """One warning line per outage, however many calls are retrying through it."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        with self._outage_lock:
+            first = self._outage_since is None
+            if first:
+                self._outage_since = time.monotonic()
+        if first:
+            limit = "" if self.retry_seconds is None else f" for up to {self.retry_seconds:g} s"
+            logger.warning(
+                "master %s unreachable (%s); training goes on, reports are buffered and retried%s",
+                self.address,
+                type(exc).__name__,
+                limit,
+            )
+        else:
+            logger.debug("master call failed (%s); retry %d", exc, state.attempt_number)
+
+    def _outage_over(self) -> None:
+        if self._outage_since is None:
+            return
+        with self._outage_lock:
+            since, self._outage_since = self._outage_since, None
+        if since is not None:
+            logger.info(
+                "master %s reachable again after %.1f s", self.address, time.monotonic() - since
+            )
 
     def close(self) -> None:
         """Close the channel; in-flight calls are cancelled."""

@@ -153,6 +153,8 @@ class CheckpointContext:
         trial_id: the trial checkpoints are reported against.
         before_report: called before each report (the Context flushes pending metrics, so
             the master can attach the metrics at the checkpoint's step).
+        send_report: when given, reports go through it instead (the Context's metrics sender:
+            in order after earlier metrics, buffered while the master is unreachable).
     """
 
     def __init__(
@@ -163,12 +165,14 @@ class CheckpointContext:
         *,
         trial_id: int = 0,
         before_report: Callable[[], None] | None = None,
+        send_report: Callable[[checkpoint_pb2.ReportCheckpointRequest], object] | None = None,
     ) -> None:
         self._dist = dist
         self._storage = storage
         self._session = session
         self._trial_id = trial_id
         self._before_report = before_report
+        self._send_report = send_report
         self._closed = False
 
     @property
@@ -314,9 +318,6 @@ class CheckpointContext:
                 md["steps_completed"],
             )
             return
-        if self._before_report is not None:
-            self._before_report()
-        session = self._session
         request = checkpoint_pb2.ReportCheckpointRequest(
             trial_id=self._trial_id,
             uuid=storage_id,
@@ -324,6 +325,12 @@ class CheckpointContext:
             resources=resources,
             metadata_json=json.dumps(md),
         )
+        if self._send_report is not None:
+            self._send_report(request)
+            return
+        if self._before_report is not None:
+            self._before_report()
+        session = self._session
         try:
             session.call(session.checkpoints.ReportCheckpoint, request)
         except errors.AlreadyExistsError:

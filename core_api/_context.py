@@ -238,6 +238,7 @@ def _init_cluster(
         train = TrainContext(
             session,
             trial_id=trial_id,
+            run_id=info.trial.run_id,
             experiment_id=info.trial.experiment_id,
             is_chief=dist.is_chief,
         )
@@ -248,7 +249,12 @@ def _init_cluster(
     return Context(
         train=train,
         checkpoint=CheckpointContext(
-            dist, storage, session, trial_id=trial_id, before_report=train.flush
+            dist,
+            storage,
+            session,
+            trial_id=trial_id,
+            before_report=train.flush,
+            send_report=train.report_checkpoint,
         ),
         searcher=SearcherContext(
             session, dist, train, trial_id=trial_id, unit=_unit_of(info.trial.config)
@@ -302,6 +308,7 @@ def _init_unmanaged(
         train = TrainContext(
             session,
             trial_id=trial.trial_id,
+            run_id=trial.run_id,
             experiment_id=trial.experiment_id,
             is_chief=dist.is_chief,
         )
@@ -317,7 +324,12 @@ def _init_unmanaged(
     return Context(
         train=train,
         checkpoint=CheckpointContext(
-            dist, storage, session, trial_id=trial.trial_id, before_report=train.flush
+            dist,
+            storage,
+            session,
+            trial_id=trial.trial_id,
+            before_report=train.flush,
+            send_report=train.report_checkpoint,
         ),
         # No master searcher drives an unmanaged trial, and nobody preempts it.
         searcher=SearcherContext(None, dist, train, max_length=max_length),

@@ -97,6 +97,17 @@ class _Flush:
         self.done = threading.Event()
 
 
+class _CheckpointReport:
+    """A checkpoint report, sent in order after the metrics reported before it."""
+
+    __slots__ = ("done", "error", "request")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class _Progress:
     __slots__ = ("value",)
 
@@ -113,6 +124,8 @@ class TrainContext:
     Args:
         session: the master session, or None off-cluster (metrics are logged).
         trial_id: the trial reported against.
+        run_id: the trial run reporting (``DET_RUN_ID``; 1 for an unmanaged trial); the master
+            supersedes an earlier run's reports after a restart from a checkpoint.
         experiment_id: its experiment (for :meth:`get_experiment_best_validation`).
         is_chief: whether this rank sends reports.
         max_queue: reports that may wait unsent before a report call blocks.
@@ -125,6 +138,7 @@ class TrainContext:
         session: MasterSession | None,
         *,
         trial_id: int = 0,
+        run_id: int = 0,
         experiment_id: int = 0,
         is_chief: bool = True,
         max_queue: int = 100_000,
@@ -133,6 +147,7 @@ class TrainContext:
     ) -> None:
         self._session = session
         self._trial_id = trial_id
+        self._run_id = run_id
         self._experiment_id = experiment_id
         self._is_chief = is_chief
         self._max_queue = max_queue
@@ -286,6 +301,42 @@ class TrainContext:
         if self._error is not None:
             self._raise_error()
 
+    def report_checkpoint(self, request: Any, wait_s: float = 5.0) -> bool:
+        """Send a ``ReportCheckpointRequest`` after every metric reported before it.
+
+        Waits up to ``wait_s`` for the master to store it (so a checkpoint is listed when
+        ``store_path`` returns); while the master is unreachable it returns without waiting
+        longer and the sender delivers the report when the master is back (the training loop
+        does not stop). Returns whether the report was stored within ``wait_s``.
+
+        Raises:
+            DeterminedError: the master refused the report.
+        """
+        if not (self._sends and self._sender is not None and self._sender.is_alive()):
+            self._send_checkpoint(request)
+            return True
+        item = _CheckpointReport(request)
+        self._queue.append(item)
+        self._wake.set()
+        if not item.done.wait(wait_s):
+            logger.info("checkpoint %s: report buffered until the master answers", request.uuid)
+            return False
+        if item.error is not None:
+            err, item.error = item.error, None
+            if err is self._error:
+                self._error = None
+            raise err
+        return True
+
+    def _send_checkpoint(self, request: Any) -> None:
+        session = self._session
+        assert session is not None
+        try:
+            session.call(session.checkpoints.ReportCheckpoint, request)
+        except errors.AlreadyExistsError:
+            # An earlier attempt whose reply was lost already stored it.
+            logger.debug("checkpoint %s was already reported", request.uuid)
+
     def close(self) -> None:
         """Flush, stop the sender thread; raise the sender's last error, if any. Idempotent."""
         if self._closed:
@@ -341,6 +392,16 @@ class TrainContext:
                     self._notify_space()
             elif type(item) is _Progress:
                 progress = item.value
+            elif type(item) is _CheckpointReport:
+                if batch:
+                    self._guarded(self._send, batch)
+                    batch = []
+                self._guarded(self._await_inflight)
+                before = self._error
+                self._guarded(self._send_checkpoint, item.request)
+                if self._error is not before:
+                    item.error = self._error
+                item.done.set()
             else:  # _Flush: everything before it must be stored before it is released
                 if batch:
                     self._guarded(self._send, batch)
@@ -379,6 +440,7 @@ class TrainContext:
         session = self._session
         assert session is not None
         request = pack_reports(self._trial_id, uuid.uuid4().hex, batch)
+        request.trial_run_id = self._run_id
         self._guarded(self._await_inflight)
         future = session.trials.ReportMetrics.future(request, timeout=_SEND_TIMEOUT)
         self._inflight = (request, future)

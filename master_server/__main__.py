@@ -26,6 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-dir", default=None, help="default checkpoint storage directory")
     p.add_argument("--max-model-mib", type=int, default=64, help="model directory size limit")
     p.add_argument("--port-file", default=None, help="write the bound port here once serving")
+    p.add_argument(
+        "--stop-trials-on-exit",
+        action="store_true",
+        help="stop running trials when the master stops (default: they keep training and the "
+        "next master on the same data dir adopts them)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         slots=args.slots,
         checkpoint_dir=args.checkpoint_dir,
         max_model_bytes=args.max_model_mib * 2**20,
+        keep_runs_on_stop=not args.stop_trials_on_exit,
     )
     try:
         master.start()

@@ -24,9 +24,8 @@ from master_server.admission import Admission
 from master_server.checkpoints import CheckpointService
 from master_server.experiments import ExperimentService
 from master_server.ingest import MetricIngest
-from master_server.launcher import LocalLauncher, kill_stale_supervisors
 from master_server.logs import LogService
-from master_server.scheduler import Scheduler
+from master_server.rm.local import LocalResourceManager
 from master_server.servicers import register_all
 from master_server.store import open_store
 from master_server.waiting import Waker
@@ -79,6 +78,10 @@ class Master:
         max_workers: threads running ordinary (non-waiting) RPC handlers.
         max_queued_calls: ordinary calls that may wait for a thread; more are refused with
             RESOURCE_EXHAUSTED and a retry hint (see ``master_server.admission``).
+        keep_runs_on_stop: leave running trials running when the master stops; the next master
+            on the same data directory adopts them (the command line's default).
+        orphan_checkpoint_grace_s: on start, directories in ``checkpoint_dir`` that no
+            checkpoint record names and that are older than this are removed.
     """
 
     def __init__(
@@ -94,6 +97,8 @@ class Master:
         preempt_grace_s: float = 30.0,
         max_workers: int = 32,
         max_queued_calls: int = 4096,
+        keep_runs_on_stop: bool = False,
+        orphan_checkpoint_grace_s: float = 3600.0,
     ) -> None:
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
@@ -107,6 +112,8 @@ class Master:
         self.preempt_grace_s = preempt_grace_s
         self.max_workers = max_workers
         self.max_queued_calls = max_queued_calls
+        self.keep_runs_on_stop = keep_runs_on_stop
+        self.orphan_checkpoint_grace_s = orphan_checkpoint_grace_s
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._loop: _LoopThread | None = None
@@ -122,9 +129,7 @@ class Master:
         """Open the database (migrating it), recover unfinished work, and start serving."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        stale = kill_stale_supervisors(self.data_dir)
-        if stale:
-            logger.warning("killed %d trial supervisors left by a previous master", stale)
+        rm = LocalResourceManager(self.data_dir, self.slots, lambda: self.address)
         store = open_store(self.db_url)
         pool = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc")
         loop = _LoopThread(pool)
@@ -141,13 +146,9 @@ class Master:
             pool.shutdown(wait=False)
             store.close()
             raise
-        launcher = LocalLauncher(self.data_dir, lambda: self.address)
-        scheduler = Scheduler(self.slots)
         experiments = ExperimentService(
             store,
-            launcher,
-            scheduler,
-            data_dir=self.data_dir,
+            rm,
             checkpoint_dir=self.checkpoint_dir,
             master_address=lambda: self.address,
             max_model_bytes=self.max_model_bytes,
@@ -162,7 +163,7 @@ class Master:
             "checkpoints": CheckpointService(store, experiments),
             "logs": logs,
             "ingest": MetricIngest(store),
-            "launcher": launcher,
+            "rm": rm,
             "pool": pool,
             "waker": waker,
             "log_waker": log_waker,
@@ -170,12 +171,15 @@ class Master:
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
         }
-        experiments.on_experiment_finished = self.parts["checkpoints"].garbage_collect
         register_all(server, self.parts)
-        launcher.start(experiments.on_trial_exit)
+        rm.start(experiments.on_trial_exit)
         loop.call(self._serve(server))
         self._server, self._loop = server, loop
         experiments.recover()
+        experiments.jobs.start()  # finishes GC and deletions a previous master left pending
+        threading.Thread(
+            target=self._remove_orphans, name="orphan-checkpoints", daemon=True
+        ).start()
         logger.info(
             "master serving on %s (%s, %d slots, data in %s)",
             self.address,
@@ -184,6 +188,14 @@ class Master:
             self.data_dir,
         )
         return self
+
+    def _remove_orphans(self) -> None:
+        try:
+            self.parts["checkpoints"].remove_orphans(
+                self.checkpoint_dir, self.orphan_checkpoint_grace_s
+            )
+        except Exception:
+            logger.exception("removing orphaned checkpoint directories failed")
 
     async def _bind(self, admission: Admission) -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(
@@ -224,7 +236,8 @@ class Master:
         loop.close()
         self.parts["ingest"].close()
         self.parts["pool"].shutdown(wait=True)
-        self.parts["launcher"].stop()
+        self.parts["experiments"].jobs.stop()
+        self.parts["rm"].stop(keep_runs=self.keep_runs_on_stop)
         self.parts["store"].close()
         self._stopped.set()
         logger.info("master stopped")

@@ -6,19 +6,26 @@ keeps metadata and, for clients that cannot reach the storage, streams files on 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pathlib
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
-from master_server.domain import Checkpoint, CheckpointState, JSONDict
+from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from master_server.domain import (
+    TERMINAL_EXPERIMENT_STATES,
+    Checkpoint,
+    CheckpointState,
+    JSONDict,
+    PendingJob,
+)
 from master_server.experiments import ExperimentService
 from master_server.store.base import Store
 
+logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
 SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric")
 
@@ -29,6 +36,8 @@ class CheckpointService:
     def __init__(self, store: Store, experiments: ExperimentService) -> None:
         self.store = store
         self.experiments = experiments
+        self.jobs = experiments.jobs
+        self.jobs.register("gc_experiment", self._gc_job)
 
     def report(
         self,
@@ -47,6 +56,7 @@ class CheckpointService:
             if p.is_absolute() or ".." in p.parts or size < 0:
                 raise InvalidArgumentError(f"resources: bad entry {path!r} ({size} bytes)")
         trial = self.store.get_trial(trial_id)
+        self.experiments.record_activity(trial_id)
         cfg = self.experiments.experiment_config(trial.experiment_id)
         metadata = dict(metadata)
         metadata.setdefault("steps_completed", steps_completed)
@@ -137,13 +147,57 @@ class CheckpointService:
         if not uuids:
             raise InvalidArgumentError("uuids: give at least one checkpoint uuid")
         ckpts = [self.store.get_checkpoint(u) for u in uuids]  # all exist, or nothing happens
-        out = []
-        for c in ckpts:
-            shutil.rmtree(_ckpt_dir(c), ignore_errors=True)
-            out.append(
-                self.store.update_checkpoint(c.uuid, state=CheckpointState.DELETED, resources={})
+        live = [c for c in ckpts if c.state != CheckpointState.DELETED]
+        if live:
+            # Checked (model versions), marked DELETED and recorded in one transaction, then
+            # the files go: a checkpoint is never COMPLETED with its files missing.
+            paths = [str(_ckpt_dir(c)) for c in live if c.storage.get("path")]
+            job = self.store.begin_checkpoint_deletion([c.uuid for c in live], paths)
+            self.jobs.run_now(job)
+        return [self.store.get_checkpoint(c.uuid) for c in ckpts]
+
+    def remove_orphans(self, root: pathlib.Path, grace_s: float) -> list[str]:
+        """Remove checkpoint directories under ``root`` that no record names, once they are
+        older than ``grace_s`` (a trial that died before reporting its checkpoint, or a staging
+        directory of a sharded one). Reports of checkpoints written while the master was down
+        arrive within the grace period, so those are kept. Returns the names removed."""
+        if not root.is_dir():
+            return []
+        cutoff = time.time() - grace_s
+        doomed: list[pathlib.Path] = []
+        for d in root.iterdir():
+            try:
+                if not d.is_dir() or d.stat().st_mtime > cutoff:
+                    continue
+            except OSError:
+                continue
+            if not d.name.startswith("."):
+                try:
+                    self.store.get_checkpoint(d.name)
+                    continue
+                except NotFoundError:
+                    pass
+            doomed.append(d)
+        if doomed:
+            job = self.store.add_job(
+                "remove_files",
+                f"remove_files:orphans:{root}:{time.time_ns()}",
+                {"paths": [str(d) for d in doomed]},
             )
-        return out
+            self.jobs.run_now(job)
+            logger.info("removed %d orphaned checkpoint directories from %s", len(doomed), root)
+        return [d.name for d in doomed]
+
+    def _gc_job(self, job: PendingJob) -> bool:
+        experiment_id = int(job.payload["experiment_id"])
+        try:
+            exp = self.store.get_experiment(experiment_id)
+        except NotFoundError:
+            return True  # deleted meanwhile: its deletion removes every file
+        if exp.state not in TERMINAL_EXPERIMENT_STATES:
+            return False  # not finished yet (recorded just before its final state was written)
+        self.garbage_collect(experiment_id)
+        return True
 
     def garbage_collect(self, experiment_id: int) -> list[str]:
         """Delete the checkpoints a finished experiment's config does not keep.

@@ -52,6 +52,7 @@ _TOP_LEVEL_KEYS = (
     "searcher",
     "resources",
     "max_restarts",
+    "max_idle",
     "min_validation_period",
     "min_checkpoint_period",
     "checkpoint_storage",
@@ -883,6 +884,12 @@ def validate_experiment_config(
     out["resources"] = res_out
 
     out["max_restarts"] = _read_int(cfg, "max_restarts", "", errs, default=5, minimum=0)
+    max_idle = _read_number(cfg, "max_idle", "", errs)
+    if max_idle is not None and not (max_idle > 0 and math.isfinite(max_idle)):
+        errs.add("max_idle", f"must be a positive number of seconds, got {_show(cfg['max_idle'])}")
+        max_idle = None
+    if max_idle is not None:
+        out["max_idle"] = max_idle
     out["min_validation_period"] = _read_length(cfg, "min_validation_period", "", errs)
     out["min_checkpoint_period"] = _read_length(cfg, "min_checkpoint_period", "", errs)
 

@@ -177,6 +177,8 @@ def metric_point_to_proto(p: domain.MetricPoint) -> trial_pb2.MetricPoint:
         metrics=p.metrics,
         timestamp=p.timestamp,
         trial_id=p.trial_id,
+        trial_run_id=p.run_id,
+        superseded=p.superseded,
     )
 
 

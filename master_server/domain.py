@@ -159,6 +159,8 @@ class MetricPoint:
     steps_completed: int
     metrics: dict[str, float]
     timestamp: float
+    run_id: int = 0  # the trial run that reported it (0: unknown)
+    superseded: bool = False  # a later run restarted from a checkpoint before this step
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,21 @@ class Checkpoint:
     report_time: float
     training_metrics: dict[str, float] = field(default_factory=dict)
     validation_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """Side work recorded in the database before it starts (see ``Store.add_job``).
+
+    Kinds: ``remove_files`` ({"paths": [...]}), ``delete_experiment`` ({"experiment_id",
+    "paths"}), ``gc_experiment`` ({"experiment_id"}).
+    """
+
+    id: int
+    kind: str
+    key: str
+    payload: JSONDict
+    create_time: float
 
 
 @dataclass(frozen=True)

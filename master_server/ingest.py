@@ -25,7 +25,7 @@ from master_server.store.base import Store
 
 logger = logging.getLogger(__name__)
 
-_Item = tuple[int, str, Sequence[MetricReport], "Future[bool]"]
+_Item = tuple[int, str, Sequence[MetricReport], int, "Future[bool]"]
 
 
 class MetricIngest:
@@ -54,8 +54,11 @@ class MetricIngest:
         self._thread = threading.Thread(target=self._run, name="metric-ingest", daemon=True)
         self._thread.start()
 
-    def submit(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> Future[bool]:
-        """Queue one batch; the future resolves as :meth:`Store.add_metrics` would return.
+    def submit(
+        self, trial_id: int, batch_id: str, reports: Sequence[MetricReport], run_id: int = 0
+    ) -> Future[bool]:
+        """Queue one batch of run ``run_id`` (0: unknown); the future resolves as
+        :meth:`Store.add_metrics` would return.
 
         Raises:
             ResourceExhaustedError: too many reports are waiting to be written, or the master
@@ -71,7 +74,7 @@ class MetricIngest:
                     f"metric ingestion is behind ({self._pending_reports} reports waiting);"
                     " retry in a second"
                 )
-            self._queue.append((trial_id, batch_id, reports, fut))
+            self._queue.append((trial_id, batch_id, reports, run_id, fut))
             self._pending_reports += n
             self._cond.notify()
         return fut
@@ -97,7 +100,7 @@ class MetricIngest:
             if items is None:
                 return
             try:
-                results = self.store.add_metrics_many([(t, b, r) for t, b, r, _ in items])
+                results = self.store.add_metrics_many([item[:4] for item in items])
             except Exception as e:  # the whole transaction failed: every batch in it did
                 if not isinstance(e, DeterminedError):
                     logger.exception("storing %d metric batches failed", len(items))

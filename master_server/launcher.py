@@ -20,37 +20,59 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from determined_sdk.model_dir import extract_archive
+from master_server.rm.base import ExitCallback, LaunchSpec, LiveRun
 
 logger = logging.getLogger(__name__)
-
-ExitCallback = Callable[[int, int, int], None]  # (trial_id, run_id, exit_code)
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """Everything needed to start one run of a trial."""
-
-    trial_id: int
-    experiment_id: int
-    run_id: int
-    entrypoint: str | list[str]  # a string is one command line (split like a shell)
-    slots: int
-    env: dict[str, str]
-    cluster_info: dict[str, Any]
-    model_definition: Callable[[], bytes]
 
 
 @dataclass
 class _Run:
     trial_id: int
     run_id: int
-    proc: subprocess.Popen[bytes]
+    pid: int
     run_dir: pathlib.Path
+    proc: subprocess.Popen[bytes] | None  # None: adopted from a previous master
+
+    def exit_code(self) -> int | None:
+        """The run's exit code once its supervisor is gone, else None."""
+        if self.proc is not None:
+            return self.proc.poll()
+        if _alive(self.pid):
+            return None
+        # Not our child: the supervisor wrote its code before exiting (-1 when it could not).
+        try:
+            return int((self.run_dir / ".det" / "exit_code").read_text())
+        except (OSError, ValueError):
+            return -1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _is_supervisor_of(pid: int, run_dir: pathlib.Path) -> bool:
+    """Whether ``pid`` is the supervisor started for ``run_dir`` (not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return str(run_dir / ".det" / "launch.json").encode() in argv
 
 
 class LocalLauncher:
@@ -94,21 +116,7 @@ class LocalLauncher:
         info_path = run_dir / ".det" / "cluster_info.json"
         info_path.parent.mkdir(parents=True, exist_ok=True)
         info_path.write_text(json.dumps(spec.cluster_info, indent=1))
-        python_bin = os.path.dirname(sys.executable)
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            {
-                "DET_MASTER": self._master_address(),
-                "DET_TRIAL_ID": str(spec.trial_id),
-                "DET_EXPERIMENT_ID": str(spec.experiment_id),
-                "DET_RUN_ID": str(spec.run_id),
-                "DET_CLUSTER_INFO": str(info_path),
-                "DET_SLOTS_PER_TRIAL": str(spec.slots),
-                "PYTHONUNBUFFERED": "1",
-                "PATH": python_bin + os.pathsep + env.get("PATH", ""),
-            }
-        )
+        env = trial_environment(spec, self._master_address(), info_path)
         launch = {
             "master": self._master_address(),
             "trial_id": spec.trial_id,
@@ -135,7 +143,7 @@ class LocalLauncher:
             log.close()
         (run_dir / ".det" / "supervisor.pid").write_text(str(proc.pid))
         with self._lock:
-            self._runs[spec.trial_id] = _Run(spec.trial_id, spec.run_id, proc, run_dir)
+            self._runs[spec.trial_id] = _Run(spec.trial_id, spec.run_id, proc.pid, run_dir, proc)
         logger.info(
             "trial %d run %d: started supervisor pid %d in %s",
             spec.trial_id,
@@ -144,84 +152,129 @@ class LocalLauncher:
             run_dir,
         )
 
-    def signal(self, trial_id: int, sig: signal.Signals) -> bool:
-        """Send ``sig`` to the trial's supervisor (which forwards it); False if not running."""
+    def signal(self, trial_id: int, run_id: int, sig: signal.Signals) -> bool:
+        """Send ``sig`` to run ``run_id``'s supervisor (which forwards it).
+
+        False when that run is not the trial's live run (it ended, or a newer run replaced it).
+        """
         with self._lock:
             run = self._runs.get(trial_id)
-        if run is None or run.proc.poll() is not None:
+        if run is None or run.run_id != run_id or run.exit_code() is not None:
             return False
         try:
-            os.kill(run.proc.pid, sig)
+            os.kill(run.pid, sig)
         except ProcessLookupError:
             return False
         return True
 
-    def kill(self, trial_id: int) -> bool:
-        """Kill the whole process group of the trial's run at once."""
+    def kill(self, trial_id: int, run_id: int) -> bool:
+        """Kill the whole process group of run ``run_id`` at once; False if it is not live."""
         with self._lock:
             run = self._runs.get(trial_id)
-        if run is None or run.proc.poll() is not None:
+        if run is None or run.run_id != run_id or run.exit_code() is not None:
             return False
         try:
-            os.killpg(run.proc.pid, signal.SIGKILL)
+            os.killpg(run.pid, signal.SIGKILL)
         except ProcessLookupError:
             return False
+        return True
+
+    def adopt(self, run: LiveRun) -> bool:
+        """Watch a supervisor a previous master started; False if it is not that supervisor."""
+        run_dir = self.run_dir(run.trial_id, run.run_id)
+        if not (_alive(run.pid) and _is_supervisor_of(run.pid, run_dir)):
+            return False
+        with self._lock:
+            self._runs[run.trial_id] = _Run(run.trial_id, run.run_id, run.pid, run_dir, None)
+        logger.info("trial %d run %d: adopted supervisor pid %d", run.trial_id, run.run_id, run.pid)
         return True
 
     def _reap_loop(self) -> None:
         while not self._stop.wait(0.2):
             with self._lock:
-                done = [r for r in self._runs.values() if r.proc.poll() is not None]
-                for r in done:
+                done = [(r, c) for r in self._runs.values() if (c := r.exit_code()) is not None]
+                for r, _ in done:
                     del self._runs[r.trial_id]
-            for r in done:
-                code = r.proc.returncode
+            for r, code in done:
                 # Kill leftovers of the gang (ranks whose supervisor was SIGKILLed).
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(r.proc.pid, signal.SIGKILL)
+                    os.killpg(r.pid, signal.SIGKILL)
                 if self._on_exit is not None:
                     try:
                         self._on_exit(r.trial_id, r.run_id, code)
                     except Exception:
                         logger.exception("trial %d: exit handling failed", r.trial_id)
 
-    def stop(self, grace_s: float = 5.0) -> None:
-        """Stop the reaper and terminate every supervisor still running."""
+    def stop(self, grace_s: float = 5.0, *, keep_runs: bool = False) -> None:
+        """Stop the reaper; terminate every supervisor still running unless ``keep_runs``.
+
+        Kept runs go on training; the next master on this data directory adopts them.
+        """
         self._stop.set()
         if self._reaper is not None:
             self._reaper.join(timeout=5)
         with self._lock:
             runs = list(self._runs.values())
             self._runs.clear()
+        if keep_runs:
+            return
         for r in runs:
             try:
-                os.killpg(r.proc.pid, signal.SIGTERM)
+                os.killpg(r.pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue
+        deadline = time.monotonic() + grace_s
         for r in runs:
-            try:
-                r.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
+            while r.exit_code() is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling a process that is not our child
+            if r.exit_code() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(r.proc.pid, signal.SIGKILL)
+                    os.killpg(r.pid, signal.SIGKILL)
+            if r.proc is not None:
                 r.proc.wait()
 
 
-def kill_stale_supervisors(data_dir: pathlib.Path) -> int:
-    """Kill supervisors left by a previous master process (their trials get relaunched).
+def trial_environment(spec: LaunchSpec, master: str, info_path: pathlib.Path) -> dict[str, str]:
+    """The environment of a trial run: the master's, the config's variables, then ours."""
+    python_bin = os.path.dirname(sys.executable)
+    env = dict(os.environ)
+    env.update(spec.env)
+    env.update(
+        {
+            "DET_MASTER": master,
+            "DET_TRIAL_ID": str(spec.trial_id),
+            "DET_EXPERIMENT_ID": str(spec.experiment_id),
+            "DET_RUN_ID": str(spec.run_id),
+            "DET_CLUSTER_INFO": str(info_path),
+            "DET_SLOTS_PER_TRIAL": str(spec.slots),
+            "PYTHONUNBUFFERED": "1",
+            "PATH": python_bin + os.pathsep + env.get("PATH", ""),
+        }
+    )
+    return env
 
-    Returns how many were found alive.
-    """
-    n = 0
-    for pid_file in data_dir.glob("runs/trial-*/run-*/.det/supervisor.pid"):
+
+def find_live_runs(data_dir: pathlib.Path) -> list[LiveRun]:
+    """Supervisors left alive by a previous master process, from their run directories."""
+    out: list[LiveRun] = []
+    for pid_file in sorted(data_dir.glob("runs/trial-*/run-*/.det/supervisor.pid")):
+        run_dir = pid_file.parent.parent
         try:
             pid = int(pid_file.read_text())
+            trial_id = int(run_dir.parent.name.removeprefix("trial-"))
+            run_id = int(run_dir.name.removeprefix("run-"))
         except (OSError, ValueError):
             continue
-        try:
-            os.killpg(pid, signal.SIGKILL)
-            n += 1
-        except (ProcessLookupError, PermissionError):
-            pass
-        pid_file.unlink(missing_ok=True)
-    return n
+        if not (_alive(pid) and _is_supervisor_of(pid, run_dir)):
+            pid_file.unlink(missing_ok=True)
+            continue
+        out.append(LiveRun(trial_id=trial_id, run_id=run_id, pid=pid))
+    return out
+
+
+def discard_run(data_dir: pathlib.Path, run: LiveRun) -> None:
+    """Kill a run left by a previous master (its whole process group) and forget its pid."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(run.pid, signal.SIGKILL)
+    pid_file = data_dir / "runs" / f"trial-{run.trial_id}" / f"run-{run.run_id}" / ".det"
+    (pid_file / "supervisor.pid").unlink(missing_ok=True)

@@ -25,9 +25,10 @@ class LogService:
         """Call ``fn`` (from the shipping thread) after new lines are stored; it must be cheap."""
         self._listeners.append(fn)
 
-    def ship(self, lines: Sequence[LogLine]) -> None:
+    def ship(self, lines: Sequence[LogLine], batch_id: str = "") -> bool:
+        """Store shipped lines; False when ``batch_id`` was stored before (a retry)."""
         if not lines:
-            return
+            return True
         for i, line in enumerate(lines):
             if line.trial_id <= 0:
                 raise InvalidArgumentError(
@@ -35,12 +36,14 @@ class LogService:
                 )
         for tid in {line.trial_id for line in lines}:
             self.store.get_trial(tid)
-        self.store.add_logs(lines)
+        if not self.store.add_logs(lines, batch_id):
+            return False
         with self._cond:
             self._version += 1
             self._cond.notify_all()
         for fn in self._listeners:
             fn()
+        return True
 
     def close(self) -> None:
         with self._cond:

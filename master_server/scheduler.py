@@ -50,6 +50,11 @@ class Scheduler:
         """Give back the slots of a trial that stopped running."""
         self._running.pop(trial_id, None)
 
+    def hold(self, trial_id: int, slots: int) -> None:
+        """Count ``slots`` as used by a trial that is already running (adopted after a restart)."""
+        self._queue.pop(trial_id, None)
+        self._running[trial_id] = slots
+
     def is_queued(self, trial_id: int) -> bool:
         return trial_id in self._queue
 

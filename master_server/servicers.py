@@ -324,7 +324,8 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         if not request.batch_id:
             raise InvalidArgumentError("batch_id: must not be empty (it makes retries safe)")
         reports = convert.metric_reports_from_proto(request)
-        fut = self.ingest.submit(request.trial_id, request.batch_id, reports)
+        fut = self.ingest.submit(request.trial_id, request.batch_id, reports, request.trial_run_id)
+        self.svc.record_activity(request.trial_id)  # lock-free: safe on the event loop
         stored = await asyncio.wrap_future(fut)
         validations = [r for r in reports if r.group == "validation"] if stored else []
         if validations:
@@ -345,7 +346,10 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         for tid in request.trial_ids:
             self.store.get_trial(tid)
         for page in self.store.iter_metrics(
-            list(request.trial_ids), request.group or None, request.page_size or 10_000
+            list(request.trial_ids),
+            request.group or None,
+            request.page_size or 10_000,
+            include_superseded=request.include_superseded,
         ):
             yield trial_pb2.StreamMetricsResponse(
                 points=[convert.metric_point_to_proto(p) for p in page]
@@ -487,8 +491,10 @@ class Logs(logs_pb2_grpc.LogServiceServicer):
 
     @rpc
     def ShipLogs(self, request: Any, context: Any) -> Any:
-        self.svc.ship([convert.log_line_from_proto(x) for x in request.lines])
-        return logs_pb2.ShipLogsResponse()
+        stored = self.svc.ship(
+            [convert.log_line_from_proto(x) for x in request.lines], request.batch_id
+        )
+        return logs_pb2.ShipLogsResponse(duplicate=not stored)
 
     @rpc_async_stream
     async def TrialLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
@@ -711,7 +717,7 @@ class Master(master_pb2_grpc.MasterServiceServicer):
         return master_pb2.GetMasterInfoResponse(
             version=self.version,
             cluster_id=self.cluster_id,
-            total_slots=self.svc.scheduler.total_slots,
+            total_slots=self.svc.total_slots,
             free_slots=free,
             database=self.store.dialect,
         )

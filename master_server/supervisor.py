@@ -10,8 +10,10 @@ SIGTERM is forwarded to the ranks; ranks still alive after the grace period are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pathlib
 import queue
 import re
 import shlex
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import IO, Any
 
 import grpc
@@ -91,14 +94,35 @@ class _Shipper(threading.Thread):
                 self._send(batch)
 
     def _send(self, batch: list[logs_pb2.LogLine]) -> None:
-        for attempt in tenacity.Retrying(
-            stop=tenacity.stop_after_delay(60),
-            wait=tenacity.wait_exponential(multiplier=0.1, max=2),
-            retry=tenacity.retry_if_exception_type(grpc.RpcError),
-            reraise=False,
-        ):
-            with attempt:
-                self._stub.ShipLogs(logs_pb2.ShipLogsRequest(lines=batch), timeout=10)
+        """Send one batch. While the master is unreachable, keep trying (an outage of any
+        length; the queue is bounded) and say so once; other errors give up after 60 s."""
+        delay, warned, first_error = 0.1, False, 0.0
+        # One id for every attempt: a batch whose reply was lost is stored once.
+        request = logs_pb2.ShipLogsRequest(lines=batch, batch_id=uuid.uuid4().hex)
+        while True:
+            try:
+                self._stub.ShipLogs(request, timeout=10)
+            except grpc.RpcError as e:
+                transient = e.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                now = time.monotonic()
+                first_error = first_error or now
+                if not transient and now - first_error > 60:
+                    print(
+                        f"supervisor: dropped {len(batch)} log lines: {e.code()}", file=sys.stderr
+                    )
+                    return
+                if transient and not warned:
+                    warned = True
+                    print("supervisor: master unreachable; buffering log lines", file=sys.stderr)
+                time.sleep(delay)  # back off before the next attempt
+                delay = min(delay * 2, 2.0)
+                continue
+            if warned:
+                print("supervisor: master reachable again; log lines delivered", file=sys.stderr)
+            return
 
 
 def _reader(
@@ -246,6 +270,9 @@ def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     code = run(spec)
+    # For a master that adopted this run (it is not our parent and cannot wait for us).
+    with contextlib.suppress(OSError):
+        (pathlib.Path(spec["run_dir"]) / ".det" / "exit_code").write_text(str(code))
     try:
         report_exit(spec, code)
     except grpc.RpcError as e:

@@ -111,8 +111,11 @@ class ReportMetricsRequest(_message.Message):
     METRIC_COUNTS_FIELD_NUMBER: _builtins.int
     NAMES_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
+    TRIAL_RUN_ID_FIELD_NUMBER: _builtins.int
     trial_id: _builtins.int
     batch_id: _builtins.str
+    trial_run_id: _builtins.int
+    """the run that reported (DET_RUN_ID); 0 = unknown"""
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """"training", "validation" or any user group"""
@@ -138,10 +141,11 @@ class ReportMetricsRequest(_message.Message):
         metric_counts: _abc.Iterable[_builtins.int] | None = ...,
         names: _abc.Iterable[_builtins.str] | None = ...,
         values: _abc.Iterable[_builtins.float] | None = ...,
+        trial_run_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "groups", b"groups", "metric_counts", b"metric_counts", "names", b"names", "steps_completed", b"steps_completed", "timestamps", b"timestamps", "trial_id", b"trial_id", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "groups", b"groups", "metric_counts", b"metric_counts", "names", b"names", "steps_completed", b"steps_completed", "timestamps", b"timestamps", "trial_id", b"trial_id", "trial_run_id", b"trial_run_id", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,10 +199,16 @@ class MetricPoint(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     TRIAL_ID_FIELD_NUMBER: _builtins.int
+    TRIAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     steps_completed: _builtins.int
     timestamp: _builtins.float
     trial_id: _builtins.int
+    trial_run_id: _builtins.int
+    """the run that reported it"""
+    superseded: _builtins.bool
+    """a later run restarted from an earlier checkpoint"""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     def __init__(
@@ -209,10 +219,12 @@ class MetricPoint(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         timestamp: _builtins.float = ...,
         trial_id: _builtins.int = ...,
+        trial_run_id: _builtins.int = ...,
+        superseded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "metrics", b"metrics", "steps_completed", b"steps_completed", "timestamp", b"timestamp", "trial_id", b"trial_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "metrics", b"metrics", "steps_completed", b"steps_completed", "superseded", b"superseded", "timestamp", b"timestamp", "trial_id", b"trial_id", "trial_run_id", b"trial_run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -227,10 +239,13 @@ class StreamMetricsRequest(_message.Message):
     TRIAL_IDS_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    INCLUDE_SUPERSEDED_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """empty = every group"""
     page_size: _builtins.int
     """0 = server default"""
+    include_superseded: _builtins.bool
+    """also reports of runs a restart superseded"""
     @_builtins.property
     def trial_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -239,10 +254,11 @@ class StreamMetricsRequest(_message.Message):
         trial_ids: _abc.Iterable[_builtins.int] | None = ...,
         group: _builtins.str = ...,
         page_size: _builtins.int = ...,
+        include_superseded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "page_size", b"page_size", "trial_ids", b"trial_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "include_superseded", b"include_superseded", "page_size", b"page_size", "trial_ids", b"trial_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,12 +20,24 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   ``{"min", "max", "last", "count", "mean"}`` (NaN values count in ``count`` and ``last`` but
   not in min/max/mean). A batch id already stored for the trial makes the call a no-op that
   returns False. NaN and +/-inf are stored and read back as such.
+* **Runs.** Each metric report records the trial run that sent it. When run ``r`` restarts a
+  trial from its checkpoint at step ``S``, :meth:`supersede_metrics` marks the reports of runs
+  before ``r`` at steps after ``S``; readers see one series unless they ask for superseded ones.
 * **Checkpoints.** :meth:`add_checkpoint` fills ``training_metrics`` / ``validation_metrics``
-  from the last report of each group at or before the checkpoint's ``steps_completed``, and
+  from the last (not superseded) report of each group at or before the checkpoint's
+  ``steps_completed``; :meth:`add_metrics` keeps them so when the report comes after the
+  checkpoint (a validation reported right after its checkpoint belongs to it), and
   sets the trial's ``latest_checkpoint_uuid`` when the checkpoint is COMPLETED and its steps
   are the trial's highest.
 * **Deletion.** :meth:`delete_experiment` removes the experiment and everything under it
   (trials, metrics, checkpoint records, logs, searcher state); files on disk are the caller's.
+* **Pending jobs.** Side work (file removals, deletions, checkpoint GC) is recorded with
+  :meth:`add_job` before it starts and removed with :meth:`finish_job` when done; at most one
+  pending job exists per ``key`` (adding it again returns the pending one).
+  :meth:`begin_checkpoint_deletion` and :meth:`begin_experiment_deletion` check every
+  precondition, mark the records (checkpoints DELETED, the experiment DELETING) and record the
+  job that removes the files, all in one transaction: a checkpoint is never COMPLETED with its
+  files gone, and nothing is marked when a precondition fails.
 * **Immutability.** An experiment's config and model definition never change after creation.
 """
 
@@ -50,6 +62,7 @@ from master_server.domain import (
     Model,
     ModelVersion,
     NewExperiment,
+    PendingJob,
     Project,
     Trial,
     TrialState,
@@ -184,14 +197,17 @@ class Store(abc.ABC):
 
     # -- metrics ------------------------------------------------------------------------------
     @abc.abstractmethod
-    def add_metrics(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> bool:
-        """Store one batch and update the summary; False if ``batch_id`` was already stored."""
+    def add_metrics(
+        self, trial_id: int, batch_id: str, reports: Sequence[MetricReport], run_id: int = 0
+    ) -> bool:
+        """Store one batch (reported by run ``run_id``, 0 = unknown) and update the summary;
+        False if ``batch_id`` was already stored."""
 
     @abc.abstractmethod
     def add_metrics_many(
-        self, batches: Sequence[tuple[int, str, Sequence[MetricReport]]]
+        self, batches: Sequence[tuple[int, str, Sequence[MetricReport], int]]
     ) -> list[bool | DeterminedError]:
-        """Store many ``(trial_id, batch_id, reports)`` batches in one transaction.
+        """Store many ``(trial_id, batch_id, reports, run_id)`` batches in one transaction.
 
         Each batch is stored as :meth:`add_metrics` would; the result per batch is True, False (a
         batch id already stored, earlier or in this call) or the error that batch alone raises.
@@ -199,9 +215,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def iter_metrics(
-        self, trial_ids: Sequence[int], group: str | None = None, page_size: int = 10_000
+        self,
+        trial_ids: Sequence[int],
+        group: str | None = None,
+        page_size: int = 10_000,
+        *,
+        include_superseded: bool = False,
     ) -> Iterator[list[MetricPoint]]:
-        """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy."""
+        """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy.
+        Superseded reports are left out unless ``include_superseded``."""
+
+    @abc.abstractmethod
+    def supersede_metrics(self, trial_id: int, run_id: int, after_steps: int) -> int:
+        """Mark reports of runs before ``run_id`` at steps after ``after_steps`` superseded (a
+        restart from the checkpoint at ``after_steps``); returns how many were marked."""
 
     # -- checkpoints --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -234,8 +261,10 @@ class Store(abc.ABC):
 
     # -- logs ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    def add_logs(self, lines: Sequence[LogLine]) -> None:
-        """Append lines (one transaction); ids are assigned increasing in the given order."""
+    def add_logs(self, lines: Sequence[LogLine], batch_id: str = "") -> bool:
+        """Append lines (one transaction); ids are assigned increasing in the given order.
+        With a ``batch_id`` already stored for the first line's trial, nothing is stored and
+        the call returns False (a retried batch)."""
 
     @abc.abstractmethod
     def query_logs(self, q: LogQuery) -> list[LogLine]:
@@ -297,3 +326,37 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_model_version(self, model_name: str, version: int) -> None: ...
+
+    # -- pending jobs --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_job(self, kind: str, key: str, payload: JSONDict) -> PendingJob:
+        """Record side work before it starts; returns the pending job of ``key`` if one exists."""
+
+    @abc.abstractmethod
+    def list_jobs(self) -> list[PendingJob]:
+        """Pending jobs, oldest first."""
+
+    @abc.abstractmethod
+    def finish_job(self, job_id: int) -> None:
+        """The job's work is done: forget it (finishing a finished job is a no-op)."""
+
+    @abc.abstractmethod
+    def begin_checkpoint_deletion(self, uuids: Sequence[str], paths: Sequence[str]) -> PendingJob:
+        """Mark checkpoints DELETED and record a ``remove_files`` job for ``paths``, atomically.
+
+        Raises:
+            NotFoundError: One of the uuids does not exist (nothing is changed).
+            FailedPreconditionError: One of them is registered as a model version; the message
+                names the checkpoint, the model and the version (nothing is changed).
+        """
+
+    @abc.abstractmethod
+    def begin_experiment_deletion(self, experiment_id: int, paths: Sequence[str]) -> PendingJob:
+        """Mark a finished experiment DELETING and record its ``delete_experiment`` job.
+
+        Raises:
+            NotFoundError: No such experiment.
+            FailedPreconditionError: It has not finished (COMPLETED, CANCELED, ERROR or already
+                DELETING), or one of its checkpoints is registered as a model version (the
+                message names the model and the version). Nothing is changed.
+        """

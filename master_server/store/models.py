@@ -31,6 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -154,6 +155,17 @@ class TrialRow(Base):
     exit_reason: Mapped[str] = mapped_column(Text, default="")
 
 
+class LogBatchRow(Base):
+    """A log batch id already stored for a trial (makes ``add_logs`` retries no-ops)."""
+
+    __tablename__ = "log_batches"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    batch_id: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
 class MetricBatchRow(Base):
     """A metric batch id already stored for a trial (makes ``add_metrics`` retries no-ops)."""
 
@@ -179,6 +191,9 @@ class MetricRow(Base):
     steps_completed: Mapped[int] = mapped_column(BigInteger)
     timestamp: Mapped[float] = mapped_column(Double)
     payload: Mapped[str] = mapped_column(Text)  # JSON {name: value}
+    run_id: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A later run of the trial restarted from a checkpoint before this step.
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class CheckpointRow(Base):
@@ -257,3 +272,20 @@ class ModelVersionRow(Base):
     labels: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
     checkpoint_uuid: Mapped[str] = mapped_column(ForeignKey("checkpoints.uuid"), index=True)
     creation_time: Mapped[float] = mapped_column(Double)
+
+
+class PendingJobRow(Base):
+    """Durable side work (file removals, deletions, checkpoint GC) recorded before it starts.
+
+    A row is written before anything is removed and deleted when the work is done; a master
+    that stops in between finishes the work on its next start.
+    """
+
+    __tablename__ = "pending_jobs"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    key: Mapped[str] = mapped_column(Text, unique=True)  # one pending job per key
+    payload: Mapped[str] = mapped_column(Text)  # JSON
+    create_time: Mapped[float] = mapped_column(Double)

@@ -50,6 +50,7 @@ from sqlalchemy import (
     delete,
     event,
     exists,
+    false,
     func,
     insert,
     literal_column,
@@ -85,6 +86,7 @@ from master_server.domain import (
     Model,
     ModelVersion,
     NewExperiment,
+    PendingJob,
     Project,
     Trial,
     TrialState,
@@ -95,11 +97,13 @@ from master_server.store.models import (
     CheckpointRow,
     ExperimentLabelRow,
     ExperimentRow,
+    LogBatchRow,
     LogRow,
     MetricBatchRow,
     MetricRow,
     ModelRow,
     ModelVersionRow,
+    PendingJobRow,
     ProjectRow,
     SearcherStateRow,
     TrialRow,
@@ -293,10 +297,10 @@ def _fold_batch(by_group: dict[str, list[dict[str, float]]]) -> tuple[_Partial, 
 
 
 def _prepare_batch(
-    trial_id: int, batch_id: str, reports: Sequence[MetricReport]
+    trial_id: int, batch_id: str, reports: Sequence[MetricReport], run_id: int
 ) -> tuple[list[tuple[Any, ...]], _Partial, int]:
-    """Check one batch and turn it into metric rows, partial summary statistics and its highest
-    step (all before any database work).
+    """Check one batch (reported by run ``run_id``, 0 = unknown) and turn it into metric rows,
+    partial summary statistics and its highest step (all before any database work).
 
     Raises:
         InvalidArgumentError: An empty batch id, group or metric name, a negative step, or a
@@ -329,23 +333,25 @@ def _prepare_batch(
                 r.steps_completed,
                 r.timestamp,
                 enc({k: float(v) for k, v in r.metrics.items()}),
+                run_id,
             )
             for r in reports
         ]
     else:
         rows = [
-            (trial_id, r.group, r.steps_completed, r.timestamp, enc(r.metrics)) for r in reports
+            (trial_id, r.group, r.steps_completed, r.timestamp, enc(r.metrics), run_id)
+            for r in reports
         ]
     return rows, partial, max_steps
 
 
 _FLOAT_ONLY = {float}
 _METRICS_INSERT_SQLITE = (
-    "INSERT INTO metrics (trial_id, metric_group, steps_completed, timestamp, payload) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO metrics (trial_id, metric_group, steps_completed, timestamp, payload, run_id) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _METRICS_COPY_PG = (
-    "COPY metrics (trial_id, metric_group, steps_completed, timestamp, payload) FROM STDIN"
+    "COPY metrics (trial_id, metric_group, steps_completed, timestamp, payload, run_id) FROM STDIN"
 )
 
 
@@ -1298,23 +1304,28 @@ class SQLStore(Store):
             return self._read_trial(conn, trial_id)
 
     # -- metrics ------------------------------------------------------------------------------
-    def add_metrics(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> bool:
+    def add_metrics(
+        self, trial_id: int, batch_id: str, reports: Sequence[MetricReport], run_id: int = 0
+    ) -> bool:
         """Store one batch and update the summary; False if ``batch_id`` was already stored.
+
+        ``run_id`` is the trial run that reported the batch (0: unknown).
 
         Raises:
             NotFoundError: No such trial.
             InvalidArgumentError: An empty batch id, group or metric name, a negative step, or
                 a value that is not a number.
         """
-        result = self.add_metrics_many([(trial_id, batch_id, reports)])[0]
+        result = self.add_metrics_many([(trial_id, batch_id, reports, run_id)])[0]
         if isinstance(result, Exception):
             raise result
         return result
 
     def add_metrics_many(
-        self, batches: Sequence[tuple[int, str, Sequence[MetricReport]]]
+        self, batches: Sequence[tuple[int, str, Sequence[MetricReport], int]]
     ) -> list[bool | DeterminedError]:
-        """Store many batches (of any trials) in one transaction; see :meth:`add_metrics`.
+        """Store many ``(trial_id, batch_id, reports, run_id)`` batches (of any trials) in one
+        transaction; see :meth:`add_metrics`.
 
         Returns:
             Per batch, in order: True (stored), False (its batch id was already stored, earlier
@@ -1323,9 +1334,9 @@ class SQLStore(Store):
         """
         results: list[bool | DeterminedError] = [False] * len(batches)
         prepared: list[tuple[int, int, str, list[tuple[Any, ...]], _Partial, int]] = []
-        for i, (trial_id, batch_id, reports) in enumerate(batches):
+        for i, (trial_id, batch_id, reports, run_id) in enumerate(batches):
             try:
-                rows, partial, max_steps = _prepare_batch(trial_id, batch_id, reports)
+                rows, partial, max_steps = _prepare_batch(trial_id, batch_id, reports, run_id)
             except DeterminedError as e:
                 results[i] = e
                 continue
@@ -1354,6 +1365,7 @@ class SQLStore(Store):
             }
             batch_rows: list[dict[str, Any]] = []
             metric_rows: list[tuple[Any, ...]] = []
+            reported: dict[int, list[MetricReport]] = {}  # per trial, for checkpoint metrics
             for i, trial_id, batch_id, rows, partial, max_steps in prepared:
                 cur = summaries.get(trial_id)
                 if cur is None:
@@ -1367,6 +1379,7 @@ class SQLStore(Store):
                 if not rows:
                     continue
                 metric_rows += rows
+                reported.setdefault(trial_id, []).extend(batches[i][2])
                 _merge_summary(cur[0], cur[1], partial)
                 cur[2] = max(cur[2], max_steps)
                 cur[3] = True
@@ -1374,6 +1387,8 @@ class SQLStore(Store):
                 conn.execute(insert(MetricBatchRow), batch_rows)
             if metric_rows:
                 self._insert_metric_rows(conn, metric_rows)
+            for tid, reports in reported.items():
+                self._refresh_checkpoint_metrics(conn, tid, reports)
             changed = [
                 {
                     "tid": tid,
@@ -1398,9 +1413,36 @@ class SQLStore(Store):
                 )
         return results
 
+    def _refresh_checkpoint_metrics(
+        self, conn: Connection, trial_id: int, reports: Sequence[MetricReport]
+    ) -> None:
+        """A checkpoint's metrics do not depend on whether it or the report came first:
+        checkpoints at or after a newly reported step get their metrics of that group again."""
+        first: dict[str, int] = {}
+        for r in reports:
+            if r.group in ("training", "validation") and r.steps_completed < first.get(
+                r.group, r.steps_completed + 1
+            ):
+                first[r.group] = r.steps_completed
+        if not first:
+            return
+        ckpts = conn.execute(
+            select(C.uuid, C.steps_completed).where(
+                C.trial_id == trial_id, C.steps_completed >= min(first.values())
+            )
+        ).all()
+        for uuid, steps in ckpts:
+            values: dict[str, str] = {}
+            if "training" in first and steps >= first["training"]:
+                values["training_metrics"] = self._metrics_at(conn, trial_id, "training", steps)
+            if "validation" in first and steps >= first["validation"]:
+                values["validation_metrics"] = self._metrics_at(conn, trial_id, "validation", steps)
+            if values:
+                conn.execute(update(C).where(C.uuid == uuid).values(**values))
+
     def _insert_metric_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        """Bulk insert ``(trial_id, group, steps, timestamp, payload)`` rows at driver level:
-        ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
+        """Bulk insert ``(trial_id, group, steps, timestamp, payload, run_id)`` rows at driver
+        level: ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
         if self._sqlite:
             conn.exec_driver_sql(_METRICS_INSERT_SQLITE, rows)
             return
@@ -1411,9 +1453,17 @@ class SQLStore(Store):
                 copy.write_row(row)
 
     def iter_metrics(
-        self, trial_ids: Sequence[int], group: str | None = None, page_size: int = 10_000
+        self,
+        trial_ids: Sequence[int],
+        group: str | None = None,
+        page_size: int = 10_000,
+        *,
+        include_superseded: bool = False,
     ) -> Iterator[list[MetricPoint]]:
         """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy.
+
+        Reports superseded by a restart from an earlier checkpoint are left out unless
+        ``include_superseded``.
 
         Trials come in ascending id order whatever the order of ``trial_ids``. Each page is
         read with a keyset query (no OFFSET) in its own short transaction, so no connection
@@ -1439,7 +1489,7 @@ class SQLStore(Store):
             else:
                 with self._read() as conn:
                     groups = [g for g in conn.scalars(_GROUPS_SQL, {"t": tid})]
-            streams = [self._group_stream(tid, g, page_size) for g in groups]
+            streams = [self._group_stream(tid, g, page_size, include_superseded) for g in groups]
             merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
             for _steps, _id, point in merged:
                 page.append(point)
@@ -1450,16 +1500,18 @@ class SQLStore(Store):
             yield page
 
     def _group_stream(
-        self, trial_id: int, group: str, page_size: int
+        self, trial_id: int, group: str, page_size: int, include_superseded: bool = False
     ) -> Iterator[tuple[int, int, MetricPoint]]:
         """Points of one (trial, group) in (steps, id) order, fetched a page at a time."""
         m = MetricRow
         base = (
-            select(m.steps_completed, m.id, m.timestamp, m.payload)
+            select(m.steps_completed, m.id, m.timestamp, m.payload, m.run_id, m.superseded)
             .where(m.trial_id == trial_id, m.metric_group == group)
             .order_by(m.steps_completed, m.id)
             .limit(page_size)
         )
+        if not include_superseded:
+            base = base.where(m.superseded == false())
         last: tuple[int, int] | None = None
         while True:
             stmt = base
@@ -1468,24 +1520,56 @@ class SQLStore(Store):
                 stmt = stmt.where(m.steps_completed >= s, or_(m.steps_completed > s, m.id > i))
             with self._read() as conn:
                 rows = conn.execute(stmt).all()
-            for steps, row_id, ts, payload in rows:
+            for steps, row_id, ts, payload, run_id, superseded in rows:
                 yield (
                     steps,
                     row_id,
-                    MetricPoint(trial_id, group, steps, _decode_metrics(payload), ts),
+                    MetricPoint(
+                        trial_id,
+                        group,
+                        steps,
+                        _decode_metrics(payload),
+                        ts,
+                        run_id=run_id,
+                        superseded=bool(superseded),
+                    ),
                 )
             if len(rows) < page_size:
                 return
             last = (rows[-1][0], rows[-1][1])
 
+    def supersede_metrics(self, trial_id: int, run_id: int, after_steps: int) -> int:
+        """Run ``run_id`` restarts the trial at ``after_steps``: earlier runs' reports at later
+        steps are superseded. Returns how many reports were marked."""
+        m = MetricRow
+        with self._write() as conn:
+            self._need_trial(conn, trial_id)
+            result = conn.execute(
+                update(m)
+                .where(
+                    m.trial_id == trial_id,
+                    m.run_id < run_id,
+                    m.steps_completed > after_steps,
+                    m.superseded == false(),
+                )
+                .values(superseded=True)
+            )
+            return int(result.rowcount or 0)
+
     # -- checkpoints --------------------------------------------------------------------------
     @staticmethod
     def _metrics_at(conn: Connection, trial_id: int, group: str, steps: int) -> str:
-        """The merged metrics of the last ``group`` report at or before ``steps``, as JSON."""
+        """The merged metrics of the last ``group`` report at or before ``steps``, as JSON
+        (superseded reports do not count)."""
         m = MetricRow
         last_step = (
             select(func.max(m.steps_completed))
-            .where(m.trial_id == trial_id, m.metric_group == group, m.steps_completed <= steps)
+            .where(
+                m.trial_id == trial_id,
+                m.metric_group == group,
+                m.steps_completed <= steps,
+                m.superseded == false(),
+            )
             .scalar_subquery()
         )
         payloads = conn.scalars(
@@ -1494,6 +1578,7 @@ class SQLStore(Store):
                 m.trial_id == trial_id,
                 m.metric_group == group,
                 m.steps_completed == last_step,
+                m.superseded == false(),
             )
             .order_by(m.id)
         ).all()
@@ -1684,14 +1769,17 @@ class SQLStore(Store):
             return self._read_checkpoint(conn, uuid)
 
     # -- logs ---------------------------------------------------------------------------------
-    def add_logs(self, lines: Sequence[LogLine]) -> None:
+    def add_logs(self, lines: Sequence[LogLine], batch_id: str = "") -> bool:
         """Append lines (one transaction); ids are assigned increasing in the given order.
+
+        A ``batch_id`` already stored for the first line's trial makes the call a no-op that
+        returns False.
 
         Raises:
             NotFoundError: A line names a trial that does not exist.
         """
         if not lines:
-            return
+            return True
         rows = [
             {
                 "trial_id": ln.trial_id,
@@ -1710,7 +1798,18 @@ class SQLStore(Store):
             for tid in wanted:
                 if tid not in found:
                     raise NotFoundError(f"trial {tid} not found")
+            if batch_id:
+                owner = lines[0].trial_id
+                seen = conn.scalar(
+                    select(LogBatchRow.trial_id).where(
+                        LogBatchRow.trial_id == owner, LogBatchRow.batch_id == batch_id
+                    )
+                )
+                if seen is not None:
+                    return False
+                conn.execute(insert(LogBatchRow).values(trial_id=owner, batch_id=batch_id))
             conn.execute(insert(LogRow), rows)
+        return True
 
     def query_logs(self, q: LogQuery) -> list[LogLine]:
         """Matching lines with id > ``q.after_id`` in id order, cut by head/tail.
@@ -1971,4 +2070,115 @@ class SQLStore(Store):
                 update(ModelRow)
                 .where(ModelRow.id == model_id)
                 .values(last_updated_time=time.time())
+            )
+
+    # -- pending jobs --------------------------------------------------------------------------
+    @staticmethod
+    def _job(conn: Connection, key: str) -> PendingJob | None:
+        J = PendingJobRow
+        r = conn.execute(
+            select(J.id, J.kind, J.key, J.payload, J.create_time).where(J.key == key)
+        ).first()
+        if r is None:
+            return None
+        return PendingJob(r[0], r[1], r[2], json.loads(r[3]), r[4])
+
+    def _add_job(self, conn: Connection, kind: str, key: str, payload: JSONDict) -> PendingJob:
+        existing = self._job(conn, key)
+        if existing is not None:
+            return existing
+        conn.execute(
+            insert(PendingJobRow).values(
+                kind=kind, key=key, payload=_dumps(payload), create_time=time.time()
+            )
+        )
+        job = self._job(conn, key)
+        assert job is not None
+        return job
+
+    def add_job(self, kind: str, key: str, payload: JSONDict) -> PendingJob:
+        """Record side work before it starts (idempotent per ``key``)."""
+        if not kind or not key:
+            raise InvalidArgumentError("job: kind and key must not be empty")
+        with self._write() as conn:
+            return self._add_job(conn, kind, key, payload)
+
+    def list_jobs(self) -> list[PendingJob]:
+        """Pending jobs, oldest first."""
+        J = PendingJobRow
+        with self._read() as conn:
+            rows = conn.execute(
+                select(J.id, J.kind, J.key, J.payload, J.create_time).order_by(J.id)
+            ).all()
+        return [PendingJob(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+    def finish_job(self, job_id: int) -> None:
+        """Forget a finished job."""
+        with self._write() as conn:
+            conn.execute(delete(PendingJobRow).where(PendingJobRow.id == job_id))
+
+    @staticmethod
+    def _refuse_registered(conn: Connection, where: ColumnElement[bool], what: str) -> None:
+        row = conn.execute(
+            select(MV.checkpoint_uuid, ModelRow.name, MV.version)
+            .join(ModelRow, ModelRow.id == MV.model_id)
+            .join(C, C.uuid == MV.checkpoint_uuid)
+            .where(where)
+            .order_by(ModelRow.name, MV.version)
+            .limit(1)
+        ).first()
+        if row is not None:
+            raise FailedPreconditionError(
+                f"{what}: checkpoint {row[0]!r} is registered as version {row[2]} of model "
+                f"{row[1]!r}; delete that model version first"
+            )
+
+    def begin_checkpoint_deletion(self, uuids: Sequence[str], paths: Sequence[str]) -> PendingJob:
+        """Mark checkpoints DELETED and record the removal of their files, atomically."""
+        uuids = sorted(set(uuids))
+        if not uuids:
+            raise InvalidArgumentError("uuids: give at least one checkpoint uuid")
+        with self._write() as conn:
+            found = conn.execute(
+                select(C.uuid, C.trial_id, C.steps_completed).where(C.uuid.in_(uuids))
+            ).all()
+            missing = sorted(set(uuids) - {r[0] for r in found})
+            if missing:
+                raise NotFoundError(f"checkpoint {missing[0]!r} not found")
+            self._refuse_registered(conn, C.uuid.in_(uuids), "cannot delete")
+            deleted = CheckpointState.DELETED
+            for uuid, trial_id, steps in sorted(found, key=lambda r: r[1]):
+                conn.execute(select(T.id).where(T.id == trial_id).with_for_update())
+                conn.execute(
+                    update(C).where(C.uuid == uuid).values(state=deleted.value, resources="{}")
+                )
+                self._refresh_latest(conn, trial_id, uuid, deleted, steps)
+            key = f"remove_files:checkpoints:{uuids[0]}:{len(uuids)}:{time.time_ns()}"
+            return self._add_job(conn, "remove_files", key, {"paths": list(paths)})
+
+    def begin_experiment_deletion(self, experiment_id: int, paths: Sequence[str]) -> PendingJob:
+        """Mark a finished experiment DELETING and record its deletion, atomically."""
+        with self._write() as conn:
+            exp = self._read_experiment(conn, experiment_id)
+            ok = (
+                ExperimentState.COMPLETED,
+                ExperimentState.CANCELED,
+                ExperimentState.ERROR,
+                ExperimentState.DELETING,
+            )
+            if exp.state not in ok:
+                raise FailedPreconditionError(
+                    f"experiment {experiment_id} is {exp.state.value}; cancel it before deleting it"
+                )
+            self._refuse_registered(
+                conn, C.experiment_id == experiment_id, f"experiment {experiment_id}"
+            )
+            conn.execute(
+                update(E).where(E.id == experiment_id).values(state=ExperimentState.DELETING.value)
+            )
+            return self._add_job(
+                conn,
+                "delete_experiment",
+                f"delete_experiment:{experiment_id}",
+                {"experiment_id": experiment_id, "paths": list(paths)},
             )

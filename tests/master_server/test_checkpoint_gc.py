@@ -69,6 +69,10 @@ def test_gc_keeps_latest_best_and_registered(stubs: Stubs, tmp_path: pathlib.Pat
         30,
         "GC to delete the other checkpoints",
     )
-    for c in ckpts:
-        path = pathlib.Path(json.loads(c.storage_json)["path"]) / c.uuid
-        assert path.exists() == (c.uuid in kept), c.steps_completed
+    # Records are marked DELETED first, then the files go (never COMPLETED without files).
+    paths = {c.uuid: pathlib.Path(json.loads(c.storage_json)["path"]) / c.uuid for c in ckpts}
+    wait_for(
+        lambda: all(p.exists() == (u in kept) for u, p in paths.items()),
+        30,
+        "the files of deleted checkpoints to be removed",
+    )

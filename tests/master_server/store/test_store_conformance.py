@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, insert, select
 
 from determined_sdk.errors import (
@@ -50,6 +51,7 @@ from master_server.store.models import (
     SearcherStateRow,
     TrialRow,
 )
+from master_server.store.sql import _MIGRATIONS_DIR
 
 NAN = math.nan
 INF = math.inf
@@ -159,7 +161,9 @@ def test_migrate_twice_is_noop_and_schema_matches_models(store: SQLStore) -> Non
     assert [p.name for p in store.list_projects()] == ["Uncategorized"]
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0001"
+        # The newest revision (whichever that is after merges): migrations have one head.
+        (head,) = ScriptDirectory(str(_MIGRATIONS_DIR)).get_heads()
+        assert ctx.get_current_revision() == head
         assert compare_metadata(ctx, Base.metadata) == []
     # Sequences were moved past the default rows: the next ids are 2.
     assert store.create_workspace("w").id == 2
@@ -626,14 +630,14 @@ def test_add_metrics_many_one_transaction_per_call(store: SQLStore) -> None:
     assert store.add_metrics(a.id, "old", [rep("training", 1, loss=9.0)])
     results = store.add_metrics_many(
         [
-            (a.id, "a1", [rep("training", 2, loss=4.0)]),
-            (b.id, "b1", [rep("training", 5, loss=1.0), rep("validation", 5, acc=0.5)]),
-            (a.id, "old", [rep("training", 3, loss=0.0)]),  # stored before: a no-op
-            (a.id, "a1", [rep("training", 3, loss=0.0)]),  # a retry within the same call
-            (999_999, "x", [rep("training", 1, loss=1.0)]),  # no such trial
-            (b.id, "", [rep("training", 1, loss=1.0)]),  # a bad batch id
-            (b.id, "b2", [rep("training", -1, loss=1.0)]),  # a bad step
-            (b.id, "b3", [rep("training", 6, loss=3.0)]),
+            (a.id, "a1", [rep("training", 2, loss=4.0)], 1),
+            (b.id, "b1", [rep("training", 5, loss=1.0), rep("validation", 5, acc=0.5)], 1),
+            (a.id, "old", [rep("training", 3, loss=0.0)], 1),  # stored before: a no-op
+            (a.id, "a1", [rep("training", 3, loss=0.0)], 1),  # a retry within the same call
+            (999_999, "x", [rep("training", 1, loss=1.0)], 1),  # no such trial
+            (b.id, "", [rep("training", 1, loss=1.0)], 1),  # a bad batch id
+            (b.id, "b2", [rep("training", -1, loss=1.0)], 1),  # a bad step
+            (b.id, "b3", [rep("training", 6, loss=3.0)], 1),
         ]
     )
     assert results[:4] == [True, True, False, False]
@@ -1247,3 +1251,126 @@ def test_model_versions(store: SQLStore) -> None:
         store.create_model_version("m", "c0")
     store.delete_model("n")  # its versions go with it
     assert store.list_models(include_archived=True)[0].name == "m"
+
+
+# -- pending jobs ---------------------------------------------------------------------------------
+def test_jobs_are_recorded_once_per_key_and_finished(store: Store) -> None:
+    a = store.add_job("remove_files", "k1", {"paths": ["/x"]})
+    again = store.add_job("remove_files", "k1", {"paths": ["/other"]})
+    b = store.add_job("gc_experiment", "k2", {"experiment_id": 3})
+    assert again == a and a.payload == {"paths": ["/x"]}
+    assert [j.key for j in store.list_jobs()] == ["k1", "k2"]
+    store.finish_job(a.id)
+    store.finish_job(a.id)  # finishing twice is a no-op
+    assert store.list_jobs() == [b]
+    with pytest.raises(InvalidArgumentError):
+        store.add_job("", "k3", {})
+
+
+def test_checkpoint_deletion_is_atomic_with_its_job(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    store.add_checkpoint(ckpt("c1", trial, 1))
+    store.add_checkpoint(ckpt("c2", trial, 2))
+    store.create_model("m")
+    store.create_model_version("m", "c2")
+    # Refused whole: the message names checkpoint, model and version; nothing is marked.
+    with pytest.raises(FailedPreconditionError, match=r"'c2'.*version 1 of model 'm'"):
+        store.begin_checkpoint_deletion(["c1", "c2"], ["/ckpts/c1", "/ckpts/c2"])
+    with pytest.raises(NotFoundError, match="nope"):
+        store.begin_checkpoint_deletion(["c1", "nope"], [])
+    assert {c.state for c in store.list_checkpoints(experiment_id=exp.id)} == {
+        CheckpointState.COMPLETED
+    }
+    assert store.list_jobs() == []
+    job = store.begin_checkpoint_deletion(["c1"], ["/ckpts/c1"])
+    assert (job.kind, job.payload) == ("remove_files", {"paths": ["/ckpts/c1"]})
+    c1 = store.get_checkpoint("c1")
+    assert (c1.state, c1.resources) == (CheckpointState.DELETED, {})
+    assert store.get_trial(trial.id).latest_checkpoint_uuid == "c2"
+    assert store.list_jobs() == [job]
+
+
+def test_experiment_deletion_checks_then_marks_deleting(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    store.add_checkpoint(ckpt("c1", trial, 1))
+    with pytest.raises(FailedPreconditionError, match="ACTIVE"):
+        store.begin_experiment_deletion(exp.id, ["/runs/trial-1"])
+    store.update_experiment(exp.id, state=ExperimentState.COMPLETED)
+    store.create_model("m")
+    store.create_model_version("m", "c1")
+    with pytest.raises(FailedPreconditionError, match=r"version 1 of model 'm'"):
+        store.begin_experiment_deletion(exp.id, ["/runs/trial-1"])
+    assert store.get_experiment(exp.id).state == ExperimentState.COMPLETED
+    assert store.list_jobs() == []
+    store.delete_model_version("m", 1)
+    job = store.begin_experiment_deletion(exp.id, ["/runs/trial-1"])
+    assert job.payload == {"experiment_id": exp.id, "paths": ["/runs/trial-1"]}
+    assert store.get_experiment(exp.id).state == ExperimentState.DELETING
+    assert store.begin_experiment_deletion(exp.id, []) == job  # recorded once
+    with pytest.raises(NotFoundError, match="experiment 999"):
+        store.begin_experiment_deletion(999, [])
+
+
+# -- runs and superseded reports ------------------------------------------------------------------
+def test_restart_from_a_checkpoint_supersedes_later_steps_of_earlier_runs(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    assert store.add_metrics(trial.id, "a", [rep("training", s, loss=s) for s in (1, 2, 3)], 1)
+    assert store.add_metrics(trial.id, "b", [rep("validation", 3, loss=3.0)], 1)
+    # Run 2 restarts from the checkpoint at step 1.
+    assert store.supersede_metrics(trial.id, 2, 1) == 3
+    assert store.supersede_metrics(trial.id, 2, 1) == 0  # idempotent
+    assert store.add_metrics(trial.id, "c", [rep("training", s, loss=s) for s in (2, 3)], 2)
+
+    def points(**kw: Any) -> list[tuple[str, int, int, bool]]:
+        return [
+            (p.group, p.steps_completed, p.run_id, p.superseded)
+            for page in store.iter_metrics([trial.id], **kw)
+            for p in page
+        ]
+
+    assert points(group="training") == [
+        ("training", 1, 1, False),
+        ("training", 2, 2, False),
+        ("training", 3, 2, False),
+    ]
+    assert points(group="training", include_superseded=True) == [
+        ("training", 1, 1, False),
+        ("training", 2, 1, True),
+        ("training", 2, 2, False),
+        ("training", 3, 1, True),
+        ("training", 3, 2, False),
+    ]
+    assert points(group="validation") == []
+    with pytest.raises(NotFoundError, match="trial 999"):
+        store.supersede_metrics(999, 2, 0)
+
+
+def test_validation_reported_after_its_checkpoint_belongs_to_it(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    store.add_metrics(trial.id, "v10", [rep("validation", 10, loss=0.9)])
+    store.add_checkpoint(ckpt("c20", trial, 20))
+    store.add_checkpoint(ckpt("c30", trial, 30))
+    assert store.get_checkpoint("c20").validation_metrics == {"loss": 0.9}
+    # The validation at step 20 comes after the checkpoint at 20: same result as before it.
+    store.add_metrics(trial.id, "v20", [rep("validation", 20, loss=0.5), rep("training", 20, t=1)])
+    assert store.get_checkpoint("c20").validation_metrics == {"loss": 0.5}
+    assert store.get_checkpoint("c20").training_metrics == {"t": 1.0}
+    assert store.get_checkpoint("c30").validation_metrics == {"loss": 0.5}
+    store.add_metrics(trial.id, "v30", [rep("validation", 30, loss=0.7)])
+    assert store.get_checkpoint("c30").validation_metrics == {"loss": 0.7}
+    assert store.get_checkpoint("c20").validation_metrics == {"loss": 0.5}
+
+
+def test_a_retried_log_batch_is_stored_once(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    lines = [LogLine(trial_id=trial.id, timestamp=1.0, message=f"l{i}") for i in range(3)]
+    assert store.add_logs(lines, "b1") is True
+    assert store.add_logs(lines, "b1") is False
+    assert store.add_logs(lines[:1]) is True  # no batch id: always stored
+    got = [x.message for x in store.query_logs(LogQuery(trial_id=trial.id))]
+    assert got == ["l0", "l1", "l2", "l0"]

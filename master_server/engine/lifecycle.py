@@ -1,0 +1,391 @@
+"""Experiment lifecycle: create, activate, pause, cancel/kill, archive, move, delete, finish,
+and recovery of unfinished experiments after a master (re)start.
+
+Ending states: an experiment ends when its searcher shut down and no trial is live. It is
+COMPLETED unless the search failed; a failed search whose every trial was canceled by the user
+(killing every remaining trial) ends CANCELED, any other failed search ERROR. Cancel and kill of
+an experiment that already ended change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+import time
+from typing import TYPE_CHECKING
+
+from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
+from determined_sdk.model_dir import check_archive
+from master_server import config as config_mod
+from master_server.domain import (
+    TERMINAL_EXPERIMENT_STATES,
+    Experiment,
+    ExperimentFilter,
+    JSONDict,
+    NewExperiment,
+    Trial,
+)
+from master_server.domain import ExperimentState as E
+from master_server.domain import TrialState as T
+from master_server.engine.state import EngineState, ExperimentRuntime, TrialRuntime
+from master_server.rm.base import LiveRun
+from master_server.searcher.factory import make_search_method
+
+if TYPE_CHECKING:
+    from master_server.engine.preemption import Preemption
+    from master_server.engine.search import SearchDriver
+    from master_server.engine.trials import TrialRuns
+
+logger = logging.getLogger(__name__)
+
+
+class ExperimentLifecycle:
+    """What users do to whole experiments, and how experiments end."""
+
+    search: SearchDriver
+    runs: TrialRuns
+    preemption: Preemption
+
+    def __init__(
+        self, state: EngineState, *, checkpoint_dir: pathlib.Path, max_model_bytes: int
+    ) -> None:
+        self.s = state
+        self.checkpoint_dir = checkpoint_dir
+        self.max_model_bytes = max_model_bytes
+
+    # -- creation ----------------------------------------------------------------------------
+    def create(
+        self, config_text: str, model_definition: bytes, *, activate: bool, project_id: int
+    ) -> Experiment:
+        """Validate and store a new experiment; start its search when ``activate``."""
+        if not config_text.strip():
+            raise InvalidArgumentError("config: must not be empty")
+        config = config_mod.validate_experiment_config(config_text)
+        check_archive(model_definition, self.max_model_bytes)
+        total = self.s.rm.total_slots
+        slots = int(config["resources"]["slots_per_trial"])
+        if slots > total:
+            raise InvalidArgumentError(
+                f"resources.slots_per_trial: {slots} is more than this master's {total} slots"
+            )
+        searcher_cfg = config["searcher"]
+        if searcher_cfg["name"] == "pbt":
+            need = int(searcher_cfg["population_size"]) * slots
+            if need > total:
+                # A PBT round ends only when every member has reported, and members that
+                # finished wait for the round while holding their slots.
+                raise InvalidArgumentError(
+                    f"searcher.population_size: {searcher_cfg['population_size']} members of "
+                    f"{slots} slot(s) need {need} slots at once (a PBT round waits for all of "
+                    f"them); this master has {total}"
+                )
+        project_id = self._resolve_project(config, project_id)
+        self._fill_checkpoint_storage(config)
+        # Build the search method now so a searcher config error fails the create call.
+        searcher = make_search_method(config)
+        with self.s.lock:
+            exp = self.s.store.create_experiment(
+                NewExperiment(
+                    name=str(config.get("name") or "Experiment"),
+                    description=str(config.get("description") or ""),
+                    labels=tuple(config.get("labels") or ()),
+                    config=config,
+                    original_config=config_text,
+                    project_id=project_id,
+                    searcher_name=str(config["searcher"]["name"]),
+                    state=E.ACTIVE if activate else E.PAUSED,
+                    model_definition=model_definition,
+                )
+            )
+            rt = ExperimentRuntime(exp.id, config, searcher)
+            self.s.exps[exp.id] = rt
+            self.s.config_cache[exp.id] = config
+            if activate:
+                self.search.start(rt)
+            else:
+                self.search.save(rt)
+            logger.info("experiment %d created (%s)", exp.id, rt.config["searcher"]["name"])
+            return self.s.store.get_experiment(exp.id)
+
+    def _resolve_project(self, config: JSONDict, project_id: int) -> int:
+        store = self.s.store
+        if project_id:
+            return store.get_project(project_id).id
+        ws_name, proj_name = config.get("workspace"), config.get("project")
+        if ws_name or proj_name:
+            if not (ws_name and proj_name):
+                raise InvalidArgumentError("workspace/project: give both or neither")
+            ws = store.get_workspace_by_name(str(ws_name))
+            return store.get_project_by_name(ws.id, str(proj_name)).id
+        return 1
+
+    def _fill_checkpoint_storage(self, config: JSONDict) -> None:
+        cs = config.setdefault("checkpoint_storage", {})
+        path = cs.get("host_path") or cs.get("storage_path") or cs.get("path")
+        cs["type"] = "shared_fs"
+        cs["path"] = str(pathlib.Path(path).resolve()) if path else str(self.checkpoint_dir)
+
+    def create_unmanaged_trial(
+        self, config_text: str, hparams: JSONDict, experiment_id: int, project_id: int
+    ) -> tuple[Experiment, Trial]:
+        """Register a trial that runs outside the master (a script or notebook)."""
+        store = self.s.store
+        with self.s.lock:
+            if experiment_id:
+                exp = store.get_experiment(experiment_id)
+                if not exp.unmanaged:
+                    raise FailedPreconditionError(
+                        f"experiment {experiment_id} is managed by the master; "
+                        "unmanaged trials can only join unmanaged experiments"
+                    )
+                if exp.state in TERMINAL_EXPERIMENT_STATES:
+                    exp = self.s.set_exp_state(exp.id, E.ACTIVE, "add a trial to")
+            else:
+                config = config_mod.validate_experiment_config(
+                    config_text or "name: unmanaged", unmanaged=True
+                )
+                self._fill_checkpoint_storage(config)
+                exp = store.create_experiment(
+                    NewExperiment(
+                        name=str(config.get("name") or "unmanaged"),
+                        description=str(config.get("description") or ""),
+                        labels=tuple(config.get("labels") or ()),
+                        config=config,
+                        original_config=config_text,
+                        project_id=self._resolve_project(config, project_id),
+                        searcher_name="unmanaged",
+                        state=E.ACTIVE,
+                        unmanaged=True,
+                    )
+                )
+            n = exp.num_trials + 1
+            trial = store.create_trial(
+                exp.id, request_id=f"unmanaged-{n}", hparams=hparams, state=T.RUNNING
+            )
+            trial = store.update_trial(trial.id, run_id=1, start_time=time.time())
+            tr = TrialRuntime(trial.id, exp.id, trial.request_id, running=True, run_id=1)
+            self.s.trials[trial.id] = tr
+            return store.get_experiment(exp.id), trial
+
+    # -- user actions ----------------------------------------------------------------------
+    def activate(self, experiment_id: int) -> Experiment:
+        with self.s.lock:
+            exp = self.s.store.get_experiment(experiment_id)
+            if exp.unmanaged:
+                raise FailedPreconditionError(
+                    f"experiment {experiment_id} is unmanaged; it cannot be activated"
+                )
+            if exp.state == E.ACTIVE:
+                return exp
+            self.s.set_exp_state(experiment_id, E.ACTIVE, "activate")
+            rt = self.s.exps[experiment_id]
+            for tr in rt.trials.values():
+                if self.s.store.get_trial(tr.trial_id).state == T.PAUSED:
+                    self.s.set_trial_state(tr.trial_id, T.QUEUED)
+                    self.s.rm.request(tr.trial_id, rt.slots)
+            self.search.start(rt)
+            self.s.notify()
+            return self.s.store.get_experiment(experiment_id)
+
+    def pause(self, experiment_id: int) -> Experiment:
+        with self.s.lock:
+            exp = self.s.store.get_experiment(experiment_id)
+            if exp.unmanaged:
+                raise FailedPreconditionError(
+                    f"experiment {experiment_id} is unmanaged; it cannot be paused"
+                )
+            if exp.state == E.PAUSED:
+                return exp
+            self.s.set_exp_state(experiment_id, E.PAUSED, "pause")
+            for tr in self.s.live_trials_of(experiment_id):
+                if tr.running:
+                    self.preemption.preempt(tr, "pause")
+                elif self.s.rm.withdraw(tr.trial_id):
+                    self.s.set_trial_state(tr.trial_id, T.PAUSED)
+            self.s.notify()
+            return self.s.store.get_experiment(experiment_id)
+
+    def cancel(self, experiment_id: int, *, kill: bool = False) -> Experiment:
+        """Cancel (or kill) an experiment; one that already ended is returned unchanged."""
+        with self.s.lock:
+            exp = self.s.store.get_experiment(experiment_id)
+            if exp.state in TERMINAL_EXPERIMENT_STATES:
+                return exp
+            if exp.state == E.STOPPING_CANCELED and not kill:
+                return exp
+            action = "kill" if kill else "cancel"
+            if exp.state != E.STOPPING_CANCELED:
+                self.s.set_exp_state(experiment_id, E.STOPPING_CANCELED, action)
+            for tr in self.s.live_trials_of(experiment_id):
+                if tr.running:
+                    if exp.unmanaged:
+                        tr.preempt_reason = action
+                    else:
+                        self.preemption.preempt(tr, action)
+                else:
+                    self.s.rm.withdraw(tr.trial_id)
+                    self.s.set_trial_state(tr.trial_id, T.CANCELED)
+                    self.s.trials.pop(tr.trial_id, None)
+            if exp.unmanaged:
+                for tr in self.s.live_trials_of(experiment_id):
+                    self.s.set_trial_state(tr.trial_id, T.CANCELED)
+                    self.s.trials.pop(tr.trial_id, None)
+                self.s.set_exp_state(experiment_id, E.CANCELED, action)
+            else:
+                self.maybe_finish(experiment_id)
+            self.s.notify()
+            return self.s.store.get_experiment(experiment_id)
+
+    def set_archived(self, experiment_id: int, archived: bool) -> Experiment:
+        with self.s.lock:
+            exp = self.s.store.get_experiment(experiment_id)
+            if archived and exp.state not in TERMINAL_EXPERIMENT_STATES:
+                raise FailedPreconditionError(
+                    f"experiment {experiment_id} is {exp.state.value}; only a finished experiment "
+                    "(COMPLETED, CANCELED or ERROR) can be archived"
+                )
+            return self.s.store.update_experiment(experiment_id, archived=archived)
+
+    def delete(self, experiment_id: int) -> None:
+        """Delete a finished experiment: records, checkpoint files, run directories.
+
+        Every precondition (finished, no checkpoint registered as a model version) is checked
+        and the deletion recorded as a pending job before anything is removed; a master that
+        stops half way finishes it on its next start.
+        """
+        store = self.s.store
+        with self.s.lock:
+            store.get_experiment(experiment_id)
+            paths = [
+                str(pathlib.Path(str(c.storage.get("path", ""))) / c.uuid)
+                for c in store.list_checkpoints(experiment_id=experiment_id)
+                if c.storage.get("path")
+            ]
+            trials, _ = store.list_trials(experiment_id)
+            for t in trials:
+                paths.extend(str(p) for p in self.s.rm.trial_paths(t.id))
+            paths.extend(str(p) for p in self.s.rm.experiment_paths(experiment_id))
+            job = store.begin_experiment_deletion(experiment_id, paths)
+            self.s.exps.pop(experiment_id, None)
+            self.s.config_cache.pop(experiment_id, None)
+        self.s.jobs.run_now(job)
+
+    def move(self, experiment_id: int, project_id: int) -> Experiment:
+        self.s.store.get_project(project_id)
+        return self.s.store.update_experiment(experiment_id, project_id=project_id)
+
+    # -- reads -------------------------------------------------------------------------------
+    def best_searcher_validation(self, experiment_id: int) -> float | None:
+        cfg = self.s.experiment_config(experiment_id)
+        metric = cfg["searcher"].get("metric")
+        smaller = bool(cfg["searcher"].get("smaller_is_better", True))
+        best: float | None = None
+        trials, _ = self.s.store.list_trials(experiment_id)
+        for t in trials:
+            s = t.summary_metrics.get("validation_metrics", {}).get(metric)
+            if not s:
+                continue
+            v = s.get("min" if smaller else "max")
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            if best is None or (v < best if smaller else v > best):
+                best = float(v)
+        return best
+
+    def searcher_metric_of(self, trial: Trial) -> float | None:
+        cfg = self.s.experiment_config(trial.experiment_id)
+        metric = cfg["searcher"].get("metric")
+        s = trial.summary_metrics.get("validation_metrics", {}).get(metric)
+        if not s:
+            return None
+        v = s.get("min" if cfg["searcher"].get("smaller_is_better", True) else "max")
+        return float(v) if isinstance(v, int | float) else None
+
+    # -- ending --------------------------------------------------------------------------------
+    def maybe_finish(self, experiment_id: int) -> None:
+        """End the experiment if nothing is left to do (call with the lock held)."""
+        store = self.s.store
+        exp = store.get_experiment(experiment_id)
+        rt = self.s.exps.get(experiment_id)
+        if rt is None or exp.state in TERMINAL_EXPERIMENT_STATES:
+            return
+        live = self.s.live_trials_of(experiment_id)
+        if exp.state == E.STOPPING_CANCELED:
+            if not any(t.running for t in live):
+                for t in live:
+                    self.s.set_trial_state(t.trial_id, T.CANCELED)
+                    self.s.rm.withdraw(t.trial_id)
+                    self.s.trials.pop(t.trial_id, None)
+                self.s.set_exp_state(experiment_id, E.CANCELED, "cancel")
+            return
+        if rt.shutdown is None or live:
+            return
+        # A paused experiment whose search is done completes too.
+        if rt.shutdown.failure and self._all_trials_canceled(experiment_id):
+            self.s.set_exp_state(experiment_id, E.CANCELED, "finish")
+            logger.info("experiment %d canceled (every trial was killed)", experiment_id)
+        elif rt.shutdown.failure:
+            self.s.set_exp_state(experiment_id, E.ERROR, "finish")
+            store.update_experiment(experiment_id, error=rt.shutdown.reason or "search failed")
+            logger.info("experiment %d failed", experiment_id)
+        else:
+            self.s.set_exp_state(experiment_id, E.COMPLETED, "finish")
+            logger.info("experiment %d completed", experiment_id)
+        self.search.save(rt)
+
+    def _all_trials_canceled(self, experiment_id: int) -> bool:
+        trials, n = self.s.store.list_trials(experiment_id)
+        return n > 0 and all(t.state == T.CANCELED for t in trials)
+
+    # -- startup -------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Rebuild runtimes of unfinished experiments after a master (re)start.
+
+        Live runs of a previous master are adopted when their trial still expects them;
+        the others (unverifiable, or of trials that ended meanwhile) are killed.
+        """
+        with self.s.lock:
+            live = {r.trial_id: r for r in self.s.rm.live_runs()}
+            adopted: set[int] = set()
+            exps, _ = self.s.store.list_experiments(_unfinished_filter())
+            for exp in sorted(exps, key=lambda e: e.id):
+                if exp.unmanaged:
+                    self.runs.recover_unmanaged(exp)
+                    continue
+                try:
+                    adopted |= self._recover_experiment(exp, live)
+                except Exception as e:
+                    logger.exception("experiment %d: could not recover its search", exp.id)
+                    self.s.store.update_experiment(
+                        exp.id, state=E.ERROR, error=f"recovery failed: {e}", end_time=time.time()
+                    )
+            stale = [r for r in live.values() if r.trial_id not in adopted]
+            for r in stale:
+                self.s.rm.discard(r)
+            if stale:
+                logger.warning(
+                    "killed %d runs a previous master left that no trial expects", len(stale)
+                )
+            if adopted:
+                logger.info("adopted %d live runs", len(adopted))
+            self.runs.schedule()
+
+    def _recover_experiment(self, exp: Experiment, live: dict[int, LiveRun]) -> set[int]:
+        rt = ExperimentRuntime(exp.id, exp.config, make_search_method(exp.config))
+        self.s.exps[exp.id] = rt
+        self.s.config_cache[exp.id] = exp.config
+        saved = self.search.restore(rt)
+        adopted = self.runs.recover(rt, exp, saved, live)
+        if exp.state == E.ACTIVE and not rt.started:
+            self.search.start(rt)
+        else:
+            self.maybe_finish(exp.id)
+        return adopted
+
+
+def _unfinished_filter() -> ExperimentFilter:
+    return ExperimentFilter(
+        states=(E.ACTIVE, E.PAUSED, E.STOPPING_COMPLETED, E.STOPPING_CANCELED, E.STOPPING_ERROR),
+        archived=None,
+    )

@@ -1,0 +1,342 @@
+"""Trial runs: allocation, start, exit, restart from the latest checkpoint, kill.
+
+A trial is queued with the resource manager for its gang of slots; when granted, a new run
+(``run_id`` counting up from 1) is started in it. The run's exit decides what happens next, by
+why the run was asked to stop (see :meth:`TrialRuns.on_exit`). Everything here runs under the
+engine lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from master_server.domain import TERMINAL_TRIAL_STATES, Experiment, LogLine, Trial
+from master_server.domain import ExperimentState as E
+from master_server.domain import TrialState as T
+from master_server.engine.state import EngineState, ExperimentRuntime, TrialRuntime
+from master_server.rm.base import LaunchSpec, LiveRun
+from master_server.searcher.base import ExitedReason
+
+if TYPE_CHECKING:
+    from master_server.engine.lifecycle import ExperimentLifecycle
+    from master_server.engine.preemption import Preemption
+    from master_server.engine.search import SearchDriver
+
+logger = logging.getLogger(__name__)
+
+_WAS_RUNNING = (T.RUNNING, T.STOPPING_COMPLETED, T.STOPPING_CANCELED, T.STOPPING_ERROR)
+
+
+class TrialRuns:
+    """Starts trial runs in allocations from the resource manager and handles their exits."""
+
+    lifecycle: ExperimentLifecycle
+    search: SearchDriver
+    preemption: Preemption
+
+    def __init__(self, state: EngineState, master_address: Callable[[], str]) -> None:
+        self.s = state
+        self._master_address = master_address
+
+    # -- allocation and start ----------------------------------------------------------------
+    def schedule(self) -> None:
+        """Start a run for every trial the resource manager now has slots for."""
+        if self.s.closed:
+            return
+        for alloc in self.s.rm.allocate():
+            try:
+                self._start_run(alloc.trial_id)
+            except Exception as e:
+                logger.exception("trial %d: launch failed", alloc.trial_id)
+                self.s.rm.release(alloc.trial_id)
+                self.failed(alloc.trial_id, f"launch failed: {e}")
+
+    def _start_run(self, trial_id: int) -> None:
+        tr = self.s.trials[trial_id]
+        trial = self.s.store.get_trial(trial_id)
+        rt = self.s.exps[trial.experiment_id]
+        cfg = rt.config
+        run_id = trial.run_id + 1
+        trial = self.s.set_trial_state(
+            trial_id,
+            T.RUNNING,
+            run_id=run_id,
+            **({} if trial.run_id else {"start_time": time.time()}),
+        )
+        tr.running, tr.run_id, tr.preempt_reason, tr.early_exit = True, run_id, None, None
+        tr.last_activity, tr.idle_killed = time.monotonic(), False
+        if run_id > 1:
+            # This run starts from the trial's latest checkpoint (or from scratch): what
+            # earlier runs reported after that step is redone, so it is superseded.
+            start = 0
+            if trial.latest_checkpoint_uuid:
+                start = self.s.store.get_checkpoint(trial.latest_checkpoint_uuid).steps_completed
+            self.s.store.supersede_metrics(trial_id, run_id, start)
+        latest = trial.latest_checkpoint_uuid or trial.warm_start_checkpoint_uuid
+        seed = int(cfg.get("reproducibility", {}).get("experiment_seed") or 0)
+        info = {
+            "master": self._master_address(),
+            "trial_id": trial.id,
+            "experiment_id": trial.experiment_id,
+            "run_id": run_id,
+            "hparams": trial.hparams,
+            "latest_checkpoint": latest,
+            "checkpoint_storage": cfg["checkpoint_storage"],
+            "user_data": cfg.get("data") or {},
+            "trial_seed": (seed + trial.id) % 2**31,
+            "slots_per_trial": rt.slots,
+            "experiment_config": cfg,
+        }
+        entry = cfg["entrypoint"]
+        env = {
+            str(k): str(v)
+            for k, v in (cfg.get("environment", {}).get("environment_variables") or {}).items()
+        }
+        exp_id = trial.experiment_id
+        store = self.s.store
+        self.s.rm.start_run(
+            LaunchSpec(
+                trial_id=trial.id,
+                experiment_id=exp_id,
+                run_id=run_id,
+                entrypoint=entry if isinstance(entry, str) else [str(x) for x in entry],
+                slots=rt.slots,
+                env=env,
+                cluster_info=info,
+                model_definition=lambda: store.get_model_definition(exp_id),
+            )
+        )
+        self.s.notify()
+
+    # -- exits -------------------------------------------------------------------------------
+    def on_exit(self, trial_id: int, run_id: int, exit_code: int) -> None:
+        """A run ended (reported by its supervisor or the resource manager); idempotent."""
+        with self.s.lock:
+            tr = self.s.trials.get(trial_id)
+            if tr is None or not tr.running or tr.run_id != run_id:
+                return
+            tr.running = False
+            self.s.rm.release(trial_id)
+            rt = self.s.exps.get(tr.experiment_id)
+            exp = self.s.store.get_experiment(tr.experiment_id)
+            logger.info(
+                "trial %d run %d exited with %d (preempt=%s closed=%s)",
+                trial_id,
+                run_id,
+                exit_code,
+                tr.preempt_reason,
+                tr.closed,
+            )
+            if rt is None:
+                self._unmanaged_exit(tr, exp, exit_code)
+            else:
+                self._managed_exit(tr, rt, exp, exit_code)
+                self.lifecycle.maybe_finish(exp.id)
+                self.schedule()
+            self.s.notify()
+
+    def _unmanaged_exit(self, tr: TrialRuntime, exp: Experiment, exit_code: int) -> None:
+        self.s.set_trial_state(tr.trial_id, T.COMPLETED if exit_code == 0 else T.ERROR)
+        self.s.trials.pop(tr.trial_id, None)
+        live = self.s.store.list_trials(exp.id, states=[T.RUNNING, T.QUEUED])[1]
+        if live == 0:
+            self.s.set_exp_state(exp.id, E.COMPLETED if exit_code == 0 else E.ERROR, "finish")
+
+    def _managed_exit(
+        self, tr: TrialRuntime, rt: ExperimentRuntime, exp: Experiment, exit_code: int
+    ) -> None:
+        trial_id, reason = tr.trial_id, tr.preempt_reason
+        if reason in ("cancel", "kill") or exp.state in (E.STOPPING_CANCELED, E.CANCELED):
+            self.s.set_trial_state(trial_id, T.CANCELED)
+            self.s.trials.pop(trial_id, None)
+            if reason == "kill" and exp.state not in (E.STOPPING_CANCELED, E.CANCELED):
+                self.search.event(
+                    rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
+                )
+        elif tr.closed and (exit_code == 0 or reason == "searcher"):
+            self.s.set_trial_state(trial_id, T.COMPLETED)
+            self.s.trials.pop(trial_id, None)
+            self.search.event(rt, rt.searcher.on_trial_exited(tr.request_id))
+        elif reason == "pause":
+            if exp.state == E.ACTIVE:  # re-activated while it was stopping
+                self.s.set_trial_state(trial_id, T.QUEUED)
+                self.s.rm.request(trial_id, rt.slots)
+            else:
+                self.s.set_trial_state(trial_id, T.PAUSED)
+        elif exit_code == 0:
+            if tr.early_exit is not None:
+                self.s.set_trial_state(trial_id, T.COMPLETED, exit_reason=tr.early_exit)
+                self.s.trials.pop(trial_id, None)
+                why = (
+                    ExitedReason.INVALID_HP
+                    if tr.early_exit == "INVALID_HP"
+                    else ExitedReason.ERRORED
+                )
+                self.search.event(rt, rt.searcher.on_trial_exited_early(tr.request_id, why))
+            else:
+                tr.closed = True
+                self.s.set_trial_state(trial_id, T.COMPLETED)
+                self.s.trials.pop(trial_id, None)
+                self.search.event(rt, rt.searcher.on_trial_exited(tr.request_id))
+        elif tr.idle_killed:
+            self.failed(trial_id, f"no progress for {rt.config.get('max_idle')} s (max_idle)")
+        else:
+            self.failed(trial_id, f"exit code {exit_code}")
+
+    def failed(self, trial_id: int, why: str) -> None:
+        """A run failed: restart from the latest checkpoint while restarts are left, else ERROR."""
+        tr = self.s.trials[trial_id]
+        rt = self.s.exps[tr.experiment_id]
+        trial = self.s.store.get_trial(trial_id)
+        max_restarts = int(rt.config.get("max_restarts", 5))
+        exp = self.s.store.get_experiment(tr.experiment_id)
+        if trial.restarts < max_restarts and exp.state == E.ACTIVE:
+            logger.warning(
+                "trial %d failed (%s); restart %d of %d from its latest checkpoint",
+                trial_id,
+                why,
+                trial.restarts + 1,
+                max_restarts,
+            )
+            self.s.set_trial_state(trial_id, T.QUEUED, restarts=trial.restarts + 1, exit_reason=why)
+            self.s.rm.request(trial_id, rt.slots)
+        elif exp.state == E.PAUSED:
+            self.s.set_trial_state(trial_id, T.PAUSED, exit_reason=why)
+        else:
+            logger.error("trial %d failed (%s) after %d restarts", trial_id, why, trial.restarts)
+            self.s.set_trial_state(trial_id, T.ERROR, exit_reason=why)
+            self.s.trials.pop(trial_id, None)
+            self.search.event(
+                rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.ERRORED)
+            )
+
+    # -- liveness ---------------------------------------------------------------------------
+    def check_idle(self) -> None:
+        """Kill runs of trials with ``max_idle`` that reported nothing for that long; their
+        exit restarts them from their latest checkpoint, with the reason in their logs."""
+        now = time.monotonic()
+        with self.s.lock:
+            for tr in list(self.s.trials.values()):
+                rt = self.s.exps.get(tr.experiment_id)
+                if rt is None or not tr.running or tr.idle_killed or tr.preempt_reason:
+                    continue
+                max_idle = rt.config.get("max_idle")
+                if not max_idle or now - tr.last_activity < float(max_idle):
+                    continue
+                why = (
+                    f"trial {tr.trial_id} run {tr.run_id}: no progress reported for "
+                    f"{float(max_idle):g} s (max_idle); killing it to restart from its latest "
+                    "checkpoint"
+                )
+                logger.warning("%s", why)
+                self.s.store.add_logs(
+                    [
+                        LogLine(
+                            trial_id=tr.trial_id,
+                            timestamp=time.time(),
+                            message=why,
+                            stream="stderr",
+                            level="ERROR",
+                            run_id=tr.run_id,
+                        )
+                    ]
+                )
+                tr.idle_killed = True
+                self.s.rm.kill(tr.trial_id, tr.run_id)
+
+    # -- kill ---------------------------------------------------------------------------------
+    def kill(self, trial_id: int) -> Trial:
+        """Kill a trial now. Killing a trial that already ended changes nothing."""
+        with self.s.lock:
+            trial = self.s.store.get_trial(trial_id)
+            tr = self.s.trials.get(trial_id)
+            if trial.state in TERMINAL_TRIAL_STATES or tr is None:
+                return trial
+            rt = self.s.exps.get(trial.experiment_id)
+            if tr.running and rt is not None:
+                self.preemption.preempt(tr, "kill")
+            else:
+                self.s.rm.withdraw(trial_id)
+                self.s.set_trial_state(trial_id, T.CANCELED)
+                self.s.trials.pop(trial_id, None)
+                if rt is not None:
+                    self.search.event(
+                        rt,
+                        rt.searcher.on_trial_exited_early(
+                            tr.request_id, ExitedReason.USER_CANCELED
+                        ),
+                    )
+                else:
+                    self.lifecycle.maybe_finish(trial.experiment_id)
+            self.s.notify()
+            return self.s.store.get_trial(trial_id)
+
+    # -- recovery ----------------------------------------------------------------------------
+    def recover(
+        self,
+        rt: ExperimentRuntime,
+        exp: Experiment,
+        saved: dict[str, dict[str, object]],
+        live: dict[int, LiveRun],
+    ) -> set[int]:
+        """Rebuild the runtimes of ``exp``'s unfinished trials after a master (re)start.
+
+        A trial that was running keeps running when its run is still alive and the resource
+        manager verifies it (the run is adopted: same run id, no work lost). Otherwise it is
+        requeued and starts again from its latest checkpoint (not counted as a restart).
+        Returns the ids of the trials whose runs were adopted.
+        """
+        adopted: set[int] = set()
+        trials, _ = self.s.store.list_trials(exp.id)
+        for t in trials:
+            if t.state in TERMINAL_TRIAL_STATES:
+                continue
+            s = saved.get(t.request_id, {})
+            ops = s.get("ops", [])
+            tr = TrialRuntime(
+                t.id,
+                exp.id,
+                t.request_id,
+                ops=[int(x) for x in ops] if isinstance(ops, list) else [],
+                completed_length=int(str(s.get("completed_length", 0))),
+                closed=bool(s.get("closed", False)),
+            )
+            rt.trials[t.request_id] = tr
+            self.s.trials[t.id] = tr
+            run = live.get(t.id)
+            if (
+                t.state in _WAS_RUNNING
+                and run is not None
+                and run.run_id == t.run_id
+                and self.s.rm.adopt(run, rt.slots)
+            ):
+                tr.running, tr.run_id = True, t.run_id
+                adopted.add(t.id)
+                logger.info("trial %d: adopted its live run %d", t.id, t.run_id)
+                # Stop requests were in memory only: ask again.
+                if exp.state == E.STOPPING_CANCELED:
+                    self.preemption.preempt(tr, "cancel")
+                elif exp.state == E.PAUSED:
+                    self.preemption.preempt(tr, "pause")
+                elif tr.closed:
+                    self.preemption.preempt(tr, "searcher")
+                continue
+            if t.state in _WAS_RUNNING:
+                self.s.store.update_trial(t.id, state=T.QUEUED)
+                t = self.s.store.get_trial(t.id)
+            if exp.state == E.ACTIVE and t.state == T.QUEUED:
+                self.s.rm.request(t.id, rt.slots)
+            elif exp.state == E.PAUSED and t.state == T.QUEUED:
+                self.s.store.update_trial(t.id, state=T.PAUSED)
+        return adopted
+
+    def recover_unmanaged(self, exp: Experiment) -> None:
+        """Unmanaged trials run outside the master: just remember the running ones."""
+        trials, _ = self.s.store.list_trials(exp.id, states=[T.RUNNING])
+        for t in trials:
+            self.s.trials[t.id] = TrialRuntime(
+                t.id, exp.id, t.request_id, running=True, run_id=t.run_id
+            )
