@@ -42,6 +42,8 @@ class Master:
         checkpoint_dir: default checkpoint storage (default ``DATA_DIR/checkpoints``).
         max_model_bytes: size limit of an experiment's model directory.
         preempt_grace_s: how long a trial may take to stop after a pause/cancel before it is killed.
+        http_port: serve the REST API and web UI on this port (0 picks a free one, read it back
+            from :attr:`http_port`); None (the default) serves no HTTP. Needs the ``web`` extra.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Master:
         max_model_bytes: int = 64 * 2**20,
         preempt_grace_s: float = 30.0,
         max_workers: int = 128,
+        http_port: int | None = None,
     ) -> None:
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
@@ -69,6 +72,9 @@ class Master:
         self.preempt_grace_s = preempt_grace_s
         self.max_workers = max_workers
         self.port = 0
+        self._requested_http_port = http_port
+        self.http_port = 0
+        self._http: Any = None
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
         self.parts: dict[str, Any] = {}
@@ -77,6 +83,11 @@ class Master:
     def address(self) -> str:
         """``host:port`` to connect to."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://host:port`` of the REST API and web UI, or None when HTTP is off."""
+        return f"http://{self.host}:{self.http_port}" if self._http is not None else None
 
     def start(self) -> Master:
         """Open the database (migrating it), recover unfinished work, and start serving."""
@@ -128,6 +139,8 @@ class Master:
         launcher.start(experiments.on_trial_exit)
         server.start()
         self._server = server
+        if self._requested_http_port is not None:
+            self._start_http()
         experiments.recover()
         logger.info(
             "master serving on %s (%s, %d slots, data in %s)",
@@ -138,6 +151,18 @@ class Master:
         )
         return self
 
+    def _start_http(self) -> None:
+        from master_server.web.api import create_app  # the optional ``web`` extra
+        from master_server.web.server import HttpServer
+
+        try:
+            http = HttpServer(create_app(self.parts), self.host, self._requested_http_port or 0)
+            self._http = http.start()
+        except BaseException:
+            self.stop()
+            raise
+        self.http_port = http.port
+
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop serving, stop trial supervisors, close the database. Safe to call twice."""
         if self._server is None:
@@ -145,6 +170,9 @@ class Master:
         server, self._server = self._server, None
         self.parts["experiments"].close()
         self.parts["logs"].close()
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
         server.stop(grace_s).wait()
         self.parts["launcher"].stop()
         self.parts["store"].close()

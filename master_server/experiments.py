@@ -21,7 +21,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -857,6 +857,33 @@ class ExperimentService:
                     "(COMPLETED, CANCELED or ERROR) can be archived"
                 )
             return self.store.update_experiment(experiment_id, archived=archived)
+
+    def patch(
+        self,
+        experiment_id: int,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        add_labels: Sequence[str] = (),
+        remove_labels: Sequence[str] = (),
+    ) -> Experiment:
+        """Rename, describe and relabel an experiment (None / empty = leave as it is)."""
+        exp = self.store.get_experiment(experiment_id)
+        kw: dict[str, Any] = {}
+        if name is not None:
+            if not name.strip():
+                raise InvalidArgumentError("name: must not be empty")
+            kw["name"] = name
+        if description is not None:
+            kw["description"] = description
+        if add_labels or remove_labels:
+            gone = set(remove_labels)
+            labels = [x for x in exp.labels if x not in gone]
+            labels += [x for x in add_labels if x not in labels]
+            if any(not x.strip() for x in labels):
+                raise InvalidArgumentError("labels: a label must not be empty")
+            kw["labels"] = labels
+        return self.store.update_experiment(experiment_id, **kw) if kw else exp
 
     def delete(self, experiment_id: int) -> None:
         with self._lock:

@@ -1,0 +1,78 @@
+"""Starting and stopping the HTTP side of a master: off by default, port 0, busy ports, CLI."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from master_server.app import Master
+from tests.support import wait_for
+
+
+def test_http_is_off_unless_asked(master: Master) -> None:
+    assert master.http_url is None and master.http_port == 0
+
+
+def test_port_zero_serves_and_stop_closes(master_factory: Callable[..., Master]) -> None:
+    m = master_factory(http_port=0)
+    assert m.http_url == f"http://127.0.0.1:{m.http_port}" and m.http_port > 0
+    assert httpx.get(f"{m.http_url}/api/v1/master").json()["total_slots"] == 2
+    url = m.http_url
+    m.stop()
+    assert m.http_url is None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/api/v1/master", timeout=5)
+
+
+def test_busy_port_fails_start_and_releases_everything(
+    master_factory: Callable[..., Master], tmp_path: pathlib.Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        busy = s.getsockname()[1]
+        with pytest.raises(OSError):
+            master_factory(http_port=busy, data_dir=tmp_path / "busy")
+    # The same data directory starts cleanly afterwards (the failed start closed its store).
+    m = master_factory(http_port=0, data_dir=tmp_path / "busy")
+    assert httpx.get(f"{m.http_url}/").status_code == 200
+
+
+@pytest.mark.slow
+def test_command_line_http_port_file(tmp_path: pathlib.Path) -> None:
+    port_file, http_file = tmp_path / "port", tmp_path / "http-port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "master_server",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--http-port",
+            "0",
+            "--http-port-file",
+            str(http_file),
+            "--log-level",
+            "WARNING",
+        ]
+    )
+    try:
+        wait_for(lambda: port_file.exists() or proc.poll() is not None, 60, "the port file")
+        assert proc.poll() is None
+        http_port = int(http_file.read_text())
+        r = httpx.get(f"http://127.0.0.1:{http_port}/api/v1/experiments", timeout=10)
+        assert r.json()["experiments"] == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
