@@ -157,7 +157,7 @@ def shoot(url: str, out: pathlib.Path) -> list[pathlib.Path]:
             "#experiments tbody tr", "rows => rows.map(r => r.dataset.id)"
         )
         finished = exp_ids[-1]
-        snap("experiment", f"/experiments/{finished}", "#curves path.series")
+        snap("experiment", f"/experiments/{finished}", "#curves svg")
         trial = page.eval_on_selector("#trials tbody tr", "r => r.dataset.trial")
         snap("trial", f"/trials/{trial}", "#logs .line")
         if len(exp_ids) > 1:

@@ -62,22 +62,7 @@ def series(
         names: metric names to keep; empty keeps every name.
         max_points: per series, the most points to answer with (0 = all).
     """
-    wanted = set(names)
-    cols: dict[int, dict[str, tuple[list[int], list[float], list[float]]]] = {
-        tid: {} for tid in trial_ids
-    }
-    for page in store.iter_metrics(list(trial_ids), group):
-        for p in page:
-            by_name = cols[p.trial_id]
-            for name, value in p.metrics.items():
-                if wanted and name not in wanted:
-                    continue
-                c = by_name.get(name)
-                if c is None:
-                    c = by_name[name] = ([], [], [])
-                c[0].append(p.steps_completed)
-                c[1].append(p.timestamp)
-                c[2].append(value)
+    cols = read_columns(store, trial_ids, group, names)
     out: dict[int, dict[str, Any]] = {}
     for tid, by_name in cols.items():
         s: dict[str, Any] = {}
@@ -91,3 +76,30 @@ def series(
             s[name] = {"steps": steps, "times": times, "values": values, "total_points": total}
         out[tid] = {"series": s}
     return out
+
+
+Columns = tuple[list[int], list[float], list[float]]  # steps, timestamps, values
+
+
+def read_columns(
+    store: Store, trial_ids: Sequence[int], group: str, names: Sequence[str]
+) -> dict[int, dict[str, Columns]]:
+    """Per trial and metric name, the (steps, times, values) columns of one group.
+
+    The one place that reads points for charts: a faster (columnar) store read slots in here.
+    """
+    wanted = set(names)
+    cols: dict[int, dict[str, Columns]] = {tid: {} for tid in trial_ids}
+    for page in store.iter_metrics(list(trial_ids), group):
+        for p in page:
+            by_name = cols[p.trial_id]
+            for name, value in p.metrics.items():
+                if wanted and name not in wanted:
+                    continue
+                c = by_name.get(name)
+                if c is None:
+                    c = by_name[name] = ([], [], [])
+                c[0].append(p.steps_completed)
+                c[1].append(p.timestamp)
+                c[2].append(value)
+    return cols

@@ -96,7 +96,7 @@ function axes(svg, { x, y, xTicks, yTicks, box, xFmt, yFmt, xLabel, yLabel }) {
  */
 export function lineChart(container, { series, xLabel = "", yLabel = "", xType = "steps", height = 300, logY = false }) {
   const { svg, width } = frame(container, height);
-  const box = { l: 64, r: width - 12, t: 10, b: height - 42 };
+  const box = { l: 64, r: width - 24, t: 10, b: height - 42 };
   const allX = series.flatMap((q) => q.xs);
   const allY = series.flatMap((q) => q.ys.map(num));
   const useLogY = logY && allY.some((v) => v > 0);
@@ -205,11 +205,11 @@ function hover(svg, container, series, { x, box, xFmt, x0, x1 }) {
 
 /**
  * A scatter plot. points: [{x, y, label, href, color}]; x may be categorical (strings).
- * A positive x axis spanning more than two decades is drawn on a log scale.
+ * A positive x axis spanning more than a decade (learning rates) is drawn on a log scale.
  */
 export function scatterChart(container, { points, xLabel = "", yLabel = "", height = 280 }) {
   const { svg, width } = frame(container, height);
-  const box = { l: 64, r: width - 16, t: 10, b: height - 42 };
+  const box = { l: 64, r: width - 24, t: 10, b: height - 42 };
   const categorical = points.some((p) => typeof p.x !== "number");
   let cats = [];
   let xv = (p) => p.x;
@@ -218,7 +218,7 @@ export function scatterChart(container, { points, xLabel = "", yLabel = "", heig
     xv = (p) => cats.indexOf(String(p.x));
   }
   const xsAll = points.map(xv);
-  const logX = !categorical && xsAll.every((v) => v > 0) && Math.max(...xsAll) / Math.min(...xsAll) > 100;
+  const logX = !categorical && xsAll.every((v) => v > 0) && Math.max(...xsAll) / Math.min(...xsAll) > 10;
   const [x0, x1] = categorical ? [-0.5, cats.length - 0.5] : extent(xsAll, logX);
   const [y0, y1] = extent(points.map((p) => num(p.y)));
   const x = scale([x0, x1], [box.l + 8, box.r - 8], logX);

@@ -45,6 +45,7 @@ export async function experimentPage(main, id) {
     trials: [],
     names: {},
     group: "validation",
+    groupChosen: false,
     metric: null,
     x: "steps",
     logY: false,
@@ -107,7 +108,14 @@ export async function experimentPage(main, id) {
   let curvesBarKey = "";
   const drawCurvesBar = () => {
     const groups = Object.keys(state.names);
-    if (!groups.includes(state.group) && groups.length) state.group = groups.includes("validation") ? "validation" : groups[0];
+    if (!state.groupChosen && groups.length) {
+      // Validation curves by default; training ones when validation has at most one point a
+      // trial (a search that validates once per operation), where they say more.
+      const counts = state.trials.flatMap((t) => Object.values(t.summary_metrics.validation_metrics || {}).map((m) => m.count || 0));
+      const sparse = !counts.some((c) => c > 1);
+      state.group = groups.includes("validation") && !(sparse && groups.includes("training")) ? "validation" : groups.includes("training") ? "training" : groups[0];
+    }
+    if (!groups.includes(state.group) && groups.length) state.group = groups[0];
     const names = state.names[state.group] || [];
     if (!names.includes(state.metric)) {
       state.metric = names.includes(state.exp.searcher_metric) ? state.exp.searcher_metric : names[0] || null;
@@ -120,7 +128,7 @@ export async function experimentPage(main, id) {
       name, onchange: (ev) => onchange(ev.target.value),
     }, options.map((o) => h("option", { value: o, selected: o === value }, o))));
     curvesBar.replaceChildren(
-      sel("group", state.group, groups, (v) => { state.group = v; state.metric = null; drawCurvesBar(); loadCurves(); }, "group"),
+      sel("group", state.group, groups, (v) => { state.group = v; state.groupChosen = true; state.metric = null; drawCurvesBar(); loadCurves(); }, "group"),
       sel("metric", state.metric, names, (v) => { state.metric = v; loadCurves(); }, "metric"),
       sel("x axis", state.x, ["steps", "time"], (v) => { state.x = v; drawCurves(); }, "x"),
       h("label", {}, h("input", { type: "checkbox", checked: state.logY, onchange: (ev) => { state.logY = ev.target.checked; drawCurves(); } }), "log y"),
