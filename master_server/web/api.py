@@ -265,7 +265,8 @@ def create_app(parts: dict[str, Any], *, authenticate: AuthHook | None = None) -
         app.add_exception_handler(exc_type, _error_response)
     app.add_middleware(_CatchAll)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(auth)])
-    _add_api_routes(api, p)
+    app.state.series_reader = reader = metrics_mod.SeriesReader(p.store)
+    _add_api_routes(api, p, reader)
     app.include_router(api)
     _add_ui_routes(app)
     return app
@@ -295,7 +296,7 @@ def _add_ui_routes(app: FastAPI) -> None:
     app.add_api_route("/static/{path:path}", static, methods=["GET"], include_in_schema=False)
 
 
-def _add_api_routes(api: APIRouter, p: _Parts) -> None:
+def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader) -> None:
     store, svc = p.store, p.experiments
 
     def best_of(exp_id: int) -> float | None:
@@ -480,18 +481,18 @@ def _add_api_routes(api: APIRouter, p: _Parts) -> None:
         metrics_mod.check_max_points(max_points)
         store.get_experiment(experiment_id)
         trials, _ = store.list_trials(experiment_id)
-        ids = [t.id for t in trials]
+        by_id = {t.id: t for t in trials}
         only = _int_list(_csv(trial_id), "trial_id")
         for tid in only:
-            if tid not in ids:
+            if tid not in by_id:
                 raise NotFoundError(f"trial {tid} not found in experiment {experiment_id}")
         if only:
-            ids = only
-        out = metrics_mod.series(store, ids, group, _csv(names), max_points)
+            trials = [by_id[tid] for tid in only]
+        out = reader.series(trials, group, _csv(names), max_points)
         return {
             "experiment_id": experiment_id,
             "group": group,
-            "trials": [{"trial_id": tid, **out[tid]} for tid in ids],
+            "trials": [{"trial_id": t.id, **out[t.id]} for t in trials],
         }
 
     # -- trials --------------------------------------------------------------------------------
@@ -517,8 +518,8 @@ def _add_api_routes(api: APIRouter, p: _Parts) -> None:
         """Columns per metric name, downsampled to ``max_points`` (min/max per bucket)."""
         metrics_mod.check_group(group)
         metrics_mod.check_max_points(max_points)
-        store.get_trial(trial_id)
-        out = metrics_mod.series(store, [trial_id], group, _csv(names), max_points)
+        t = store.get_trial(trial_id)
+        out = reader.series([t], group, _csv(names), max_points)
         return {"trial_id": trial_id, "group": group, **out[trial_id]}
 
     @api.get("/trials/{trial_id}/metric-names", tags=["metrics"])

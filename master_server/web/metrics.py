@@ -3,10 +3,17 @@
 The REST API's ``/trials/{id}/metrics`` and ``/experiments/{id}/metrics`` answer with columns
 (``steps``, ``times``, ``values``) per metric name, so a browser can hand them to a chart as
 they are, thinned by :func:`master_server.web.downsample.minmax_indices`.
+
+A page that polls an experiment of 100 trials while two of them run must not re-read the
+other 98 every time: :class:`SeriesReader` keeps each trial's downsampled series with a version
+taken from the trial's summary (updated in the same transaction as its points, per the store
+contract), and reads again only the trials whose version moved.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -103,3 +110,69 @@ def read_columns(
                 c[1].append(p.timestamp)
                 c[2].append(value)
     return cols
+
+
+class SeriesReader:
+    """:func:`series` with an LRU cache of downsampled series, keyed on each trial's version.
+
+    Args:
+        store: the master's store.
+        max_entries: (trial, group, names, max_points) entries kept.
+        max_cached_points: series longer than this per trial (after downsampling) are not kept.
+    """
+
+    def __init__(self, store: Store, max_entries: int = 4096, max_cached_points: int = 5000):
+        self.store = store
+        self.max_entries = max_entries
+        self.max_cached_points = max_cached_points
+        self._cache: OrderedDict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.reads = 0  # trials read from the store (the rest came from the cache)
+
+    def clear(self) -> None:
+        """Forget every cached series (benchmarks measure cold reads with it)."""
+        with self._lock:
+            self._cache.clear()
+
+    def series(
+        self, trials: Sequence[Trial], group: str, names: Sequence[str], max_points: int
+    ) -> dict[int, dict[str, Any]]:
+        """Like :func:`series`, for trial objects fetched just before (their summaries date
+        the cache entries)."""
+        cacheable = 0 < max_points <= self.max_cached_points
+        wanted = tuple(sorted(set(names)))
+        out: dict[int, dict[str, Any]] = {}
+        stale: list[Trial] = []
+        with self._lock:
+            for t in trials:
+                hit = self._cache.get((t.id, group, wanted, max_points)) if cacheable else None
+                if hit is not None and hit[0] == _version(t, group):
+                    self._cache.move_to_end((t.id, group, wanted, max_points))
+                    out[t.id] = hit[1]
+                else:
+                    stale.append(t)
+        if stale:
+            fresh = series(self.store, [t.id for t in stale], group, wanted, max_points)
+            with self._lock:
+                self.reads += len(stale)
+                for t in stale:
+                    out[t.id] = fresh[t.id]
+                    if cacheable:
+                        self._cache[(t.id, group, wanted, max_points)] = (
+                            _version(t, group),
+                            fresh[t.id],
+                        )
+                while len(self._cache) > self.max_entries:
+                    self._cache.popitem(last=False)
+        return {t.id: out[t.id] for t in trials}
+
+
+def _version(t: Trial, group: str) -> tuple[Any, ...]:
+    """Changes whenever a point of ``group`` is added to ``t`` (the summary counts move)."""
+    summary = t.summary_metrics.get(_SUMMARY_KEY.get(group, group))
+    counts: tuple[Any, ...] = ()
+    if isinstance(summary, dict):
+        counts = tuple(
+            sorted((n, m.get("count")) for n, m in summary.items() if isinstance(m, dict))
+        )
+    return (t.run_id, t.restarts, t.steps_completed, counts)

@@ -90,7 +90,7 @@ export async function experimentPage(main, id) {
     header.replaceChildren(
       h("div", { class: "crumbs" }, h("a", { href: "/" }, "Experiments"), " / ", String(e.id)),
       h("h1", {}, `Experiment ${e.id}: ${e.name}`, stateBadge(e.state), e.archived ? h("span", { class: "label" }, "archived") : null,
-        actionButtons(e, (x) => { state.exp = x; drawHeader(); refresh(); })),
+        actionButtons(e, (x) => { state.exp = x; drawHeader(); refresh().then(restartPolling); })),
       h("div", { class: "panel" }, h("dl", { class: "facts" },
         fact("Progress", progressBar(e.progress)),
         fact("Searcher", `${e.searcher_name} on ${e.searcher_metric ?? "–"} (${e.smaller_is_better ? "min" : "max"})`),
@@ -179,7 +179,10 @@ export async function experimentPage(main, id) {
       drawCurves();
       return;
     }
-    curveData = await api(`/experiments/${id}/metrics${qs({ group: state.group, names: state.metric, max_points: 1000 })}`);
+    // About 40k points per chart in all: 1000 a series for up to 40 trials, fewer (>= 200,
+    // still a min and a max per 2-3 pixel columns) when there are more.
+    const maxPoints = Math.max(200, Math.min(1000, Math.floor(40000 / Math.max(1, state.trials.length))));
+    curveData = await api(`/experiments/${id}/metrics${qs({ group: state.group, names: state.metric, max_points: maxPoints })}`);
     drawCurves();
   };
 
@@ -236,6 +239,7 @@ export async function experimentPage(main, id) {
   };
 
   let timer = null;
+  let restartPolling = () => {};
   const refresh = async () => {
     const [exp, trials, names] = await Promise.all([
       api(`/experiments/${id}`), api(`/experiments/${id}/trials`), api(`/experiments/${id}/metric-names`),
@@ -252,15 +256,23 @@ export async function experimentPage(main, id) {
   };
   drawHeader();
   await refresh();
-  let wasTerminal = TERMINAL.has(state.exp.state);
-  timer = setInterval(async () => {
-    if (wasTerminal && TERMINAL.has(state.exp.state)) return; // nothing moves any more
+  // Poll one refresh at a time (a slow answer never piles up requests); once the experiment
+  // has finished and a last refresh has shown it, nothing moves any more.
+  let stopped = false;
+  const tick = async () => {
+    const wasTerminal = TERMINAL.has(state.exp.state);
     try {
       await refresh();
-      wasTerminal = TERMINAL.has(state.exp.state);
     } catch { /* the next tick retries */ }
-  }, 2000);
-  return () => clearInterval(timer);
+    if (!stopped && !(wasTerminal && TERMINAL.has(state.exp.state))) timer = setTimeout(tick, 2000);
+  };
+  timer = setTimeout(tick, 2000);
+  restartPolling = () => { // an action (e.g. activate) may wake a page that had stopped polling
+    if (stopped) return;
+    clearTimeout(timer);
+    timer = setTimeout(tick, 2000);
+  };
+  return () => { stopped = true; clearTimeout(timer); };
 }
 
 function fact(label, value) {

@@ -74,6 +74,11 @@ export async function experimentListPage(main) {
   for (const el of [nameIn, labelIn]) el.addEventListener("input", onFilter);
   for (const el of [stateIn, archIn]) el.addEventListener("change", onFilter);
   await load();
-  timer = setInterval(() => load().catch(() => {}), 3000);
-  return () => clearInterval(timer);
+  let stopped = false;
+  const tick = async () => {
+    try { await load(); } catch { /* the next tick retries */ }
+    if (!stopped) timer = setTimeout(tick, 3000);
+  };
+  timer = setTimeout(tick, 3000);
+  return () => { stopped = true; clearTimeout(timer); };
 }

@@ -173,21 +173,23 @@ export async function trialPage(main, id) {
   drawHeader();
   drawChartsBar();
   await Promise.all([loadCharts(), drawCheckpoints(), loadLogs()]);
-  let timer = setInterval(async () => {
-    if (TERMINAL.has(trial.state)) {
-      clearInterval(timer);
-      timer = null;
-      return;
-    }
+  // One refresh at a time until the trial has finished and a last refresh has shown it.
+  let stopped = false;
+  let timer = null;
+  const tick = async () => {
+    const wasTerminal = TERMINAL.has(trial.state);
     try {
       trial = (await api(`/trials/${id}`)).trial;
       exp = (await api(`/experiments/${trial.experiment_id}`)).experiment;
       drawHeader();
       await Promise.all([loadCharts(), drawCheckpoints()]);
     } catch { /* the next tick retries */ }
-  }, 2000);
+    if (!stopped && !(wasTerminal && TERMINAL.has(trial.state))) timer = setTimeout(tick, 2000);
+  };
+  if (!TERMINAL.has(trial.state)) timer = setTimeout(tick, 2000);
   return () => {
-    if (timer) clearInterval(timer);
+    stopped = true;
+    clearTimeout(timer);
     if (source) source.close();
     logSeq++;
   };

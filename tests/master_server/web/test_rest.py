@@ -442,3 +442,30 @@ def test_ui_pages_and_static_files(http: httpx.Client) -> None:
     error_of(http.get("/static/nope.js"), 404)
     error_of(http.get("/static/../api.py"), 404)
     error_of(http.get("/static/%2e%2e/api.py"), 404)
+
+
+def test_series_are_read_again_only_for_trials_that_moved(
+    http: httpx.Client,
+    web_master: Master,
+    finished: Experiment,
+    make_experiment: Callable[..., Experiment],
+) -> None:
+    reader = web_master._http.app.state.series_reader
+    url = f"{API}/experiments/{finished.id}/metrics"
+    first = http.get(url, params={"names": "loss"}).json()
+    before = reader.reads
+    again = http.get(url, params={"names": "loss"}).json()
+    assert again == first and reader.reads == before, "finished trials come from the cache"
+
+    running = make_experiment(name="growing", hyperparameters={"steps": 30, "sleep": 0.2})
+    tid = wait_for(lambda: [t.id for t in running.list_trials()], 60, "a trial")[0]
+    turl = f"{API}/trials/{tid}/metrics"
+
+    def count() -> int:
+        s = http.get(turl, params={"names": "loss"}).json()["series"]
+        return len(s["loss"]["values"]) if "loss" in s else 0
+
+    seen = [count()]
+    wait_for(lambda: seen.append(count()) or seen[-1] > max(seen[0], 1), 120, "new points")
+    wait_for(lambda: running.reload() or running.state.value == "COMPLETED", 120, "COMPLETED")
+    assert count() == 30 == len(stored(web_master, tid, "validation", "loss"))
