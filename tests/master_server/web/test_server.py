@@ -7,12 +7,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 
 from master_server.app import Master
+from master_server.domain import LogLine
 from tests.support import wait_for
 
 
@@ -76,3 +79,32 @@ def test_command_line_http_port_file(tmp_path: pathlib.Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+def test_stop_ends_open_log_streams(master_factory: Callable[..., Master]) -> None:
+    """A browser following a live trial's logs does not hold the master's stop."""
+    m = master_factory(http_port=0)
+    _exp, trial = m.parts["experiments"].create_unmanaged_trial(
+        "name: unmanaged\nsearcher: {name: single, metric: loss}\n", {}, 0, 0
+    )
+    m.parts["logs"].ship([LogLine(trial.id, time.time(), "hello from a notebook")])
+    got: list[str] = []
+    ended = threading.Event()
+
+    def follow() -> None:
+        url = f"{m.http_url}/api/v1/trials/{trial.id}/logs"
+        try:
+            with httpx.stream("GET", url, params={"follow": "true"}, timeout=60) as r:
+                for line in r.iter_lines():
+                    got.append(line)
+        except httpx.HTTPError:
+            pass  # the server going away mid-stream is what stop() does
+        ended.set()
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    wait_for(lambda: any("hello from a notebook" in x for x in got), 30, "the first line")
+    t0 = time.monotonic()
+    m.stop()
+    assert ended.wait(30), "the stream ended"
+    assert time.monotonic() - t0 < 20
