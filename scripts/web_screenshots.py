@@ -158,6 +158,12 @@ def shoot(url: str, out: pathlib.Path) -> list[pathlib.Path]:
         )
         finished = exp_ids[-1]
         snap("experiment", f"/experiments/{finished}", "#curves svg")
+        page.select_option("select[name='hpview']", "parallel")
+        page.wait_for_selector("#hp-scatter svg")
+        f = out / "experiment-parallel.png"
+        page.locator("#hp-scatter").screenshot(path=str(f))
+        shots.append(f)
+        print(f"{f}  <- the parallel coordinates view")
         trial = page.eval_on_selector("#trials tbody tr", "r => r.dataset.trial")
         snap("trial", f"/trials/{trial}", "#logs .line")
         if len(exp_ids) > 1:

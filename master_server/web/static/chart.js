@@ -243,3 +243,58 @@ export function scatterChart(container, { points, xLabel = "", yLabel = "", heig
   }
   return svg;
 }
+
+/**
+ * Parallel coordinates: one vertical axis per dimension, one polyline per row.
+ * dims: [{key, label, categorical?}]; rows: [{values: {key: v}, label, href, color}].
+ * Numeric axes spanning more than a decade (all positive) are logarithmic.
+ */
+export function parallelChart(container, { dims, rows, height = 300 }) {
+  const { svg, width } = frame(container, height);
+  const box = { l: 40, r: width - 60, t: 24, b: height - 30 };
+  const step = dims.length > 1 ? (box.r - box.l) / (dims.length - 1) : 0;
+  const axes = dims.map((d, i) => {
+    const vals = rows.map((r) => r.values[d.key]).filter((v) => v !== undefined && v !== null);
+    const categorical = d.categorical || vals.some((v) => typeof v !== "number");
+    const x = box.l + i * step;
+    if (categorical) {
+      const cats = [...new Set(vals.map(String))].sort();
+      const pos = (v) => box.b - ((cats.indexOf(String(v)) + 0.5) / cats.length) * (box.b - box.t);
+      return { d, x, pos, ticks: cats.map((c) => [pos(c), c]) };
+    }
+    const nums = vals.map(num).filter(Number.isFinite);
+    const log = nums.length > 1 && nums.every((v) => v > 0) && Math.max(...nums) / Math.min(...nums) > 10;
+    const [lo, hi] = extent(nums, log);
+    const y = scale([lo, hi], [box.b, box.t], log);
+    const ticks = (log ? logTicks(lo, hi) : niceTicks(lo, hi, 4)).map((t) => [y(t), fmtNum(t, 3)]);
+    return { d, x, pos: (v) => y(num(v)), ticks };
+  });
+  for (const a of axes) {
+    const g = s("g", { class: "axes" });
+    g.append(s("line", { x1: a.x, x2: a.x, y1: box.t, y2: box.b, class: "pc-axis" }));
+    g.append(s("text", { x: a.x, y: box.t - 10, "text-anchor": "middle", class: "axis-label" }, a.d.label));
+    for (const [py, text] of a.ticks) {
+      g.append(s("line", { x1: a.x - 3, x2: a.x, y1: py, y2: py, class: "pc-axis" }));
+      g.append(s("text", { x: a.x + 5, y: py + 4, class: "tick" }, text));
+    }
+    svg.append(g);
+  }
+  rows.forEach((r, i) => {
+    const pts = axes.map((a) => {
+      const v = r.values[a.d.key];
+      const py = v === undefined || v === null ? NaN : a.pos(v);
+      return Number.isFinite(py) ? `${a.x.toFixed(1)},${py.toFixed(1)}` : null;
+    });
+    if (pts.some((p) => p === null)) return; // a row without every value has no line
+    const line = s("polyline", { points: pts.join(" "), stroke: r.color || PALETTE[i % PALETTE.length], class: "pc-line", "data-label": r.label });
+    line.append(s("title", {}, r.label));
+    if (r.href) {
+      const a = s("a", { href: r.href });
+      a.append(line);
+      svg.append(a);
+    } else {
+      svg.append(line);
+    }
+  });
+  return svg;
+}

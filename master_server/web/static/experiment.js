@@ -5,7 +5,7 @@ import {
   TERMINAL, api, flatten, fmtDuration, fmtNum, fmtTime, h, num, progressBar, qs,
   sortableTable, stateBadge, toast,
 } from "./api.js";
-import { PALETTE, lineChart, scatterChart } from "./chart.js";
+import { PALETTE, lineChart, parallelChart, scatterChart } from "./chart.js";
 
 const ACTIONS = [
   ["activate", "Activate", (e) => e.state === "PAUSED"],
@@ -50,6 +50,7 @@ export async function experimentPage(main, id) {
     x: "steps",
     logY: false,
     hparam: null,
+    hpView: "scatter",
     sortKey: "id",
     desc: false,
   };
@@ -193,13 +194,31 @@ export async function experimentPage(main, id) {
     const all = [...new Set(flat.flatMap((f) => Object.keys(f)))];
     const choices = keys.length ? keys : all;
     if (!choices.includes(state.hparam)) state.hparam = choices[0] || null;
-    const key = JSON.stringify([choices, state.hparam]);
+    const key = JSON.stringify([choices, state.hparam, state.hpView]);
     if (key !== scatterBarKey) {
       scatterBarKey = key;
-      scatterBar.replaceChildren(h("label", {}, "hyperparameter", h("select", {
-        name: "hparam", onchange: (ev) => { state.hparam = ev.target.value; drawScatter(); },
-      }, choices.map((k) => h("option", { value: k, selected: k === state.hparam }, k)))),
-      h("span", { class: "muted" }, `y: best ${state.exp.searcher_metric ?? "searcher metric"} of each trial`));
+      scatterBar.replaceChildren(
+        h("label", {}, "view", h("select", {
+          name: "hpview", onchange: (ev) => { state.hpView = ev.target.value; drawScatter(); },
+        }, [["scatter", "scatter"], ["parallel", "parallel coordinates"]].map(([v, l]) => h("option", { value: v, selected: v === state.hpView }, l)))),
+        state.hpView === "scatter" ? h("label", {}, "hyperparameter", h("select", {
+          name: "hparam", onchange: (ev) => { state.hparam = ev.target.value; drawScatter(); },
+        }, choices.map((k) => h("option", { value: k, selected: k === state.hparam }, k)))) : null,
+        h("span", { class: "muted" }, `${state.hpView === "scatter" ? "y" : "last axis"}: best ${state.exp.searcher_metric ?? "searcher metric"} of each trial`));
+    }
+    if (state.hpView === "parallel") {
+      const metric = state.exp.searcher_metric || "metric";
+      const rows = state.trials.filter((t) => t.searcher_metric != null).map((t, i) => ({
+        values: { ...flat[state.trials.indexOf(t)], [`metric:${metric}`]: num(t.searcher_metric) },
+        label: `trial ${t.id}`, href: `/trials/${t.id}`, color: trialColor(state.trials.indexOf(t)),
+      }));
+      if (!rows.length) {
+        scatterBox.replaceChildren(h("div", { class: "empty" }, "No trial has a searcher metric yet."));
+        return;
+      }
+      const dims = [...choices.map((k) => ({ key: k, label: k })), { key: `metric:${metric}`, label: metric }];
+      parallelChart(scatterBox, { dims, rows });
+      return;
     }
     const points = state.trials.map((t, i) => ({ t, x: flat[i][state.hparam] })).filter(({ t, x }) => t.searcher_metric != null && x !== undefined)
       .map(({ t, x }) => ({ x: typeof x === "number" ? x : String(x), y: num(t.searcher_metric), label: `trial ${t.id}`, href: `/trials/${t.id}`, color: trialColor(state.trials.indexOf(t)) }));

@@ -159,6 +159,12 @@ def test_experiment_chart_has_one_series_per_trial_with_the_stored_points(
     assert best_first == [t.id for t in by_metric]
     assert page.locator("#hp-scatter circle.point").count() == len(trials)
     assert "lr" in page.locator("select[name='hparam']").input_value()
+    page.select_option("select[name='hpview']", "parallel")
+    page.wait_for_selector("#hp-scatter polyline.pc-line")
+    lines = page.eval_on_selector_all(
+        "#hp-scatter polyline.pc-line", "ls => ls.map(l => l.points.numberOfItems)"
+    )
+    assert lines == [2] * len(trials)  # axes: lr (the one varying hparam) and the metric
 
 
 def test_pause_and_activate_buttons(
