@@ -95,10 +95,18 @@ def _error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RequestValidationError):
         errs = exc.errors()
         first = errs[0] if errs else {}
-        loc = [str(x) for x in first.get("loc", ()) if x not in ("query", "path", "body")]
-        field = ".".join(loc) or None
+        raw_loc = list(first.get("loc", ()))
+        # ("query", "limit") -> "limit"; ("body",) and ("body", 12) (a JSON syntax error at
+        # character 12) -> "body"
+        loc = [str(x) for x in raw_loc[1:] if isinstance(x, str)] if raw_loc else []
+        field = ".".join(loc) or (str(raw_loc[0]) if raw_loc else None)
         got = first.get("input")
-        msg = f"{field or 'request'}: {first.get('msg', 'invalid value')}"
+        detail = first.get("msg", "invalid value")
+        if first.get("type") == "json_invalid":
+            detail = f"not valid JSON ({first.get('ctx', {}).get('error', 'syntax error')})"
+        elif first.get("type") == "missing":
+            detail = "required"
+        msg = f"{field or 'request'}: {detail}"
         if got is not None and not isinstance(got, dict | list):
             msg += f", got {got!r}"
         return _error_body("INVALID_ARGUMENT", 400, msg, field)

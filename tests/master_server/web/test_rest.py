@@ -143,7 +143,9 @@ def test_patch_experiment_and_labels(
     assert error_of(http.patch(url, json={"name": 3}), 400)["field"] == "name"
     assert error_of(http.patch(url, json=[1, 2]), 400)["field"] == "body"
     r = http.patch(url, content=b"{not json", headers={"content-type": "application/json"})
-    assert error_of(r, 400)["code"] == "INVALID_ARGUMENT"
+    err = error_of(r, 400)
+    assert err["field"] == "body" and err["message"].startswith("body: not valid JSON"), err
+    assert error_of(http.patch(url), 400)["message"] == "body: required"
     error_of(http.patch(f"{API}/experiments/9999", json={"name": "x"}), 404)
 
 
