@@ -1,7 +1,8 @@
 """The one error tree of the platform, and its one table to and from gRPC status codes.
 
 The master raises these classes from its service layer; its servicers turn them into a gRPC
-status with :func:`to_grpc_status`. The SDK and the Core API turn a failed call back into the
+status with :func:`to_grpc_status`, its REST API into an HTTP status with
+:func:`to_http_status`. The SDK and the Core API turn a failed call back into the
 same class with :func:`from_rpc_error`, so a user never sees a raw ``grpc.RpcError``.
 """
 
@@ -109,3 +110,25 @@ def from_rpc_error(err: grpc.RpcError) -> DeterminedError:
     out = cls(details or code.name)
     out.code = code
     return out
+
+
+# The REST API answers with the HTTP status that gRPC's own HTTP mapping gives each code.
+_HTTP_BY_CODE: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+}
+
+
+def to_http_status(err: DeterminedError) -> int:
+    """The HTTP status the master's REST API answers with for ``err`` (500 for unknown codes)."""
+    return _HTTP_BY_CODE.get(err.code, 500)

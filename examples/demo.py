@@ -1,8 +1,9 @@
 """End-to-end demo: a master on SQLite in a temporary directory, a real small HP search.
 
-Starts ``python -m master_server`` on a free port, submits ``examples/digits`` (a PyTorch MLP on
-scikit-learn's digits, searched over learning rate and hidden size), follows progress, prints a
-table of the trials and the best one, and stops the master.
+Starts ``python -m master_server`` on a free port (and its web UI on another), submits
+``examples/digits`` (a PyTorch MLP on scikit-learn's digits, searched over learning rate and
+hidden size), prints the URL of the experiment's page, follows progress, prints a table of the
+trials and the best one, and stops the master (``--serve`` keeps it up for the web UI).
 
 Run: ``bash scripts/demo.sh`` (sets up a virtualenv first) or ``python examples/demo.py``.
 """
@@ -10,6 +11,7 @@ Run: ``bash scripts/demo.sh`` (sets up a virtualenv first) or ``python examples/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import signal
@@ -28,8 +30,10 @@ from determined_sdk.errors import MasterUnavailableError
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def start_master(data_dir: pathlib.Path, slots: int) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = data_dir / "port"
+def start_master(
+    data_dir: pathlib.Path, slots: int
+) -> tuple[subprocess.Popen[bytes], str, str | None]:
+    port_file, http_file = data_dir / "port", data_dir / "http-port"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -43,6 +47,10 @@ def start_master(data_dir: pathlib.Path, slots: int) -> tuple[subprocess.Popen[b
             str(slots),
             "--port-file",
             str(port_file),
+            "--http-port",
+            "0",
+            "--http-port-file",
+            str(http_file),
             "--log-level",
             "WARNING",
         ],
@@ -52,7 +60,8 @@ def start_master(data_dir: pathlib.Path, slots: int) -> tuple[subprocess.Popen[b
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("the master did not start; see its log above")
         time.sleep(0.05)
-    return proc, f"127.0.0.1:{port_file.read_text().strip()}"
+    http = f"http://127.0.0.1:{http_file.read_text().strip()}" if http_file.exists() else None
+    return proc, f"127.0.0.1:{port_file.read_text().strip()}", http
 
 
 def main() -> None:
@@ -62,12 +71,17 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--trials", type=int, default=None, help="override searcher.max_trials")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
+    p.add_argument(
+        "--serve", action="store_true", help="keep the master and web UI up until Ctrl-C"
+    )
     args = p.parse_args()
     console = Console(width=max(100, Console().width))
     t0 = time.monotonic()
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="detsdk-demo-"))
-    proc, address = start_master(data_dir, args.slots)
+    proc, address, web = start_master(data_dir, args.slots)
     console.print(f"[bold]master[/] on {address} (SQLite in {data_dir}), {args.slots} slots")
+    if web:
+        console.print(f"[bold]web UI[/] on {web}/ (REST API under {web}/api/v1)")
     try:
         client = determined_sdk.Determined(master=address)
         config = yaml.safe_load((HERE / "digits" / "search.yaml").read_text())
@@ -78,6 +92,8 @@ def main() -> None:
             f"experiment {exp.id}: {config['searcher']['name']} search, "
             f"{config['searcher'].get('max_trials', '?')} trials of {exp.name!r}"
         )
+        if web:
+            console.print(f"[bold]watch it:[/] {web}/experiments/{exp.id}")
         last = -1.0
         while True:
             exp.reload()
@@ -126,6 +142,12 @@ def main() -> None:
             + (f", checkpoint {ckpts[0].uuid}" if ckpts else "")
         )
         console.print(f"demo finished in {time.monotonic() - t0:.1f}s")
+        if web:
+            console.print(f"experiment page: {web}/experiments/{exp.id}")
+        if args.serve:
+            console.print("serving the web UI; Ctrl-C stops the master")
+            with contextlib.suppress(KeyboardInterrupt):
+                proc.wait()
         if exp.state.name != "COMPLETED":
             raise SystemExit(1)
     except MasterUnavailableError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,8 +33,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="stop running trials when the master stops (default: they keep training and the "
         "next master on the same data dir adopts them)",
     )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="serve the REST API and web UI on this port; 0 picks a free one (default: off)",
+    )
+    p.add_argument("--http-port-file", default=None, help="write the bound HTTP port here")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
+
+
+def _write_port(path: str, port: int) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(str(port))
+    os.replace(path + ".tmp", path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,18 +68,17 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint_dir=args.checkpoint_dir,
         max_model_bytes=args.max_model_mib * 2**20,
         keep_runs_on_stop=not args.stop_trials_on_exit,
+        http_port=args.http_port,
     )
     try:
         master.start()
     except Exception as e:  # a clear line, not a traceback, for a bad URL or a busy port
         logging.getLogger("master_server").error("could not start: %s", e)
         sys.exit(1)
-    if args.port_file:
-        with open(args.port_file + ".tmp", "w") as f:
-            f.write(str(master.port))
-        import os
-
-        os.replace(args.port_file + ".tmp", args.port_file)
+    if args.http_port_file and master.http_url:
+        _write_port(args.http_port_file, master.http_port)
+    if args.port_file:  # last: waiters on it may read the HTTP port file at once
+        _write_port(args.port_file, master.port)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

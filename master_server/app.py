@@ -82,6 +82,8 @@ class Master:
             on the same data directory adopts them (the command line's default).
         orphan_checkpoint_grace_s: on start, directories in ``checkpoint_dir`` that no
             checkpoint record names and that are older than this are removed.
+        http_port: serve the REST API and web UI on this port (0 picks a free one, read it back
+            from :attr:`http_port`); None (the default) serves no HTTP. Needs the ``web`` extra.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Master:
         max_queued_calls: int = 4096,
         keep_runs_on_stop: bool = False,
         orphan_checkpoint_grace_s: float = 3600.0,
+        http_port: int | None = None,
     ) -> None:
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
@@ -117,6 +120,9 @@ class Master:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._loop: _LoopThread | None = None
+        self._requested_http_port = http_port
+        self.http_port = 0
+        self._http: Any = None
         self._stopped = threading.Event()
         self.parts: dict[str, Any] = {}
 
@@ -124,6 +130,11 @@ class Master:
     def address(self) -> str:
         """``host:port`` to connect to."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://host:port`` of the REST API and web UI, or None when HTTP is off."""
+        return f"http://{self.host}:{self.http_port}" if self._http is not None else None
 
     def start(self) -> Master:
         """Open the database (migrating it), recover unfinished work, and start serving."""
@@ -175,6 +186,8 @@ class Master:
         rm.start(experiments.on_trial_exit)
         loop.call(self._serve(server))
         self._server, self._loop = server, loop
+        if self._requested_http_port is not None:
+            self._start_http()
         experiments.recover()
         experiments.jobs.start()  # finishes GC and deletions a previous master left pending
         threading.Thread(
@@ -222,6 +235,18 @@ class Master:
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
         await server.start()
 
+    def _start_http(self) -> None:
+        from master_server.web.api import create_app  # the optional ``web`` extra
+        from master_server.web.server import HttpServer
+
+        try:
+            http = HttpServer(create_app(self.parts), self.host, self._requested_http_port or 0)
+            self._http = http.start()
+        except BaseException:
+            self.stop()
+            raise
+        self.http_port = http.port
+
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop serving, stop trial supervisors, close the database. Safe to call twice."""
         if self._server is None or self._loop is None:
@@ -230,6 +255,9 @@ class Master:
         loop, self._loop = self._loop, None
         self.parts["experiments"].close()
         self.parts["logs"].close()
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
         self.parts["waker"].close()
         self.parts["log_waker"].close()
         loop.call(server.stop(grace_s))

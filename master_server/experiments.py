@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import pathlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from determined_sdk.errors import InvalidArgumentError
 from master_server.domain import Experiment, JSONDict, Trial
 from master_server.engine.jobs import JobRunner
 from master_server.engine.lifecycle import ExperimentLifecycle
@@ -102,6 +104,34 @@ class ExperimentService:
 
     def set_archived(self, experiment_id: int, archived: bool) -> Experiment:
         return self.lifecycle.set_archived(experiment_id, archived)
+
+    def patch(
+        self,
+        experiment_id: int,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        add_labels: Sequence[str] = (),
+        remove_labels: Sequence[str] = (),
+    ) -> Experiment:
+        """Rename, describe and relabel an experiment (None / empty = leave as it is)."""
+        store = self.state.store
+        exp = store.get_experiment(experiment_id)
+        kw: dict[str, Any] = {}
+        if name is not None:
+            if not name.strip():
+                raise InvalidArgumentError("name: must not be empty")
+            kw["name"] = name
+        if description is not None:
+            kw["description"] = description
+        if add_labels or remove_labels:
+            gone = set(remove_labels)
+            labels = [x for x in exp.labels if x not in gone]
+            labels += [x for x in add_labels if x not in labels]
+            if any(not x.strip() for x in labels):
+                raise InvalidArgumentError("labels: a label must not be empty")
+            kw["labels"] = labels
+        return store.update_experiment(experiment_id, **kw) if kw else exp
 
     def delete(self, experiment_id: int) -> None:
         self.lifecycle.delete(experiment_id)

@@ -198,22 +198,13 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
 
     @rpc
     def PatchExperiment(self, request: Any, context: Any) -> Any:
-        exp = self.store.get_experiment(request.experiment_id)
-        kw: dict[str, Any] = {}
-        if request.HasField("name"):
-            if not request.name.strip():
-                raise InvalidArgumentError("name: must not be empty")
-            kw["name"] = request.name
-        if request.HasField("description"):
-            kw["description"] = request.description
-        if request.add_labels or request.remove_labels:
-            labels = [x for x in exp.labels if x not in set(request.remove_labels)]
-            labels += [x for x in request.add_labels if x not in labels]
-            if any(not x.strip() for x in labels):
-                raise InvalidArgumentError("labels: a label must not be empty")
-            kw["labels"] = labels
-        if kw:
-            exp = self.store.update_experiment(request.experiment_id, **kw)
+        exp = self.svc.patch(
+            request.experiment_id,
+            name=request.name if request.HasField("name") else None,
+            description=request.description if request.HasField("description") else None,
+            add_labels=list(request.add_labels),
+            remove_labels=list(request.remove_labels),
+        )
         return experiment_pb2.PatchExperimentResponse(experiment=convert.experiment_to_proto(exp))
 
     @rpc

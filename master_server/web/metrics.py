@@ -1,0 +1,178 @@
+"""Metric series for charts: read through the store's read path, split by name, downsampled.
+
+The REST API's ``/trials/{id}/metrics`` and ``/experiments/{id}/metrics`` answer with columns
+(``steps``, ``times``, ``values``) per metric name, so a browser can hand them to a chart as
+they are, thinned by :func:`master_server.web.downsample.minmax_indices`.
+
+A page that polls an experiment of 100 trials while two of them run must not re-read the
+other 98 every time: :class:`SeriesReader` keeps each trial's downsampled series with a version
+taken from the trial's summary (updated in the same transaction as its points, per the store
+contract), and reads again only the trials whose version moved.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from determined_sdk.errors import InvalidArgumentError
+from master_server.domain import Trial
+from master_server.store.base import Store
+from master_server.web.downsample import minmax_indices
+
+MAX_POINTS_LIMIT = 100_000
+# Summary keys of the two built-in groups (see the store contract); other groups keep their name.
+_SUMMARY_KEY = {"training": "avg_metrics", "validation": "validation_metrics"}
+_GROUP_OF_KEY = {v: k for k, v in _SUMMARY_KEY.items()}
+
+
+def check_group(group: str) -> str:
+    if not group or not group.strip():
+        raise InvalidArgumentError("group: must not be empty (e.g. 'training' or 'validation')")
+    return group
+
+
+def check_max_points(max_points: int) -> int:
+    if not (max_points == 0 or 4 <= max_points <= MAX_POINTS_LIMIT):
+        raise InvalidArgumentError(
+            f"max_points: must be 0 (every point) or within [4, {MAX_POINTS_LIMIT}], "
+            f"got {max_points}"
+        )
+    return max_points
+
+
+def metric_names(trials: Iterable[Trial]) -> dict[str, list[str]]:
+    """Metric names per group reported by ``trials``, read from their summaries (no scan)."""
+    out: dict[str, set[str]] = {}
+    for t in trials:
+        for key, metrics in t.summary_metrics.items():
+            if isinstance(metrics, dict):
+                out.setdefault(_GROUP_OF_KEY.get(key, key), set()).update(metrics)
+    return {g: sorted(names) for g, names in sorted(out.items())}
+
+
+def series(
+    store: Store,
+    trial_ids: Sequence[int],
+    group: str,
+    names: Sequence[str],
+    max_points: int,
+) -> dict[int, dict[str, Any]]:
+    """Per trial: ``{"series": {name: {"steps", "times", "values"}}, "total_points": n}``.
+
+    Args:
+        store: the master's store (its ``iter_metrics`` read path).
+        trial_ids: trials to read, each of them existing.
+        group: the metric group ("training", "validation", or a user group).
+        names: metric names to keep; empty keeps every name.
+        max_points: per series, the most points to answer with (0 = all).
+    """
+    cols = read_columns(store, trial_ids, group, names)
+    out: dict[int, dict[str, Any]] = {}
+    for tid, by_name in cols.items():
+        s: dict[str, Any] = {}
+        for name, (steps, times, values) in by_name.items():
+            total = len(values)
+            if max_points and total > max_points:
+                keep = minmax_indices(values, max_points)
+                steps = [steps[i] for i in keep]
+                times = [times[i] for i in keep]
+                values = [values[i] for i in keep]
+            s[name] = {"steps": steps, "times": times, "values": values, "total_points": total}
+        out[tid] = {"series": s}
+    return out
+
+
+Columns = tuple[list[int], list[float], list[float]]  # steps, timestamps, values
+
+
+def read_columns(
+    store: Store, trial_ids: Sequence[int], group: str, names: Sequence[str]
+) -> dict[int, dict[str, Columns]]:
+    """Per trial and metric name, the (steps, times, values) columns of one group.
+
+    The one place that reads points for charts: a faster (columnar) store read slots in here.
+    """
+    wanted = set(names)
+    cols: dict[int, dict[str, Columns]] = {tid: {} for tid in trial_ids}
+    for page in store.iter_metrics(list(trial_ids), group):
+        for p in page:
+            by_name = cols[p.trial_id]
+            for name, value in p.metrics.items():
+                if wanted and name not in wanted:
+                    continue
+                c = by_name.get(name)
+                if c is None:
+                    c = by_name[name] = ([], [], [])
+                c[0].append(p.steps_completed)
+                c[1].append(p.timestamp)
+                c[2].append(value)
+    return cols
+
+
+class SeriesReader:
+    """:func:`series` with an LRU cache of downsampled series, keyed on each trial's version.
+
+    Args:
+        store: the master's store.
+        max_entries: (trial, group, names, max_points) entries kept.
+        max_cached_points: series longer than this per trial (after downsampling) are not kept.
+    """
+
+    def __init__(self, store: Store, max_entries: int = 4096, max_cached_points: int = 5000):
+        self.store = store
+        self.max_entries = max_entries
+        self.max_cached_points = max_cached_points
+        self._cache: OrderedDict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.reads = 0  # trials read from the store (the rest came from the cache)
+
+    def clear(self) -> None:
+        """Forget every cached series (benchmarks measure cold reads with it)."""
+        with self._lock:
+            self._cache.clear()
+
+    def series(
+        self, trials: Sequence[Trial], group: str, names: Sequence[str], max_points: int
+    ) -> dict[int, dict[str, Any]]:
+        """Like :func:`series`, for trial objects fetched just before (their summaries date
+        the cache entries)."""
+        cacheable = 0 < max_points <= self.max_cached_points
+        wanted = tuple(sorted(set(names)))
+        out: dict[int, dict[str, Any]] = {}
+        stale: list[Trial] = []
+        with self._lock:
+            for t in trials:
+                hit = self._cache.get((t.id, group, wanted, max_points)) if cacheable else None
+                if hit is not None and hit[0] == _version(t, group):
+                    self._cache.move_to_end((t.id, group, wanted, max_points))
+                    out[t.id] = hit[1]
+                else:
+                    stale.append(t)
+        if stale:
+            fresh = series(self.store, [t.id for t in stale], group, wanted, max_points)
+            with self._lock:
+                self.reads += len(stale)
+                for t in stale:
+                    out[t.id] = fresh[t.id]
+                    if cacheable:
+                        self._cache[(t.id, group, wanted, max_points)] = (
+                            _version(t, group),
+                            fresh[t.id],
+                        )
+                while len(self._cache) > self.max_entries:
+                    self._cache.popitem(last=False)
+        return {t.id: out[t.id] for t in trials}
+
+
+def _version(t: Trial, group: str) -> tuple[Any, ...]:
+    """Changes whenever a point of ``group`` is added to ``t`` (the summary counts move)."""
+    summary = t.summary_metrics.get(_SUMMARY_KEY.get(group, group))
+    counts: tuple[Any, ...] = ()
+    if isinstance(summary, dict):
+        counts = tuple(
+            sorted((n, m.get("count")) for n, m in summary.items() if isinstance(m, dict))
+        )
+    return (t.run_id, t.restarts, t.steps_completed, counts)
