@@ -21,6 +21,7 @@ from master_server.checkpoints import CheckpointService
 from master_server.experiments import ExperimentService
 from master_server.launcher import LocalLauncher, kill_stale_supervisors
 from master_server.logs import LogService
+from master_server.metrics import MetricService
 from master_server.scheduler import Scheduler
 from master_server.servicers import register_all
 from master_server.store import open_store
@@ -116,6 +117,7 @@ class Master:
             "experiments": experiments,
             "checkpoints": CheckpointService(store, experiments),
             "logs": logs,
+            "metrics": MetricService(store),
             "launcher": launcher,
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
@@ -145,6 +147,7 @@ class Master:
         server, self._server = self._server, None
         self.parts["experiments"].close()
         self.parts["logs"].close()
+        self.parts["metrics"].close()
         server.stop(grace_s).wait()
         self.parts["launcher"].stop()
         self.parts["store"].close()

@@ -40,6 +40,7 @@ from master_server.checkpoints import CheckpointService
 from master_server.domain import ExperimentFilter, LogQuery
 from master_server.experiments import ExperimentService
 from master_server.logs import LogService
+from master_server.metrics import DEFAULT_PAGE_SIZE, MetricService
 from master_server.searcher.factory import searcher_length_unit
 from master_server.store.base import Store
 
@@ -247,8 +248,8 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
 
 
 class Trials(trial_pb2_grpc.TrialServiceServicer):
-    def __init__(self, store: Store, svc: ExperimentService) -> None:
-        self.store, self.svc = store, svc
+    def __init__(self, store: Store, svc: ExperimentService, metrics: MetricService) -> None:
+        self.store, self.svc, self.metrics = store, svc, metrics
 
     @rpc
     def GetTrial(self, request: Any, context: Any) -> Any:
@@ -268,7 +269,7 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         if not request.batch_id:
             raise InvalidArgumentError("batch_id: must not be empty (it makes retries safe)")
         reports = convert.metric_reports_from_proto(request)
-        stored = self.store.add_metrics(request.trial_id, request.batch_id, reports)
+        stored = self.metrics.add(request.trial_id, request.batch_id, reports)
         if stored:
             for r in reports:
                 if r.group == "validation":
@@ -277,18 +278,17 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
 
     @rpc_stream
     def StreamMetrics(self, request: Any, context: Any) -> Iterator[Any]:
-        if not request.trial_ids:
-            raise InvalidArgumentError("trial_ids: give at least one trial id")
-        if request.page_size < 0:
-            raise InvalidArgumentError(f"page_size: must be >= 0, got {request.page_size}")
-        for tid in request.trial_ids:
-            self.store.get_trial(tid)
-        for page in self.store.iter_metrics(
-            list(request.trial_ids), request.group or None, request.page_size or 10_000
-        ):
-            yield trial_pb2.StreamMetricsResponse(
-                points=[convert.metric_point_to_proto(p) for p in page]
-            )
+        pages = self.metrics.read(
+            list(request.trial_ids),
+            group=request.group or None,
+            names=list(request.names),
+            min_steps=request.min_steps if request.HasField("min_steps") else None,
+            max_steps=request.max_steps if request.HasField("max_steps") else None,
+            page_size=request.page_size or DEFAULT_PAGE_SIZE,
+            follow=request.follow,
+        )
+        for page in pages:
+            yield trial_pb2.StreamMetricsResponse(columns=convert.metric_columns_to_proto(page))
 
     @rpc
     def ReportProgress(self, request: Any, context: Any) -> Any:
@@ -641,7 +641,7 @@ def register_all(server: grpc.Server, parts: dict[str, Any]) -> None:
         parts["logs"],
     )
     experiment_pb2_grpc.add_ExperimentServiceServicer_to_server(Experiments(store, exps), server)
-    trial_pb2_grpc.add_TrialServiceServicer_to_server(Trials(store, exps), server)
+    trial_pb2_grpc.add_TrialServiceServicer_to_server(Trials(store, exps, parts["metrics"]), server)
     checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(Checkpoints(store, ckpts), server)
     searcher_pb2_grpc.add_SearcherServiceServicer_to_server(Searcher(exps), server)
     logs_pb2_grpc.add_LogServiceServicer_to_server(Logs(logs), server)

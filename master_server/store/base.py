@@ -18,7 +18,10 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   ``"validation_metrics"``, any other group under its own name; each metric name maps to
   ``{"min", "max", "last", "count", "mean"}`` (NaN values count in ``count`` and ``last`` but
   not in min/max/mean). A batch id already stored for the trial makes the call a no-op that
-  returns False. NaN and +/-inf are stored and read back as such.
+  returns False. NaN and +/-inf are stored and read back as such. :meth:`read_metrics` reads
+  points back as columns in (trial, steps, insertion) order, each page in its own short
+  transaction, through indexes on (trial, group, steps) and (trial, steps): reading one
+  group or a steps range never scans the trial's other points.
 * **Checkpoints.** :meth:`add_checkpoint` fills ``training_metrics`` / ``validation_metrics``
   from the last report of each group at or before the checkpoint's ``steps_completed``, and
   sets the trial's ``latest_checkpoint_uuid`` when the checkpoint is COMPLETED and its steps
@@ -43,7 +46,9 @@ from master_server.domain import (
     JSONDict,
     LogLine,
     LogQuery,
+    MetricColumns,
     MetricPoint,
+    MetricQuery,
     MetricReport,
     Model,
     ModelVersion,
@@ -190,6 +195,18 @@ class Store(abc.ABC):
         self, trial_ids: Sequence[int], group: str | None = None, page_size: int = 10_000
     ) -> Iterator[list[MetricPoint]]:
         """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy."""
+
+    @abc.abstractmethod
+    def read_metrics(self, query: MetricQuery) -> Iterator[MetricColumns]:
+        """Pages of at most ``query.page_size`` points as columns, in the order of
+        :meth:`iter_metrics`, filtered by group, names (points with none of them are left
+        out, the others keep only those), and an inclusive steps range; with ``after_ids``,
+        only points stored after each trial's position, with ``until_id`` only those stored
+        up to that id. Lazy; errors come on the first ``next``."""
+
+    @abc.abstractmethod
+    def last_metric_id(self) -> int:
+        """The storage id of the last metric point stored (0 if none): a follow starts there."""
 
     # -- checkpoints --------------------------------------------------------------------------
     @abc.abstractmethod

@@ -24,7 +24,6 @@ Design notes (the contract itself is in :mod:`master_server.store.base`):
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
 import json
 import math
@@ -50,7 +49,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    or_,
     select,
     text,
     update,
@@ -76,7 +74,9 @@ from master_server.domain import (
     JSONDict,
     LogLine,
     LogQuery,
+    MetricColumns,
     MetricPoint,
+    MetricQuery,
     MetricReport,
     Model,
     ModelVersion,
@@ -87,6 +87,7 @@ from master_server.domain import (
     Workspace,
 )
 from master_server.store.base import _UNSET, Store
+from master_server.store.metrics_read import read_metric_columns
 from master_server.store.models import (
     CheckpointRow,
     ExperimentLabelRow,
@@ -617,18 +618,19 @@ _SORT_KEYS = {
     "progress": E.progress,
 }
 
-# Distinct metric groups of one trial, as a loose index scan over the metrics index.
-_GROUPS_SQL = text(
-    """
-    WITH RECURSIVE g(name) AS (
-        SELECT MIN(metric_group) FROM metrics WHERE trial_id = :t
-        UNION ALL
-        SELECT (SELECT MIN(metric_group) FROM metrics WHERE trial_id = :t AND metric_group > g.name)
-        FROM g WHERE g.name IS NOT NULL
-    )
-    SELECT name FROM g WHERE name IS NOT NULL
-    """
-)
+
+def _check_metric_query(q: MetricQuery) -> None:
+    if q.page_size < 1:
+        raise InvalidArgumentError(f"page_size must be >= 1, got {q.page_size}")
+    for i, name in enumerate(q.names):
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"names[{i}]: must be a non-empty string, got {name!r}")
+    if q.group is not None and (not isinstance(q.group, str) or not q.group):
+        raise InvalidArgumentError(f"group: must be a non-empty string, got {q.group!r}")
+    if q.min_steps is not None and q.max_steps is not None and q.min_steps > q.max_steps:
+        raise InvalidArgumentError(
+            f"min_steps ({q.min_steps}) must not be greater than max_steps ({q.max_steps})"
+        )
 
 
 class SQLStore(Store):
@@ -1321,68 +1323,40 @@ class SQLStore(Store):
     ) -> Iterator[list[MetricPoint]]:
         """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy.
 
-        Trials come in ascending id order whatever the order of ``trial_ids``. Each page is
-        read with a keyset query (no OFFSET) in its own short transaction, so no connection
-        is held while the caller works on a page.
+        Trials come in ascending id order whatever the order of ``trial_ids``. A view of
+        :meth:`read_metrics` for callers that want decoded points.
 
         Raises:
             InvalidArgumentError: ``page_size`` < 1 (on the first ``next``).
             NotFoundError: One of the trials does not exist (on the first ``next``).
         """
-        if page_size < 1:
-            raise InvalidArgumentError(f"page_size must be >= 1, got {page_size}")
-        ids = sorted(set(trial_ids))
+        q = MetricQuery(tuple(trial_ids), group=group, page_size=page_size)
+        for cols in self.read_metrics(q):
+            yield list(cols.points())
+
+    def read_metrics(self, query: MetricQuery) -> Iterator[MetricColumns]:
+        """Pages of points as columns, ordered by (trial_id, steps_completed, insertion order);
+        lazy. See :mod:`master_server.store.metrics_read` for the access paths.
+
+        Raises:
+            InvalidArgumentError: ``page_size`` < 1, an empty metric name, ``min_steps`` >
+                ``max_steps`` (on the first ``next``).
+            NotFoundError: One of the trials does not exist (on the first ``next``).
+        """
+        _check_metric_query(query)
+        ids = sorted(set(query.trial_ids))
         if ids:
             with self._read() as conn:
                 found = set(conn.scalars(select(T.id).where(T.id.in_(ids))))
             for tid in ids:
                 if tid not in found:
                     raise NotFoundError(f"trial {tid} not found")
-        page: list[MetricPoint] = []
-        for tid in ids:
-            if group is not None:
-                groups = [group]
-            else:
-                with self._read() as conn:
-                    groups = [g for g in conn.scalars(_GROUPS_SQL, {"t": tid})]
-            streams = [self._group_stream(tid, g, page_size) for g in groups]
-            merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
-            for _steps, _id, point in merged:
-                page.append(point)
-                if len(page) >= page_size:
-                    yield page
-                    page = []
-        if page:
-            yield page
+        yield from read_metric_columns(self._read, query, _encode_metrics)
 
-    def _group_stream(
-        self, trial_id: int, group: str, page_size: int
-    ) -> Iterator[tuple[int, int, MetricPoint]]:
-        """Points of one (trial, group) in (steps, id) order, fetched a page at a time."""
-        m = MetricRow
-        base = (
-            select(m.steps_completed, m.id, m.timestamp, m.payload)
-            .where(m.trial_id == trial_id, m.metric_group == group)
-            .order_by(m.steps_completed, m.id)
-            .limit(page_size)
-        )
-        last: tuple[int, int] | None = None
-        while True:
-            stmt = base
-            if last is not None:
-                s, i = last
-                stmt = stmt.where(m.steps_completed >= s, or_(m.steps_completed > s, m.id > i))
-            with self._read() as conn:
-                rows = conn.execute(stmt).all()
-            for steps, row_id, ts, payload in rows:
-                yield (
-                    steps,
-                    row_id,
-                    MetricPoint(trial_id, group, steps, _decode_metrics(payload), ts),
-                )
-            if len(rows) < page_size:
-                return
-            last = (rows[-1][0], rows[-1][1])
+    def last_metric_id(self) -> int:
+        """The storage id of the last metric point stored (0 if none)."""
+        with self._read() as conn:
+            return int(conn.scalar(select(func.max(MetricRow.id))) or 0)
 
     # -- checkpoints --------------------------------------------------------------------------
     @staticmethod

@@ -123,6 +123,46 @@ def test_iter_metrics(finished: Experiment, det: Determined) -> None:
         det.iter_trials_metrics([0])
 
 
+def test_iter_metrics_filters(finished: Experiment, det: Determined) -> None:
+    t1, t2 = finished.list_trials()
+    acc = list(t1.iter_metrics(names=["accuracy"]))
+    assert [(m.group, m.steps_completed) for m in acc] == [
+        ("validation", s) for s in range(10, 70, 10)
+    ]
+    assert all(list(m.metrics) == ["accuracy"] for m in acc)
+    ranged = list(t1.iter_metrics("training", min_steps=20, max_steps=40))
+    assert [m.steps_completed for m in ranged] == [20, 30, 40]
+    full = {(m.group, m.steps_completed): m.metrics for m in t1.iter_metrics()}
+    assert all(full[(m.group, m.steps_completed)] == m.metrics for m in ranged)
+    both = list(det.iter_trials_metrics([t2.id, t1.id], "validation", names=["loss"], max_steps=10))
+    assert [(m.trial_id, m.steps_completed) for m in both] == [(t1.id, 10), (t2.id, 10)]
+    with pytest.raises(InvalidArgumentError, match="min_steps"):
+        t1.iter_metrics(min_steps=-1)
+    with pytest.raises(InvalidArgumentError, match="names"):
+        t1.iter_metrics(names=[3])  # type: ignore[list-item]
+    with pytest.raises(InvalidArgumentError, match="names"):
+        list(t1.iter_metrics(names=[""]))
+    with pytest.raises(InvalidArgumentError, match="min_steps"):
+        list(t1.iter_metrics(min_steps=5, max_steps=4))
+
+
+def test_iter_metrics_follow_until_the_trial_ends(
+    det: Determined, make_experiment: Callable[..., Experiment]
+) -> None:
+    exp = make_experiment(name="follow-metrics", hyperparameters={"steps": 8, "sleep": 0.1})
+    trial = exp.await_first_trial(timeout=60)
+    followed = list(trial.iter_metrics("validation", follow=True))  # returns when it ends
+    trial.reload()
+    assert trial.state.is_terminal
+    assert [m.steps_completed for m in followed] == list(range(10, 90, 10))
+    assert followed == list(Trial(trial.id, det).iter_metrics("validation"))
+    # Following a trial that has already ended yields what is stored, then stops.
+    assert list(trial.iter_metrics("validation", follow=True)) == followed
+    with pytest.raises(NotFoundError, match="8888"):
+        list(Trial(8888, det).iter_metrics(follow=True))
+    exp.wait(interval=0.1, timeout=60)
+
+
 def test_kill_trial(make_experiment: Callable[..., Experiment], det: Determined) -> None:
     exp = make_experiment(name="kill-trial", hyperparameters={"steps": 1000, "sleep": 0.05})
     trial = exp.await_first_trial(timeout=60)
