@@ -274,7 +274,7 @@ def measure(address: str, ids: dict[str, Any], args: argparse.Namespace, tmp: pa
             trial_id = ids["metrics_trial"]
 
             def raw_stream() -> int:
-                req = trial_pb2.StreamMetricsRequest(trial_ids=[trial_id])
+                req = trial_pb2.StreamMetricsRequest(trial_ids=[trial_id], columnar=True)
                 return sum(len(p.columns.steps_completed) for p in trial_stub.StreamMetrics(req))
 
             t_raw, n = timed(raw_stream, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from determined_sdk._resource import (
     str_list,
 )
 from determined_sdk._session import Session
+from determined_sdk.log_levels import parse_prefix
 from determined_sdk.metrics_wire import iter_columns
 from determined_sdk.proto import logs_pb2, trial_pb2
 
@@ -53,9 +55,17 @@ class LogLine:
         return self.message
 
     def format(self) -> str:
-        """``"<ISO time> [rank=R] LEVEL  message"``, as the CLI prints it."""
+        """``"<ISO time> [rank=R] LEVEL    message"``, as the CLI prints it.
+
+        A message that starts with its own level (``INFO: [12] name: ...``, as
+        ``core_api.LOG_FORMAT`` writes it) is printed without it, so the level shows once.
+        """
         ts = datetime.datetime.fromtimestamp(self.timestamp).isoformat(timespec="milliseconds")
-        return f"{ts} [rank={self.rank}] {self.level.value:<8} {self.message}"
+        message = self.message
+        level, end = parse_prefix(message)
+        if level == self.level.value:
+            message = message[end:]
+        return f"{ts} [rank={self.rank}] {self.level.value:<8} {message}"
 
     @classmethod
     def _from_proto(cls, m: logs_pb2.LogLine) -> LogLine:
@@ -156,6 +166,7 @@ def iter_metrics(
         min_steps=_steps_bound(min_steps, "min_steps"),
         max_steps=_steps_bound(max_steps, "max_steps"),
         follow=bool(follow),
+        columnar=True,
     )
     return _stream_metrics(session, req)
 
@@ -170,6 +181,18 @@ def _stream_metrics(
             yield from itertools.starmap(build, iter_columns(page.columns))
         for p in page.points:  # masters before the columnar reply
             yield TrialMetrics(p.trial_id, p.group, p.steps_completed, dict(p.metrics), p.timestamp)
+
+
+def _check_regex(regex: str | None) -> str:
+    if regex is None:
+        return ""
+    if not isinstance(regex, str):
+        raise errors.InvalidArgumentError(f"regex: must be a string, got {regex!r}")
+    try:
+        re.compile(regex)
+    except re.error as e:
+        raise errors.InvalidArgumentError(f"regex: not a valid regular expression ({e})") from None
+    return regex
 
 
 def _timestamp(value: float | datetime.datetime | None, what: str) -> float:
@@ -321,6 +344,7 @@ class Trial(Resource[trial_pb2.Trial]):
         timestamp_before: float | datetime.datetime | None = None,
         ranks: Iterable[int] | None = None,
         streams: Iterable[str] | None = None,
+        regex: str | None = None,
     ) -> Iterator[LogLine]:
         """The trial's log lines, oldest first.
 
@@ -338,13 +362,14 @@ class Trial(Resource[trial_pb2.Trial]):
             timestamp_before: Only lines written before this time.
             ranks: Only these process ranks.
             streams: Only these streams (``stdout``, ``stderr``, ``master``).
+            regex: Only lines in which this regular expression matches (``re.search``).
 
         Returns:
             An iterator of :class:`LogLine` (``str(line)`` is the message).
 
         Raises:
             InvalidArgumentError: Both ``head`` and ``tail``, a negative count, an unknown
-                level.
+                level, a regex that does not compile.
             NotFoundError: The trial does not exist (raised on first ``next``).
         """
         if head is not None and tail is not None:
@@ -360,6 +385,7 @@ class Trial(Resource[trial_pb2.Trial]):
             timestamp_before=_timestamp(timestamp_before, "timestamp_before"),
             ranks=list(ranks or ()),
             streams=str_list(streams, "streams"),
+            regex=_check_regex(regex),
         )
         if head == 0 or tail == 0:
             return iter(())

@@ -400,6 +400,9 @@ def trial_describe(ctx: click.Context, trial_id: int) -> None:
 @click.option("--tail", type=int, default=None, help="Only the last N lines.")
 @click.option("--search", default=None, help="Only lines containing this.")
 @click.option(
+    "--regex", default=None, help="Only lines matching this regular expression (re.search)."
+)
+@click.option(
     "--level",
     "levels",
     multiple=True,
@@ -416,6 +419,7 @@ def trial_logs(
     head: int | None,
     tail: int | None,
     search: str | None,
+    regex: str | None,
     levels: tuple[str, ...],
     ranks: tuple[int, ...],
     raw: bool,
@@ -423,7 +427,13 @@ def trial_logs(
     """Print a trial's logs."""
     t = Trial(trial_id, _client(ctx))
     lines = t.logs(
-        follow=follow, head=head, tail=tail, search=search, levels=levels or None, ranks=ranks
+        follow=follow,
+        head=head,
+        tail=tail,
+        search=search,
+        regex=regex,
+        levels=levels or None,
+        ranks=ranks,
     )
     for line in lines:
         click.echo(line.message if raw else line.format())

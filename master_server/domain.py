@@ -256,6 +256,7 @@ class LogQuery:
     timestamp_before: float | None = None
     head: int | None = None  # first N matching lines
     tail: int | None = None  # last N matching lines
+    regex: str | None = None  # Python regular expression, re.search on the message
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from determined_sdk.errors import (
 )
 from determined_sdk.model_dir import check_archive
 from master_server import config as config_mod
+from master_server import exit_reasons
 from master_server.domain import (
     TERMINAL_EXPERIMENT_STATES,
     TERMINAL_TRIAL_STATES,
@@ -42,6 +43,7 @@ from master_server.domain import (
     Trial,
     TrialState,
 )
+from master_server.exit_reasons import how_it_exited as why_exit
 from master_server.launcher import LaunchSpec, LocalLauncher
 from master_server.scheduler import Scheduler
 from master_server.searcher.base import (
@@ -453,7 +455,11 @@ class ExperimentService:
             reason = tr.preempt_reason
             if rt is None:  # unmanaged
                 state = T.COMPLETED if exit_code == 0 else T.ERROR
-                self._set_trial_state(trial_id, state)
+                self._set_trial_state(
+                    trial_id,
+                    state,
+                    exit_reason="exited normally" if exit_code == 0 else why_exit(exit_code),
+                )
                 self._trials.pop(trial_id, None)
                 live = self.store.list_trials(exp.id, states=[T.RUNNING, T.QUEUED])[1]
                 if live == 0:
@@ -462,8 +468,11 @@ class ExperimentService:
                     )
                 self._notify()
                 return
+            restarts = self.store.get_trial(trial_id).restarts
             if reason in ("cancel", "kill") or exp.state in (E.STOPPING_CANCELED, E.CANCELED):
-                self._set_trial_state(trial_id, T.CANCELED)
+                self._set_trial_state(
+                    trial_id, T.CANCELED, exit_reason=exit_reasons.canceled(reason)
+                )
                 self._trials.pop(trial_id, None)
                 if reason == "kill" and exp.state not in (E.STOPPING_CANCELED, E.CANCELED):
                     self._searcher_event(
@@ -473,7 +482,14 @@ class ExperimentService:
                         ),
                     )
             elif tr.closed and (exit_code == 0 or reason == "searcher"):
-                self._set_trial_state(trial_id, T.COMPLETED)
+                done = tr.current_op() is None  # it trained as far as it was asked to
+                self._set_trial_state(
+                    trial_id,
+                    T.COMPLETED,
+                    exit_reason=exit_reasons.finished(restarts)
+                    if done
+                    else exit_reasons.stopped_by_searcher(restarts),
+                )
                 self._trials.pop(trial_id, None)
                 self._searcher_event(rt, rt.searcher.on_trial_exited(tr.request_id))
             elif reason == "pause":
@@ -481,10 +497,12 @@ class ExperimentService:
                     self._set_trial_state(trial_id, T.QUEUED)
                     self.scheduler.enqueue(trial_id, int(rt.config["resources"]["slots_per_trial"]))
                 else:
-                    self._set_trial_state(trial_id, T.PAUSED)
+                    self._set_trial_state(trial_id, T.PAUSED, exit_reason=exit_reasons.PAUSED)
             elif exit_code == 0:
                 if tr.early_exit is not None:
-                    self._set_trial_state(trial_id, T.COMPLETED, exit_reason=tr.early_exit)
+                    self._set_trial_state(
+                        trial_id, T.COMPLETED, exit_reason=exit_reasons.early_exit(tr.early_exit)
+                    )
                     self._trials.pop(trial_id, None)
                     why = (
                         ExitedReason.INVALID_HP
@@ -494,21 +512,25 @@ class ExperimentService:
                     self._searcher_event(rt, rt.searcher.on_trial_exited_early(tr.request_id, why))
                 else:
                     tr.closed = True
-                    self._set_trial_state(trial_id, T.COMPLETED)
+                    self._set_trial_state(
+                        trial_id, T.COMPLETED, exit_reason=exit_reasons.finished(restarts)
+                    )
                     self._trials.pop(trial_id, None)
                     self._searcher_event(rt, rt.searcher.on_trial_exited(tr.request_id))
             else:
-                self._trial_failed(trial_id, f"exit code {exit_code}")
+                self._trial_failed(trial_id, exit_code)
             self._maybe_finish(exp.id)
             self._schedule()
             self._notify()
 
-    def _trial_failed(self, trial_id: int, why: str) -> None:
+    def _trial_failed(self, trial_id: int, exit_code: int | str) -> None:
+        """A run failed (an exit code, or why it could not start): restart, pause or fail."""
         tr = self._trials[trial_id]
         rt = self._exps[tr.experiment_id]
         trial = self.store.get_trial(trial_id)
         max_restarts = int(rt.config.get("max_restarts", 5))
         exp = self.store.get_experiment(tr.experiment_id)
+        why = why_exit(exit_code) if isinstance(exit_code, int) else exit_code
         if trial.restarts < max_restarts and exp.state == E.ACTIVE:
             logger.warning(
                 "trial %d failed (%s); restart %d of %d from its latest checkpoint",
@@ -517,13 +539,24 @@ class ExperimentService:
                 trial.restarts + 1,
                 max_restarts,
             )
-            self._set_trial_state(trial_id, T.QUEUED, restarts=trial.restarts + 1, exit_reason=why)
+            self._set_trial_state(
+                trial_id,
+                T.QUEUED,
+                restarts=trial.restarts + 1,
+                exit_reason=f"{why}; restarting from the latest checkpoint "
+                f"(restart {trial.restarts + 1} of {max_restarts})",
+            )
             self.scheduler.enqueue(trial_id, int(rt.config["resources"]["slots_per_trial"]))
         elif exp.state == E.PAUSED:
             self._set_trial_state(trial_id, T.PAUSED, exit_reason=why)
         else:
             logger.error("trial %d failed (%s) after %d restarts", trial_id, why, trial.restarts)
-            self._set_trial_state(trial_id, T.ERROR, exit_reason=why)
+            left = (
+                f"no restarts left, {trial.restarts} used"
+                if max_restarts
+                else "no restarts allowed (max_restarts: 0)"
+            )
+            self._set_trial_state(trial_id, T.ERROR, exit_reason=f"{why}; {left}")
             self._trials.pop(trial_id, None)
             self._searcher_event(
                 rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.ERRORED)
@@ -581,16 +614,26 @@ class ExperimentService:
 
     def watch_preemption(self, trial_id: int, timeout_s: float) -> bool:
         """Long poll: True as soon as the trial should stop, False at the deadline."""
+        return self.watch_preemption_reason(trial_id, timeout_s) is not None
+
+    def watch_preemption_reason(self, trial_id: int, timeout_s: float) -> str | None:
+        """Long poll: why the trial should stop (``searcher``, ``pause``, ``cancel``,
+        ``kill``, or ``""`` when it no longer runs here) as soon as it should, None at the
+        deadline."""
         deadline = time.monotonic() + max(0.0, min(timeout_s, 600.0))
         with self._lock:
             self._require_trial(trial_id)
             while True:
                 tr = self._trials.get(trial_id)
-                if tr is None or tr.preempt_reason is not None or self._closed:
-                    return tr is None or tr.preempt_reason is not None
+                if tr is None:
+                    return ""
+                if tr.preempt_reason is not None:
+                    return tr.preempt_reason
+                if self._closed:
+                    return None
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return False
+                    return None
                 self._changed.wait(left)
 
     def ack_preemption(self, trial_id: int) -> None:

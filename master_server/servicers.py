@@ -288,7 +288,12 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
             follow=request.follow,
         )
         for page in pages:
-            yield trial_pb2.StreamMetricsResponse(columns=convert.metric_columns_to_proto(page))
+            if request.columnar:
+                yield trial_pb2.StreamMetricsResponse(columns=convert.metric_columns_to_proto(page))
+            else:
+                yield trial_pb2.StreamMetricsResponse(
+                    points=[convert.metric_point_to_proto(p) for p in page.points()]
+                )
 
     @rpc
     def ReportProgress(self, request: Any, context: Any) -> Any:
@@ -395,9 +400,8 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
 
     @rpc
     def WatchPreemption(self, request: Any, context: Any) -> Any:
-        return searcher_pb2.WatchPreemptionResponse(
-            preempt=self.svc.watch_preemption(request.trial_id, request.timeout_seconds)
-        )
+        why = self.svc.watch_preemption_reason(request.trial_id, request.timeout_seconds)
+        return searcher_pb2.WatchPreemptionResponse(preempt=why is not None, reason=why or "")
 
     @rpc
     def AckPreemption(self, request: Any, context: Any) -> Any:
@@ -426,6 +430,7 @@ class Logs(logs_pb2_grpc.LogServiceServicer):
             timestamp_before=request.timestamp_before or None,
             head=request.head or None,
             tail=request.tail or None,
+            regex=request.regex or None,
         )
         if request.head < 0 or request.tail < 0:
             raise InvalidArgumentError("head/tail: must be >= 0")

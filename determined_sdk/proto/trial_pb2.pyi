@@ -232,6 +232,7 @@ class StreamMetricsRequest(_message.Message):
     MIN_STEPS_FIELD_NUMBER: _builtins.int
     MAX_STEPS_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    COLUMNAR_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """empty = every group"""
     page_size: _builtins.int
@@ -242,6 +243,8 @@ class StreamMetricsRequest(_message.Message):
     """only points with steps_completed <= max_steps"""
     follow: _builtins.bool
     """keep streaming new points until the trial(s) end"""
+    columnar: _builtins.bool
+    """answer in `columns` (fast) instead of `points`"""
     @_builtins.property
     def trial_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -258,10 +261,11 @@ class StreamMetricsRequest(_message.Message):
         min_steps: _builtins.int | None = ...,
         max_steps: _builtins.int | None = ...,
         follow: _builtins.bool = ...,
+        columnar: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps", "_min_steps", b"_min_steps", "max_steps", b"max_steps", "min_steps", b"min_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps", "_min_steps", b"_min_steps", "follow", b"follow", "group", b"group", "max_steps", b"max_steps", "min_steps", b"min_steps", "names", b"names", "page_size", b"page_size", "trial_ids", b"trial_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps", "_min_steps", b"_min_steps", "columnar", b"columnar", "follow", b"follow", "group", b"group", "max_steps", b"max_steps", "min_steps", b"min_steps", "names", b"names", "page_size", b"page_size", "trial_ids", b"trial_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_steps: _TypeAlias = _typing.Literal["max_steps"]  # noqa: Y015
     _WhichOneofArgType__max_steps: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps"]  # noqa: Y015
@@ -276,7 +280,7 @@ Global___StreamMetricsRequest: _TypeAlias = StreamMetricsRequest  # noqa: Y015
 
 @_typing.final
 class StreamMetricsResponse(_message.Message):
-    """Pages come in `columns` (points is no longer filled by the master)."""
+    """Each page fills `columns` if the request asked for columnar pages, else `points`."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -56,7 +57,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from determined_sdk.errors import (
@@ -617,6 +618,14 @@ _SORT_KEYS = {
     "state": E.state,
     "progress": E.progress,
 }
+
+
+def check_regex(pattern: str) -> None:
+    """Raise InvalidArgumentError naming ``regex`` if ``pattern`` does not compile."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise InvalidArgumentError(f"regex: not a valid regular expression ({e})") from None
 
 
 def _check_metric_query(q: MetricQuery) -> None:
@@ -1595,7 +1604,9 @@ class SQLStore(Store):
     def query_logs(self, q: LogQuery) -> list[LogLine]:
         """Matching lines with id > ``q.after_id`` in id order, cut by head/tail.
 
-        ``search`` is a case-sensitive substring match; timestamps bounds are exclusive.
+        ``search`` is a case-sensitive substring match, ``regex`` a regular expression search
+        (Python's ``re`` on SQLite, the ``~`` operator on PostgreSQL: the common syntax is the
+        same); timestamps bounds are exclusive.
 
         Raises:
             InvalidArgumentError: Both ``head`` and ``tail`` given, or a negative one.
@@ -1615,6 +1626,9 @@ class SQLStore(Store):
                 else func.strpos(lg.message, q.search)
             )
             conds.append(finder > 0)
+        if q.regex:
+            check_regex(q.regex)
+            conds.append(lg.message.regexp_match(q.regex))
         if q.levels:
             conds.append(lg.level.in_(list(q.levels)))
         if q.ranks:
@@ -1632,9 +1646,16 @@ class SQLStore(Store):
             stmt = stmt.order_by(lg.id)
             if q.head is not None:
                 stmt = stmt.limit(q.head)
-        with self._read() as conn:
-            self._need_trial(conn, q.trial_id)
-            out = [_to_log(r) for r in conn.execute(stmt)]
+        try:
+            with self._read() as conn:
+                self._need_trial(conn, q.trial_id)
+                out = [_to_log(r) for r in conn.execute(stmt)]
+        except DBAPIError as e:
+            if q.regex and not self._sqlite:  # Python's syntax, not PostgreSQL's
+                raise InvalidArgumentError(
+                    f"regex: PostgreSQL cannot use {q.regex!r} ({e.orig})"
+                ) from None
+            raise
         if q.tail is not None:
             out.reverse()
         return out

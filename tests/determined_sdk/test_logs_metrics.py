@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import threading
 from collections.abc import Callable
 
@@ -13,10 +14,12 @@ from determined_sdk import (
     Experiment,
     InvalidArgumentError,
     LogLevel,
+    LogLine,
     NotFoundError,
     Trial,
     TrialState,
 )
+from determined_sdk.proto import trial_pb2
 
 
 def test_follow_yields_exactly_a_later_full_read(
@@ -98,6 +101,12 @@ def test_log_bad_args(finished: Experiment, det: Determined) -> None:
         trial.logs(levels=["LOUD"])
     with pytest.raises(InvalidArgumentError, match="timestamp_after"):
         trial.logs(timestamp_after=-1)
+    pattern = r"^step [0-9]+ loss="
+    steps = [str(x) for x in trial.logs(regex=pattern)]
+    assert steps and steps == [str(x) for x in trial.logs() if re.match(pattern, str(x))]
+    assert list(trial.logs(regex="^no such line$")) == []
+    with pytest.raises(InvalidArgumentError, match="regex"):
+        trial.logs(regex="(unclosed")
     with pytest.raises(NotFoundError, match="31337"):
         list(Trial(31337, det).logs())
 
@@ -144,6 +153,16 @@ def test_iter_metrics_filters(finished: Experiment, det: Determined) -> None:
         list(t1.iter_metrics(names=[""]))
     with pytest.raises(InvalidArgumentError, match="min_steps"):
         list(t1.iter_metrics(min_steps=5, max_steps=4))
+    # The RPC itself: columnar pages or (for older clients) points, and a bounded page size.
+    req = trial_pb2.StreamMetricsRequest(trial_ids=[t1.id], group="validation", page_size=4)
+    old = [p for page in det._session.stream_metrics(req) for p in page.points]
+    assert [p.steps_completed for p in old] == [10, 20, 30, 40, 50, 60]
+    req.columnar = True
+    pages = list(det._session.stream_metrics(req))
+    assert [len(p.columns.steps_completed) for p in pages] == [4, 2] and not pages[0].points
+    req.page_size = 100_001
+    with pytest.raises(InvalidArgumentError, match="page_size"):
+        list(det._session.stream_metrics(req))
 
 
 def test_iter_metrics_follow_until_the_trial_ends(
@@ -172,3 +191,16 @@ def test_kill_trial(make_experiment: Callable[..., Experiment], det: Determined)
     assert exp.wait(interval=0.1, timeout=60).is_terminal
     trial.reload()
     assert trial.state is TrialState.CANCELED
+
+
+def test_log_line_format_prints_the_level_once() -> None:
+    def line(message: str, level: LogLevel) -> LogLine:
+        return LogLine(1, 1, 0.0, 0, "stdout", level, message, 1)
+
+    own = line("INFO: [12] train: hello", LogLevel.INFO).format()
+    assert own.endswith("[rank=0] INFO     [12] train: hello"), own
+    plain = line("hello", LogLevel.INFO).format()
+    assert plain.endswith("[rank=0] INFO     hello"), plain
+    # A message whose prefix is not its level keeps its text.
+    odd = line("DEBUG: x", LogLevel.ERROR).format()
+    assert odd.endswith("ERROR    DEBUG: x"), odd

@@ -1150,6 +1150,11 @@ def test_logs(store: SQLStore) -> None:
 
     assert run(search="loss") == ["warning: loss spiked", "loss is 0.1"]  # case-sensitive
     assert run(search="100%") == ["100% done"]
+    assert run(regex=r"^[Ll]oss is 0\.[0-9]$") == ["Loss is 0.5", "loss is 0.1"]
+    assert run(regex=r"(?i)LOSS", tail=1) == ["loss is 0.1"]
+    assert run(regex="[0-9]+% done", levels=("ERROR",)) == ["100% done"]
+    with pytest.raises(InvalidArgumentError, match="regex"):
+        run(regex="(unclosed")
     assert run(levels=("WARNING", "ERROR")) == ["warning: loss spiked", "100% done"]
     assert run(ranks=(1,)) == ["Loss is 0.5", "loss is 0.1"]
     assert run(streams=("stderr",)) == ["warning: loss spiked", "100% done"]
