@@ -299,17 +299,18 @@ class Determined:
         return trial
 
     def get_checkpoint(self, uuid: str) -> Checkpoint:
-        """A checkpoint by UUID.
+        """A checkpoint by UUID, or by a unique prefix of it (at least 4 characters).
 
         Returns:
-            The checkpoint (hydrated).
+            The checkpoint (hydrated; ``uuid`` is the whole uuid).
 
         Raises:
             NotFoundError: No such checkpoint.
+            InvalidArgumentError: The prefix starts several checkpoints' uuids.
         """
         ckpt = Checkpoint(uuid, self._session)
-        ckpt.reload()
-        return ckpt
+        msg = ckpt._fetch()
+        return Checkpoint._from_proto(msg, self._session)
 
     def iter_trials_metrics(
         self,

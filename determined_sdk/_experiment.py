@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import sys
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TextIO
 
 from determined_sdk import errors
 from determined_sdk._checkpoint import Checkpoint, list_checkpoints
@@ -289,7 +290,13 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         self._take(fresh, ["project_id", "workspace_id"])
 
     # -- waiting ----------------------------------------------------------------------------
-    def wait(self, interval: float = 5.0, timeout: float | None = None) -> ExperimentState:
+    def wait(
+        self,
+        interval: float = 5.0,
+        timeout: float | None = None,
+        *,
+        progress: bool | None = None,
+    ) -> ExperimentState:
         """Block until it reaches a terminal state, polling every ``interval`` seconds.
 
         Reloads this object as it polls, so the cache ends fresh.
@@ -297,6 +304,9 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         Args:
             interval: Seconds between polls.
             timeout: Give up after this many seconds (None: wait forever).
+            progress: Show a progress line on stderr (state, progress, trials, time waited),
+                rewritten in place on a terminal, one line per change otherwise. None: only
+                when stderr is a terminal.
 
         Returns:
             The terminal state (COMPLETED, CANCELED, ERROR or DELETED).
@@ -306,10 +316,18 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             NotFoundError: The experiment does not exist.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        line = _ProgressLine(sys.stderr, progress)
+        start = time.monotonic()
         while True:
             self.reload()
             state = self.state
+            line.show(
+                f"experiment {self.id}: {state.value}, {self.progress:.0%} done, "
+                f"{self.num_trials} trial{'' if self.num_trials == 1 else 's'}",
+                time.monotonic() - start,
+            )
             if state.is_terminal:
+                line.end()
                 return state
             if deadline is not None and time.monotonic() >= deadline:
                 raise errors.DeadlineExceededError(
@@ -512,3 +530,31 @@ def _trial_state(value: TrialState | str) -> TrialState:
         return TrialState(str(value).upper())
     except ValueError:
         raise errors.InvalidArgumentError(f"states: unknown trial state {value!r}") from None
+
+
+class _ProgressLine:
+    """One status line: rewritten in place on a terminal, printed when it changes otherwise."""
+
+    def __init__(self, stream: TextIO, enabled: bool | None) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._on = self._tty if enabled is None else enabled
+        self._last = ""
+        self._width = 0
+
+    def show(self, text: str, elapsed: float) -> None:
+        if not self._on:
+            return
+        if self._tty:
+            full = f"{text} ({elapsed:.0f}s)"
+            self._stream.write("\r" + full.ljust(self._width))
+            self._width = len(full)
+        elif text != self._last:
+            self._stream.write(f"{text} ({elapsed:.0f}s)\n")
+        self._last = text
+        self._stream.flush()
+
+    def end(self) -> None:
+        if self._on and self._tty:
+            self._stream.write("\n")
+            self._stream.flush()

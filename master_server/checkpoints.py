@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
+from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from master_server.domain import Checkpoint, CheckpointState, JSONDict
 from master_server.experiments import ExperimentService
 from master_server.store.base import Store
@@ -29,6 +29,31 @@ class CheckpointService:
     def __init__(self, store: Store, experiments: ExperimentService) -> None:
         self.store = store
         self.experiments = experiments
+
+    def get(self, uuid: str) -> Checkpoint:
+        """The checkpoint with this uuid, or with the one uuid that starts with it (at least
+        4 characters, as ``git`` takes commit prefixes).
+
+        Raises:
+            NotFoundError: No checkpoint has this uuid or prefix.
+            InvalidArgumentError: Several checkpoints start with it.
+        """
+        if not isinstance(uuid, str) or not uuid:
+            raise InvalidArgumentError("uuid: must not be empty")
+        try:
+            return self.store.get_checkpoint(uuid)
+        except NotFoundError:
+            if len(uuid) < 4:
+                raise
+        found = self.store.checkpoint_uuids_starting(uuid, 3)
+        if not found:
+            raise NotFoundError(f"checkpoint {uuid} not found (no uuid starts with it)")
+        if len(found) > 1:
+            some = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+            raise InvalidArgumentError(
+                f"uuid: {uuid!r} starts several checkpoints' uuids ({some}); give more of it"
+            )
+        return self.store.get_checkpoint(found[0])
 
     def report(
         self,

@@ -334,7 +334,7 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
 
     @rpc
     def GetCheckpoint(self, request: Any, context: Any) -> Any:
-        c = self.store.get_checkpoint(request.uuid)
+        c = self.svc.get(request.uuid)
         return checkpoint_pb2.GetCheckpointResponse(checkpoint=convert.checkpoint_to_proto(c))
 
     @rpc

@@ -217,6 +217,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_checkpoint(self, uuid: str) -> Checkpoint: ...
     @abc.abstractmethod
+    def checkpoint_uuids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` checkpoint uuids that start with ``prefix``, in order."""
+
+    @abc.abstractmethod
     def list_checkpoints(
         self,
         *,

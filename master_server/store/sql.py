@@ -1503,6 +1503,12 @@ class SQLStore(Store):
         with self._read() as conn:
             return self._read_checkpoint(conn, uuid)
 
+    def checkpoint_uuids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` checkpoint uuids that start with ``prefix``, in order."""
+        stmt = select(C.uuid).where(C.uuid.startswith(prefix, autoescape=True))
+        with self._read() as conn:
+            return list(conn.scalars(stmt.order_by(C.uuid).limit(limit)))
+
     def list_checkpoints(
         self,
         *,

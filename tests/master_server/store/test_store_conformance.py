@@ -1290,3 +1290,17 @@ def test_model_versions(store: SQLStore) -> None:
         store.create_model_version("m", "c0")
     store.delete_model("n")  # its versions go with it
     assert store.list_models(include_archived=True)[0].name == "m"
+
+
+def test_checkpoint_uuids_starting(store: SQLStore) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    for u in ("abcd-1", "abcd-2", "abce-3", "a%c_-4"):
+        store.add_checkpoint(ckpt(u, trial, 1))
+    assert store.checkpoint_uuids_starting("abcd", 5) == ["abcd-1", "abcd-2"]
+    assert store.checkpoint_uuids_starting("abc", 1) == ["abcd-1"]
+    assert store.checkpoint_uuids_starting("abce-3", 5) == ["abce-3"]
+    # LIKE's wildcards in a prefix are plain characters.
+    assert store.checkpoint_uuids_starting("a%", 5) == ["a%c_-4"]
+    assert store.checkpoint_uuids_starting("a_", 5) == []
+    assert store.checkpoint_uuids_starting("zz", 5) == []
