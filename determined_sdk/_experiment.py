@@ -9,7 +9,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from determined_sdk import errors
 from determined_sdk._checkpoint import Checkpoint, list_checkpoints
@@ -24,6 +24,9 @@ from determined_sdk._resource import (
 from determined_sdk._session import Session
 from determined_sdk._trial import Trial
 from determined_sdk.proto import common_pb2, experiment_pb2, workspace_pb2
+
+if TYPE_CHECKING:
+    import pandas
 
 _A = experiment_pb2.ExperimentAction
 TRIALS_PAGE_SIZE = 1000
@@ -415,6 +418,26 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             offset += len(resp.trials)
             if len(resp.trials) < page_size or offset >= resp.pagination.total:
                 return
+
+    def trials_dataframe(self) -> pandas.DataFrame:
+        """Its trials as a pandas DataFrame (needs the ``pandas`` extra).
+
+        Returns:
+            One row per trial in id order: ``trial_id``, ``experiment_id``, ``state``,
+            ``restarts``, ``steps_completed``, ``searcher_metric``, ``start_time``,
+            ``end_time`` (UTC), ``latest_checkpoint_uuid``, the hyperparameters as
+            ``hparams.<name>`` (nested ones dotted), and summary metrics as
+            ``<group>.<metric>.<stat>`` (``validation.loss.min``; stats min, max, last,
+            mean, count).
+
+        Raises:
+            FailedPreconditionError: pandas is not installed (the message names the extra).
+            NotFoundError: The experiment does not exist.
+        """
+        from determined_sdk._dataframes import require_pandas, trials_dataframe
+
+        require_pandas()
+        return trials_dataframe(self.list_trials())
 
     def list_trials(self, states: Iterable[TrialState] | None = None) -> list[Trial]:
         """All its trials in id order.

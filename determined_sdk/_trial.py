@@ -8,7 +8,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from determined_sdk import errors
 from determined_sdk._checkpoint import Checkpoint, list_checkpoints
@@ -25,6 +25,9 @@ from determined_sdk._session import Session
 from determined_sdk.log_levels import parse_prefix
 from determined_sdk.metrics_wire import iter_columns
 from determined_sdk.proto import logs_pb2, trial_pb2
+
+if TYPE_CHECKING:
+    import pandas
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,6 +434,29 @@ class Trial(Resource[trial_pb2.Trial]):
             max_steps=max_steps,
             follow=follow,
         )
+
+    def metrics_dataframe(
+        self, group: str | None = None, *, names: Iterable[str] | None = None
+    ) -> pandas.DataFrame:
+        """This trial's metric reports as a pandas DataFrame (needs the ``pandas`` extra).
+
+        Args:
+            group: ``"training"``, ``"validation"``, a user group, or None for all.
+            names: Only these metrics.
+
+        Returns:
+            One row per report in steps order: ``trial_id``, ``group``, ``steps_completed``,
+            ``timestamp`` (UTC), then one float column per metric name (NaN where a report
+            lacks it).
+
+        Raises:
+            FailedPreconditionError: pandas is not installed (the message names the extra).
+            NotFoundError: The trial does not exist.
+        """
+        from determined_sdk._dataframes import metrics_dataframe, require_pandas
+
+        require_pandas()
+        return metrics_dataframe(self.iter_metrics(group, names=names))
 
     def list_checkpoints(
         self,
