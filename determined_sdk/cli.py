@@ -11,6 +11,7 @@ import functools
 import json
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -963,6 +964,53 @@ def cp(ctx: click.Context, path: str, dest: str, mode: str) -> None:
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, final)
     out.print(f"{escape(path)} -> {escape(str(final))}")
+
+
+# -- TensorBoard ---------------------------------------------------------------------------------
+@cli.command("tensorboard")
+@click.argument("experiment_ids", type=int, nargs=-1, required=True)
+@click.option(
+    "--dir",
+    "logdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write the event files (default: a new temporary directory).",
+)
+@click.option(
+    "--export-only", is_flag=True, help="Write the event files, do not start TensorBoard."
+)
+@click.option("--port", type=int, default=6006, help="TensorBoard's port.")
+@click.option("--host", default="127.0.0.1", help="TensorBoard's address.")
+@click.pass_context
+def tensorboard_cmd(
+    ctx: click.Context,
+    experiment_ids: tuple[int, ...],
+    logdir: str | None,
+    export_only: bool,
+    port: int,
+    host: str,
+) -> None:
+    """Show experiments' metrics in TensorBoard (needs the tensorboard extra).
+
+    Writes an event file per trial (tags <group>/<metric>), plus the files each trial wrote
+    to core_api's get_tensorboard_path(), then starts TensorBoard on them until Ctrl-C.
+    """
+    from determined_sdk.tensorboard import export_experiments
+
+    root = pathlib.Path(logdir or tempfile.mkdtemp(prefix="detsdk-tensorboard-"))
+    dirs = export_experiments(_client(ctx), experiment_ids, root)
+    out.print(f"Wrote {len(dirs)} trial(s) to {escape(str(root))}")
+    if export_only:
+        return
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(root)]
+    cmd += ["--port", str(port), "--host", host]
+    out.print(f"TensorBoard on http://{host}:{port}/ (Ctrl-C stops it)")
+    proc = subprocess.Popen(cmd)
+    try:
+        ctx.exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
