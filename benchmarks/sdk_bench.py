@@ -298,8 +298,8 @@ def measure(address: str, ids: dict[str, Any], args: argparse.Namespace, tmp: pa
             trial_id = ids["metrics_trial"]
 
             def raw_stream() -> int:
-                req = trial_pb2.StreamMetricsRequest(trial_ids=[trial_id])
-                return sum(len(p.points) for p in trial_stub.StreamMetrics(req))
+                req = trial_pb2.StreamMetricsRequest(trial_ids=[trial_id], columnar=True)
+                return sum(len(p.columns.steps_completed) for p in trial_stub.StreamMetrics(req))
 
             t_raw, n = timed(raw_stream, 2)
             row("raw stub StreamMetrics (messages only)", t_raw, n, "pts")

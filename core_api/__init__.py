@@ -22,7 +22,12 @@ from core_api._searcher import SearcherContext, SearcherMode, SearcherOperation
 from core_api._train import ContextClosedError, EarlyExitReason, TrainContext
 from determined_sdk.errors import DeterminedError, NotFoundError
 
+LOG_FORMAT = "%(levelname)s: [%(process)s] %(name)s: %(message)s"
+"""Determined's log format for training code (``logging.basicConfig(format=LOG_FORMAT)``);
+the master reads the level of each line written this way."""
+
 __all__ = [
+    "LOG_FORMAT",
     "CheckpointContext",
     "ClusterInfo",
     "Context",

@@ -241,6 +241,7 @@ def _init_cluster(
             run_id=info.trial.run_id,
             experiment_id=info.trial.experiment_id,
             is_chief=dist.is_chief,
+            tensorboard_path=storage.base / "tensorboard" / f"trial-{trial_id}",
         )
         preempt = PreemptContext(session, dist, trial_id=trial_id, mode=preempt_mode)
     except BaseException:
@@ -311,6 +312,7 @@ def _init_unmanaged(
             run_id=trial.run_id,
             experiment_id=trial.experiment_id,
             is_chief=dist.is_chief,
+            tensorboard_path=storage.base / "tensorboard" / f"trial-{trial.trial_id}",
         )
     except BaseException:
         session.close()
@@ -382,7 +384,9 @@ def _init_off_cluster(
     max_length: int,
 ) -> Context:
     storage = _storage(checkpoint_storage, {"type": "shared_fs", "path": "checkpoints"})
-    train = TrainContext(None, is_chief=dist.is_chief)
+    train = TrainContext(
+        None, is_chief=dist.is_chief, tensorboard_path=storage.base / "tensorboard"
+    )
     return Context(
         train=train,
         checkpoint=CheckpointContext(dist, storage, None),

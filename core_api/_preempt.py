@@ -184,6 +184,22 @@ class PreemptContext:
                     self._inflight = None
             backoff = 0.1
             if resp.preempt:
-                logger.info("the master asked this trial to stop (preemption)")
+                # The searcher's stop is how every searched trial ends (its exit reason says
+                # whether early): not news in the log. A pause, cancel or kill is.
+                level = logging.DEBUG if resp.reason == "searcher" else logging.INFO
+                logger.log(level, "%s", _stop_message(resp.reason))
                 self._preempted.set()
                 return
+
+
+_STOP_MESSAGES = {
+    "searcher": "the searcher needs no more training from this trial; it should stop",
+    "pause": "the experiment is being paused; this trial should checkpoint and stop",
+    "cancel": "the experiment is being canceled; this trial should stop",
+    "kill": "this trial is being killed",
+}
+
+
+def _stop_message(reason: str) -> str:
+    """Why the master asks this trial to stop, in words (never just "preemption")."""
+    return _STOP_MESSAGES.get(reason, "the master asked this trial to stop")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
+import pathlib
 import threading
 import time
 import uuid
@@ -131,6 +133,7 @@ class TrainContext:
         max_queue: reports that may wait unsent before a report call blocks.
         batch_size: most reports per ``ReportMetrics`` call.
         flush_interval: seconds the sender waits for a batch to fill.
+        tensorboard_path: the directory :meth:`get_tensorboard_path` hands out.
     """
 
     def __init__(
@@ -144,7 +147,9 @@ class TrainContext:
         max_queue: int = 100_000,
         batch_size: int = 5000,
         flush_interval: float = 0.05,
+        tensorboard_path: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._tensorboard_path = pathlib.Path(tensorboard_path or "tensorboard")
         self._session = session
         self._trial_id = trial_id
         self._run_id = run_id
@@ -272,6 +277,18 @@ class TrainContext:
             self._session.trials.ReportEarlyExit,
             trial_pb2.ReportEarlyExitRequest(trial_id=self._trial_id, reason=reason.value),
         )
+
+    def get_tensorboard_path(self) -> pathlib.Path:
+        """A directory for this trial's TensorBoard event files (created if missing).
+
+        On a cluster it lies in the checkpoint storage, at
+        ``<storage>/tensorboard/trial-<trial id>``, so the files are kept with the trial
+        (``detsdk tensorboard`` shows them next to the metrics the trial reported);
+        off-cluster it is ``<storage>/tensorboard``. Every rank gets the same directory; give
+        each writer its own file name (TensorBoard's writers do).
+        """
+        self._tensorboard_path.mkdir(parents=True, exist_ok=True)
+        return self._tensorboard_path
 
     def get_experiment_best_validation(self) -> float | None:
         """The best searcher-metric value any trial of this experiment has reported, or None."""

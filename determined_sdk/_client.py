@@ -299,36 +299,57 @@ class Determined:
         return trial
 
     def get_checkpoint(self, uuid: str) -> Checkpoint:
-        """A checkpoint by UUID.
+        """A checkpoint by UUID, or by a unique prefix of it (at least 4 characters).
 
         Returns:
-            The checkpoint (hydrated).
+            The checkpoint (hydrated; ``uuid`` is the whole uuid).
 
         Raises:
             NotFoundError: No such checkpoint.
+            InvalidArgumentError: The prefix starts several checkpoints' uuids.
         """
         ckpt = Checkpoint(uuid, self._session)
-        ckpt.reload()
-        return ckpt
+        msg = ckpt._fetch()
+        return Checkpoint._from_proto(msg, self._session)
 
     def iter_trials_metrics(
-        self, trial_ids: Sequence[int] | int, group: str | None = None
+        self,
+        trial_ids: Sequence[int] | int,
+        group: str | None = None,
+        *,
+        names: Iterable[str] | None = None,
+        min_steps: int | None = None,
+        max_steps: int | None = None,
+        follow: bool = False,
     ) -> Iterator[TrialMetrics]:
         """Metric reports of several trials, streamed lazily (by trial, then steps).
 
         Args:
             trial_ids: The trials (an int is one trial).
             group: ``"training"``, ``"validation"``, a user group, or None for all.
+            names: Only these metrics (reports with none of them are left out).
+            min_steps: Only reports with ``steps_completed >= min_steps``.
+            max_steps: Only reports with ``steps_completed <= max_steps``.
+            follow: After the stored reports, keep yielding new ones (in the order they are
+                stored) until every trial has ended.
 
         Returns:
             An iterator of :class:`TrialMetrics`.
 
         Raises:
-            InvalidArgumentError: No trial ids or a bad one.
+            InvalidArgumentError: No trial ids or a bad one, a bad name or steps bound.
             NotFoundError: A trial does not exist (raised on first ``next``).
         """
         ids = [trial_ids] if isinstance(trial_ids, int) else list(trial_ids)
-        return iter_metrics(self._session, ids, group)
+        return iter_metrics(
+            self._session,
+            ids,
+            group,
+            names=names,
+            min_steps=min_steps,
+            max_steps=max_steps,
+            follow=follow,
+        )
 
     def delete_checkpoints(self, uuids: Iterable[str]) -> None:
         """Delete several checkpoints' files and mark them DELETED.

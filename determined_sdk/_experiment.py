@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import sys
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from determined_sdk import errors
 from determined_sdk._checkpoint import Checkpoint, list_checkpoints
@@ -23,6 +24,9 @@ from determined_sdk._resource import (
 from determined_sdk._session import Session
 from determined_sdk._trial import Trial
 from determined_sdk.proto import common_pb2, experiment_pb2, workspace_pb2
+
+if TYPE_CHECKING:
+    import pandas
 
 _A = experiment_pb2.ExperimentAction
 TRIALS_PAGE_SIZE = 1000
@@ -299,7 +303,13 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         self._take(fresh, ["project_id", "workspace_id"])
 
     # -- waiting ----------------------------------------------------------------------------
-    def wait(self, interval: float = 5.0, timeout: float | None = None) -> ExperimentState:
+    def wait(
+        self,
+        interval: float = 5.0,
+        timeout: float | None = None,
+        *,
+        progress: bool | None = None,
+    ) -> ExperimentState:
         """Block until it reaches a terminal state, polling every ``interval`` seconds.
 
         Reloads this object as it polls, so the cache ends fresh.
@@ -307,6 +317,9 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         Args:
             interval: Seconds between polls.
             timeout: Give up after this many seconds (None: wait forever).
+            progress: Show a progress line on stderr (state, progress, trials, time waited),
+                rewritten in place on a terminal, one line per change otherwise. None: only
+                when stderr is a terminal.
 
         Returns:
             The terminal state (COMPLETED, CANCELED, ERROR or DELETED).
@@ -316,10 +329,18 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             NotFoundError: The experiment does not exist.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        line = _ProgressLine(sys.stderr, progress)
+        start = time.monotonic()
         while True:
             self.reload()
             state = self.state
+            line.show(
+                f"experiment {self.id}: {state.value}, {self.progress:.0%} done, "
+                f"{self.num_trials} trial{'' if self.num_trials == 1 else 's'}",
+                time.monotonic() - start,
+            )
             if state.is_terminal:
+                line.end()
                 return state
             if deadline is not None and time.monotonic() >= deadline:
                 raise errors.DeadlineExceededError(
@@ -407,6 +428,26 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             offset += len(resp.trials)
             if len(resp.trials) < page_size or offset >= resp.pagination.total:
                 return
+
+    def trials_dataframe(self) -> pandas.DataFrame:
+        """Its trials as a pandas DataFrame (needs the ``pandas`` extra).
+
+        Returns:
+            One row per trial in id order: ``trial_id``, ``experiment_id``, ``state``,
+            ``restarts``, ``steps_completed``, ``searcher_metric``, ``start_time``,
+            ``end_time`` (UTC), ``latest_checkpoint_uuid``, the hyperparameters as
+            ``hparams.<name>`` (nested ones dotted), and summary metrics as
+            ``<group>.<metric>.<stat>`` (``validation.loss.min``; stats min, max, last,
+            mean, count).
+
+        Raises:
+            FailedPreconditionError: pandas is not installed (the message names the extra).
+            NotFoundError: The experiment does not exist.
+        """
+        from determined_sdk._dataframes import require_pandas, trials_dataframe
+
+        require_pandas()
+        return trials_dataframe(self.list_trials())
 
     def list_trials(self, states: Iterable[TrialState] | None = None) -> list[Trial]:
         """All its trials in id order.
@@ -522,3 +563,31 @@ def _trial_state(value: TrialState | str) -> TrialState:
         return TrialState(str(value).upper())
     except ValueError:
         raise errors.InvalidArgumentError(f"states: unknown trial state {value!r}") from None
+
+
+class _ProgressLine:
+    """One status line: rewritten in place on a terminal, printed when it changes otherwise."""
+
+    def __init__(self, stream: TextIO, enabled: bool | None) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._on = self._tty if enabled is None else enabled
+        self._last = ""
+        self._width = 0
+
+    def show(self, text: str, elapsed: float) -> None:
+        if not self._on:
+            return
+        if self._tty:
+            full = f"{text} ({elapsed:.0f}s)"
+            self._stream.write("\r" + full.ljust(self._width))
+            self._width = len(full)
+        elif text != self._last:
+            self._stream.write(f"{text} ({elapsed:.0f}s)\n")
+        self._last = text
+        self._stream.flush()
+
+    def end(self) -> None:
+        if self._on and self._tty:
+            self._stream.write("\n")
+            self._stream.flush()

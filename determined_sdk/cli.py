@@ -7,22 +7,36 @@ Every command talks to the master named by ``-m/--master`` (or ``$DET_MASTER``, 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
+import pathlib
+import shutil
+import subprocess
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from determined_sdk import errors
+from determined_sdk import __version__, errors
 from determined_sdk._checkpoint import Checkpoint
+from determined_sdk._cli_output import Output, choose_format, output_options
 from determined_sdk._client import Determined
-from determined_sdk._enums import CheckpointSortBy, DownloadMode, LogLevel, OrderBy
+from determined_sdk._enums import (
+    CheckpointSortBy,
+    DownloadMode,
+    ExperimentState,
+    LogLevel,
+    OrderBy,
+    TrialState,
+)
 from determined_sdk._experiment import Experiment
 from determined_sdk._trial import Trial
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -49,22 +63,34 @@ def _num(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _output() -> Output:
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    if "output" not in obj:
+        obj["output"] = Output(choose_format(False, False))
+    o: Output = obj["output"]
+    return o
+
+
 def _table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    t = Table(title=title, show_lines=False, header_style="bold")
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*(escape(_num(x)) for x in r))
-    out.print(t)
+    _output().table(title, columns, list(rows))
 
 
 def _kv(pairs: Sequence[tuple[str, Any]]) -> None:
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
-    for k, v in pairs:
-        t.add_row(k, escape(_num(v)))
-    out.print(t)
+    _output().record(pairs)
+
+
+def _printing(fn: F) -> F:
+    """A list or describe command: ``--json``/``--csv``, and its output printed at the end."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool, as_csv: bool, **kwargs: Any) -> Any:
+        o = Output(choose_format(as_json, as_csv))
+        click.get_current_context().find_root().ensure_object(dict)["output"] = o
+        result = fn(*args, **kwargs)
+        o.flush()
+        return result
+
+    return output_options(wrapper)  # type: ignore[return-value]
 
 
 def _experiment_rows(exps: Iterable[Experiment]) -> list[list[Any]]:
@@ -129,8 +155,31 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+_ALIASES = {
+    "e": "experiment",
+    "t": "trial",
+    "m": "model",
+    "w": "workspace",
+    "p": "project",
+    "ls": "list",
+}
+
+
 class _Group(click.Group):
-    """Turns SDK errors into one red line and exit status 1."""
+    """Turns SDK errors into one red line and exit status 1; knows Determined's short
+    aliases (``e``, ``t``, ``m``, ``w``, ``p``; ``ls`` for ``list``)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in _ALIASES:
+            cmd = super().get_command(ctx, _ALIASES[cmd_name])
+        return cmd
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        return (cmd.name if cmd is not None else name), cmd, rest
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -144,6 +193,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
+@click.version_option(__version__, prog_name="detsdk", message="%(prog)s %(version)s")
 @click.option(
     "-m",
     "--master",
@@ -164,12 +214,13 @@ def _confirm(yes: bool, what: str) -> None:
 
 
 # -- master --------------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=_Group)
 def master() -> None:
     """The master itself."""
 
 
 @master.command("info")
+@_printing
 @click.pass_context
 def master_info(ctx: click.Context) -> None:
     """Version, slots and database of the master."""
@@ -187,7 +238,7 @@ def master_info(ctx: click.Context) -> None:
 
 
 # -- experiments ---------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=_Group)
 def experiment() -> None:
     """Create, list and control experiments."""
 
@@ -230,6 +281,7 @@ def experiment_create(
 
 
 @experiment.command("list")
+@_printing
 @click.option("--all", "show_all", is_flag=True, help="Include archived experiments.")
 @click.option("--project-id", type=int, default=None)
 @click.option("--workspace-id", type=int, default=None)
@@ -252,7 +304,7 @@ def experiment_list(
     exps = _client(ctx).list_experiments(
         project_id=project_id,
         workspace_id=workspace_id,
-        states=states or None,
+        states=_known(states, ExperimentState, "--state") or None,
         name=name,
         labels=labels or None,
         include_archived=show_all,
@@ -262,14 +314,15 @@ def experiment_list(
 
 
 @experiment.command("describe")
+@_printing
 @click.argument("experiment_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print the config as JSON.")
+@click.option("--config", "show_config", is_flag=True, help="Print only the config, as JSON.")
 @click.pass_context
-def experiment_describe(ctx: click.Context, experiment_id: int, as_json: bool) -> None:
+def experiment_describe(ctx: click.Context, experiment_id: int, show_config: bool) -> None:
     """Show an experiment and its trials."""
     e = _client(ctx).get_experiment(experiment_id)
-    if as_json:
-        out.print_json(json.dumps(e.config))
+    if show_config:
+        click.echo(json.dumps(e.config, indent=2))
         return
     _kv(
         [
@@ -337,26 +390,55 @@ def experiment_download_code(ctx: click.Context, experiment_id: int, directory: 
 @experiment.command("wait")
 @click.argument("experiment_id", type=int)
 @click.option("--interval", type=float, default=2.0)
+@click.option("-q", "--quiet", is_flag=True, help="No progress line on stderr.")
 @click.pass_context
-def experiment_wait(ctx: click.Context, experiment_id: int, interval: float) -> None:
-    """Wait for an experiment to end; exit 1 unless it COMPLETED."""
-    state = Experiment(experiment_id, _client(ctx)).wait(interval=interval)
+def experiment_wait(ctx: click.Context, experiment_id: int, interval: float, quiet: bool) -> None:
+    """Wait for an experiment to end (a progress line on stderr); exit 1 unless it COMPLETED."""
+    state = Experiment(experiment_id, _client(ctx)).wait(interval=interval, progress=not quiet)
     out.print(state.value)
     if state.value != "COMPLETED":
         ctx.exit(1)
 
 
+@experiment.command("list-trials")
+@_printing
+@click.argument("experiment_id", type=int)
+@click.option("--state", "states", multiple=True, help="Only this state (repeatable).")
+@click.pass_context
+def experiment_list_trials(ctx: click.Context, experiment_id: int, states: tuple[str, ...]) -> None:
+    """List the trials of an experiment."""
+    exp = Experiment(experiment_id, _client(ctx))
+    wanted = [TrialState(s.strip().upper()) for s in _known(states, TrialState, "--state")]
+    _table(None, _TRIAL_COLUMNS, _trial_rows(exp.list_trials(states=wanted or None)))
+
+
+def _known(values: Iterable[str], enum_cls: Any, option: str) -> list[str]:
+    """Check state names case-insensitively (a clear error naming the option)."""
+    names = {m.value for m in enum_cls}
+    for v in values:
+        if v.strip().upper() not in names:
+            raise errors.InvalidArgumentError(
+                f"{option}: unknown state {v!r} (choose from {', '.join(sorted(names))})"
+            )
+    return list(values)
+
+
 # -- trials --------------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=_Group)
 def trial() -> None:
     """Inspect and control trials."""
 
 
 @trial.command("describe")
+@_printing
 @click.argument("trial_id", type=int)
+@click.option("--metrics", "show_metrics", is_flag=True, help="Also every metric report.")
+@click.option("--group", default=None, help="With --metrics: only this group.")
 @click.pass_context
-def trial_describe(ctx: click.Context, trial_id: int) -> None:
-    """Show a trial, its summary metrics and checkpoints."""
+def trial_describe(
+    ctx: click.Context, trial_id: int, show_metrics: bool, group: str | None
+) -> None:
+    """Show a trial, its summary metrics and checkpoints (and with --metrics, its reports)."""
     t = _client(ctx).get_trial(trial_id)
     _kv(
         [
@@ -373,11 +455,11 @@ def trial_describe(ctx: click.Context, trial_id: int) -> None:
         ]
     )
     rows = []
-    for group, metrics in sorted(t.summary_metrics.items()):
+    for summary_group, metrics in sorted(t.summary_metrics.items()):
         for name, s in sorted(metrics.items()):
             rows.append(
                 [
-                    group,
+                    summary_group,
                     name,
                     s.get("last"),
                     s.get("min"),
@@ -391,6 +473,17 @@ def trial_describe(ctx: click.Context, trial_id: int) -> None:
     ckpts = t.list_checkpoints(sort_by=CheckpointSortBy.BATCH_NUMBER, order_by=OrderBy.ASC)
     if ckpts:
         _table("Checkpoints", _CKPT_COLUMNS, _ckpt_rows(ckpts))
+    if show_metrics:
+        reports = list(t.iter_metrics(group))
+        names = sorted({n for r in reports for n in r.metrics})
+        _table(
+            "Metrics",
+            ["group", "steps", "time", *names],
+            [
+                [r.group, r.steps_completed, _time(r.timestamp), *(r.metrics.get(n) for n in names)]
+                for r in reports
+            ],
+        )
 
 
 @trial.command("logs")
@@ -399,6 +492,9 @@ def trial_describe(ctx: click.Context, trial_id: int) -> None:
 @click.option("--head", type=int, default=None, help="Only the first N lines.")
 @click.option("--tail", type=int, default=None, help="Only the last N lines.")
 @click.option("--search", default=None, help="Only lines containing this.")
+@click.option(
+    "--regex", default=None, help="Only lines matching this regular expression (re.search)."
+)
 @click.option(
     "--level",
     "levels",
@@ -416,6 +512,7 @@ def trial_logs(
     head: int | None,
     tail: int | None,
     search: str | None,
+    regex: str | None,
     levels: tuple[str, ...],
     ranks: tuple[int, ...],
     raw: bool,
@@ -423,7 +520,13 @@ def trial_logs(
     """Print a trial's logs."""
     t = Trial(trial_id, _client(ctx))
     lines = t.logs(
-        follow=follow, head=head, tail=tail, search=search, levels=levels or None, ranks=ranks
+        follow=follow,
+        head=head,
+        tail=tail,
+        search=search,
+        regex=regex,
+        levels=levels or None,
+        ranks=ranks,
     )
     for line in lines:
         click.echo(line.message if raw else line.format())
@@ -439,7 +542,7 @@ def trial_kill(ctx: click.Context, trial_id: int) -> None:
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=_Group)
 def checkpoint() -> None:
     """List, download and delete checkpoints."""
 
@@ -452,6 +555,7 @@ def _sort_key(value: str | None) -> str | CheckpointSortBy | None:
 
 
 @checkpoint.command("list")
+@_printing
 @click.argument("experiment_id", type=int)
 @click.option(
     "--sort-by",
@@ -482,6 +586,7 @@ def checkpoint_list(
 
 
 @checkpoint.command("describe")
+@_printing
 @click.argument("uuid")
 @click.pass_context
 def checkpoint_describe(ctx: click.Context, uuid: str) -> None:
@@ -514,9 +619,10 @@ def checkpoint_describe(ctx: click.Context, uuid: str) -> None:
 )
 @click.pass_context
 def checkpoint_download(ctx: click.Context, uuid: str, directory: str, mode: str) -> None:
-    """Download a checkpoint's files into DIRECTORY."""
-    path = Checkpoint(uuid, _client(ctx)).download(directory, mode=DownloadMode(mode.lower()))
-    out.print(f"Checkpoint {uuid} in {escape(str(path))}")
+    """Download a checkpoint's files into DIRECTORY (UUID may be a unique prefix)."""
+    ck = _client(ctx).get_checkpoint(uuid)
+    path = ck.download(directory, mode=DownloadMode(mode.lower()))
+    out.print(f"Checkpoint {ck.uuid} in {escape(str(path))}")
 
 
 @checkpoint.command("delete")
@@ -524,19 +630,22 @@ def checkpoint_download(ctx: click.Context, uuid: str, directory: str, mode: str
 @click.option("-y", "--yes", is_flag=True, help="Do not ask.")
 @click.pass_context
 def checkpoint_delete(ctx: click.Context, uuids: tuple[str, ...], yes: bool) -> None:
-    """Delete checkpoints (their files and records)."""
-    _confirm(yes, f"delete {len(uuids)} checkpoint(s)")
-    _client(ctx).delete_checkpoints(uuids)
+    """Delete checkpoints (their files and records); unique uuid prefixes are accepted."""
+    c = _client(ctx)
+    full = [c.get_checkpoint(u).uuid for u in uuids]
+    _confirm(yes, f"delete {len(full)} checkpoint(s)")
+    c.delete_checkpoints(full)
     out.print(f"Deleted {len(uuids)} checkpoint(s)")
 
 
 # -- workspaces and projects ---------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=_Group)
 def workspace() -> None:
     """Workspaces."""
 
 
 @workspace.command("list")
+@_printing
 @click.pass_context
 def workspace_list(ctx: click.Context) -> None:
     """List workspaces."""
@@ -558,6 +667,7 @@ def workspace_create(ctx: click.Context, name: str) -> None:
 
 
 @workspace.command("describe")
+@_printing
 @click.argument("name")
 @click.pass_context
 def workspace_describe(ctx: click.Context, name: str) -> None:
@@ -582,12 +692,13 @@ def workspace_delete(ctx: click.Context, name: str, yes: bool) -> None:
     out.print(f"Deleted workspace {escape(name)}")
 
 
-@cli.group()
+@cli.group(cls=_Group)
 def project() -> None:
     """Projects inside workspaces."""
 
 
 @project.command("list")
+@_printing
 @click.argument("workspace_name")
 @click.pass_context
 def project_list(ctx: click.Context, workspace_name: str) -> None:
@@ -612,6 +723,7 @@ def project_create(ctx: click.Context, workspace_name: str, name: str, descripti
 
 
 @project.command("describe")
+@_printing
 @click.argument("workspace_name")
 @click.argument("name")
 @click.pass_context
@@ -623,12 +735,13 @@ def project_describe(ctx: click.Context, workspace_name: str, name: str) -> None
 
 
 # -- models --------------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=_Group)
 def model() -> None:
     """The model registry."""
 
 
 @model.command("list")
+@_printing
 @click.option("--all", "show_all", is_flag=True, help="Include archived models.")
 @click.pass_context
 def model_list(ctx: click.Context, show_all: bool) -> None:
@@ -663,6 +776,7 @@ def model_create(ctx: click.Context, name: str, description: str, labels: tuple[
 
 
 @model.command("describe")
+@_printing
 @click.argument("name")
 @click.pass_context
 def model_describe(ctx: click.Context, name: str) -> None:
@@ -704,7 +818,9 @@ def model_register_version(
     ctx: click.Context, name: str, checkpoint_uuid: str, comment: str
 ) -> None:
     """Register CHECKPOINT_UUID as the next version of model NAME."""
-    v = _client(ctx).get_model(name).register_version(checkpoint_uuid, comment=comment)
+    c = _client(ctx)
+    uuid = c.get_checkpoint(checkpoint_uuid).uuid  # a unique prefix will do
+    v = c.get_model(name).register_version(uuid, comment=comment)
     out.print(f"Registered version {v.version} of {escape(name)}")
 
 
@@ -717,6 +833,184 @@ def model_delete(ctx: click.Context, name: str, yes: bool) -> None:
     _confirm(yes, f"delete model {name}")
     _client(ctx).get_model(name).delete()
     out.print(f"Deleted model {escape(name)}")
+
+
+# -- run outputs as paths ------------------------------------------------------------------------
+_PATH_HELP = """PATH names run outputs the way a file system would:
+
+\b
+  trials/42                      the checkpoints of trial 42
+  trials/42/latest               the files of its latest checkpoint (also: best)
+  trials/42/latest/model.pt      one file of it
+  checkpoints/UUID[/FILE]        a checkpoint by uuid (a unique prefix will do)
+  experiments/7                  the trials of experiment 7
+"""
+
+
+def _checkpoint_at(c: Determined, parts: list[str]) -> tuple[Checkpoint, list[str]]:
+    """The checkpoint a path names, and the rest of the path (a file inside it)."""
+    kind = parts[0]
+    if kind in ("trials", "trial", "t") and len(parts) >= 3:
+        trial = c.get_trial(_path_id(parts[1], "trial id"))
+        ref = parts[2]
+        if ref == "latest":
+            if not trial.latest_checkpoint_uuid:
+                raise errors.NotFoundError(f"trial {trial.id} has no checkpoint yet")
+            return c.get_checkpoint(trial.latest_checkpoint_uuid), parts[3:]
+        if ref == "best":
+            best = trial.list_checkpoints(max_results=1)
+            if not best:
+                raise errors.NotFoundError(f"trial {trial.id} has no checkpoint yet")
+            return best[0], parts[3:]
+        ck = c.get_checkpoint(ref)
+        if ck.trial_id != trial.id:
+            raise errors.NotFoundError(f"checkpoint {ck.uuid} is not trial {trial.id}'s")
+        return ck, parts[3:]
+    if kind in ("checkpoints", "checkpoint", "c") and len(parts) >= 2:
+        return c.get_checkpoint(parts[1]), parts[2:]
+    raise errors.InvalidArgumentError(
+        f"path: {'/'.join(parts)!r} names no checkpoint (try trials/ID/latest/FILE or "
+        "checkpoints/UUID/FILE)"
+    )
+
+
+def _path_id(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise errors.InvalidArgumentError(f"path: {what} must be a number, got {text!r}")
+    return int(text)
+
+
+def _path_parts(path: str) -> list[str]:
+    parts = [p for p in path.strip().strip("/").split("/") if p]
+    if not parts:
+        raise errors.InvalidArgumentError("path: must not be empty")
+    return parts
+
+
+@cli.command("ls", help="List run outputs at PATH.\n\n" + _PATH_HELP)
+@_printing
+@click.argument("path")
+@click.pass_context
+def ls(ctx: click.Context, path: str) -> None:
+    c = _client(ctx)
+    parts = _path_parts(path)
+    if parts[0] in ("trials", "trial", "t") and len(parts) == 2:
+        trial = c.get_trial(_path_id(parts[1], "trial id"))
+        ckpts = trial.list_checkpoints(CheckpointSortBy.BATCH_NUMBER, OrderBy.ASC)
+        latest = trial.latest_checkpoint_uuid
+        _table(
+            None,
+            ["name", "steps", "state", "files", "size", "validation metrics"],
+            [
+                [
+                    ck.uuid + (" (latest)" if ck.uuid == latest else ""),
+                    ck.steps_completed,
+                    ck.state.value,
+                    len(ck.resources),
+                    _size(ck.total_bytes),
+                    ", ".join(f"{k}={v:.6g}" for k, v in sorted(ck.validation_metrics.items())),
+                ]
+                for ck in ckpts
+            ],
+        )
+        return
+    if parts[0] in ("experiments", "experiment", "e") and len(parts) == 2:
+        exp = c.get_experiment(_path_id(parts[1], "experiment id"))
+        _table(None, _TRIAL_COLUMNS, _trial_rows(exp.list_trials()))
+        return
+    ck, rest = _checkpoint_at(c, parts)
+    inside = "/".join(rest)
+    files = [
+        [p, _size(n)]
+        for p, n in sorted(ck.resources.items())
+        if not inside or p == inside or p.startswith(inside + "/")
+    ]
+    if inside and not files:
+        raise errors.NotFoundError(f"checkpoint {ck.uuid} has no file {inside!r}")
+    _table(None, ["path", "size"], files)
+
+
+@cli.command("cp", help="Copy run outputs at PATH to a local DEST.\n\n" + _PATH_HELP)
+@click.argument("path")
+@click.argument("dest", type=click.Path())
+@click.option(
+    "--mode",
+    type=click.Choice([m.value for m in DownloadMode], False),
+    default="auto",
+    help="auto: copy directly if reachable, else via the master.",
+)
+@click.pass_context
+def cp(ctx: click.Context, path: str, dest: str, mode: str) -> None:
+    c = _client(ctx)
+    ck, rest = _checkpoint_at(c, _path_parts(path))
+    inside = "/".join(rest)
+    target = pathlib.Path(dest)
+    dl_mode = DownloadMode(mode.lower())
+    if not inside:  # the whole checkpoint, as a directory
+        where = ck.download(target / ck.uuid if target.is_dir() else target, mode=dl_mode)
+        out.print(f"Checkpoint {ck.uuid} in {escape(str(where))}")
+        return
+    files = [p for p in ck.resources if p == inside or p.startswith(inside + "/")]
+    if not files:
+        raise errors.NotFoundError(f"checkpoint {ck.uuid} has no file {inside!r}")
+    with tempfile.TemporaryDirectory(prefix="detsdk-cp-") as tmp:
+        got = pathlib.Path(ck.download(pathlib.Path(tmp) / "ckpt", mode=dl_mode))
+        src = got / inside
+        name = pathlib.PurePosixPath(inside).name
+        final = target / name if target.is_dir() else target
+        if src.is_dir():
+            shutil.copytree(src, final)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, final)
+    out.print(f"{escape(path)} -> {escape(str(final))}")
+
+
+# -- TensorBoard ---------------------------------------------------------------------------------
+@cli.command("tensorboard")
+@click.argument("experiment_ids", type=int, nargs=-1, required=True)
+@click.option(
+    "--dir",
+    "logdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write the event files (default: a new temporary directory).",
+)
+@click.option(
+    "--export-only", is_flag=True, help="Write the event files, do not start TensorBoard."
+)
+@click.option("--port", type=int, default=6006, help="TensorBoard's port.")
+@click.option("--host", default="127.0.0.1", help="TensorBoard's address.")
+@click.pass_context
+def tensorboard_cmd(
+    ctx: click.Context,
+    experiment_ids: tuple[int, ...],
+    logdir: str | None,
+    export_only: bool,
+    port: int,
+    host: str,
+) -> None:
+    """Show experiments' metrics in TensorBoard (needs the tensorboard extra).
+
+    Writes an event file per trial (tags <group>/<metric>), plus the files each trial wrote
+    to core_api's get_tensorboard_path(), then starts TensorBoard on them until Ctrl-C.
+    """
+    from determined_sdk.tensorboard import export_experiments
+
+    root = pathlib.Path(logdir or tempfile.mkdtemp(prefix="detsdk-tensorboard-"))
+    dirs = export_experiments(_client(ctx), experiment_ids, root)
+    out.print(f"Wrote {len(dirs)} trial(s) to {escape(str(root))}")
+    if export_only:
+        return
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(root)]
+    cmd += ["--port", str(port), "--host", host]
+    out.print(f"TensorBoard on http://{host}:{port}/ (Ctrl-C stops it)")
+    proc = subprocess.Popen(cmd)
+    try:
+        ctx.exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

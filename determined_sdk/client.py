@@ -166,10 +166,18 @@ def get_checkpoint(uuid: str) -> Checkpoint:
 
 
 def iter_trials_metrics(
-    trial_ids: Sequence[int] | int, group: str | None = None
+    trial_ids: Sequence[int] | int,
+    group: str | None = None,
+    *,
+    names: Iterable[str] | None = None,
+    min_steps: int | None = None,
+    max_steps: int | None = None,
+    follow: bool = False,
 ) -> Iterator[TrialMetrics]:
     """See :meth:`Determined.iter_trials_metrics`."""
-    return _default().iter_trials_metrics(trial_ids, group)
+    return _default().iter_trials_metrics(
+        trial_ids, group, names=names, min_steps=min_steps, max_steps=max_steps, follow=follow
+    )
 
 
 def create_workspace(name: str) -> Workspace:

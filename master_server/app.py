@@ -25,6 +25,7 @@ from master_server.checkpoints import CheckpointService
 from master_server.experiments import ExperimentService
 from master_server.ingest import MetricIngest
 from master_server.logs import LogService
+from master_server.metrics import MetricService
 from master_server.rm.local import LocalResourceManager
 from master_server.servicers import register_all
 from master_server.store import open_store
@@ -179,6 +180,7 @@ class Master:
             "waker": waker,
             "log_waker": log_waker,
             "admission": admission,
+            "metrics": MetricService(store),
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
         }
@@ -260,6 +262,7 @@ class Master:
             self._http = None
         self.parts["waker"].close()
         self.parts["log_waker"].close()
+        self.parts["metrics"].close()
         loop.call(server.stop(grace_s))
         loop.close()
         self.parts["ingest"].close()

@@ -39,6 +39,31 @@ class CheckpointService:
         self.jobs = experiments.jobs
         self.jobs.register("gc_experiment", self._gc_job)
 
+    def get(self, uuid: str) -> Checkpoint:
+        """The checkpoint with this uuid, or with the one uuid that starts with it (at least
+        4 characters, as ``git`` takes commit prefixes).
+
+        Raises:
+            NotFoundError: No checkpoint has this uuid or prefix.
+            InvalidArgumentError: Several checkpoints start with it.
+        """
+        if not isinstance(uuid, str) or not uuid:
+            raise InvalidArgumentError("uuid: must not be empty")
+        try:
+            return self.store.get_checkpoint(uuid)
+        except NotFoundError:
+            if len(uuid) < 4:
+                raise
+        found = self.store.checkpoint_uuids_starting(uuid, 3)
+        if not found:
+            raise NotFoundError(f"checkpoint {uuid} not found (no uuid starts with it)")
+        if len(found) > 1:
+            some = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+            raise InvalidArgumentError(
+                f"uuid: {uuid!r} starts several checkpoints' uuids ({some}); give more of it"
+            )
+        return self.store.get_checkpoint(found[0])
+
     def report(
         self,
         trial_id: int,

@@ -10,12 +10,13 @@ import math
 from typing import Any
 
 from determined_sdk.errors import InvalidArgumentError
-from determined_sdk.metrics_wire import unpack_columns, unpack_reports
+from determined_sdk.metrics_wire import join_metrics_json, unpack_columns, unpack_reports
 from determined_sdk.proto import (
     checkpoint_pb2,
     common_pb2,
     experiment_pb2,
     logs_pb2,
+    metrics_pb2,
     model_pb2,
     trial_pb2,
     workspace_pb2,
@@ -179,6 +180,23 @@ def metric_point_to_proto(p: domain.MetricPoint) -> trial_pb2.MetricPoint:
         trial_id=p.trial_id,
         trial_run_id=p.run_id,
         superseded=p.superseded,
+    )
+
+
+def metric_columns_to_proto(c: domain.MetricColumns) -> metrics_pb2.MetricColumns:
+    """A page of points as columns; the stored JSON is forwarded, not decoded."""
+    group_names = list(dict.fromkeys(c.groups))
+    index = {g: i for i, g in enumerate(group_names)}
+    return metrics_pb2.MetricColumns(
+        trial_ids=c.trial_ids,
+        trial_counts=c.trial_counts,
+        group_names=group_names,
+        group_ids=list(map(index.__getitem__, c.groups)),
+        steps_completed=c.steps,
+        timestamps=c.timestamps,
+        metrics_json=join_metrics_json(c.payloads),
+        trial_run_ids=c.run_ids,
+        superseded=c.superseded,
     )
 
 

@@ -7,8 +7,12 @@ Nothing here knows about protobuf or SQL; ``master_server.convert`` maps these t
 from __future__ import annotations
 
 import enum
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+from determined_sdk.metrics_wire import decode_metrics_array
 
 JSONDict = dict[str, Any]
 
@@ -164,6 +168,73 @@ class MetricPoint:
 
 
 @dataclass(frozen=True)
+class MetricQuery:
+    """Which metric points to read: trials, then filters. Empty ``names`` means every metric."""
+
+    trial_ids: tuple[int, ...]
+    group: str | None = None
+    names: tuple[str, ...] = ()
+    min_steps: int | None = None
+    max_steps: int | None = None
+    page_size: int = 10_000
+    # A follower's position: only points stored after these storage ids, per trial
+    # ((trial id, last id seen) pairs; a trial left out has seen nothing).
+    after_ids: tuple[tuple[int, int], ...] = ()
+    until_id: int | None = None  # only points stored up to this id (a backlog's bound)
+    include_superseded: bool = False  # also reports a restart from a checkpoint superseded
+
+
+@dataclass(frozen=True)
+class MetricColumns:
+    """A page of metric points as columns, in (trial id, steps_completed, insertion) order.
+
+    ``payloads[i]`` is point i's metrics as the stored JSON object (non-finite values are the
+    strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``); readers that forward points (gRPC,
+    HTTP) pass it on undecoded, :meth:`metrics` decodes it. ``trial_ids``/``trial_counts``
+    are run-length: the first ``trial_counts[0]`` points belong to ``trial_ids[0]``, and so on.
+    ``last_ids[k]`` is the highest storage id of ``trial_ids[k]``'s points in the page (where
+    a follower resumes).
+    """
+
+    trial_ids: Sequence[int]
+    trial_counts: Sequence[int]
+    groups: Sequence[str]
+    steps: Sequence[int]
+    timestamps: Sequence[float]
+    payloads: Sequence[str]
+    last_ids: Sequence[int]
+    run_ids: Sequence[int] = ()  # per point: the trial run that reported it (0: unknown)
+    superseded: Sequence[bool] = ()  # per point: superseded by a restart (see MetricPoint)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def metrics(self) -> list[dict[str, float]]:
+        """Every point's ``{name: value}``, decoded in one pass."""
+        return decode_metrics_array(self.payloads)
+
+    def points(self) -> Iterator[MetricPoint]:
+        """The page as :class:`MetricPoint` values."""
+        trials = itertools.chain.from_iterable(
+            itertools.repeat(t, n) for t, n in zip(self.trial_ids, self.trial_counts, strict=True)
+        )
+        n = len(self.steps)
+        runs = self.run_ids or itertools.repeat(0, n)
+        gone = self.superseded or itertools.repeat(False, n)
+        for t, g, s, m, ts, r, x in zip(
+            trials,
+            self.groups,
+            self.steps,
+            self.metrics(),
+            self.timestamps,
+            runs,
+            gone,
+            strict=True,
+        ):
+            yield MetricPoint(t, g, s, m, ts, run_id=r, superseded=x)
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     uuid: str
     trial_id: int
@@ -217,6 +288,7 @@ class LogQuery:
     timestamp_before: float | None = None
     head: int | None = None  # first N matching lines
     tail: int | None = None  # last N matching lines
+    regex: str | None = None  # Python regular expression, re.search on the message
 
 
 @dataclass(frozen=True)

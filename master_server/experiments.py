@@ -185,7 +185,7 @@ class ExperimentService:
         engine's lock: it must be cheap and must not call back into the engine)."""
         self.state.listeners.append(fn)
 
-    def preemption_nowait(self, trial_id: int) -> bool | None:
+    def preemption_nowait(self, trial_id: int) -> tuple[bool, str | None] | None:
         """See :meth:`Preemption.nowait`."""
         return self.preemption.nowait(trial_id)
 
@@ -222,6 +222,11 @@ class ExperimentService:
     # -- preemption --------------------------------------------------------------------------
     def watch_preemption(self, trial_id: int, timeout_s: float) -> bool:
         """Long poll: True as soon as the trial should stop, False at the deadline."""
+        return self.watch_preemption_reason(trial_id, timeout_s) is not None
+
+    def watch_preemption_reason(self, trial_id: int, timeout_s: float) -> str | None:
+        """Long poll: why the trial should stop (``searcher``, ``pause``, ``cancel``, ``kill``,
+        or ``""`` when it no longer runs here) as soon as it should, None at the deadline."""
         return self.preemption.watch(trial_id, timeout_s)
 
     def ack_preemption(self, trial_id: int) -> None:

@@ -49,6 +49,7 @@ from master_server.domain import ExperimentFilter, JSONDict, LogQuery
 from master_server.experiments import ExperimentService
 from master_server.ingest import MetricIngest
 from master_server.logs import LogService
+from master_server.metrics import DEFAULT_PAGE_SIZE, MetricService
 from master_server.searcher.factory import searcher_length_unit
 from master_server.store.base import Store
 from master_server.waiting import Waker, long_poll
@@ -293,8 +294,10 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
 
 
 class Trials(trial_pb2_grpc.TrialServiceServicer):
-    def __init__(self, store: Store, svc: ExperimentService, ingest: MetricIngest) -> None:
-        self.store, self.svc, self.ingest = store, svc, ingest
+    def __init__(
+        self, store: Store, svc: ExperimentService, ingest: MetricIngest, metrics: MetricService
+    ) -> None:
+        self.store, self.svc, self.ingest, self.metrics = store, svc, ingest, metrics
 
     @rpc
     def GetTrial(self, request: Any, context: Any) -> Any:
@@ -318,6 +321,8 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         fut = self.ingest.submit(request.trial_id, request.batch_id, reports, request.trial_run_id)
         self.svc.record_activity(request.trial_id)  # lock-free: safe on the event loop
         stored = await asyncio.wrap_future(fut)
+        if stored:
+            self.metrics.notify()  # wake followers of this trial's metrics
         validations = [r for r in reports if r.group == "validation"] if stored else []
         if validations:
 
@@ -330,21 +335,23 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
 
     @rpc_stream
     def StreamMetrics(self, request: Any, context: Any) -> Iterator[Any]:
-        if not request.trial_ids:
-            raise InvalidArgumentError("trial_ids: give at least one trial id")
-        if request.page_size < 0:
-            raise InvalidArgumentError(f"page_size: must be >= 0, got {request.page_size}")
-        for tid in request.trial_ids:
-            self.store.get_trial(tid)
-        for page in self.store.iter_metrics(
+        pages = self.metrics.read(
             list(request.trial_ids),
-            request.group or None,
-            request.page_size or 10_000,
+            group=request.group or None,
+            names=list(request.names),
+            min_steps=request.min_steps if request.HasField("min_steps") else None,
+            max_steps=request.max_steps if request.HasField("max_steps") else None,
+            page_size=request.page_size or DEFAULT_PAGE_SIZE,
+            follow=request.follow,
             include_superseded=request.include_superseded,
-        ):
-            yield trial_pb2.StreamMetricsResponse(
-                points=[convert.metric_point_to_proto(p) for p in page]
-            )
+        )
+        for page in pages:
+            if request.columnar:
+                yield trial_pb2.StreamMetricsResponse(columns=convert.metric_columns_to_proto(page))
+            else:
+                yield trial_pb2.StreamMetricsResponse(
+                    points=[convert.metric_point_to_proto(p) for p in page.points()]
+                )
 
     @rpc
     def ReportProgress(self, request: Any, context: Any) -> Any:
@@ -385,7 +392,7 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
 
     @rpc
     def GetCheckpoint(self, request: Any, context: Any) -> Any:
-        c = self.store.get_checkpoint(request.uuid)
+        c = self.svc.get(request.uuid)
         return checkpoint_pb2.GetCheckpointResponse(checkpoint=convert.checkpoint_to_proto(c))
 
     @rpc
@@ -461,14 +468,14 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
     async def WatchPreemption(self, request: Any, context: Any) -> Any:
         tid = request.trial_id
 
-        async def check() -> tuple[bool, bool]:
-            preempt = self.svc.preemption_nowait(tid)
-            if preempt is None:  # not live here: the blocking call answers at once (or raises)
-                return True, await _in_thread(self.svc.watch_preemption, tid, 0.0)
-            return preempt, preempt
+        async def check() -> tuple[bool, str | None]:
+            state = self.svc.preemption_nowait(tid)
+            if state is None:  # not live here: the blocking call answers at once (or raises)
+                return True, await _in_thread(self.svc.watch_preemption_reason, tid, 0.0)
+            return state
 
-        preempt = await long_poll(self.waker, check, request.timeout_seconds)
-        return searcher_pb2.WatchPreemptionResponse(preempt=preempt)
+        why = await long_poll(self.waker, check, request.timeout_seconds)
+        return searcher_pb2.WatchPreemptionResponse(preempt=why is not None, reason=why or "")
 
     @rpc
     def AckPreemption(self, request: Any, context: Any) -> Any:
@@ -501,6 +508,7 @@ class Logs(logs_pb2_grpc.LogServiceServicer):
             timestamp_before=request.timestamp_before or None,
             head=request.head or None,
             tail=request.tail or None,
+            regex=request.regex or None,
         )
         self.svc.check(q)
         if not request.follow or q.head is not None:
@@ -739,7 +747,9 @@ def register_all(server: grpc.aio.Server, parts: dict[str, Any]) -> None:
     experiment_pb2_grpc.add_ExperimentServiceServicer_to_server(
         Experiments(store, exps, waker), server
     )
-    trial_pb2_grpc.add_TrialServiceServicer_to_server(Trials(store, exps, parts["ingest"]), server)
+    trial_pb2_grpc.add_TrialServiceServicer_to_server(
+        Trials(store, exps, parts["ingest"], parts["metrics"]), server
+    )
     checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(Checkpoints(store, ckpts), server)
     searcher_pb2_grpc.add_SearcherServiceServicer_to_server(Searcher(exps, waker), server)
     logs_pb2_grpc.add_LogServiceServicer_to_server(Logs(logs, log_waker), server)

@@ -15,7 +15,6 @@ import json
 import os
 import pathlib
 import queue
-import re
 import shlex
 import signal
 import socket
@@ -29,28 +28,11 @@ from typing import IO, Any
 import grpc
 import tenacity
 
+from determined_sdk.log_levels import LEVELS, LevelParser
 from determined_sdk.proto import logs_pb2, logs_pb2_grpc, master_pb2, master_pb2_grpc
 
-_LEVEL_RE = re.compile(r"\b(TRACE|DEBUG|INFO|WARN|WARNING|ERROR|CRITICAL|FATAL)\b")
-_LEVELS = {
-    "TRACE": logs_pb2.LOG_LEVEL_TRACE,
-    "DEBUG": logs_pb2.LOG_LEVEL_DEBUG,
-    "INFO": logs_pb2.LOG_LEVEL_INFO,
-    "WARN": logs_pb2.LOG_LEVEL_WARNING,
-    "WARNING": logs_pb2.LOG_LEVEL_WARNING,
-    "ERROR": logs_pb2.LOG_LEVEL_ERROR,
-    "CRITICAL": logs_pb2.LOG_LEVEL_CRITICAL,
-    "FATAL": logs_pb2.LOG_LEVEL_CRITICAL,
-}
+_LEVELS = {name: logs_pb2.LogLevel.Value("LOG_LEVEL_" + name) for name in LEVELS}
 GRACE_S = 10.0
-
-
-def parse_level(line: str) -> logs_pb2.LogLevel.ValueType:
-    """A level named near the start of the line (Python logging style), else INFO."""
-    if line.startswith("Traceback"):
-        return logs_pb2.LOG_LEVEL_ERROR
-    m = _LEVEL_RE.search(line[:80])
-    return _LEVELS[m.group(1)] if m else logs_pb2.LOG_LEVEL_INFO
 
 
 def entrypoint_argv(entrypoint: str | list[str]) -> list[str]:
@@ -128,6 +110,7 @@ class _Shipper(threading.Thread):
 def _reader(
     stream: IO[bytes], path: str, name: str, rank: int, spec: dict[str, Any], out: _Shipper
 ) -> None:
+    levels = LevelParser()
     with open(path, "ab") as f:
         for raw in iter(stream.readline, b""):
             f.write(raw)
@@ -139,7 +122,7 @@ def _reader(
                     timestamp=time.time(),
                     rank=rank,
                     stream=name,
-                    level=parse_level(text),
+                    level=_LEVELS[levels.level(text)],
                     message=text,
                     run_id=spec["run_id"],
                 )

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65termined_sdk/proto/logs.proto\x12\tdetsdk.v1\"\x9d\x01\n\x07LogLine\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08trial_id\x18\x02 \x01(\x05\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x0e\n\x06stream\x18\x05 \x01(\t\x12\"\n\x05level\x18\x06 \x01(\x0e\x32\x13.detsdk.v1.LogLevel\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0e\n\x06run_id\x18\x08 \x01(\x05\"F\n\x0fShipLogsRequest\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.detsdk.v1.LogLine\x12\x10\n\x08\x62\x61tch_id\x18\x64 \x01(\t\"%\n\x10ShipLogsResponse\x12\x11\n\tduplicate\x18\x64 \x01(\x08\"\xd8\x01\n\x10TrialLogsRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0c\n\x04head\x18\x03 \x01(\x05\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\x0e\n\x06search\x18\x05 \x01(\t\x12#\n\x06levels\x18\x06 \x03(\x0e\x32\x13.detsdk.v1.LogLevel\x12\x17\n\x0ftimestamp_after\x18\x07 \x01(\x01\x12\x18\n\x10timestamp_before\x18\x08 \x01(\x01\x12\r\n\x05ranks\x18\t \x03(\x05\x12\x0f\n\x07streams\x18\n \x03(\t\"6\n\x11TrialLogsResponse\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.detsdk.v1.LogLine*\xa7\x01\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fLOG_LEVEL_TRACE\x10\x01\x12\x13\n\x0fLOG_LEVEL_DEBUG\x10\x02\x12\x12\n\x0eLOG_LEVEL_INFO\x10\x03\x12\x15\n\x11LOG_LEVEL_WARNING\x10\x04\x12\x13\n\x0fLOG_LEVEL_ERROR\x10\x05\x12\x16\n\x12LOG_LEVEL_CRITICAL\x10\x06\x32\x9b\x01\n\nLogService\x12\x43\n\x08ShipLogs\x12\x1a.detsdk.v1.ShipLogsRequest\x1a\x1b.detsdk.v1.ShipLogsResponse\x12H\n\tTrialLogs\x12\x1b.detsdk.v1.TrialLogsRequest\x1a\x1c.detsdk.v1.TrialLogsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x65termined_sdk/proto/logs.proto\x12\tdetsdk.v1\"\x9d\x01\n\x07LogLine\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08trial_id\x18\x02 \x01(\x05\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x0e\n\x06stream\x18\x05 \x01(\t\x12\"\n\x05level\x18\x06 \x01(\x0e\x32\x13.detsdk.v1.LogLevel\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0e\n\x06run_id\x18\x08 \x01(\x05\"F\n\x0fShipLogsRequest\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.detsdk.v1.LogLine\x12\x10\n\x08\x62\x61tch_id\x18\x64 \x01(\t\"%\n\x10ShipLogsResponse\x12\x11\n\tduplicate\x18\x64 \x01(\x08\"\xe8\x01\n\x10TrialLogsRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0c\n\x04head\x18\x03 \x01(\x05\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\x0e\n\x06search\x18\x05 \x01(\t\x12#\n\x06levels\x18\x06 \x03(\x0e\x32\x13.detsdk.v1.LogLevel\x12\x17\n\x0ftimestamp_after\x18\x07 \x01(\x01\x12\x18\n\x10timestamp_before\x18\x08 \x01(\x01\x12\r\n\x05ranks\x18\t \x03(\x05\x12\x0f\n\x07streams\x18\n \x03(\t\x12\x0e\n\x05regex\x18\xde\x02 \x01(\t\"6\n\x11TrialLogsResponse\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.detsdk.v1.LogLine*\xa7\x01\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fLOG_LEVEL_TRACE\x10\x01\x12\x13\n\x0fLOG_LEVEL_DEBUG\x10\x02\x12\x12\n\x0eLOG_LEVEL_INFO\x10\x03\x12\x15\n\x11LOG_LEVEL_WARNING\x10\x04\x12\x13\n\x0fLOG_LEVEL_ERROR\x10\x05\x12\x16\n\x12LOG_LEVEL_CRITICAL\x10\x06\x32\x9b\x01\n\nLogService\x12\x43\n\x08ShipLogs\x12\x1a.detsdk.v1.ShipLogsRequest\x1a\x1b.detsdk.v1.ShipLogsResponse\x12H\n\tTrialLogs\x12\x1b.detsdk.v1.TrialLogsRequest\x1a\x1c.detsdk.v1.TrialLogsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'determined_sdk.proto.logs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGLEVEL']._serialized_start=593
-  _globals['_LOGLEVEL']._serialized_end=760
+  _globals['_LOGLEVEL']._serialized_start=609
+  _globals['_LOGLEVEL']._serialized_end=776
   _globals['_LOGLINE']._serialized_start=47
   _globals['_LOGLINE']._serialized_end=204
   _globals['_SHIPLOGSREQUEST']._serialized_start=206
@@ -40,9 +40,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHIPLOGSRESPONSE']._serialized_start=278
   _globals['_SHIPLOGSRESPONSE']._serialized_end=315
   _globals['_TRIALLOGSREQUEST']._serialized_start=318
-  _globals['_TRIALLOGSREQUEST']._serialized_end=534
-  _globals['_TRIALLOGSRESPONSE']._serialized_start=536
-  _globals['_TRIALLOGSRESPONSE']._serialized_end=590
-  _globals['_LOGSERVICE']._serialized_start=763
-  _globals['_LOGSERVICE']._serialized_end=918
+  _globals['_TRIALLOGSREQUEST']._serialized_end=550
+  _globals['_TRIALLOGSRESPONSE']._serialized_start=552
+  _globals['_TRIALLOGSRESPONSE']._serialized_end=606
+  _globals['_LOGSERVICE']._serialized_start=779
+  _globals['_LOGSERVICE']._serialized_end=934
 # @@protoc_insertion_point(module_scope)

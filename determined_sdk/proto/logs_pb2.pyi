@@ -145,6 +145,7 @@ class TrialLogsRequest(_message.Message):
     TIMESTAMP_BEFORE_FIELD_NUMBER: _builtins.int
     RANKS_FIELD_NUMBER: _builtins.int
     STREAMS_FIELD_NUMBER: _builtins.int
+    REGEX_FIELD_NUMBER: _builtins.int
     trial_id: _builtins.int
     follow: _builtins.bool
     """keep streaming until the trial ends"""
@@ -157,6 +158,8 @@ class TrialLogsRequest(_message.Message):
     timestamp_after: _builtins.float
     """0 = unbounded"""
     timestamp_before: _builtins.float
+    regex: _builtins.str
+    """Python regular expression (re.search) filter"""
     @_builtins.property
     def levels(self) -> _containers.RepeatedScalarFieldContainer[Global___LogLevel.ValueType]:
         """empty = every level"""
@@ -178,10 +181,11 @@ class TrialLogsRequest(_message.Message):
         timestamp_before: _builtins.float = ...,
         ranks: _abc.Iterable[_builtins.int] | None = ...,
         streams: _abc.Iterable[_builtins.str] | None = ...,
+        regex: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "head", b"head", "levels", b"levels", "ranks", b"ranks", "search", b"search", "streams", b"streams", "tail", b"tail", "timestamp_after", b"timestamp_after", "timestamp_before", b"timestamp_before", "trial_id", b"trial_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "head", b"head", "levels", b"levels", "ranks", b"ranks", "regex", b"regex", "search", b"search", "streams", b"streams", "tail", b"tail", "timestamp_after", b"timestamp_after", "timestamp_before", b"timestamp_before", "trial_id", b"trial_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#determined_sdk/proto/searcher.proto\x12\tdetsdk.v1\"1\n\x11SearcherOperation\x12\x0e\n\x06length\x18\x01 \x01(\x03\x12\x0c\n\x04unit\x18\x02 \x01(\t\"H\n\x1bGetSearcherOperationRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"k\n\x1cGetSearcherOperationResponse\x12\x0e\n\x06has_op\x18\x01 \x01(\x08\x12(\n\x02op\x18\x02 \x01(\x0b\x32\x1c.detsdk.v1.SearcherOperation\x12\x11\n\tcompleted\x18\x03 \x01(\x08\"]\n CompleteSearcherOperationRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x17\n\x0fsearcher_metric\x18\x03 \x01(\x01\"#\n!CompleteSearcherOperationResponse\"C\n\x16WatchPreemptionRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"*\n\x17WatchPreemptionResponse\x12\x0f\n\x07preempt\x18\x01 \x01(\x08\"(\n\x14\x41\x63kPreemptionRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"\x17\n\x15\x41\x63kPreemptionResponse2\xa0\x03\n\x0fSearcherService\x12g\n\x14GetSearcherOperation\x12&.detsdk.v1.GetSearcherOperationRequest\x1a\'.detsdk.v1.GetSearcherOperationResponse\x12v\n\x19\x43ompleteSearcherOperation\x12+.detsdk.v1.CompleteSearcherOperationRequest\x1a,.detsdk.v1.CompleteSearcherOperationResponse\x12X\n\x0fWatchPreemption\x12!.detsdk.v1.WatchPreemptionRequest\x1a\".detsdk.v1.WatchPreemptionResponse\x12R\n\rAckPreemption\x12\x1f.detsdk.v1.AckPreemptionRequest\x1a .detsdk.v1.AckPreemptionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#determined_sdk/proto/searcher.proto\x12\tdetsdk.v1\"1\n\x11SearcherOperation\x12\x0e\n\x06length\x18\x01 \x01(\x03\x12\x0c\n\x04unit\x18\x02 \x01(\t\"H\n\x1bGetSearcherOperationRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"k\n\x1cGetSearcherOperationResponse\x12\x0e\n\x06has_op\x18\x01 \x01(\x08\x12(\n\x02op\x18\x02 \x01(\x0b\x32\x1c.detsdk.v1.SearcherOperation\x12\x11\n\tcompleted\x18\x03 \x01(\x08\"]\n CompleteSearcherOperationRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x17\n\x0fsearcher_metric\x18\x03 \x01(\x01\"#\n!CompleteSearcherOperationResponse\"C\n\x16WatchPreemptionRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\";\n\x17WatchPreemptionResponse\x12\x0f\n\x07preempt\x18\x01 \x01(\x08\x12\x0f\n\x06reason\x18\xde\x02 \x01(\t\"(\n\x14\x41\x63kPreemptionRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"\x17\n\x15\x41\x63kPreemptionResponse2\xa0\x03\n\x0fSearcherService\x12g\n\x14GetSearcherOperation\x12&.detsdk.v1.GetSearcherOperationRequest\x1a\'.detsdk.v1.GetSearcherOperationResponse\x12v\n\x19\x43ompleteSearcherOperation\x12+.detsdk.v1.CompleteSearcherOperationRequest\x1a,.detsdk.v1.CompleteSearcherOperationResponse\x12X\n\x0fWatchPreemption\x12!.detsdk.v1.WatchPreemptionRequest\x1a\".detsdk.v1.WatchPreemptionResponse\x12R\n\rAckPreemption\x12\x1f.detsdk.v1.AckPreemptionRequest\x1a .detsdk.v1.AckPreemptionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,11 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHPREEMPTIONREQUEST']._serialized_start=416
   _globals['_WATCHPREEMPTIONREQUEST']._serialized_end=483
   _globals['_WATCHPREEMPTIONRESPONSE']._serialized_start=485
-  _globals['_WATCHPREEMPTIONRESPONSE']._serialized_end=527
-  _globals['_ACKPREEMPTIONREQUEST']._serialized_start=529
-  _globals['_ACKPREEMPTIONREQUEST']._serialized_end=569
-  _globals['_ACKPREEMPTIONRESPONSE']._serialized_start=571
-  _globals['_ACKPREEMPTIONRESPONSE']._serialized_end=594
-  _globals['_SEARCHERSERVICE']._serialized_start=597
-  _globals['_SEARCHERSERVICE']._serialized_end=1013
+  _globals['_WATCHPREEMPTIONRESPONSE']._serialized_end=544
+  _globals['_ACKPREEMPTIONREQUEST']._serialized_start=546
+  _globals['_ACKPREEMPTIONREQUEST']._serialized_end=586
+  _globals['_ACKPREEMPTIONRESPONSE']._serialized_start=588
+  _globals['_ACKPREEMPTIONRESPONSE']._serialized_end=611
+  _globals['_SEARCHERSERVICE']._serialized_start=614
+  _globals['_SEARCHERSERVICE']._serialized_end=1030
 # @@protoc_insertion_point(module_scope)

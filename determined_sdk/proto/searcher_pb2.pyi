@@ -162,15 +162,21 @@ class WatchPreemptionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PREEMPT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     preempt: _builtins.bool
+    reason: _builtins.str
+    """Why, when preempt is set: "searcher" (it needs no more training from this trial),
+    "pause", "cancel", "kill", or "" (the trial is no longer running on the master).
+    """
     def __init__(
         self,
         *,
         preempt: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["preempt", b"preempt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["preempt", b"preempt", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

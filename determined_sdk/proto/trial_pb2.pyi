@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from determined_sdk.proto import common_pb2 as _common_pb2
+from determined_sdk.proto import metrics_pb2 as _metrics_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -240,14 +241,31 @@ class StreamMetricsRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     INCLUDE_SUPERSEDED_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    MIN_STEPS_FIELD_NUMBER: _builtins.int
+    MAX_STEPS_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    COLUMNAR_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """empty = every group"""
     page_size: _builtins.int
     """0 = server default"""
     include_superseded: _builtins.bool
     """also reports of runs a restart superseded"""
+    min_steps: _builtins.int
+    """only points with steps_completed >= min_steps"""
+    max_steps: _builtins.int
+    """only points with steps_completed <= max_steps"""
+    follow: _builtins.bool
+    """keep streaming new points until the trial(s) end"""
+    columnar: _builtins.bool
+    """answer in `columns` (fast) instead of `points`"""
     @_builtins.property
     def trial_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only these metrics (points with none are left out)"""
+
     def __init__(
         self,
         *,
@@ -255,30 +273,48 @@ class StreamMetricsRequest(_message.Message):
         group: _builtins.str = ...,
         page_size: _builtins.int = ...,
         include_superseded: _builtins.bool = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        min_steps: _builtins.int | None = ...,
+        max_steps: _builtins.int | None = ...,
+        follow: _builtins.bool = ...,
+        columnar: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps", "_min_steps", b"_min_steps", "max_steps", b"max_steps", "min_steps", b"min_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "include_superseded", b"include_superseded", "page_size", b"page_size", "trial_ids", b"trial_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps", "_min_steps", b"_min_steps", "columnar", b"columnar", "follow", b"follow", "group", b"group", "include_superseded", b"include_superseded", "max_steps", b"max_steps", "min_steps", b"min_steps", "names", b"names", "page_size", b"page_size", "trial_ids", b"trial_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_steps: _TypeAlias = _typing.Literal["max_steps"]  # noqa: Y015
+    _WhichOneofArgType__max_steps: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps"]  # noqa: Y015
+    _WhichOneofReturnType__min_steps: _TypeAlias = _typing.Literal["min_steps"]  # noqa: Y015
+    _WhichOneofArgType__min_steps: _TypeAlias = _typing.Literal["_min_steps", b"_min_steps"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_steps) -> _WhichOneofReturnType__max_steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_steps) -> _WhichOneofReturnType__min_steps | None: ...
 
 Global___StreamMetricsRequest: _TypeAlias = StreamMetricsRequest  # noqa: Y015
 
 @_typing.final
 class StreamMetricsResponse(_message.Message):
+    """Each page fills `columns` if the request asked for columnar pages, else `points`."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POINTS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]: ...
+    @_builtins.property
+    def columns(self) -> _metrics_pb2.MetricColumns: ...
     def __init__(
         self,
         *,
         points: _abc.Iterable[Global___MetricPoint] | None = ...,
+        columns: _metrics_pb2.MetricColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "points", b"points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

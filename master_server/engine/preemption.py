@@ -55,26 +55,31 @@ class Preemption:
             timer.daemon = True
             timer.start()
 
-    def nowait(self, trial_id: int) -> bool | None:
-        """Whether a live trial should stop, read without locking or I/O (safe on an event loop);
-        None when the trial is not live here (ask :meth:`watch` instead)."""
+    def nowait(self, trial_id: int) -> tuple[bool, str | None] | None:
+        """(ready, reason) of :meth:`watch` for a live trial, read without locking or I/O
+        (safe on an event loop); None when the trial is not live here (ask :meth:`watch`)."""
         tr = self.s.trials.get(trial_id)
         if tr is None:
             return None
-        return tr.preempt_reason is not None or self.s.closed
+        if tr.preempt_reason is not None:
+            return True, tr.preempt_reason
+        return self.s.closed, None
 
-    def watch(self, trial_id: int, timeout_s: float) -> bool:
-        """Long poll: True as soon as the trial should stop, False at the deadline."""
+    def watch(self, trial_id: int, timeout_s: float) -> str | None:
+        """Long poll: why the trial should stop (``searcher``, ``pause``, ``cancel``, ``kill``,
+        or ``""`` when it no longer runs here) as soon as it should, None at the deadline."""
         deadline = time.monotonic() + max(0.0, min(timeout_s, 600.0))
         with self.s.lock:
             self.require_trial(trial_id)
             while True:
                 tr = self.s.trials.get(trial_id)
-                if tr is None or tr.preempt_reason is not None or self.s.closed:
-                    return tr is None or tr.preempt_reason is not None
+                if tr is None:
+                    return ""
+                if tr.preempt_reason is not None:
+                    return tr.preempt_reason
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
+                if self.s.closed or left <= 0:
+                    return None
                 self.s.changed.wait(left)
 
     def ack(self, trial_id: int) -> None:

@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from master_server import exit_reasons
 from master_server.domain import TERMINAL_TRIAL_STATES, Experiment, LogLine, Trial
 from master_server.domain import ExperimentState as E
 from master_server.domain import TrialState as T
 from master_server.engine.state import EngineState, ExperimentRuntime, TrialRuntime
+from master_server.exit_reasons import how_it_exited as why_exit
 from master_server.rm.base import LaunchSpec, LiveRun
 from master_server.searcher.base import ExitedReason
 
@@ -139,7 +141,11 @@ class TrialRuns:
             self.s.notify()
 
     def _unmanaged_exit(self, tr: TrialRuntime, exp: Experiment, exit_code: int) -> None:
-        self.s.set_trial_state(tr.trial_id, T.COMPLETED if exit_code == 0 else T.ERROR)
+        self.s.set_trial_state(
+            tr.trial_id,
+            T.COMPLETED if exit_code == 0 else T.ERROR,
+            exit_reason="exited normally" if exit_code == 0 else why_exit(exit_code),
+        )
         self.s.trials.pop(tr.trial_id, None)
         live = self.s.store.list_trials(exp.id, states=[T.RUNNING, T.QUEUED])[1]
         if live == 0:
@@ -149,15 +155,23 @@ class TrialRuns:
         self, tr: TrialRuntime, rt: ExperimentRuntime, exp: Experiment, exit_code: int
     ) -> None:
         trial_id, reason = tr.trial_id, tr.preempt_reason
+        restarts = self.s.store.get_trial(trial_id).restarts
         if reason in ("cancel", "kill") or exp.state in (E.STOPPING_CANCELED, E.CANCELED):
-            self.s.set_trial_state(trial_id, T.CANCELED)
+            self.s.set_trial_state(trial_id, T.CANCELED, exit_reason=exit_reasons.canceled(reason))
             self.s.trials.pop(trial_id, None)
             if reason == "kill" and exp.state not in (E.STOPPING_CANCELED, E.CANCELED):
                 self.search.event(
                     rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
                 )
         elif tr.closed and (exit_code == 0 or reason == "searcher"):
-            self.s.set_trial_state(trial_id, T.COMPLETED)
+            done = tr.current_op() is None  # it trained as far as it was asked to
+            self.s.set_trial_state(
+                trial_id,
+                T.COMPLETED,
+                exit_reason=exit_reasons.finished(restarts)
+                if done
+                else exit_reasons.stopped_by_searcher(restarts),
+            )
             self.s.trials.pop(trial_id, None)
             self.search.event(rt, rt.searcher.on_trial_exited(tr.request_id))
         elif reason == "pause":
@@ -165,10 +179,12 @@ class TrialRuns:
                 self.s.set_trial_state(trial_id, T.QUEUED)
                 self.s.rm.request(trial_id, rt.slots)
             else:
-                self.s.set_trial_state(trial_id, T.PAUSED)
+                self.s.set_trial_state(trial_id, T.PAUSED, exit_reason=exit_reasons.PAUSED)
         elif exit_code == 0:
             if tr.early_exit is not None:
-                self.s.set_trial_state(trial_id, T.COMPLETED, exit_reason=tr.early_exit)
+                self.s.set_trial_state(
+                    trial_id, T.COMPLETED, exit_reason=exit_reasons.early_exit(tr.early_exit)
+                )
                 self.s.trials.pop(trial_id, None)
                 why = (
                     ExitedReason.INVALID_HP
@@ -178,13 +194,15 @@ class TrialRuns:
                 self.search.event(rt, rt.searcher.on_trial_exited_early(tr.request_id, why))
             else:
                 tr.closed = True
-                self.s.set_trial_state(trial_id, T.COMPLETED)
+                self.s.set_trial_state(
+                    trial_id, T.COMPLETED, exit_reason=exit_reasons.finished(restarts)
+                )
                 self.s.trials.pop(trial_id, None)
                 self.search.event(rt, rt.searcher.on_trial_exited(tr.request_id))
         elif tr.idle_killed:
             self.failed(trial_id, f"no progress for {rt.config.get('max_idle')} s (max_idle)")
         else:
-            self.failed(trial_id, f"exit code {exit_code}")
+            self.failed(trial_id, why_exit(exit_code))
 
     def failed(self, trial_id: int, why: str) -> None:
         """A run failed: restart from the latest checkpoint while restarts are left, else ERROR."""
@@ -201,13 +219,24 @@ class TrialRuns:
                 trial.restarts + 1,
                 max_restarts,
             )
-            self.s.set_trial_state(trial_id, T.QUEUED, restarts=trial.restarts + 1, exit_reason=why)
+            self.s.set_trial_state(
+                trial_id,
+                T.QUEUED,
+                restarts=trial.restarts + 1,
+                exit_reason=f"{why}; restarting from the latest checkpoint "
+                f"(restart {trial.restarts + 1} of {max_restarts})",
+            )
             self.s.rm.request(trial_id, rt.slots)
         elif exp.state == E.PAUSED:
             self.s.set_trial_state(trial_id, T.PAUSED, exit_reason=why)
         else:
             logger.error("trial %d failed (%s) after %d restarts", trial_id, why, trial.restarts)
-            self.s.set_trial_state(trial_id, T.ERROR, exit_reason=why)
+            left = (
+                f"no restarts left, {trial.restarts} used"
+                if max_restarts
+                else "no restarts allowed (max_restarts: 0)"
+            )
+            self.s.set_trial_state(trial_id, T.ERROR, exit_reason=f"{why}; {left}")
             self.s.trials.pop(trial_id, None)
             self.search.event(
                 rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.ERRORED)

@@ -19,7 +19,10 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   ``"validation_metrics"``, any other group under its own name; each metric name maps to
   ``{"min", "max", "last", "count", "mean"}`` (NaN values count in ``count`` and ``last`` but
   not in min/max/mean). A batch id already stored for the trial makes the call a no-op that
-  returns False. NaN and +/-inf are stored and read back as such.
+  returns False. NaN and +/-inf are stored and read back as such. :meth:`read_metrics` reads
+  points back as columns in (trial, steps, insertion) order, each page in its own short
+  transaction, through indexes on (trial, group, steps) and (trial, steps): reading one
+  group or a steps range never scans the trial's other points.
 * **Runs.** Each metric report records the trial run that sent it. When run ``r`` restarts a
   trial from its checkpoint at step ``S``, :meth:`supersede_metrics` marks the reports of runs
   before ``r`` at steps after ``S``; readers see one series unless they ask for superseded ones.
@@ -57,7 +60,9 @@ from master_server.domain import (
     JSONDict,
     LogLine,
     LogQuery,
+    MetricColumns,
     MetricPoint,
+    MetricQuery,
     MetricReport,
     Model,
     ModelVersion,
@@ -230,6 +235,18 @@ class Store(abc.ABC):
         """Mark reports of runs before ``run_id`` at steps after ``after_steps`` superseded (a
         restart from the checkpoint at ``after_steps``); returns how many were marked."""
 
+    @abc.abstractmethod
+    def read_metrics(self, query: MetricQuery) -> Iterator[MetricColumns]:
+        """Pages of at most ``query.page_size`` points as columns, in the order of
+        :meth:`iter_metrics`, filtered by group, names (points with none of them are left
+        out, the others keep only those), and an inclusive steps range; with ``after_ids``,
+        only points stored after each trial's position, with ``until_id`` only those stored
+        up to that id. Lazy; errors come on the first ``next``."""
+
+    @abc.abstractmethod
+    def last_metric_id(self) -> int:
+        """The storage id of the last metric point stored (0 if none): a follow starts there."""
+
     # -- checkpoints --------------------------------------------------------------------------
     @abc.abstractmethod
     def add_checkpoint(self, ckpt: Checkpoint) -> Checkpoint:
@@ -238,6 +255,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_checkpoint(self, uuid: str) -> Checkpoint: ...
+    @abc.abstractmethod
+    def checkpoint_uuids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` checkpoint uuids that start with ``prefix``, in order."""
+
     @abc.abstractmethod
     def list_checkpoints(
         self,

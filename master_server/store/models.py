@@ -183,6 +183,7 @@ class MetricRow(Base):
     __tablename__ = "metrics"
     __table_args__ = (
         Index("ix_metrics_trial_group_steps", "trial_id", "metric_group", "steps_completed", "id"),
+        Index("ix_metrics_trial_steps", "trial_id", "steps_completed", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)

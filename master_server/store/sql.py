@@ -24,10 +24,10 @@ Design notes (the contract itself is in :mod:`master_server.store.base`):
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,7 +54,6 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
-    or_,
     select,
     text,
     update,
@@ -62,7 +61,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from determined_sdk.errors import (
@@ -81,7 +80,9 @@ from master_server.domain import (
     JSONDict,
     LogLine,
     LogQuery,
+    MetricColumns,
     MetricPoint,
+    MetricQuery,
     MetricReport,
     Model,
     ModelVersion,
@@ -93,6 +94,7 @@ from master_server.domain import (
     Workspace,
 )
 from master_server.store.base import _UNSET, Store
+from master_server.store.metrics_read import read_metric_columns
 from master_server.store.models import (
     CheckpointRow,
     ExperimentLabelRow,
@@ -689,18 +691,27 @@ _SORT_KEYS = {
     "progress": E.progress,
 }
 
-# Distinct metric groups of one trial, as a loose index scan over the metrics index.
-_GROUPS_SQL = text(
-    """
-    WITH RECURSIVE g(name) AS (
-        SELECT MIN(metric_group) FROM metrics WHERE trial_id = :t
-        UNION ALL
-        SELECT (SELECT MIN(metric_group) FROM metrics WHERE trial_id = :t AND metric_group > g.name)
-        FROM g WHERE g.name IS NOT NULL
-    )
-    SELECT name FROM g WHERE name IS NOT NULL
-    """
-)
+
+def check_regex(pattern: str) -> None:
+    """Raise InvalidArgumentError naming ``regex`` if ``pattern`` does not compile."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise InvalidArgumentError(f"regex: not a valid regular expression ({e})") from None
+
+
+def _check_metric_query(q: MetricQuery) -> None:
+    if q.page_size < 1:
+        raise InvalidArgumentError(f"page_size must be >= 1, got {q.page_size}")
+    for i, name in enumerate(q.names):
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"names[{i}]: must be a non-empty string, got {name!r}")
+    if q.group is not None and (not isinstance(q.group, str) or not q.group):
+        raise InvalidArgumentError(f"group: must be a non-empty string, got {q.group!r}")
+    if q.min_steps is not None and q.max_steps is not None and q.min_steps > q.max_steps:
+        raise InvalidArgumentError(
+            f"min_steps ({q.min_steps}) must not be greater than max_steps ({q.max_steps})"
+        )
 
 
 class SQLStore(Store):
@@ -1463,80 +1474,45 @@ class SQLStore(Store):
         """Pages of points ordered by (trial_id, steps_completed, insertion order); lazy.
 
         Reports superseded by a restart from an earlier checkpoint are left out unless
-        ``include_superseded``.
-
-        Trials come in ascending id order whatever the order of ``trial_ids``. Each page is
-        read with a keyset query (no OFFSET) in its own short transaction, so no connection
-        is held while the caller works on a page.
+        ``include_superseded``. Trials come in ascending id order whatever the order of
+        ``trial_ids``. A view of :meth:`read_metrics` for callers that want decoded points.
 
         Raises:
             InvalidArgumentError: ``page_size`` < 1 (on the first ``next``).
             NotFoundError: One of the trials does not exist (on the first ``next``).
         """
-        if page_size < 1:
-            raise InvalidArgumentError(f"page_size must be >= 1, got {page_size}")
-        ids = sorted(set(trial_ids))
+        q = MetricQuery(
+            tuple(trial_ids),
+            group=group,
+            page_size=page_size,
+            include_superseded=include_superseded,
+        )
+        for cols in self.read_metrics(q):
+            yield list(cols.points())
+
+    def read_metrics(self, query: MetricQuery) -> Iterator[MetricColumns]:
+        """Pages of points as columns, ordered by (trial_id, steps_completed, insertion order);
+        lazy. See :mod:`master_server.store.metrics_read` for the access paths.
+
+        Raises:
+            InvalidArgumentError: ``page_size`` < 1, an empty metric name, ``min_steps`` >
+                ``max_steps`` (on the first ``next``).
+            NotFoundError: One of the trials does not exist (on the first ``next``).
+        """
+        _check_metric_query(query)
+        ids = sorted(set(query.trial_ids))
         if ids:
             with self._read() as conn:
                 found = set(conn.scalars(select(T.id).where(T.id.in_(ids))))
             for tid in ids:
                 if tid not in found:
                     raise NotFoundError(f"trial {tid} not found")
-        page: list[MetricPoint] = []
-        for tid in ids:
-            if group is not None:
-                groups = [group]
-            else:
-                with self._read() as conn:
-                    groups = [g for g in conn.scalars(_GROUPS_SQL, {"t": tid})]
-            streams = [self._group_stream(tid, g, page_size, include_superseded) for g in groups]
-            merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
-            for _steps, _id, point in merged:
-                page.append(point)
-                if len(page) >= page_size:
-                    yield page
-                    page = []
-        if page:
-            yield page
+        yield from read_metric_columns(self._read, query, _encode_metrics)
 
-    def _group_stream(
-        self, trial_id: int, group: str, page_size: int, include_superseded: bool = False
-    ) -> Iterator[tuple[int, int, MetricPoint]]:
-        """Points of one (trial, group) in (steps, id) order, fetched a page at a time."""
-        m = MetricRow
-        base = (
-            select(m.steps_completed, m.id, m.timestamp, m.payload, m.run_id, m.superseded)
-            .where(m.trial_id == trial_id, m.metric_group == group)
-            .order_by(m.steps_completed, m.id)
-            .limit(page_size)
-        )
-        if not include_superseded:
-            base = base.where(m.superseded == false())
-        last: tuple[int, int] | None = None
-        while True:
-            stmt = base
-            if last is not None:
-                s, i = last
-                stmt = stmt.where(m.steps_completed >= s, or_(m.steps_completed > s, m.id > i))
-            with self._read() as conn:
-                rows = conn.execute(stmt).all()
-            for steps, row_id, ts, payload, run_id, superseded in rows:
-                yield (
-                    steps,
-                    row_id,
-                    MetricPoint(
-                        trial_id,
-                        group,
-                        steps,
-                        _decode_metrics(payload),
-                        ts,
-                        run_id=run_id,
-                        superseded=bool(superseded),
-                    ),
-                )
-            if len(rows) < page_size:
-                return
-            last = (rows[-1][0], rows[-1][1])
+    def last_metric_id(self) -> int:
+        """The storage id of the last metric point stored (0 if none)."""
+        with self._read() as conn:
+            return int(conn.scalar(select(func.max(MetricRow.id))) or 0)
 
     def supersede_metrics(self, trial_id: int, run_id: int, after_steps: int) -> int:
         """Run ``run_id`` restarts the trial at ``after_steps``: earlier runs' reports at later
@@ -1699,6 +1675,12 @@ class SQLStore(Store):
         with self._read() as conn:
             return self._read_checkpoint(conn, uuid)
 
+    def checkpoint_uuids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` checkpoint uuids that start with ``prefix``, in order."""
+        stmt = select(C.uuid).where(C.uuid.startswith(prefix, autoescape=True))
+        with self._read() as conn:
+            return list(conn.scalars(stmt.order_by(C.uuid).limit(limit)))
+
     def list_checkpoints(
         self,
         *,
@@ -1814,7 +1796,9 @@ class SQLStore(Store):
     def query_logs(self, q: LogQuery) -> list[LogLine]:
         """Matching lines with id > ``q.after_id`` in id order, cut by head/tail.
 
-        ``search`` is a case-sensitive substring match; timestamps bounds are exclusive.
+        ``search`` is a case-sensitive substring match, ``regex`` a regular expression search
+        (Python's ``re`` on SQLite, the ``~`` operator on PostgreSQL: the common syntax is the
+        same); timestamps bounds are exclusive.
 
         Raises:
             InvalidArgumentError: Both ``head`` and ``tail`` given, or a negative one.
@@ -1834,6 +1818,9 @@ class SQLStore(Store):
                 else func.strpos(lg.message, q.search)
             )
             conds.append(finder > 0)
+        if q.regex:
+            check_regex(q.regex)
+            conds.append(lg.message.regexp_match(q.regex))
         if q.levels:
             conds.append(lg.level.in_(list(q.levels)))
         if q.ranks:
@@ -1851,9 +1838,16 @@ class SQLStore(Store):
             stmt = stmt.order_by(lg.id)
             if q.head is not None:
                 stmt = stmt.limit(q.head)
-        with self._read() as conn:
-            self._need_trial(conn, q.trial_id)
-            out = [_to_log(r) for r in conn.execute(stmt)]
+        try:
+            with self._read() as conn:
+                self._need_trial(conn, q.trial_id)
+                out = [_to_log(r) for r in conn.execute(stmt)]
+        except DBAPIError as e:
+            if q.regex and not self._sqlite:  # Python's syntax, not PostgreSQL's
+                raise InvalidArgumentError(
+                    f"regex: PostgreSQL cannot use {q.regex!r} ({e.orig})"
+                ) from None
+            raise
         if q.tail is not None:
             out.reverse()
         return out

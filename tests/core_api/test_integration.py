@@ -325,7 +325,7 @@ def test_best_validation_and_early_exit(stubs: Stubs, model_dir: pathlib.Path) -
     state = stubs.wait_exp(exp.id, "COMPLETED", "ERROR", timeout=120)
     trial = stubs.trials_of(exp.id)[0]  # the searcher may try a replacement trial
     assert "best before: None" in logs(stubs, trial.id), logs(stubs, trial.id)
-    assert trial.exit_reason == "INVALID_HP", (state, trial)
+    assert trial.exit_reason == "the trial reported invalid hyperparameters (INVALID_HP)", state
 
 
 @pytest.mark.parametrize("script", ["3_searcher.py", "5_distributed.py"])

@@ -183,4 +183,5 @@ def test_early_exit_and_best_validation(cluster_trial: Make, wire: Wire) -> None
     assert steps(t, "training") == [3]
     t.release()
     assert t.wait_settled() == "COMPLETED"
-    assert t.trial().exit_reason == "INVALID_HP"  # recorded when its process exited
+    # Recorded, in words, when its process exited.
+    assert t.trial().exit_reason == "the trial reported invalid hyperparameters (INVALID_HP)"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
+import json
 import pathlib
 from collections.abc import Callable
 
@@ -10,6 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+import determined_sdk
 from determined_sdk import Determined, Experiment
 from determined_sdk.cli import cli
 from master_server.app import Master
@@ -136,3 +140,124 @@ def test_workspace_project_model_commands(
     assert r.exit_code == 1 and r.stderr.startswith("Error")  # the default one stays
     assert run("workspace", "delete", "cli-ws", "--yes").exit_code == 0
     assert "cli-ws" not in [w.name for w in det.list_workspaces()]
+
+
+def test_scriptable_output(
+    run: Callable[..., Result], finished: Experiment, det: Determined, tmp_path: pathlib.Path
+) -> None:
+    r = run("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"detsdk {determined_sdk.__version__}"
+
+    # --json keeps values typed; the short aliases and `ls` reach the same commands.
+    r = run("e", "ls", "--json")
+    assert r.exit_code == 0, r.output
+    exps = json.loads(r.stdout)
+    assert finished.id in [e["id"] for e in exps]
+    r = run("experiment", "list", "--csv", "--state", "completed")  # any case
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader(io.StringIO(r.stdout)))
+    assert rows[0][:3] == ["id", "name", "state"]
+    assert {row[2] for row in rows[1:]} == {"COMPLETED"}
+    r = run("experiment", "list", "--state", "finished")
+    assert r.exit_code == 1 and "--state" in r.stderr and "COMPLETED" in r.stderr
+    r = run("e", "ls", "--json", "--csv")
+    assert r.exit_code == 2 and "--json" in r.output
+
+    trials = finished.list_trials()
+    r = run("e", "list-trials", str(finished.id), "--json")
+    assert r.exit_code == 0, r.output
+    assert [t["id"] for t in json.loads(r.stdout)] == [t.id for t in trials]
+    assert run("e", "list-trials", str(finished.id), "--state", "running").stdout.count("\n") == 1
+
+    tid = trials[0].id
+    r = run("t", "describe", str(tid), "--metrics", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["id"] == tid and len(d["checkpoints"]) == 3
+    assert [(m["group"], m["steps"]) for m in d["metrics"]][:2] == [
+        ("training", 10),
+        ("validation", 10),
+    ]
+    assert d["metrics"][1]["accuracy"] == pytest.approx(
+        next(trials[0].iter_metrics("validation")).metrics["accuracy"]
+    )
+
+    # Piped: plain columns, nothing cut (a uuid is whole, the value `download` needs).
+    r = CliRunner().invoke(
+        cli,
+        ["-m", det._session.master, "checkpoint", "list", str(finished.id)],
+        env={"COLUMNS": "60"},
+    )
+    assert r.exit_code == 0, r.output
+    for ck in finished.list_checkpoints():
+        assert ck.uuid in r.stdout
+    assert "…" not in r.stdout
+
+    r = run("trial", "logs", str(tid), "--regex", r"^step [0-9] loss=0\.", "--raw")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 6, r.output
+    r = run("trial", "logs", str(tid), "--regex", "(")
+    assert r.exit_code == 1 and "regex" in r.stderr
+
+    r = run("experiment", "wait", str(finished.id))
+    assert r.exit_code == 0 and r.stdout.strip() == "COMPLETED"
+    assert f"experiment {finished.id}: COMPLETED, 100% done, 2 trials" in r.stderr
+
+
+def test_uuid_prefixes_ls_and_cp(
+    run: Callable[..., Result], finished: Experiment, det: Determined, tmp_path: pathlib.Path
+) -> None:
+    trial = finished.list_trials()[0]
+    ck = det.get_checkpoint(trial.latest_checkpoint_uuid or "")
+    r = run("checkpoint", "describe", ck.uuid[:8], "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["uuid"] == ck.uuid
+    assert det.get_checkpoint(ck.uuid[:8]).uuid == ck.uuid  # the SDK takes prefixes too
+    r = run("checkpoint", "describe", "zzzz")
+    assert r.exit_code == 1 and "zzzz" in r.stderr
+    all_uuids = [c.uuid for c in finished.list_checkpoints()]
+    shared = next(
+        a[:n]
+        for n in range(4, 0, -1)
+        for a in all_uuids
+        if sum(b.startswith(a[:n]) for b in all_uuids) > 1
+    )
+    r = run("checkpoint", "describe", shared)
+    assert r.exit_code == 1 and ("several" in r.stderr or "not found" in r.stderr)
+
+    r = run("ls", f"trials/{trial.id}")
+    assert r.exit_code == 0, r.output
+    assert f"{ck.uuid} (latest)" in r.stdout and r.stdout.count("\n") == 4
+    r = run("ls", f"trials/{trial.id}/latest", "--json")
+    assert r.exit_code == 0, r.output
+    assert {f["path"] for f in json.loads(r.stdout)} == {"model.bin", "sub/state.json", "empty.txt"}
+    r = run("ls", f"checkpoints/{ck.uuid[:8]}/sub")
+    assert r.exit_code == 0 and "sub/state.json" in r.stdout and "model.bin" not in r.stdout
+
+    r = run("cp", f"trials/{trial.id}/latest/model.bin", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "model.bin").stat().st_size == 3000
+    r = run("cp", f"checkpoints/{ck.uuid[:8]}/sub/state.json", str(tmp_path / "s.json"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s.json").read_text()) == {"step": 6}
+    r = run("cp", f"trials/{trial.id}/best", str(tmp_path / "whole"))
+    assert r.exit_code == 0 and (tmp_path / "whole" / "sub" / "state.json").exists()
+
+    for bad, words in (
+        (f"trials/{trial.id}/latest/nope.bin", "nope.bin"),
+        ("trials/x/latest", "trial id"),
+        ("nothing/here", "names no checkpoint"),
+        ("trials/99999/latest", "99999"),
+    ):
+        r = run("cp", bad, str(tmp_path))
+        assert r.exit_code == 1 and words in r.stderr, (bad, r.output)
+
+
+def test_experiment_wait_progress_line(
+    finished: Experiment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert finished.wait(interval=0.1, progress=True).value == "COMPLETED"
+    assert capsys.readouterr().err == (
+        f"experiment {finished.id}: COMPLETED, 100% done, 2 trials (0s)\n"
+    )
+    finished.wait(interval=0.1)  # stderr is no terminal here: quiet by default
+    assert capsys.readouterr().err == ""

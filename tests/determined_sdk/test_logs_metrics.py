@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import threading
 from collections.abc import Callable
 
@@ -13,10 +14,12 @@ from determined_sdk import (
     Experiment,
     InvalidArgumentError,
     LogLevel,
+    LogLine,
     NotFoundError,
     Trial,
     TrialState,
 )
+from determined_sdk.proto import trial_pb2
 
 
 def test_follow_yields_exactly_a_later_full_read(
@@ -98,6 +101,12 @@ def test_log_bad_args(finished: Experiment, det: Determined) -> None:
         trial.logs(levels=["LOUD"])
     with pytest.raises(InvalidArgumentError, match="timestamp_after"):
         trial.logs(timestamp_after=-1)
+    pattern = r"^step [0-9]+ loss="
+    steps = [str(x) for x in trial.logs(regex=pattern)]
+    assert steps and steps == [str(x) for x in trial.logs() if re.match(pattern, str(x))]
+    assert list(trial.logs(regex="^no such line$")) == []
+    with pytest.raises(InvalidArgumentError, match="regex"):
+        trial.logs(regex="(unclosed")
     with pytest.raises(NotFoundError, match="31337"):
         list(Trial(31337, det).logs())
 
@@ -123,6 +132,56 @@ def test_iter_metrics(finished: Experiment, det: Determined) -> None:
         det.iter_trials_metrics([0])
 
 
+def test_iter_metrics_filters(finished: Experiment, det: Determined) -> None:
+    t1, t2 = finished.list_trials()
+    acc = list(t1.iter_metrics(names=["accuracy"]))
+    assert [(m.group, m.steps_completed) for m in acc] == [
+        ("validation", s) for s in range(10, 70, 10)
+    ]
+    assert all(list(m.metrics) == ["accuracy"] for m in acc)
+    ranged = list(t1.iter_metrics("training", min_steps=20, max_steps=40))
+    assert [m.steps_completed for m in ranged] == [20, 30, 40]
+    full = {(m.group, m.steps_completed): m.metrics for m in t1.iter_metrics()}
+    assert all(full[(m.group, m.steps_completed)] == m.metrics for m in ranged)
+    both = list(det.iter_trials_metrics([t2.id, t1.id], "validation", names=["loss"], max_steps=10))
+    assert [(m.trial_id, m.steps_completed) for m in both] == [(t1.id, 10), (t2.id, 10)]
+    with pytest.raises(InvalidArgumentError, match="min_steps"):
+        t1.iter_metrics(min_steps=-1)
+    with pytest.raises(InvalidArgumentError, match="names"):
+        t1.iter_metrics(names=[3])  # type: ignore[list-item]
+    with pytest.raises(InvalidArgumentError, match="names"):
+        list(t1.iter_metrics(names=[""]))
+    with pytest.raises(InvalidArgumentError, match="min_steps"):
+        list(t1.iter_metrics(min_steps=5, max_steps=4))
+    # The RPC itself: columnar pages or (for older clients) points, and a bounded page size.
+    req = trial_pb2.StreamMetricsRequest(trial_ids=[t1.id], group="validation", page_size=4)
+    old = [p for page in det._session.stream_metrics(req) for p in page.points]
+    assert [p.steps_completed for p in old] == [10, 20, 30, 40, 50, 60]
+    req.columnar = True
+    pages = list(det._session.stream_metrics(req))
+    assert [len(p.columns.steps_completed) for p in pages] == [4, 2] and not pages[0].points
+    req.page_size = 100_001
+    with pytest.raises(InvalidArgumentError, match="page_size"):
+        list(det._session.stream_metrics(req))
+
+
+def test_iter_metrics_follow_until_the_trial_ends(
+    det: Determined, make_experiment: Callable[..., Experiment]
+) -> None:
+    exp = make_experiment(name="follow-metrics", hyperparameters={"steps": 8, "sleep": 0.1})
+    trial = exp.await_first_trial(timeout=60)
+    followed = list(trial.iter_metrics("validation", follow=True))  # returns when it ends
+    trial.reload()
+    assert trial.state.is_terminal
+    assert [m.steps_completed for m in followed] == list(range(10, 90, 10))
+    assert followed == list(Trial(trial.id, det).iter_metrics("validation"))
+    # Following a trial that has already ended yields what is stored, then stops.
+    assert list(trial.iter_metrics("validation", follow=True)) == followed
+    with pytest.raises(NotFoundError, match="8888"):
+        list(Trial(8888, det).iter_metrics(follow=True))
+    exp.wait(interval=0.1, timeout=60)
+
+
 def test_kill_trial(make_experiment: Callable[..., Experiment], det: Determined) -> None:
     exp = make_experiment(name="kill-trial", hyperparameters={"steps": 1000, "sleep": 0.05})
     trial = exp.await_first_trial(timeout=60)
@@ -132,3 +191,16 @@ def test_kill_trial(make_experiment: Callable[..., Experiment], det: Determined)
     assert exp.wait(interval=0.1, timeout=60).is_terminal
     trial.reload()
     assert trial.state is TrialState.CANCELED
+
+
+def test_log_line_format_prints_the_level_once() -> None:
+    def line(message: str, level: LogLevel) -> LogLine:
+        return LogLine(1, 1, 0.0, 0, "stdout", level, message, 1)
+
+    own = line("INFO: [12] train: hello", LogLevel.INFO).format()
+    assert own.endswith("[rank=0] INFO     [12] train: hello"), own
+    plain = line("hello", LogLevel.INFO).format()
+    assert plain.endswith("[rank=0] INFO     hello"), plain
+    # A message whose prefix is not its level keeps its text.
+    odd = line("DEBUG: x", LogLevel.ERROR).format()
+    assert odd.endswith("ERROR    DEBUG: x"), odd

@@ -70,11 +70,24 @@ def test_logs_are_captured_with_stream_rank_and_level(
     master: Master, stubs: Stubs, tmp_path: pathlib.Path
 ) -> None:
     body = """
-        import sys
+        import logging, sys
+        import core_api
         for i in range(50):
             print(f"line {i}")
         print("WARNING something odd", file=sys.stderr)
         print("ERROR it broke", file=sys.stderr)
+        sys.stderr.flush()
+        logging.basicConfig(format=core_api.LOG_FORMAT, level=logging.DEBUG, stream=sys.stdout)
+        logging.getLogger("train").debug("a detail")
+        logging.getLogger("train").warning("loss is %s", "nan")
+        sys.stdout.flush()
+        print("no level here, on stderr", file=sys.stderr)
+        try:
+            raise ValueError("bad value")
+        except ValueError:
+            import traceback
+            traceback.print_exc()
+        print("after the traceback", file=sys.stderr)
     """
     exp = stubs.create(single_config("python main.py"), _ok_dir(tmp_path, body))
     stubs.wait_exp(exp.id, "COMPLETED")
@@ -86,19 +99,36 @@ def test_logs_are_captured_with_stream_rank_and_level(
 
     lines = read()
     stdout = [x.message for x in lines if x.stream == "stdout"]
-    assert stdout == [f"line {i}" for i in range(50)]
-    err = {x.message: x.level for x in lines if x.stream == "stderr"}
-    assert err == {
-        "WARNING something odd": logs_pb2.LOG_LEVEL_WARNING,
-        "ERROR it broke": logs_pb2.LOG_LEVEL_ERROR,
-    }
+    pid = stdout[50].split("[")[1].split("]")[0]
+    assert stdout == [f"line {i}" for i in range(50)] + [
+        f"DEBUG: [{pid}] train: a detail",
+        f"WARNING: [{pid}] train: loss is nan",
+    ]
+    levels = {x.message: x.level for x in lines}
+    assert levels[stdout[0]] == logs_pb2.LOG_LEVEL_INFO
+    assert levels[stdout[50]] == logs_pb2.LOG_LEVEL_DEBUG
+    assert levels[stdout[51]] == logs_pb2.LOG_LEVEL_WARNING
+    err = [(x.message, x.level) for x in lines if x.stream == "stderr"]
+    assert err[:3] == [
+        ("WARNING something odd", logs_pb2.LOG_LEVEL_WARNING),
+        ("ERROR it broke", logs_pb2.LOG_LEVEL_ERROR),
+        ("no level here, on stderr", logs_pb2.LOG_LEVEL_INFO),  # the stream is no level
+    ]
+    tb = err[3:-1]
+    assert tb[0][0] == "Traceback (most recent call last):"
+    assert tb[-1][0] == "ValueError: bad value"
+    assert {lv for _, lv in tb} == {logs_pb2.LOG_LEVEL_ERROR}  # the whole traceback
+    assert err[-1] == ("after the traceback", logs_pb2.LOG_LEVEL_INFO)
     assert all(x.rank == 0 and x.timestamp > 0 and x.run_id == 1 for x in lines)
     # stdout and stderr are separate pipes: order is defined within a stream, not across them.
     assert [x.message for x in read(head=2, streams=["stdout"])] == ["line 0", "line 1"]
-    assert [x.message for x in read(tail=1, streams=["stderr"])] == ["ERROR it broke"]
-    assert [x.message for x in read(tail=1, streams=["stdout"])] == ["line 49"]
+    assert [x.message for x in read(tail=1, streams=["stderr"])] == ["after the traceback"]
+    assert [x.message for x in read(tail=1, streams=["stdout"])] == [stdout[-1]]
     assert [x.message for x in read(search="line 4")][:2] == ["line 4", "line 40"]
-    assert [x.message for x in read(levels=[logs_pb2.LOG_LEVEL_ERROR])] == ["ERROR it broke"]
+    errors = [x.message for x in read(levels=[logs_pb2.LOG_LEVEL_ERROR])]
+    assert errors == ["ERROR it broke"] + [m for m, _ in tb]
+    assert [x.message for x in read(regex=r"^line [0-9]$")] == [f"line {i}" for i in range(10)]
+    assert [x.message for x in read(regex=r"(?i)VALUE(Error)?:")] == ["ValueError: bad value"]
     followed = [x.message for x in read(follow=True)]
     assert followed == [x.message for x in lines]
     run_dir = master.data_dir / "runs" / f"trial-{trial.id}" / "run-1"
@@ -202,7 +232,8 @@ def test_gang_fails_together_when_one_rank_fails(
     exp = stubs.create(single_config("python main.py", resources={"slots_per_trial": 2}), md)
     assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR", timeout=60) == "ERROR"
     (t,) = stubs.trials_of(exp.id)
-    assert trial_state(t) == "ERROR" and "5" in t.exit_reason
+    assert trial_state(t) == "ERROR"
+    assert t.exit_reason == "crashed with exit code 5; no restarts allowed (max_restarts: 0)"
     stubs.channel.close()
 
 
@@ -220,11 +251,14 @@ def test_crash_restarts_up_to_max_restarts(stubs: Stubs, tmp_path: pathlib.Path)
     assert stubs.wait_exp(ok.id, "COMPLETED", "ERROR") == "COMPLETED"
     (t,) = stubs.trials_of(ok.id)
     assert t.restarts == 2 and t.run_id == 3 and trial_state(t) == "COMPLETED"
+    # Not the exit code of an earlier crash: why it ended, this time.
+    assert t.exit_reason == "finished training after 2 restarts", t.exit_reason
 
     bad = stubs.create(single_config("python main.py", max_restarts=1), md)
     assert stubs.wait_exp(bad.id, "COMPLETED", "ERROR") == "ERROR"
     (t,) = stubs.trials_of(bad.id)
     assert t.restarts == 1 and trial_state(t) == "ERROR"
+    assert t.exit_reason == "crashed with exit code 1; no restarts left, 1 used", t.exit_reason
 
 
 def test_restart_resumes_from_latest_checkpoint(stubs: Stubs, tmp_path: pathlib.Path) -> None:

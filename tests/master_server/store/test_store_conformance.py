@@ -34,6 +34,7 @@ from master_server.domain import (
     LogLine,
     LogQuery,
     MetricPoint,
+    MetricQuery,
     MetricReport,
     NewExperiment,
     Trial,
@@ -850,6 +851,78 @@ def test_iter_metrics_is_lazy(store: SQLStore) -> None:
         next(store.iter_metrics([trial.id], page_size=0))
 
 
+def test_read_metrics_columns_filters_and_follow_positions(store: SQLStore) -> None:
+    exp = new_exp(store)
+    t1 = new_trial(store, exp.id, "r1")
+    t2 = new_trial(store, exp.id, "r2")
+    assert store.last_metric_id() == 0
+    store.add_metrics(
+        t1.id,
+        "b1",
+        [rep("training", s, loss=float(s), acc=s / 10) for s in range(10)]
+        + [rep("validation", 5, loss=0.5, nan=math.nan), rep("user", 3, other=1.0)],
+    )
+    store.add_metrics(t2.id, "b1", [rep("training", s, loss=-float(s)) for s in range(3)])
+
+    pages = list(store.read_metrics(MetricQuery((t2.id, t1.id), page_size=5)))
+    assert [len(p) for p in pages] == [5, 5, 5]
+    assert pages[0].trial_ids == [t1.id] and pages[0].trial_counts == [5]
+    assert pages[2].trial_ids == [t1.id, t2.id] and pages[2].trial_counts == [2, 3]
+    points = [p for page in pages for p in page.points()]
+    assert points == all_points(store, [t1.id, t2.id])
+    assert [p.group[0] for p in points[:8]] == list("ttttuttv")
+    val = next(p for p in points if p.group == "validation")
+    assert val.metrics["loss"] == 0.5 and math.isnan(val.metrics["nan"])
+
+    # Names: points without any are left out, the others keep only those names.
+    named = [
+        p
+        for page in store.read_metrics(MetricQuery((t1.id,), names=("acc", "nan")))
+        for p in page.points()
+    ]
+    assert [(p.group, p.steps_completed, sorted(p.metrics)) for p in named][5:8] == [
+        ("training", 5, ["acc"]),
+        ("validation", 5, ["nan"]),
+        ("training", 6, ["acc"]),
+    ]
+    assert len(named) == 11
+    # Steps range (inclusive) with a group.
+    ranged = [
+        (p.group, p.steps_completed)
+        for page in store.read_metrics(
+            MetricQuery((t1.id,), group="training", min_steps=4, max_steps=6)
+        )
+        for p in page.points()
+    ]
+    assert ranged == [("training", 4), ("training", 5), ("training", 6)]
+
+    # Follow positions: only what was stored after each trial's last seen id.
+    upto = store.last_metric_id()
+    assert upto > 0
+    backlog = list(store.read_metrics(MetricQuery((t1.id, t2.id), until_id=upto)))
+    seen = dict(zip(backlog[0].trial_ids, backlog[0].last_ids, strict=True))
+    assert seen[t2.id] == upto and seen[t1.id] < upto
+    store.add_metrics(t2.id, "b2", [rep("training", 1, loss=9.0)])
+    store.add_metrics(t1.id, "b2", [rep("validation", 0, loss=8.0)])
+    assert sum(len(p) for p in store.read_metrics(MetricQuery((t1.id,), until_id=upto))) == 12
+    new = [
+        (p.trial_id, p.steps_completed, p.metrics["loss"])
+        for page in store.read_metrics(MetricQuery((t1.id, t2.id), after_ids=tuple(seen.items())))
+        for p in page.points()
+    ]
+    assert new == [(t1.id, 0, 8.0), (t2.id, 1, 9.0)]
+
+    for bad, field in (
+        (MetricQuery((t1.id,), page_size=0), "page_size"),
+        (MetricQuery((t1.id,), names=("",)), "names"),
+        (MetricQuery((t1.id,), min_steps=5, max_steps=4), "min_steps"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=field):
+            next(store.read_metrics(bad))
+    with pytest.raises(NotFoundError, match="trial 4242 not found"):
+        next(store.read_metrics(MetricQuery((t1.id, 4242))))
+
+
 def test_concurrent_add_metrics(store: SQLStore) -> None:
     exp = new_exp(store)
     trial = new_trial(store, exp.id)
@@ -1116,6 +1189,11 @@ def test_logs(store: SQLStore) -> None:
 
     assert run(search="loss") == ["warning: loss spiked", "loss is 0.1"]  # case-sensitive
     assert run(search="100%") == ["100% done"]
+    assert run(regex=r"^[Ll]oss is 0\.[0-9]$") == ["Loss is 0.5", "loss is 0.1"]
+    assert run(regex=r"(?i)LOSS", tail=1) == ["loss is 0.1"]
+    assert run(regex="[0-9]+% done", levels=("ERROR",)) == ["100% done"]
+    with pytest.raises(InvalidArgumentError, match="regex"):
+        run(regex="(unclosed")
     assert run(levels=("WARNING", "ERROR")) == ["warning: loss spiked", "100% done"]
     assert run(ranks=(1,)) == ["Loss is 0.5", "loss is 0.1"]
     assert run(streams=("stderr",)) == ["warning: loss spiked", "100% done"]
@@ -1374,3 +1452,17 @@ def test_a_retried_log_batch_is_stored_once(store: Store) -> None:
     assert store.add_logs(lines[:1]) is True  # no batch id: always stored
     got = [x.message for x in store.query_logs(LogQuery(trial_id=trial.id))]
     assert got == ["l0", "l1", "l2", "l0"]
+
+
+def test_checkpoint_uuids_starting(store: SQLStore) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    for u in ("abcd-1", "abcd-2", "abce-3", "a%c_-4"):
+        store.add_checkpoint(ckpt(u, trial, 1))
+    assert store.checkpoint_uuids_starting("abcd", 5) == ["abcd-1", "abcd-2"]
+    assert store.checkpoint_uuids_starting("abc", 1) == ["abcd-1"]
+    assert store.checkpoint_uuids_starting("abce-3", 5) == ["abce-3"]
+    # LIKE's wildcards in a prefix are plain characters.
+    assert store.checkpoint_uuids_starting("a%", 5) == ["a%c_-4"]
+    assert store.checkpoint_uuids_starting("a_", 5) == []
+    assert store.checkpoint_uuids_starting("zz", 5) == []

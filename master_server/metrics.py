@@ -1,0 +1,178 @@
+"""Trial metrics: storing reported batches and reading points back, once or following live
+trials.
+
+This is the one read path for every transport: the gRPC ``StreamMetrics`` servicer and the
+HTTP API call :meth:`MetricService.read` and forward the pages (:class:`MetricColumns`) it
+yields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Sequence
+
+from determined_sdk.errors import InvalidArgumentError
+from master_server.domain import (
+    TERMINAL_TRIAL_STATES,
+    MetricColumns,
+    MetricQuery,
+    MetricReport,
+)
+from master_server.store.base import Store
+
+DEFAULT_PAGE_SIZE = 10_000
+MAX_PAGE_SIZE = 100_000
+
+
+class MetricService:
+    """Stores metric batches and wakes followers when new points arrive.
+
+    Args:
+        store: The master's store.
+        follow_poll_s: How often a follower re-checks whether its trials have ended when no
+            new points arrive (new points wake it at once).
+    """
+
+    def __init__(self, store: Store, *, follow_poll_s: float = 0.5) -> None:
+        self.store = store
+        self._cond = threading.Condition()
+        self._version = 0
+        self._closed = False
+        self._poll_s = follow_poll_s
+
+    def add(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> bool:
+        """Store one batch (see :meth:`Store.add_metrics`) and wake followers.
+
+        Returns:
+            False if the batch id was already stored for this trial.
+        """
+        stored = self.store.add_metrics(trial_id, batch_id, reports)
+        if stored:
+            self.notify()
+        return stored
+
+    def notify(self) -> None:
+        """Wake followers (new points may have been stored)."""
+        with self._cond:
+            self._version += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """End every follow (the master is stopping)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def read(
+        self,
+        trial_ids: Sequence[int],
+        *,
+        group: str | None = None,
+        names: Sequence[str] = (),
+        min_steps: int | None = None,
+        max_steps: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        follow: bool = False,
+        include_superseded: bool = False,
+    ) -> Iterator[MetricColumns]:
+        """Pages of the points of ``trial_ids``, as columns, in (trial, steps) order.
+
+        Args:
+            trial_ids: The trials (at least one; each must exist).
+            group: Only this group (None: every group).
+            names: Only these metrics; points with none of them are left out.
+            min_steps: Only points with ``steps_completed >= min_steps``.
+            max_steps: Only points with ``steps_completed <= max_steps``.
+            page_size: Points per page, 1 to 100,000.
+            follow: After the stored points, keep yielding new ones (in the order they are
+                stored) until every trial is in a terminal state.
+            include_superseded: Also reports that a restart from an earlier checkpoint
+                superseded (see :meth:`Store.supersede_metrics`).
+
+        Raises:
+            InvalidArgumentError: No trials, a bad page size, name or steps range.
+            NotFoundError: A trial does not exist.
+        """
+        q = self.query(
+            trial_ids,
+            group=group,
+            names=names,
+            min_steps=min_steps,
+            max_steps=max_steps,
+            page_size=page_size,
+        )
+        q = dataclasses.replace(q, include_superseded=include_superseded)
+        for tid in q.trial_ids:
+            self.store.get_trial(tid)  # NotFound before the stream starts
+        return self._read(q, follow)
+
+    @staticmethod
+    def query(
+        trial_ids: Sequence[int],
+        *,
+        group: str | None = None,
+        names: Sequence[str] = (),
+        min_steps: int | None = None,
+        max_steps: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> MetricQuery:
+        """A checked :class:`MetricQuery` (the errors name the argument at fault)."""
+        ids = tuple(trial_ids)
+        if not ids:
+            raise InvalidArgumentError("trial_ids: give at least one trial id")
+        for i, t in enumerate(ids):
+            if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+                raise InvalidArgumentError(f"trial_ids[{i}]: must be a trial id, got {t!r}")
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgumentError(
+                f"page_size: must be between 1 and {MAX_PAGE_SIZE:,}, got {page_size}"
+            )
+        if group == "":
+            group = None
+        for i, n in enumerate(names):
+            if not isinstance(n, str) or not n:
+                raise InvalidArgumentError(f"names[{i}]: must be a non-empty string, got {n!r}")
+        for field, v in (("min_steps", min_steps), ("max_steps", max_steps)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise InvalidArgumentError(f"{field}: must be an int >= 0, got {v!r}")
+        if min_steps is not None and max_steps is not None and min_steps > max_steps:
+            raise InvalidArgumentError(
+                f"min_steps ({min_steps}) must not be greater than max_steps ({max_steps})"
+            )
+        return MetricQuery(
+            ids,
+            group=group,
+            names=tuple(dict.fromkeys(names)),
+            min_steps=min_steps,
+            max_steps=max_steps,
+            page_size=page_size,
+        )
+
+    def _read(self, q: MetricQuery, follow: bool) -> Iterator[MetricColumns]:
+        if not follow:
+            yield from self.store.read_metrics(q)
+            return
+        # The backlog in (trial, steps) order up to the last stored point; then whatever is
+        # stored after it, page by page, until every trial has ended.
+        upto = self.store.last_metric_id()
+        after = dict.fromkeys(q.trial_ids, upto)
+        yield from self.store.read_metrics(dataclasses.replace(q, until_id=upto))
+        while True:
+            with self._cond:
+                version = self._version
+            live = [t for t in after if self.store.get_trial(t).state not in TERMINAL_TRIAL_STATES]
+            page_q = dataclasses.replace(q, trial_ids=tuple(after), after_ids=tuple(after.items()))
+            for page in self.store.read_metrics(page_q):
+                for t, last in zip(page.trial_ids, page.last_ids, strict=True):
+                    after[t] = max(after[t], last)
+                yield page
+            # A trial that had ended before this read has nothing more to give.
+            after = {t: after[t] for t in live}
+            if not after:
+                return
+            with self._cond:
+                if self._closed:
+                    return
+                if self._version == version:
+                    self._cond.wait(timeout=self._poll_s)
