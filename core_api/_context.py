@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import atexit
+import enum
 import functools
 import json
 import logging
@@ -34,6 +35,17 @@ from determined_sdk import errors
 from determined_sdk.proto import experiment_pb2, master_pb2, trial_pb2
 
 logger = logging.getLogger(__name__)
+
+
+class TensorboardMode(enum.Enum):
+    """Determined's choice of who uploads TensorBoard files.
+
+    Accepted for compatibility: this platform keeps metrics in its own store and has no
+    TensorBoard upload, so both modes behave the same.
+    """
+
+    AUTO = "AUTO"
+    MANUAL = "MANUAL"
 
 
 class Context:
@@ -158,6 +170,8 @@ def init(
     distributed: DistributedContext | None = None,
     checkpoint_storage: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     preempt_mode: PreemptMode = PreemptMode.WorkersAskChief,
+    tensorboard_mode: TensorboardMode = TensorboardMode.AUTO,
+    async_checkpointing: bool = True,
     master: str | None = None,
     experiment_name: str | None = None,
     hparams: Mapping[str, Any] | None = None,
@@ -172,6 +186,9 @@ def init(
             checkpoints in. On-cluster the trial's configured storage is used unless given;
             off-cluster the default is ``./checkpoints``.
         preempt_mode: see :class:`PreemptMode`.
+        tensorboard_mode: Determined's argument, accepted; see :class:`TensorboardMode`.
+        async_checkpointing: Determined's argument, accepted; uploads here are synchronous
+            (checkpoints are written straight to their storage).
         master: ``host:port`` of a master, to record a run outside the cluster as an
             unmanaged trial (default ``$DET_MASTER``; ignored on-cluster).
         experiment_name: the unmanaged experiment's name (default: the script's name).
@@ -183,6 +200,13 @@ def init(
         The context; use it as a context manager or call ``close()``.
     """
     dist = distributed if distributed is not None else DistributedContext.single()
+    if not isinstance(preempt_mode, PreemptMode):
+        raise ValueError(f"preempt_mode must be a core_api.PreemptMode, got {preempt_mode!r}")
+    if not isinstance(tensorboard_mode, TensorboardMode):
+        raise ValueError(
+            f"tensorboard_mode must be a core_api.TensorboardMode, got {tensorboard_mode!r}"
+        )
+    del async_checkpointing
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0:
         raise ValueError(f"max_length must be an int >= 0, got {max_length!r}")
 
