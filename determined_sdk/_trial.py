@@ -70,21 +70,30 @@ class LogLine:
 
 @dataclass(frozen=True, slots=True)
 class TrialMetrics:
-    """One metric report of a trial.
+    """One metric report of a trial, shaped as Determined's.
 
     Attributes:
         trial_id: The trial.
-        group: ``"training"``, ``"validation"`` or a user group.
+        trial_run_id: The run of the trial (1 + restarts) that reported it.
         steps_completed: Training steps done at the report.
+        end_time: When it was reported (the trial's clock), timezone-aware UTC.
         metrics: Metric name -> value.
-        timestamp: Unix seconds, the trial's clock.
+        group: ``"training"``, ``"validation"`` or a user group.
+        batch_metrics: Per-batch metrics (Determined's; never set here).
     """
 
     trial_id: int
-    group: str
+    trial_run_id: int
     steps_completed: int
-    metrics: dict[str, float]
-    timestamp: float
+    end_time: datetime.datetime
+    metrics: dict[str, Any]
+    group: str
+    batch_metrics: list[dict[str, Any]] | None = None
+
+    @property
+    def timestamp(self) -> float:
+        """``end_time`` as unix seconds."""
+        return self.end_time.timestamp()
 
 
 def iter_metrics(
@@ -103,9 +112,33 @@ def iter_metrics(
 def _stream_metrics(
     session: Session, req: trial_pb2.StreamMetricsRequest
 ) -> Iterator[TrialMetrics]:
+    runs: dict[int, int] = {}  # the trial's current run, for points that do not name theirs
+
+    def run_of(trial_id: int) -> int:
+        if trial_id not in runs:
+            got = session.get_trial(trial_pb2.GetTrialRequest(trial_id=trial_id)).trial
+            runs[trial_id] = got.run_id or 1
+        return runs[trial_id]
+
+    utc = datetime.UTC
     for page in session.stream_metrics(req):
         for p in page.points:
-            yield TrialMetrics(p.trial_id, p.group, p.steps_completed, dict(p.metrics), p.timestamp)
+            # Masters that store each point's run send it; older ones do not.
+            run = int(getattr(p, "trial_run_id", 0) or 0) or run_of(p.trial_id)
+            yield TrialMetrics(
+                trial_id=p.trial_id,
+                trial_run_id=run,
+                steps_completed=p.steps_completed,
+                end_time=datetime.datetime.fromtimestamp(p.timestamp, tz=utc),
+                metrics=dict(p.metrics),
+                group=p.group,
+            )
+
+
+def _rank(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise errors.InvalidArgumentError(f"rank_ids: must be integers >= 0, got {value!r}")
+    return value
 
 
 def _timestamp(value: float | datetime.datetime | None, what: str) -> float:
@@ -251,6 +284,71 @@ class Trial(Resource[trial_pb2.Trial]):
         *,
         head: int | None = None,
         tail: int | None = None,
+        container_ids: Iterable[str] | None = None,
+        rank_ids: Iterable[int] | None = None,
+        stdtypes: Iterable[str] | None = None,
+        min_level: LogLevel | str | None = None,
+        timestamp_before: float | datetime.datetime | None = None,
+        timestamp_after: float | datetime.datetime | None = None,
+        search_text: str | None = None,
+    ) -> Iterator[str]:
+        """The trial's log lines as strings (each ending in a newline), oldest first, with
+        Determined's arguments. :meth:`iter_log_lines` gives structured lines.
+
+        With ``follow=True`` the iterator keeps streaming new lines as the trial writes them
+        and ends when the trial ends. The request is sent when iteration starts.
+
+        Args:
+            follow: Keep streaming until the trial ends.
+            head: Only the first N matching lines.
+            tail: Only the last N matching lines (with ``follow``: then the new ones).
+            container_ids: Accepted for Determined's signature; a local trial runs in one
+                container, so every line matches.
+            rank_ids: Only these process ranks.
+            stdtypes: Only these streams (``stdout``, ``stderr``, ``master``).
+            min_level: Only lines at this level or above (``LogLevel`` or a name).
+            timestamp_before: Only lines written before this time.
+            timestamp_after: Only lines written after this time.
+            search_text: Only lines containing this substring.
+
+        Returns:
+            An iterator of strings.
+
+        Raises:
+            InvalidArgumentError: Both ``head`` and ``tail``, a negative count, an unknown
+                level.
+            NotFoundError: The trial does not exist (raised on first ``next``).
+        """
+        str_list(container_ids, "container_ids")
+        levels = None
+        if min_level is not None:
+            floor = LogLevel._parse(min_level)
+            if floor is not LogLevel.UNSPECIFIED:
+                order = [lv for lv in LogLevel if lv is not LogLevel.UNSPECIFIED]
+                levels = order[order.index(floor) :]
+        lines = self.iter_log_lines(
+            follow,
+            head=head,
+            tail=tail,
+            search=search_text,
+            levels=levels,
+            timestamp_after=timestamp_after,
+            timestamp_before=timestamp_before,
+            ranks=rank_ids,
+            streams=stdtypes,
+        )
+        return (line.message + "\n" for line in lines)
+
+    def iter_logs(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        """Same as :meth:`logs` (Determined's other name for it)."""
+        return self.logs(*args, **kwargs)
+
+    def iter_log_lines(
+        self,
+        follow: bool = False,
+        *,
+        head: int | None = None,
+        tail: int | None = None,
         search: str | None = None,
         levels: Iterable[LogLevel | str] | None = None,
         timestamp_after: float | datetime.datetime | None = None,
@@ -258,7 +356,8 @@ class Trial(Resource[trial_pb2.Trial]):
         ranks: Iterable[int] | None = None,
         streams: Iterable[str] | None = None,
     ) -> Iterator[LogLine]:
-        """The trial's log lines, oldest first.
+        """The trial's log lines as :class:`LogLine` objects (rank, stream, level, time),
+        oldest first.
 
         With ``follow=True`` the iterator keeps streaming new lines as the trial writes them
         and ends when the trial ends; it yields exactly the lines a later full read yields.
@@ -294,7 +393,7 @@ class Trial(Resource[trial_pb2.Trial]):
             levels=[LogLevel._parse(lv)._to_proto() for lv in levels or ()],
             timestamp_after=_timestamp(timestamp_after, "timestamp_after"),
             timestamp_before=_timestamp(timestamp_before, "timestamp_before"),
-            ranks=list(ranks or ()),
+            ranks=[_rank(r) for r in ranks or ()],
             streams=str_list(streams, "streams"),
         )
         if head == 0 or tail == 0:
@@ -320,13 +419,18 @@ class Trial(Resource[trial_pb2.Trial]):
         """
         return iter_metrics(self._session, [self.id], group)
 
+    def stream_metrics(self, group: str | None = None) -> Iterator[TrialMetrics]:
+        """Deprecated (as in Determined): use :meth:`iter_metrics`."""
+        deprecated("Trial.stream_metrics()", "Trial.iter_metrics()")
+        return self.iter_metrics(group)
+
     def list_checkpoints(
         self,
         sort_by: str | CheckpointSortBy | None = None,
         order_by: OrderBy | None = None,
         max_results: int | None = None,
     ) -> list[Checkpoint]:
-        """This trial's checkpoints (every state but DELETED), sorted on the master.
+        """This trial's checkpoints (every state, DELETED included), sorted on the master.
 
         Args:
             sort_by: A :class:`CheckpointSortBy`, or a str naming a validation metric. None

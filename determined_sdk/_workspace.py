@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from determined_sdk import errors
-from determined_sdk._enums import ExperimentState, OrderBy
+from determined_sdk._enums import ExperimentSortBy, ExperimentState, OrderBy
 from determined_sdk._experiment import Experiment
 from determined_sdk._resource import Resource, SessionLike, check_id, str_list
 from determined_sdk._session import Session
@@ -25,13 +25,15 @@ def iter_experiments(
     labels: Iterable[str] | None = None,
     include_archived: bool = False,
     archived_only: bool = False,
-    sort_by: str = "id",
+    sort_by: str | ExperimentSortBy = "id",
     order_by: OrderBy | None = None,
     limit: int | None = None,
     page_size: int = EXPERIMENTS_PAGE_SIZE,
 ) -> Iterator[Experiment]:
     """Experiments matching the filters, fetched lazily a page at a time (see
     ``Determined.list_experiments`` for the arguments)."""
+    if isinstance(sort_by, ExperimentSortBy):
+        sort_by = sort_by.value
     if sort_by not in _EXPERIMENT_SORT_KEYS:
         raise errors.InvalidArgumentError(
             f"sort_by: must be one of {', '.join(_EXPERIMENT_SORT_KEYS)}, got {sort_by!r}"

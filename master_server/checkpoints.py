@@ -20,7 +20,7 @@ from master_server.experiments import ExperimentService
 from master_server.store.base import Store
 
 CHUNK = 1 << 20
-SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric")
+SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric", "state")
 
 
 class CheckpointService:
@@ -87,6 +87,9 @@ class CheckpointService:
         searcher = self.experiments.experiment_config(exp_id)["searcher"]
         smaller = bool(searcher.get("smaller_is_better", True))
         sort_by = sort_by or "report_time"
+        if sort_by == "searcher_metric" and not searcher.get("metric"):
+            # No searcher metric (an unmanaged run): the default order is by time.
+            sort_by = "report_time"
         if sort_by.startswith("metric:") or sort_by == "searcher_metric":
             name = (
                 sort_by.removeprefix("metric:")
@@ -112,6 +115,7 @@ class CheckpointService:
                 "trial_id": lambda c: (c.trial_id, c.steps_completed),
                 "steps_completed": lambda c: (c.steps_completed, c.report_time),
                 "report_time": lambda c: c.report_time,
+                "state": lambda c: (c.state.value, c.report_time),
             }
             ckpts.sort(key=key[sort_by], reverse=bool(descending))
         else:

@@ -30,6 +30,7 @@ from determined_sdk.errors import (
     InvalidArgumentError,
 )
 from determined_sdk.model_dir import check_archive
+from master_server import compat
 from master_server import config as config_mod
 from master_server.domain import (
     TERMINAL_EXPERIMENT_STATES,
@@ -189,19 +190,30 @@ class ExperimentService:
 
     # -- creation ----------------------------------------------------------------------------
     def create_experiment(
-        self, config_text: str, model_definition: bytes, *, activate: bool, project_id: int
+        self,
+        config_text: str,
+        model_definition: bytes,
+        *,
+        activate: bool,
+        project_id: int,
+        warnings: list[str] | None = None,
     ) -> Experiment:
-        """Validate and store a new experiment; start its search when ``activate``."""
+        """Validate and store a new experiment; start its search when ``activate``.
+
+        ``warnings`` (if given) receives what the user should be told about the config (keys
+        without effect, slots beyond capacity); each is logged too.
+        """
         if not config_text.strip():
             raise InvalidArgumentError("config: must not be empty")
         config = config_mod.validate_experiment_config(config_text)
         check_archive(model_definition, self.max_model_bytes)
         slots = int(config["resources"]["slots_per_trial"])
-        if slots > self.scheduler.total_slots:
-            raise InvalidArgumentError(
-                f"resources.slots_per_trial: {slots} is more than this master's "
-                f"{self.scheduler.total_slots} slots"
-            )
+        told = compat.creation_warnings(config, self.scheduler.total_slots)
+        for line in told:
+            logger.warning("experiment config: %s", line)
+        if warnings is not None:
+            warnings.extend(told)
+        compat.check_warm_start(self.store, config)
         searcher_cfg = config["searcher"]
         if searcher_cfg["name"] == "pbt":
             need = int(searcher_cfg["population_size"]) * slots
@@ -337,6 +349,8 @@ class ExperimentService:
             parent = rt.trials.get(action.checkpoint_from)
             if parent is not None:
                 warm = self.store.get_trial(parent.trial_id).latest_checkpoint_uuid
+        if warm is None:
+            warm = compat.warm_start_checkpoint(self.store, rt.config)
         trial = self.store.create_trial(
             rt.experiment_id,
             request_id=action.request_id,

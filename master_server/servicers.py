@@ -93,13 +93,17 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
 
     @rpc
     def CreateExperiment(self, request: Any, context: Any) -> Any:
+        warnings: list[str] = []
         exp = self.svc.create_experiment(
             request.config,
             request.model_definition,
             activate=request.activate,
             project_id=request.project_id,
+            warnings=warnings,
         )
-        return experiment_pb2.CreateExperimentResponse(experiment=convert.experiment_to_proto(exp))
+        return experiment_pb2.CreateExperimentResponse(
+            experiment=convert.experiment_to_proto(exp), warnings=warnings
+        )
 
     @rpc
     def CreateUnmanagedTrial(self, request: Any, context: Any) -> Any:

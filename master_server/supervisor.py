@@ -3,10 +3,11 @@
 It starts the entrypoint once per rank (``slots > 1``: one process per slot with the
 torch.distributed env:// variables, as torchrun would; an entrypoint that runs a launcher,
 ``-m core_api.launch.torch_distributed``, is started once and starts the ranks itself), writes
-each rank's stdout and stderr to files in the run directory, ships every line to the master's log store in batches, and when the
-ranks have exited reports the run's exit code to the master (retrying while the master is
-unreachable). If one rank fails, the others are stopped: a gang lives and dies together.
-SIGTERM is forwarded to the ranks; ranks still alive after the grace period are killed.
+each rank's stdout and stderr to files in the run directory, ships every line to the master's
+log store in batches, and when the ranks have exited reports the run's exit code to the master
+(retrying while the master is unreachable). If one rank fails, the others are stopped: a gang
+lives and dies together. SIGTERM is forwarded to the ranks; ranks still alive after the grace
+period are killed.
 """
 
 from __future__ import annotations
