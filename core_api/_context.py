@@ -28,6 +28,7 @@ from core_api._channel import MasterSession
 from core_api._checkpoint import CheckpointContext, SharedFSStorage
 from core_api._distributed import DistributedContext
 from core_api._info import ClusterInfo, TrialInfo, get_cluster_info
+from core_api._output import OutputCapture
 from core_api._preempt import PreemptContext, PreemptMode
 from core_api._searcher import SearcherContext
 from core_api._train import TrainContext
@@ -73,6 +74,7 @@ class Context:
         info: ClusterInfo | None,
         mode: str,
         session: MasterSession | None = None,
+        output: OutputCapture | None = None,
     ) -> None:
         self.train = train
         self.checkpoint = checkpoint
@@ -82,6 +84,7 @@ class Context:
         self.info = info
         self.mode = mode
         self._session = session
+        self._output = output
         self._closed = False
         # A script that never closes its context still gets its last reports stored.
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
@@ -129,6 +132,8 @@ class Context:
                 if self.mode == "unmanaged" and self.distributed.is_chief:
                     self._report_unmanaged_exit(1 if failed else 0)
             finally:
+                if self._output is not None:
+                    self._output.close()
                 if self._session is not None:
                     self._session.close()
                 self.distributed.close()
@@ -176,6 +181,7 @@ def init(
     experiment_name: str | None = None,
     hparams: Mapping[str, Any] | None = None,
     max_length: int = 1,
+    capture_output: bool = True,
 ) -> Context:
     """Build the :class:`Context` for this process.
 
@@ -195,6 +201,8 @@ def init(
         hparams: the unmanaged trial's hyperparameters (recorded on the master).
         max_length: the length of the single searcher op yielded without a master searcher
             (off-cluster and unmanaged).
+        capture_output: unmanaged only: also send what this process prints (stdout, stderr,
+            logging) to the trial's logs, as the supervisor does on the cluster.
 
     Returns:
         The context; use it as a context manager or call ``close()``.
@@ -222,6 +230,7 @@ def init(
             experiment_name,
             hparams,
             max_length,
+            capture_output,
         )
     return _init_off_cluster(dist, checkpoint_storage, max_length)
 
@@ -292,6 +301,7 @@ def _init_unmanaged(
     experiment_name: str | None,
     hparams: Mapping[str, Any] | None,
     max_length: int,
+    capture_output: bool,
 ) -> Context:
     session = MasterSession(address)
     try:
@@ -338,6 +348,11 @@ def _init_unmanaged(
         trial.experiment_id,
         session.address,
     )
+    output = (
+        OutputCapture(session, trial_id=trial.trial_id, run_id=trial.run_id, rank=dist.rank)
+        if capture_output
+        else None
+    )
     return Context(
         train=train,
         checkpoint=CheckpointContext(
@@ -350,6 +365,7 @@ def _init_unmanaged(
         info=info,
         mode="unmanaged",
         session=session,
+        output=output,
     )
 
 

@@ -426,6 +426,15 @@ class Determined:
             )
         return Workspace._from_proto(self._session.get_workspace(req).workspace, self._session)
 
+    def delete_workspace(self, workspace: str | int) -> None:
+        """Delete a workspace by name (or id), as Determined's ``delete_workspace``.
+
+        Raises:
+            FailedPreconditionError: It holds experiments or is the default workspace.
+            NotFoundError: No such workspace.
+        """
+        self.get_workspace(workspace).delete()
+
     def list_workspaces(self, name: str | None = None) -> list[Workspace]:
         """Workspaces, optionally only the one with that name.
 

@@ -181,17 +181,58 @@ class Project(Resource[workspace_pb2.Project]):
 class Workspace(Resource[workspace_pb2.Workspace]):
     """A workspace: a group of projects (the default one is ``"Uncategorized"``, id 1).
 
-    ``Workspace(workspace_id, session)`` builds a blank object without a request. Cached
-    attributes (refreshed by :meth:`reload`): ``name``, ``archived``, ``num_projects``.
+    ``Workspace(workspace_id, session)`` builds a blank object without a request. Determined's
+    spelling, ``Workspace(session, workspace_id=None, workspace_name=None)``, is accepted too (a
+    name is looked up at once). Cached attributes (refreshed by :meth:`reload`): ``name``,
+    ``archived``, ``num_projects``.
 
     Args:
-        workspace_id: The workspace's id.
+        id_or_session: The workspace's id; or, in Determined's order, the session.
         session: A :class:`Session` or a ``Determined`` client (None: the default client).
+        workspace_id: The workspace's id, by keyword.
+        workspace_name: The workspace's name, instead of its id.
+
+    Raises:
+        InvalidArgumentError: Neither or both of id and name, or a bad one.
+        NotFoundError: No workspace has that name.
     """
 
-    def __init__(self, workspace_id: int, session: SessionLike | None = None) -> None:
+    def __init__(
+        self,
+        id_or_session: int | SessionLike | None = None,
+        session: SessionLike | None = None,
+        *,
+        workspace_id: int | None = None,
+        workspace_name: str | None = None,
+    ) -> None:
+        if isinstance(id_or_session, bool):
+            raise errors.InvalidArgumentError(
+                f"workspace_id: must be a positive integer, got {id_or_session!r}"
+            )
+        if isinstance(id_or_session, int):
+            if workspace_id is not None:
+                raise errors.InvalidArgumentError("workspace_id: given twice")
+            workspace_id = id_or_session
+        elif id_or_session is not None:
+            if session is not None:
+                raise errors.InvalidArgumentError("session: given twice")
+            session = id_or_session  # Determined's order: Workspace(session, workspace_id=...)
         super().__init__(session)
-        self.id = check_id(workspace_id, "workspace_id")
+        if (workspace_id is None) == (workspace_name is None):
+            raise errors.InvalidArgumentError(
+                "workspace_id and workspace_name: give exactly one of them"
+            )
+        if workspace_name is not None:
+            if not isinstance(workspace_name, str) or not workspace_name:
+                raise errors.InvalidArgumentError(
+                    f"workspace_name: must be a non-empty string, got {workspace_name!r}"
+                )
+            req = workspace_pb2.GetWorkspaceRequest(name=workspace_name)
+            msg = self._session.get_workspace(req).workspace
+            self.id = msg.id
+            self._set(msg)
+        else:
+            self.id = check_id(workspace_id, "workspace_id")
 
     @classmethod
     def _from_proto(cls, msg: workspace_pb2.Workspace, session: Session) -> Workspace:
@@ -296,6 +337,15 @@ class Workspace(Resource[workspace_pb2.Workspace]):
                 include_archived=include_archived,
             )
         )
+
+    def delete_project(self, project_name: str) -> None:
+        """Delete one of its projects by name (Determined's call).
+
+        Raises:
+            FailedPreconditionError: The project holds experiments.
+            NotFoundError: No such project in this workspace.
+        """
+        self.get_project(project_name).delete()
 
     def delete(self) -> None:
         """Delete the workspace.

@@ -69,6 +69,7 @@ __all__ = [
     "create_experiment",
     "create_model",
     "create_workspace",
+    "delete_workspace",
     "get_checkpoint",
     "get_experiment",
     "get_model",
@@ -203,6 +204,11 @@ def create_workspace(name: str) -> Workspace:
 def get_workspace(workspace: str | int) -> Workspace:
     """See :meth:`Determined.get_workspace`."""
     return _default().get_workspace(workspace)
+
+
+def delete_workspace(workspace: str | int) -> None:
+    """See :meth:`Determined.delete_workspace`."""
+    _default().delete_workspace(workspace)
 
 
 def list_workspaces(name: str | None = None) -> list[Workspace]:

@@ -2,7 +2,9 @@
 
 Each stage in ``core_tutorial/`` is written as Determined's tutorial has it, with only the import
 line changed (``import core_api as det`` for ``import determined as det``), scikit-learn's
-digits in place of MNIST, and 2 slots in place of 8. The configs are Determined's own shape.
+digits in place of MNIST, and 2 slots in place of 8. The configs carry the names of Determined's
+PyTorch MNIST Core API tutorial (``const``, ``metrics``, ``checkpoints``, ``adaptive``,
+``distributed`` with the launcher) and its shape.
 """
 
 from __future__ import annotations
@@ -56,12 +58,12 @@ def test_cluster_info_has_determineds_fields(det_client: client.Determined, mast
 
 
 def test_stage0_plain_script(det_client: client.Determined) -> None:
-    exp = _run("0_start")
+    exp = _run("const")
     assert any("test loss" in str(x) for x in exp.list_trials()[0].logs())
 
 
 def test_stage1_metrics(det_client: client.Determined) -> None:
-    exp = _run("1_metrics")
+    exp = _run("metrics")
     trial = exp.list_trials()[0]
     validation = [m for m in trial.iter_metrics("validation")]
     assert [m.steps_completed for m in validation] == [23, 46]
@@ -70,7 +72,7 @@ def test_stage1_metrics(det_client: client.Determined) -> None:
 
 
 def test_stage2_checkpoints_pause_and_resume(det_client: client.Determined) -> None:
-    config = _config("2_checkpoints")
+    config = _config("checkpoints")
     config["hyperparameters"]["epoch_seconds"] = 2
     exp = client.create_experiment(config=config, model_dir=str(TUTORIAL))
     trial = exp.await_first_trial(timeout=120)
@@ -89,7 +91,7 @@ def test_stage2_checkpoints_pause_and_resume(det_client: client.Determined) -> N
 
 
 def test_stage3_adaptive_search(det_client: client.Determined) -> None:
-    exp = _run("3_hpsearch", timeout=600)
+    exp = _run("adaptive", timeout=600)
     trials = exp.list_trials()
     assert len(trials) == 4
     assert len({json.dumps(t.hparams, sort_keys=True) for t in trials}) == 4
@@ -99,7 +101,7 @@ def test_stage3_adaptive_search(det_client: client.Determined) -> None:
 
 
 def test_stage4_distributed_with_the_launcher(det_client: client.Determined) -> None:
-    exp = _run("4_distributed")
+    exp = _run("distributed")
     trial = exp.list_trials()[0]
     lines = list(trial.logs())
     ranks = {line.rank for line in lines if "training as rank" in str(line)}

@@ -197,3 +197,21 @@ def test_sdk_resource_modules_form_no_import_loop() -> None:
 
     loops = [m for m in graph if m != "determined_sdk" and m in reach(m)]
     assert loops == []
+
+
+def test_workspaces_and_projects_in_determineds_spelling(det_client: client.Determined) -> None:
+    ws = client.create_workspace("team")
+    ws.create_project("p1")
+    by_name = client.Workspace(det_client.session, workspace_name="team")
+    assert by_name.id == ws.id and by_name.name == "team"
+    assert client.Workspace(det_client.session, workspace_id=ws.id).name == "team"
+    assert client.Workspace(ws.id, det_client).name == "team"  # our order still works
+    by_name.delete_project("p1")
+    assert by_name.list_projects() == []
+    client.delete_workspace("team")
+    with pytest.raises(NotFoundError):
+        client.get_workspace("team")
+    with pytest.raises(InvalidArgumentError, match="exactly one"):
+        client.Workspace(det_client.session)
+    with pytest.raises(NotFoundError):
+        client.Workspace(det_client.session, workspace_name="nope")
