@@ -227,6 +227,21 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
                 self._msg.resources.clear()
                 self._msg.resources.update(c.resources)
 
+    def remove_files(self, globs: Iterable[str] | str) -> None:
+        """Delete the files matching any glob (paths relative to the checkpoint, ``*`` matches
+        across ``/``; a directory name takes its files); the checkpoint becomes
+        PARTIALLY_DELETED, or DELETED when none are left. Updates ``state`` and ``resources``.
+
+        Raises:
+            InvalidArgumentError: No globs, or one that is absolute or leaves the checkpoint.
+            FailedPreconditionError: The checkpoint is already DELETED.
+            NotFoundError: The checkpoint does not exist.
+        """
+        req = checkpoint_pb2.RemoveCheckpointFilesRequest(
+            uuid=self.uuid, globs=str_list(globs, "globs")
+        )
+        self._set(self._session.remove_checkpoint_files(req).checkpoint)
+
     def download(
         self,
         path: str | os.PathLike[str] | None = None,

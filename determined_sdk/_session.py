@@ -329,6 +329,10 @@ class Session:
         self.delete_checkpoints: _Unary[
             checkpoint_pb2.DeleteCheckpointsRequest, checkpoint_pb2.DeleteCheckpointsResponse
         ] = _Unary(self, ckpt.DeleteCheckpoints, W)
+        self.remove_checkpoint_files: _Unary[
+            checkpoint_pb2.RemoveCheckpointFilesRequest,
+            checkpoint_pb2.RemoveCheckpointFilesResponse,
+        ] = _Unary(self, ckpt.RemoveCheckpointFiles, I)
         self.download_checkpoint: _Stream[
             checkpoint_pb2.DownloadCheckpointRequest, checkpoint_pb2.CheckpointChunk
         ] = _Stream(self, ckpt.DownloadCheckpoint)

@@ -6,6 +6,7 @@ keeps metadata and, for clients that cannot reach the storage, streams files on 
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import pathlib
@@ -148,6 +149,42 @@ class CheckpointService:
                 self.store.update_checkpoint(c.uuid, state=CheckpointState.DELETED, resources={})
             )
         return out
+
+    def remove_files(self, uuid: str, globs: Sequence[str]) -> Checkpoint:
+        """Delete a checkpoint's files matching any of ``globs`` (relative to its directory).
+
+        The checkpoint becomes PARTIALLY_DELETED, or DELETED when no file is left; its
+        ``resources`` lose the removed files. Idempotent: a glob that matches nothing is fine.
+
+        Raises:
+            InvalidArgumentError: no globs, or a glob that is absolute or leaves the directory.
+            FailedPreconditionError: the checkpoint is DELETED.
+            NotFoundError: no such checkpoint.
+        """
+        if not globs:
+            raise InvalidArgumentError("globs: give at least one pattern")
+        for g in globs:
+            parts = pathlib.PurePosixPath(g).parts
+            if not g or g.startswith("/") or ".." in parts:
+                raise InvalidArgumentError(f"globs: {g!r} must be relative to the checkpoint")
+        c = self.store.get_checkpoint(uuid)
+        if c.state == CheckpointState.DELETED:
+            raise FailedPreconditionError(f"checkpoint {uuid!r} is DELETED; its files are gone")
+        root = _ckpt_dir(c)
+        doomed = {
+            rel
+            for rel in c.resources
+            if any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(rel, g + "/*") for g in globs)
+        }
+        for rel in doomed:
+            (root / rel).unlink(missing_ok=True)
+        left = {k: v for k, v in c.resources.items() if k not in doomed}
+        if not left:
+            shutil.rmtree(root, ignore_errors=True)
+        state = CheckpointState.PARTIALLY_DELETED if left else CheckpointState.DELETED
+        if not doomed and c.state != CheckpointState.PARTIALLY_DELETED:
+            state = c.state
+        return self.store.update_checkpoint(uuid, state=state, resources=left)
 
     def garbage_collect(self, experiment_id: int) -> list[str]:
         """Delete the checkpoints a finished experiment's config does not keep.

@@ -368,6 +368,13 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
             checkpoints=[convert.checkpoint_to_proto(c) for c in cs]
         )
 
+    @rpc
+    def RemoveCheckpointFiles(self, request: Any, context: Any) -> Any:
+        c = self.svc.remove_files(request.uuid, list(request.globs))
+        return checkpoint_pb2.RemoveCheckpointFilesResponse(
+            checkpoint=convert.checkpoint_to_proto(c)
+        )
+
     @rpc_stream
     def DownloadCheckpoint(self, request: Any, context: Any) -> Iterator[Any]:
         for path, offset, data, size in self.svc.download(request.uuid):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from determined_sdk import client
-from determined_sdk.errors import InvalidArgumentError, NotFoundError
+from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 
 from .conftest import HERE
 
@@ -215,3 +215,22 @@ def test_workspaces_and_projects_in_determineds_spelling(det_client: client.Dete
         client.Workspace(det_client.session)
     with pytest.raises(NotFoundError):
         client.Workspace(det_client.session, workspace_name="nope")
+
+
+def test_checkpoint_remove_files(done_exp: client.Experiment) -> None:
+    ckpt = done_exp.list_checkpoints()[0]
+    assert set(ckpt.resources) == {"weights.txt", "extra/notes.md", "metadata.json"}
+    files = pathlib.Path(ckpt.storage["path"], ckpt.uuid)
+    ckpt.remove_files(["extra"])
+    assert ckpt.state == client.CheckpointState.PARTIALLY_DELETED
+    assert set(ckpt.resources) == {"weights.txt", "metadata.json"}
+    assert not (files / "extra" / "notes.md").exists() and (files / "weights.txt").exists()
+    with pytest.raises(InvalidArgumentError, match="globs"):
+        ckpt.remove_files(["../elsewhere"])
+    ckpt.remove_files("*.txt")
+    assert set(ckpt.resources) == {"metadata.json"}
+    ckpt.remove_files(["*.json"])
+    assert ckpt.state == client.CheckpointState.DELETED and ckpt.resources == {}
+    assert not files.exists()
+    with pytest.raises(FailedPreconditionError, match="DELETED"):
+        ckpt.remove_files(["*"])

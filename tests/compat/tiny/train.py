@@ -16,4 +16,6 @@ with det.core.init() as core_context:
         )
         with core_context.checkpoint.store_path({"steps_completed": op.length}) as (path, _):
             (path / "weights.txt").write_text(f"trial {info.trial.trial_id}")
+            (path / "extra").mkdir()
+            (path / "extra" / "notes.md").write_text("notes")
         op.report_completed(1.0 / info.trial.trial_id)
