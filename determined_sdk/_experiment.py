@@ -88,6 +88,11 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         return set(self._m().labels)
 
     @property
+    def notes(self) -> str:
+        """Free-text notes (cached; :meth:`set_notes` updates them)."""
+        return self._m().notes
+
+    @property
     def config(self) -> dict[str, Any]:
         """The validated config with defaults filled in (cached; never changes)."""
         config: dict[str, Any] = self._json("config_json")
@@ -191,6 +196,17 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         if not isinstance(description, str):
             raise errors.InvalidArgumentError(f"description: must be a string, got {description!r}")
         self._patch(experiment_pb2.PatchExperimentRequest(description=description), ["description"])
+
+    def set_notes(self, notes: str) -> None:
+        """Replace the notes (updates ``notes``).
+
+        Raises:
+            InvalidArgumentError: Not a string.
+            NotFoundError: The experiment does not exist.
+        """
+        if not isinstance(notes, str):
+            raise errors.InvalidArgumentError(f"notes: must be a string, got {notes!r}")
+        self._patch(experiment_pb2.PatchExperimentRequest(notes=notes), ["notes"])
 
     def add_label(self, label: str) -> None:
         """Add a label (no-op if present; updates ``labels``).

@@ -365,6 +365,9 @@ class Session:
         self.delete_project: _Unary[
             workspace_pb2.DeleteProjectRequest, workspace_pb2.DeleteProjectResponse
         ] = _Unary(self, ws.DeleteProject, W)
+        self.patch_project: _Unary[
+            workspace_pb2.PatchProjectRequest, workspace_pb2.PatchProjectResponse
+        ] = _Unary(self, ws.PatchProject, I)
 
         self.create_model: _Unary[model_pb2.CreateModelRequest, model_pb2.CreateModelResponse] = (
             _Unary(self, model.CreateModel, W)

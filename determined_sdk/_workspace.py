@@ -165,6 +165,77 @@ class Project(Resource[workspace_pb2.Project]):
             )
         )
 
+    @property
+    def notes(self) -> list[dict[str, str]]:
+        """Determined's project notes: ``[{"name": ..., "contents": ...}, ...]`` (cached)."""
+        return [{"name": n.name, "contents": n.contents} for n in self._m().notes]
+
+    def _patch(self, req: workspace_pb2.PatchProjectRequest) -> None:
+        req.project_id = self.id
+        self._set(self._session.patch_project(req).project)
+
+    def set_name(self, name: str) -> None:
+        """Rename the project (updates the cache).
+
+        Raises:
+            InvalidArgumentError: An empty name.
+            AlreadyExistsError: The workspace has a project with that name.
+            NotFoundError: The project does not exist.
+        """
+        if not isinstance(name, str):
+            raise errors.InvalidArgumentError(f"name: must be a string, got {name!r}")
+        self._patch(workspace_pb2.PatchProjectRequest(name=name))
+
+    def set_description(self, description: str) -> None:
+        """Set the description (updates the cache).
+
+        Raises:
+            NotFoundError: The project does not exist.
+        """
+        if not isinstance(description, str):
+            raise errors.InvalidArgumentError(f"description: must be a string, got {description!r}")
+        self._patch(workspace_pb2.PatchProjectRequest(description=description))
+
+    def archive(self) -> None:
+        """Archive the project (updates the cache)."""
+        self._patch(workspace_pb2.PatchProjectRequest(archived=True))
+
+    def unarchive(self) -> None:
+        """Unarchive the project (updates the cache)."""
+        self._patch(workspace_pb2.PatchProjectRequest(archived=False))
+
+    def add_note(self, name: str, contents: str) -> None:
+        """Append a note (updates ``notes``).
+
+        Raises:
+            InvalidArgumentError: An empty name or a non-string contents.
+            NotFoundError: The project does not exist.
+        """
+        if not isinstance(name, str) or not isinstance(contents, str):
+            raise errors.InvalidArgumentError("name and contents: must be strings")
+        current = [(n.name, n.contents) for n in self._fetch().notes]
+        self._set_notes([*current, (name, contents)])
+
+    def remove_note(self, name: str) -> None:
+        """Remove the notes with this name (updates ``notes``).
+
+        Raises:
+            NotFoundError: The project does not exist, or has no note of that name.
+        """
+        current = [(n.name, n.contents) for n in self._fetch().notes]
+        kept = [(n, c) for n, c in current if n != name]
+        if len(kept) == len(current):
+            raise errors.NotFoundError(f"project {self.id} has no note named {name!r}")
+        self._set_notes(kept)
+
+    def _set_notes(self, notes: list[tuple[str, str]]) -> None:
+        self._patch(
+            workspace_pb2.PatchProjectRequest(
+                set_notes=True,
+                notes=[workspace_pb2.ProjectNote(name=n, contents=c) for n, c in notes],
+            )
+        )
+
     def delete(self) -> None:
         """Delete the project.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from determined_sdk.errors import InvalidArgumentError
@@ -123,6 +124,7 @@ def experiment_to_proto(e: domain.Experiment) -> experiment_pb2.Experiment:
         unmanaged=e.unmanaged,
         original_config=e.original_config,
         parent_error=e.error,
+        notes=e.notes,
     )
 
 
@@ -231,7 +233,20 @@ def project_to_proto(p: domain.Project) -> workspace_pb2.Project:
         workspace_id=p.workspace_id,
         archived=p.archived,
         num_experiments=p.num_experiments,
+        notes=[workspace_pb2.ProjectNote(name=n, contents=c) for n, c in p.notes],
     )
+
+
+def project_notes_from_proto(
+    notes: Iterable[workspace_pb2.ProjectNote],
+) -> list[tuple[str, str]]:
+    """Notes of a PatchProject request; a note needs a name."""
+    out = []
+    for i, n in enumerate(notes):
+        if not n.name.strip():
+            raise InvalidArgumentError(f"notes[{i}].name: must not be empty")
+        out.append((n.name, n.contents))
+    return out
 
 
 def model_to_proto(m: domain.Model) -> model_pb2.Model:

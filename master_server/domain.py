@@ -68,6 +68,7 @@ class Project:
     description: str = ""
     archived: bool = False
     num_experiments: int = 0
+    notes: tuple[tuple[str, str], ...] = ()  # (name, contents), in order
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Experiment:
     num_trials: int
     unmanaged: bool
     error: str = ""
+    notes: str = ""
 
 
 @dataclass(frozen=True)

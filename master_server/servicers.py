@@ -159,6 +159,8 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
             kw["name"] = request.name
         if request.HasField("description"):
             kw["description"] = request.description
+        if request.HasField("notes"):
+            kw["notes"] = request.notes
         if request.add_labels or request.remove_labels:
             labels = [x for x in exp.labels if x not in set(request.remove_labels)]
             labels += [x for x in request.add_labels if x not in labels]
@@ -516,6 +518,20 @@ class Workspaces(workspace_pb2_grpc.WorkspaceServiceServicer):
     def DeleteProject(self, request: Any, context: Any) -> Any:
         self.store.delete_project(request.project_id)
         return workspace_pb2.DeleteProjectResponse()
+
+    @rpc
+    def PatchProject(self, request: Any, context: Any) -> Any:
+        kw: dict[str, Any] = {}
+        if request.HasField("name"):
+            kw["name"] = self._name(request.name, "project")
+        if request.HasField("description"):
+            kw["description"] = request.description
+        if request.HasField("archived"):
+            kw["archived"] = request.archived
+        if request.set_notes:
+            kw["notes"] = convert.project_notes_from_proto(request.notes)
+        p = self.store.update_project(request.project_id, **kw)
+        return workspace_pb2.PatchProjectResponse(project=convert.project_to_proto(p))
 
 
 class Models(model_pb2_grpc.ModelServiceServicer):

@@ -99,6 +99,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_projects(self, workspace_id: int | None = None) -> list[Project]: ...
     @abc.abstractmethod
+    def update_project(
+        self,
+        project_id: int,
+        *,
+        name: str = _UNSET,
+        description: str = _UNSET,
+        archived: bool = _UNSET,
+        notes: Sequence[tuple[str, str]] = _UNSET,
+    ) -> Project:
+        """Set the given fields (others unchanged) and return the new value.
+
+        ``notes`` replaces the whole list of (name, contents) pairs. Raises NotFoundError for
+        an unknown project, AlreadyExistsError when the new name is taken in its workspace,
+        InvalidArgumentError for an empty name.
+        """
+
+    @abc.abstractmethod
     def delete_project(self, project_id: int) -> None:
         """FailedPreconditionError if it holds experiments or is the default project."""
 
@@ -127,6 +144,7 @@ class Store(abc.ABC):
         project_id: int = _UNSET,
         end_time: float | None = _UNSET,
         error: str = _UNSET,
+        notes: str = _UNSET,
     ) -> Experiment:
         """Set the given fields (others unchanged) and return the new value."""
 

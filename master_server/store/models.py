@@ -74,6 +74,7 @@ class ProjectRow(Base):
     name: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(Text, default="")
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    notes: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")  # [[name, text]]
 
 
 class ExperimentRow(Base):
@@ -98,6 +99,7 @@ class ExperimentRow(Base):
     searcher_name: Mapped[str] = mapped_column(Text)
     unmanaged: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str] = mapped_column(Text, default="")
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class ExperimentLabelRow(Base):

@@ -383,6 +383,7 @@ _EXP_COLS = (
     _NUM_TRIALS.label("num_trials"),
     E.unmanaged,
     E.error,
+    E.notes,
 )
 
 
@@ -409,6 +410,7 @@ def _to_experiment(r: _AnyRow) -> Experiment:
         num_trials=r[14],
         unmanaged=bool(r[15]),
         error=r[16],
+        notes=r[17] or "",
     )
 
 
@@ -590,6 +592,7 @@ _PROJECT_COLS = (
     ProjectRow.description,
     ProjectRow.archived,
     _NUM_EXPERIMENTS,
+    ProjectRow.notes,
 )
 
 
@@ -605,6 +608,7 @@ def _to_project(r: _AnyRow) -> Project:
         description=r[3],
         archived=bool(r[4]),
         num_experiments=r[5],
+        notes=tuple((str(n), str(c)) for n, c in json.loads(r[6] or "[]")),
     )
 
 
@@ -878,6 +882,39 @@ class SQLStore(Store):
                 stmt = stmt.where(ProjectRow.workspace_id == workspace_id)
             return [_to_project(r) for r in conn.execute(stmt)]
 
+    def update_project(
+        self,
+        project_id: int,
+        *,
+        name: str = _UNSET,
+        description: str = _UNSET,
+        archived: bool = _UNSET,
+        notes: Sequence[tuple[str, str]] = _UNSET,
+    ) -> Project:
+        """Set the given fields (others unchanged) and return the new value."""
+        values: dict[str, Any] = {}
+        if name is not _UNSET:
+            _check_name("project", name)
+            values["name"] = name
+        if description is not _UNSET:
+            values["description"] = description
+        if archived is not _UNSET:
+            values["archived"] = bool(archived)
+        if notes is not _UNSET:
+            values["notes"] = _dumps([[str(n), str(c)] for n, c in notes])
+        try:
+            with self._write() as conn:
+                self._need_project(conn, project_id)
+                if values:
+                    conn.execute(
+                        update(ProjectRow).where(ProjectRow.id == project_id).values(**values)
+                    )
+        except IntegrityError:
+            raise AlreadyExistsError(
+                f"project named {name!r} already exists in its workspace"
+            ) from None
+        return self.get_project(project_id)
+
     def delete_project(self, project_id: int) -> None:
         """Delete an empty, non-default project."""
         if project_id == DEFAULT_PROJECT_ID:
@@ -1016,9 +1053,12 @@ class SQLStore(Store):
         project_id: int = _UNSET,
         end_time: float | None = _UNSET,
         error: str = _UNSET,
+        notes: str = _UNSET,
     ) -> Experiment:
         """Set the given fields (others unchanged) and return the new value."""
         values: dict[str, Any] = {}
+        if notes is not _UNSET:
+            values["notes"] = notes
         if name is not _UNSET:
             values["name"] = name
         if description is not _UNSET:

@@ -234,3 +234,35 @@ def test_checkpoint_remove_files(done_exp: client.Experiment) -> None:
     assert not files.exists()
     with pytest.raises(FailedPreconditionError, match="DELETED"):
         ckpt.remove_files(["*"])
+
+
+def test_experiment_notes_and_project_edits(done_exp: client.Experiment) -> None:
+    assert done_exp.notes == ""
+    done_exp.set_notes("# results\nbest lr 0.1")
+    assert done_exp.notes == "# results\nbest lr 0.1"
+    assert client.get_experiment(done_exp.id).notes == "# results\nbest lr 0.1"
+    with pytest.raises(InvalidArgumentError, match="notes"):
+        done_exp.set_notes(3)  # type: ignore[arg-type]
+
+    project = client.get_workspace("Uncategorized").create_project("vision")
+    project.set_name("vision-2")
+    project.set_description("convnets")
+    project.add_note("plan", "try resnet")
+    project.add_note("log", "day 1")
+    assert (project.name, project.description) == ("vision-2", "convnets")
+    assert project.notes == [
+        {"name": "plan", "contents": "try resnet"},
+        {"name": "log", "contents": "day 1"},
+    ]
+    project.remove_note("plan")
+    project.archive()
+    project.reload()
+    assert project.archived and project.notes == [{"name": "log", "contents": "day 1"}]
+    project.unarchive()
+    assert not project.archived
+    with pytest.raises(NotFoundError, match="no note named 'nope'"):
+        project.remove_note("nope")
+    with pytest.raises(InvalidArgumentError, match=r"notes\[1\]\.name"):
+        project.add_note("", "x")
+    with pytest.raises(InvalidArgumentError, match="name"):
+        project.set_name("")

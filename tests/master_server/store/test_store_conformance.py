@@ -158,7 +158,7 @@ def test_migrate_twice_is_noop_and_schema_matches_models(store: SQLStore) -> Non
     assert [p.name for p in store.list_projects()] == ["Uncategorized"]
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0001"
+        assert ctx.get_current_revision() == "0006"
         assert compare_metadata(ctx, Base.metadata) == []
     # Sequences were moved past the default rows: the next ids are 2.
     assert store.create_workspace("w").id == 2
@@ -1212,3 +1212,24 @@ def test_model_versions(store: SQLStore) -> None:
         store.create_model_version("m", "c0")
     store.delete_model("n")  # its versions go with it
     assert store.list_models(include_archived=True)[0].name == "m"
+
+
+def test_update_project_and_notes(store: SQLStore) -> None:
+    p = store.create_project(1, "notes-proj", "d")
+    assert p.notes == ()
+    p = store.update_project(p.id, notes=[("a", "first"), ("b", "second")])
+    assert p.notes == (("a", "first"), ("b", "second"))
+    p = store.update_project(p.id, name="renamed", description="new", archived=True)
+    assert (p.name, p.description, p.archived) == ("renamed", "new", True)
+    assert store.get_project(p.id).notes == (("a", "first"), ("b", "second"))
+    store.create_project(1, "taken")
+    with pytest.raises(AlreadyExistsError, match="taken"):
+        store.update_project(p.id, name="taken")
+    with pytest.raises(InvalidArgumentError, match="project name"):
+        store.update_project(p.id, name=" ")
+    with pytest.raises(NotFoundError, match="project 999"):
+        store.update_project(999, archived=False)
+    exp = new_exp(store, "with-notes")
+    assert exp.notes == ""
+    assert store.update_experiment(exp.id, notes="# results\nok").notes == "# results\nok"
+    assert store.get_experiment(exp.id).notes == "# results\nok"
