@@ -103,7 +103,7 @@ def test_stage3_adaptive_search(det_client: client.Determined) -> None:
 def test_stage4_distributed_with_the_launcher(det_client: client.Determined) -> None:
     exp = _run("distributed")
     trial = exp.list_trials()[0]
-    lines = list(trial.logs())
+    lines = list(trial.iter_log_lines())
     ranks = {line.rank for line in lines if "training as rank" in str(line)}
     assert ranks == {0, 1}
     assert any(str(x).endswith("training as rank 1 of 2") and x.rank == 1 for x in lines)
