@@ -10,7 +10,7 @@ from determined_sdk._checkpoint import Checkpoint
 from determined_sdk._enums import OrderBy
 from determined_sdk._resource import Resource, SessionLike, dumps, loads, str_list
 from determined_sdk._session import Session
-from determined_sdk.proto import model_pb2
+from determined_sdk.proto import model_pb2, workspace_pb2
 
 
 def _name(value: Any, what: str) -> str:
@@ -364,6 +364,21 @@ class Model(Resource[model_pb2.Model]):
             NotFoundError: The model does not exist.
         """
         self._set_labels(str_list(labels, "labels"))
+
+    def move_to_workspace(self, workspace_name: str) -> None:
+        """Move the model to another workspace (updates ``workspace_id``).
+
+        Raises:
+            NotFoundError: No such model or workspace.
+        """
+        if not isinstance(workspace_name, str) or not workspace_name:
+            raise errors.InvalidArgumentError(
+                f"workspace_name: must be a non-empty string, got {workspace_name!r}"
+            )
+        ws = self._session.get_workspace(
+            workspace_pb2.GetWorkspaceRequest(name=workspace_name)
+        ).workspace
+        self._patch(model_pb2.PatchModelRequest(workspace_id=ws.id), ["workspace_id"])
 
     def get_versions(self, order_by: OrderBy = OrderBy.DESC) -> list[ModelVersion]:
         """Its versions, newest first by default (Determined's; see :meth:`list_versions`).

@@ -589,6 +589,8 @@ class Models(model_pb2_grpc.ModelServiceServicer):
             kw["labels"] = list(request.labels)
         if request.HasField("archived"):
             kw["archived"] = request.archived
+        if request.HasField("workspace_id"):
+            kw["workspace_id"] = request.workspace_id
         m = self.store.update_model(request.name, **kw)
         return model_pb2.PatchModelResponse(model=convert.model_to_proto(m))
 

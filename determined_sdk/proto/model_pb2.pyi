@@ -264,6 +264,7 @@ class PatchModelRequest(_message.Message):
     SET_LABELS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     ARCHIVED_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     new_name: _builtins.str
     description: _builtins.str
@@ -271,6 +272,8 @@ class PatchModelRequest(_message.Message):
     """replaces the whole dict"""
     set_labels: _builtins.bool
     archived: _builtins.bool
+    workspace_id: _builtins.int
+    """move the model to this workspace"""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -283,10 +286,11 @@ class PatchModelRequest(_message.Message):
         set_labels: _builtins.bool = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
         archived: _builtins.bool | None = ...,
+        workspace_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_description", b"_description", "_metadata_json", b"_metadata_json", "_new_name", b"_new_name", "archived", b"archived", "description", b"description", "metadata_json", b"metadata_json", "new_name", b"new_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_description", b"_description", "_metadata_json", b"_metadata_json", "_new_name", b"_new_name", "_workspace_id", b"_workspace_id", "archived", b"archived", "description", b"description", "metadata_json", b"metadata_json", "new_name", b"new_name", "workspace_id", b"workspace_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_description", b"_description", "_metadata_json", b"_metadata_json", "_new_name", b"_new_name", "archived", b"archived", "description", b"description", "labels", b"labels", "metadata_json", b"metadata_json", "name", b"name", "new_name", b"new_name", "set_labels", b"set_labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_description", b"_description", "_metadata_json", b"_metadata_json", "_new_name", b"_new_name", "_workspace_id", b"_workspace_id", "archived", b"archived", "description", b"description", "labels", b"labels", "metadata_json", b"metadata_json", "name", b"name", "new_name", b"new_name", "set_labels", b"set_labels", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__archived: _TypeAlias = _typing.Literal["archived"]  # noqa: Y015
     _WhichOneofArgType__archived: _TypeAlias = _typing.Literal["_archived", b"_archived"]  # noqa: Y015
@@ -296,6 +300,8 @@ class PatchModelRequest(_message.Message):
     _WhichOneofArgType__metadata_json: _TypeAlias = _typing.Literal["_metadata_json", b"_metadata_json"]  # noqa: Y015
     _WhichOneofReturnType__new_name: _TypeAlias = _typing.Literal["new_name"]  # noqa: Y015
     _WhichOneofArgType__new_name: _TypeAlias = _typing.Literal["_new_name", b"_new_name"]  # noqa: Y015
+    _WhichOneofReturnType__workspace_id: _TypeAlias = _typing.Literal["workspace_id"]  # noqa: Y015
+    _WhichOneofArgType__workspace_id: _TypeAlias = _typing.Literal["_workspace_id", b"_workspace_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__archived) -> _WhichOneofReturnType__archived | None: ...
     @_typing.overload
@@ -304,6 +310,8 @@ class PatchModelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__metadata_json) -> _WhichOneofReturnType__metadata_json | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__new_name) -> _WhichOneofReturnType__new_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__workspace_id) -> _WhichOneofReturnType__workspace_id | None: ...
 
 Global___PatchModelRequest: _TypeAlias = PatchModelRequest  # noqa: Y015
 

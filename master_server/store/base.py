@@ -279,6 +279,7 @@ class Store(abc.ABC):
         metadata: JSONDict = _UNSET,
         labels: Sequence[str] = _UNSET,
         archived: bool = _UNSET,
+        workspace_id: int = _UNSET,
     ) -> Model: ...
     @abc.abstractmethod
     def delete_model(self, name: str) -> None: ...

@@ -1796,9 +1796,12 @@ class SQLStore(Store):
         metadata: JSONDict = _UNSET,
         labels: Sequence[str] = _UNSET,
         archived: bool = _UNSET,
+        workspace_id: int = _UNSET,
     ) -> Model:
         """Set the given fields (``new_name`` renames) and return the new value."""
         values: dict[str, Any] = {}
+        if workspace_id is not _UNSET:
+            values["workspace_id"] = workspace_id
         if new_name is not _UNSET:
             values["name"] = _check_name("model", new_name)
         if description is not _UNSET:
@@ -1813,6 +1816,8 @@ class SQLStore(Store):
         try:
             with self._write() as conn:
                 model_id = self._model_id(conn, name, lock=True)
+                if workspace_id is not _UNSET:
+                    self._need(conn, WorkspaceRow.id, workspace_id, f"workspace {workspace_id}")
                 if new_name is not _UNSET and new_name != name:
                     taken = conn.scalar(select(ModelRow.id).where(ModelRow.name == new_name))
                     if taken is not None:

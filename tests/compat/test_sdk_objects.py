@@ -159,6 +159,12 @@ def test_model_registry_names(done_exp: client.Experiment) -> None:
     assert client.get_model(model.id).name == "digits-net"
     assert client.get_model_by_id(model.id).name == "digits-net"
     assert client.get_model_labels() == ["x", "y"]
+    ws = client.create_workspace("registry")
+    model.move_to_workspace("registry")
+    assert model.workspace_id == ws.id
+    assert client.get_model("digits-net").workspace_id == ws.id
+    with pytest.raises(NotFoundError, match="nowhere"):
+        model.move_to_workspace("nowhere")
     client.create_model("another")
     with pytest.warns(DeprecationWarning):
         names = [m.name for m in client.get_models(sort_by=client.ModelSortBy.NAME)]

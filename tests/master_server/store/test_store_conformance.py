@@ -1233,3 +1233,12 @@ def test_update_project_and_notes(store: SQLStore) -> None:
     assert exp.notes == ""
     assert store.update_experiment(exp.id, notes="# results\nok").notes == "# results\nok"
     assert store.get_experiment(exp.id).notes == "# results\nok"
+
+
+def test_move_model_to_workspace(store: SQLStore) -> None:
+    ws = store.create_workspace("registry")
+    store.create_model("m", description="", metadata={}, labels=())
+    assert store.update_model("m", workspace_id=ws.id).workspace_id == ws.id
+    assert store.get_model("m").workspace_id == ws.id
+    with pytest.raises(NotFoundError, match="workspace 999"):
+        store.update_model("m", workspace_id=999)
