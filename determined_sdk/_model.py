@@ -85,6 +85,37 @@ class ModelVersion(Resource[model_pb2.ModelVersion]):
         return self.version
 
     @property
+    def notes(self) -> str:
+        """Free-text notes (cached; :meth:`set_notes` updates them)."""
+        return self._m().notes
+
+    def _patch(self, req: model_pb2.PatchModelVersionRequest) -> None:
+        req.model_name, req.version = self.model_name, self.version
+        self._set(self._session.patch_model_version(req).model_version)
+
+    def set_name(self, name: str) -> None:
+        """Rename this version (updates the cache).
+
+        Raises:
+            InvalidArgumentError: Not a string.
+            NotFoundError: No such model or version.
+        """
+        if not isinstance(name, str):
+            raise errors.InvalidArgumentError(f"name: must be a string, got {name!r}")
+        self._patch(model_pb2.PatchModelVersionRequest(name=name))
+
+    def set_notes(self, notes: str) -> None:
+        """Replace the notes (updates the cache).
+
+        Raises:
+            InvalidArgumentError: Not a string.
+            NotFoundError: No such model or version.
+        """
+        if not isinstance(notes, str):
+            raise errors.InvalidArgumentError(f"notes: must be a string, got {notes!r}")
+        self._patch(model_pb2.PatchModelVersionRequest(notes=notes))
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """User metadata (cached)."""
         metadata: dict[str, Any] = self._json("metadata_json")

@@ -396,6 +396,9 @@ class Session:
         self.delete_model_version: _Unary[
             model_pb2.DeleteModelVersionRequest, model_pb2.DeleteModelVersionResponse
         ] = _Unary(self, model.DeleteModelVersion, W)
+        self.patch_model_version: _Unary[
+            model_pb2.PatchModelVersionRequest, model_pb2.PatchModelVersionResponse
+        ] = _Unary(self, model.PatchModelVersion, I)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -277,4 +277,5 @@ def model_version_to_proto(
         labels=list(v.labels),
         checkpoint=checkpoint_to_proto(ckpt) if ckpt else None,
         creation_time=v.creation_time,
+        notes=v.notes,
     )

@@ -227,3 +227,4 @@ class ModelVersion:
     labels: tuple[str, ...]
     checkpoint_uuid: str
     creation_time: float
+    notes: str = ""

@@ -617,6 +617,15 @@ class Models(model_pb2_grpc.ModelServiceServicer):
         return model_pb2.ListModelVersionsResponse(model_versions=[self._version(v) for v in vs])
 
     @rpc
+    def PatchModelVersion(self, request: Any, context: Any) -> Any:
+        kw: dict[str, Any] = {}
+        for f in ("name", "comment", "notes"):
+            if request.HasField(f):
+                kw[f] = getattr(request, f)
+        v = self.store.update_model_version(request.model_name, request.version, **kw)
+        return model_pb2.PatchModelVersionResponse(model_version=self._version(v))
+
+    @rpc
     def GetModelVersion(self, request: Any, context: Any) -> Any:
         if request.version < 0:
             raise InvalidArgumentError(

@@ -303,4 +303,19 @@ class Store(abc.ABC):
         """``version`` None = the latest."""
 
     @abc.abstractmethod
+    def update_model_version(
+        self,
+        model_name: str,
+        version: int,
+        *,
+        name: str = _UNSET,
+        comment: str = _UNSET,
+        notes: str = _UNSET,
+    ) -> ModelVersion:
+        """Set the given fields of one version (others unchanged) and return the new value.
+
+        Raises NotFoundError for an unknown model or version.
+        """
+
+    @abc.abstractmethod
     def delete_model_version(self, model_name: str, version: int) -> None: ...

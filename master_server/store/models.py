@@ -258,4 +258,5 @@ class ModelVersionRow(Base):
     meta: Mapped[str] = mapped_column("metadata", Text, default="{}")  # JSON
     labels: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
     checkpoint_uuid: Mapped[str] = mapped_column(ForeignKey("checkpoints.uuid"), index=True)
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
     creation_time: Mapped[float] = mapped_column(Double)

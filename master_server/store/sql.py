@@ -555,6 +555,7 @@ _VERSION_COLS = (
     MV.labels,
     MV.checkpoint_uuid,
     MV.creation_time,
+    MV.notes,
 )
 
 
@@ -569,6 +570,7 @@ def _to_version(r: _AnyRow) -> ModelVersion:
         labels=tuple(json.loads(r[6])),
         checkpoint_uuid=r[7],
         creation_time=r[8],
+        notes=r[9] or "",
     )
 
 
@@ -1910,6 +1912,32 @@ class SQLStore(Store):
                 raise NotFoundError(f"model {model_name!r} has no versions")
             raise NotFoundError(f"model {model_name!r} version {version} not found")
         return _to_version(row)
+
+    def update_model_version(
+        self,
+        model_name: str,
+        version: int,
+        *,
+        name: str = _UNSET,
+        comment: str = _UNSET,
+        notes: str = _UNSET,
+    ) -> ModelVersion:
+        """Set the given fields of one version and return the new value."""
+        values: dict[str, Any] = {}
+        if name is not _UNSET:
+            values["name"] = name
+        if comment is not _UNSET:
+            values["comment"] = comment
+        if notes is not _UNSET:
+            values["notes"] = notes
+        with self._write() as conn:
+            model_id = self._model_id(conn, model_name, lock=True)
+            where = (MV.model_id == model_id, MV.version == version)
+            if conn.scalar(select(MV.id).where(*where)) is None:
+                raise NotFoundError(f"model {model_name!r} version {version} not found")
+            if values:
+                conn.execute(update(MV).where(*where).values(**values))
+        return self.get_model_version(model_name, version)
 
     def delete_model_version(self, model_name: str, version: int) -> None:
         """Delete one version of the model."""

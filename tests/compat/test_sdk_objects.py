@@ -144,7 +144,7 @@ def test_experiment_labels_and_trials(done_exp: client.Experiment) -> None:
     assert done_exp.id in [e.id for e in listed]
 
 
-def test_model_registry_names(done_exp: client.Experiment) -> None:
+def test_model_registry_names(det_client: client.Determined, done_exp: client.Experiment) -> None:
     ckpt = done_exp.list_checkpoints()[0]
     model = client.create_model("digits-net", labels=["x"])
     assert model.get_version() is None
@@ -153,6 +153,14 @@ def test_model_registry_names(done_exp: client.Experiment) -> None:
     assert model.labels == ["x", "y"]
     v = model.register_version(ckpt.uuid)
     assert v.model_version == 1
+    v.set_name("first")
+    v.set_notes("trained on digits")
+    again = model.get_version(1)
+    assert again is not None and (again.name, again.notes) == ("first", "trained on digits")
+    with pytest.raises(InvalidArgumentError, match="notes"):
+        v.set_notes(None)  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError, match="version 9"):
+        client.ModelVersion("digits-net", 9, det_client).set_name("x")
     assert [x.model_version for x in model.get_versions()] == [1]
     latest = model.get_version()
     assert latest is not None and latest.model_version == 1

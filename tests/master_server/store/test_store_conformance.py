@@ -1242,3 +1242,16 @@ def test_move_model_to_workspace(store: SQLStore) -> None:
     assert store.get_model("m").workspace_id == ws.id
     with pytest.raises(NotFoundError, match="workspace 999"):
         store.update_model("m", workspace_id=999)
+
+
+def test_update_model_version(store: SQLStore) -> None:
+    exp = new_exp(store, "mv")
+    trial = new_trial(store, exp.id)
+    store.add_checkpoint(ckpt("mv-c", trial, 1))
+    store.create_model("mv-model", description="", metadata={}, labels=())
+    store.create_model_version("mv-model", "mv-c")
+    v = store.update_model_version("mv-model", 1, name="best", notes="n", comment="c")
+    assert (v.name, v.notes, v.comment) == ("best", "n", "c")
+    assert store.get_model_version("mv-model", 1).notes == "n"
+    with pytest.raises(NotFoundError, match="version 2"):
+        store.update_model_version("mv-model", 2, notes="x")

@@ -1,4 +1,4 @@
-"""Notes on experiments and projects, as Determined keeps them.
+"""Notes on experiments, projects and model versions, as Determined keeps them.
 
 Revision ID: 0006
 Revises: 0001
@@ -24,10 +24,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("notes", sa.Text(), nullable=False, server_default=""))
     with op.batch_alter_table("projects") as batch:
         batch.add_column(sa.Column("notes", sa.Text(), nullable=False, server_default="[]"))
+    with op.batch_alter_table("model_versions") as batch:
+        batch.add_column(sa.Column("notes", sa.Text(), nullable=False, server_default=""))
 
 
 def downgrade() -> None:
     """Revert this revision."""
+    with op.batch_alter_table("model_versions") as batch:
+        batch.drop_column("notes")
     with op.batch_alter_table("projects") as batch:
         batch.drop_column("notes")
     with op.batch_alter_table("experiments") as batch:
