@@ -9,12 +9,17 @@ master at all. Names and semantics follow Determined's ``determined.core``.
 PyTorch Lightning users get a logger, a callback and a searcher-driven ``fit`` in
 ``core_api.lightning`` (optional; needs ``lightning``). Importing this package does not import
 torch (nor Lightning).
+
+A Determined script moves over by changing its import line: ``core_api.core`` holds the names
+of ``determined.core`` (so ``core_api.core.init()`` works as ``det.core.init()`` did), and the
+package holds those of ``determined`` (``LOG_FORMAT``, ``get_cluster_info``, ``ClusterInfo``,
+``TrialInfo``); ``python -m core_api.launch.torch_distributed`` is Determined's launcher.
 """
 
 from __future__ import annotations
 
 from core_api._checkpoint import CheckpointContext, DownloadMode, SharedFSStorage
-from core_api._context import Context, init
+from core_api._context import Context, TensorboardMode, init
 from core_api._distributed import DistributedContext
 from core_api._info import ClusterInfo, TrialInfo, get_cluster_info
 from core_api._preempt import PreemptContext, PreemptMode
@@ -43,8 +48,10 @@ __all__ = [
     "SearcherMode",
     "SearcherOperation",
     "SharedFSStorage",
+    "TensorboardMode",
     "TrainContext",
     "TrialInfo",
     "get_cluster_info",
     "init",
 ]
+from core_api import core  # noqa: E402,F401  (Determined's det.core names)

@@ -27,6 +27,7 @@ from determined_sdk import errors
 from determined_sdk.proto import (
     checkpoint_pb2_grpc,
     experiment_pb2_grpc,
+    logs_pb2_grpc,
     master_pb2_grpc,
     searcher_pb2_grpc,
     trial_pb2_grpc,
@@ -127,6 +128,7 @@ class MasterSession:
         self.searcher = searcher_pb2_grpc.SearcherServiceStub(self._channel)
         self.experiments = experiment_pb2_grpc.ExperimentServiceStub(self._channel)
         self.master = master_pb2_grpc.MasterServiceStub(self._channel)
+        self.logs = logs_pb2_grpc.LogServiceStub(self._channel)
 
     def call(
         self,

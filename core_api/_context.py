@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import atexit
+import enum
 import functools
 import json
 import logging
@@ -27,6 +28,7 @@ from core_api._channel import MasterSession
 from core_api._checkpoint import CheckpointContext, SharedFSStorage
 from core_api._distributed import DistributedContext
 from core_api._info import ClusterInfo, TrialInfo, get_cluster_info
+from core_api._output import OutputCapture
 from core_api._preempt import PreemptContext, PreemptMode
 from core_api._searcher import SearcherContext
 from core_api._train import TrainContext
@@ -34,6 +36,17 @@ from determined_sdk import errors
 from determined_sdk.proto import experiment_pb2, master_pb2, trial_pb2
 
 logger = logging.getLogger(__name__)
+
+
+class TensorboardMode(enum.Enum):
+    """Determined's choice of who uploads TensorBoard files.
+
+    Accepted for compatibility: this platform keeps metrics in its own store and has no
+    TensorBoard upload, so both modes behave the same.
+    """
+
+    AUTO = "AUTO"
+    MANUAL = "MANUAL"
 
 
 class Context:
@@ -61,6 +74,7 @@ class Context:
         info: ClusterInfo | None,
         mode: str,
         session: MasterSession | None = None,
+        output: OutputCapture | None = None,
     ) -> None:
         self.train = train
         self.checkpoint = checkpoint
@@ -70,6 +84,7 @@ class Context:
         self.info = info
         self.mode = mode
         self._session = session
+        self._output = output
         self._closed = False
         # A script that never closes its context still gets its last reports stored.
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
@@ -117,6 +132,8 @@ class Context:
                 if self.mode == "unmanaged" and self.distributed.is_chief:
                     self._report_unmanaged_exit(1 if failed else 0)
             finally:
+                if self._output is not None:
+                    self._output.close()
                 if self._session is not None:
                     self._session.close()
                 self.distributed.close()
@@ -158,10 +175,13 @@ def init(
     distributed: DistributedContext | None = None,
     checkpoint_storage: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     preempt_mode: PreemptMode = PreemptMode.WorkersAskChief,
+    tensorboard_mode: TensorboardMode = TensorboardMode.AUTO,
+    async_checkpointing: bool = True,
     master: str | None = None,
     experiment_name: str | None = None,
     hparams: Mapping[str, Any] | None = None,
     max_length: int = 1,
+    capture_output: bool = True,
 ) -> Context:
     """Build the :class:`Context` for this process.
 
@@ -172,17 +192,29 @@ def init(
             checkpoints in. On-cluster the trial's configured storage is used unless given;
             off-cluster the default is ``./checkpoints``.
         preempt_mode: see :class:`PreemptMode`.
+        tensorboard_mode: Determined's argument, accepted; see :class:`TensorboardMode`.
+        async_checkpointing: Determined's argument, accepted; uploads here are synchronous
+            (checkpoints are written straight to their storage).
         master: ``host:port`` of a master, to record a run outside the cluster as an
             unmanaged trial (default ``$DET_MASTER``; ignored on-cluster).
         experiment_name: the unmanaged experiment's name (default: the script's name).
         hparams: the unmanaged trial's hyperparameters (recorded on the master).
         max_length: the length of the single searcher op yielded without a master searcher
             (off-cluster and unmanaged).
+        capture_output: unmanaged only: also send what this process prints (stdout, stderr,
+            logging) to the trial's logs, as the supervisor does on the cluster.
 
     Returns:
         The context; use it as a context manager or call ``close()``.
     """
     dist = distributed if distributed is not None else DistributedContext.single()
+    if not isinstance(preempt_mode, PreemptMode):
+        raise ValueError(f"preempt_mode must be a core_api.PreemptMode, got {preempt_mode!r}")
+    if not isinstance(tensorboard_mode, TensorboardMode):
+        raise ValueError(
+            f"tensorboard_mode must be a core_api.TensorboardMode, got {tensorboard_mode!r}"
+        )
+    del async_checkpointing
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0:
         raise ValueError(f"max_length must be an int >= 0, got {max_length!r}")
 
@@ -198,6 +230,7 @@ def init(
             experiment_name,
             hparams,
             max_length,
+            capture_output,
         )
     return _init_off_cluster(dist, checkpoint_storage, max_length)
 
@@ -275,6 +308,7 @@ def _init_unmanaged(
     experiment_name: str | None,
     hparams: Mapping[str, Any] | None,
     max_length: int,
+    capture_output: bool,
 ) -> Context:
     session = MasterSession(address)
     try:
@@ -323,6 +357,11 @@ def _init_unmanaged(
         trial.experiment_id,
         session.address,
     )
+    output = (
+        OutputCapture(session, trial_id=trial.trial_id, run_id=trial.run_id, rank=dist.rank)
+        if capture_output
+        else None
+    )
     return Context(
         train=train,
         checkpoint=CheckpointContext(
@@ -340,6 +379,7 @@ def _init_unmanaged(
         info=info,
         mode="unmanaged",
         session=session,
+        output=output,
     )
 
 

@@ -138,6 +138,14 @@ class _Tcp(_Transport):
             self._listener.close()
 
 
+def _env_int(name: str) -> int:
+    raw = os.environ[name]
+    try:
+        return int(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
+
+
 class DistributedContext:
     """This process's place among the trial's ranks, and collectives between them.
 
@@ -200,24 +208,35 @@ class DistributedContext:
         return cls(rank=0, size=1, local_rank=0, local_size=1, cross_rank=0, cross_size=1)
 
     @classmethod
-    def from_torch_distributed(cls) -> DistributedContext:
-        """Build from an initialized ``torch.distributed`` default process group.
+    def from_torch_distributed(cls, chief_ip: str | None = None) -> DistributedContext:
+        """Build from ``torch.distributed``, as torchrun or Determined's launcher set it up.
 
-        Local ranks come from ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE`` (set by torchrun and by
-        the master's launcher); without them every rank is taken to be on one node.
+        With an initialized default process group, collectives ride on it. Without one, the
+        place comes from torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+        ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``) and collectives use the TCP transport, as
+        Determined's does.
+
+        Args:
+            chief_ip: where the chief listens (default ``$MASTER_ADDR`` or ``127.0.0.1``).
 
         Raises:
-            RuntimeError: ``torch.distributed`` is not initialized.
+            RuntimeError: neither an initialized process group nor torchrun's variables.
         """
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
+        if dist.is_available() and dist.is_initialized():
+            rank = int(dist.get_rank())
+            size = int(dist.get_world_size())
+            transport: _Transport | None = _Torch(rank, size) if size > 1 else _Single()
+        elif "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            rank = _env_int("RANK")
+            size = _env_int("WORLD_SIZE")
+            transport = None
+        else:
             raise RuntimeError(
-                "torch.distributed is not initialized: call "
-                "torch.distributed.init_process_group() first"
+                "torch.distributed is not initialized and RANK/WORLD_SIZE are not set: call "
+                "torch.distributed.init_process_group() first or start under a launcher"
             )
-        rank = int(dist.get_rank())
-        size = int(dist.get_world_size())
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
         cross_rank = int(os.environ.get("GROUP_RANK", rank // max(local_size, 1)))
@@ -229,7 +248,60 @@ class DistributedContext:
             local_size=local_size,
             cross_rank=cross_rank,
             cross_size=cross_size,
-            _transport=_Torch(rank, size) if size > 1 else _Single(),
+            chief_ip=chief_ip,
+            _transport=transport,
+        )
+
+    @classmethod
+    def from_deepspeed(cls, chief_ip: str | None = None) -> DistributedContext:
+        """Build from the variables DeepSpeed's launcher sets (``RANK``, ``LOCAL_RANK``,
+        ``WORLD_SIZE``, ``LOCAL_SIZE``/``LOCAL_WORLD_SIZE``, ``CROSS_RANK``, ``CROSS_SIZE``).
+
+        Collectives use the TCP transport, independent of DeepSpeed's process group.
+
+        Args:
+            chief_ip: where the chief listens (default ``$MASTER_ADDR`` or ``127.0.0.1``).
+
+        Raises:
+            RuntimeError: the variables are missing.
+        """
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise RuntimeError(
+                "from_deepspeed: RANK and WORLD_SIZE are not set (start under deepspeed's "
+                "launcher or core_api.launch)"
+            )
+        rank = _env_int("RANK")
+        size = _env_int("WORLD_SIZE")
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        local_size = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", size)))
+        cross_rank = int(os.environ.get("CROSS_RANK", rank // max(local_size, 1)))
+        cross_size = int(os.environ.get("CROSS_SIZE", max(size // max(local_size, 1), 1)))
+        return cls(
+            rank=rank,
+            size=size,
+            local_rank=local_rank,
+            local_size=local_size,
+            cross_rank=cross_rank,
+            cross_size=cross_size,
+            chief_ip=chief_ip,
+        )
+
+    @classmethod
+    def from_horovod(cls, hvd: Any, chief_ip: str | None = None) -> DistributedContext:
+        """Build from an initialized Horovod module (``import horovod.torch as hvd``).
+
+        Args:
+            hvd: the Horovod module, after ``hvd.init()``.
+            chief_ip: where the chief listens (default ``$MASTER_ADDR`` or ``127.0.0.1``).
+        """
+        return cls(
+            rank=int(hvd.rank()),
+            size=int(hvd.size()),
+            local_rank=int(hvd.local_rank()),
+            local_size=int(hvd.local_size()),
+            cross_rank=int(hvd.cross_rank()),
+            cross_size=int(hvd.cross_size()),
+            chief_ip=chief_ip,
         )
 
     # -- properties -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,13 @@ class TrialInfo:
     user_data: JSONDict = field(default_factory=dict)
     run_id: int = 1
     config: JSONDict = field(default_factory=dict)
+    steps_completed: int = 0
+    debug: bool = False
+
+    @property
+    def trial_run_id(self) -> int:
+        """Determined's name for :attr:`run_id`."""
+        return self.run_id
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,18 @@ class ClusterInfo:
         latest_checkpoint: storage id of the checkpoint to resume from, or None.
         checkpoint_storage: the storage config, e.g. ``{"type": "shared_fs", "path": ...}``.
         slots_per_trial: how many ranks the trial runs as.
+        container_rank: this container's index (the local launcher runs one container).
+        container_addrs: the address of every container of the trial.
+        slot_ids: the slots of this container.
+        container_slot_counts: how many slots each container has.
+        task_id: the task's id (``"<experiment>.<trial>"``).
+        allocation_id: this run's id (``"<task_id>.<run>"``).
+        cluster_id: the master's cluster id.
+        agent_id: the agent (machine) this container runs on.
+        session_token: the trial's token ("" when the master needs none).
+        task_type: ``"TRIAL"`` for trials.
+        gpu_uuids: the GPUs of this container (empty on CPU slots).
+        user_data: the experiment config's ``data`` dict.
     """
 
     master_url: str
@@ -59,6 +79,41 @@ class ClusterInfo:
     latest_checkpoint: str | None = None
     checkpoint_storage: JSONDict = field(default_factory=dict)
     slots_per_trial: int = 1
+    container_rank: int = 0
+    container_addrs: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    slot_ids: list[int] = field(default_factory=list)
+    container_slot_counts: list[int] = field(default_factory=list)
+    task_id: str = ""
+    allocation_id: str = ""
+    cluster_id: str = ""
+    agent_id: str = ""
+    session_token: str = ""
+    task_type: str = "TRIAL"
+    gpu_uuids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Fill the Determined-shaped fields a hand-built info leaves out.
+        slots = self.slots_per_trial
+        if not self.slot_ids:
+            object.__setattr__(self, "slot_ids", list(range(slots)))
+        if not self.container_slot_counts:
+            object.__setattr__(self, "container_slot_counts", [slots])
+        if not self.task_id:
+            object.__setattr__(self, "task_id", f"{self.trial.experiment_id}.{self.trial.trial_id}")
+        if not self.allocation_id:
+            object.__setattr__(self, "allocation_id", f"{self.task_id}.{self.trial.run_id}")
+        if not self.agent_id:
+            object.__setattr__(self, "agent_id", socket.gethostname())
+
+    @property
+    def user_data(self) -> JSONDict:
+        """The experiment config's free ``data`` dict."""
+        return self.trial.user_data
+
+    @property
+    def trial_seed(self) -> int:
+        """Shortcut for ``trial.trial_seed``."""
+        return self.trial.trial_seed
 
     @classmethod
     def from_json(cls, data: JSONDict) -> ClusterInfo:
@@ -75,6 +130,7 @@ class ClusterInfo:
             user_data=dict(user_data),
             run_id=int(data.get("run_id") or 1),
             config=dict(config),
+            steps_completed=int(data.get("steps_completed") or 0),
         )
         return cls(
             master_url=str(data.get("master") or os.environ.get("DET_MASTER", "")),
@@ -82,6 +138,10 @@ class ClusterInfo:
             latest_checkpoint=data.get("latest_checkpoint") or None,
             checkpoint_storage=dict(data.get("checkpoint_storage") or {}),
             slots_per_trial=int(data.get("slots_per_trial") or 1),
+            container_addrs=[str(a) for a in data.get("container_addrs") or ["127.0.0.1"]],
+            cluster_id=str(data.get("cluster_id") or ""),
+            session_token=str(data.get("session_token") or ""),
+            gpu_uuids=[str(g) for g in data.get("gpu_uuids") or []],
         )
 
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from determined_sdk._checkpoint import Checkpoint
+from determined_sdk._checkpoint import Checkpoint, CheckpointTrainingMetadata
 from determined_sdk._client import Determined, MasterInfo
 from determined_sdk._enums import (
     CheckpointSortBy,
     CheckpointState,
     DownloadMode,
+    ExperimentSortBy,
     ExperimentState,
     LogLevel,
+    ModelSortBy,
     OrderBy,
+    TrialSortBy,
     TrialState,
 )
 from determined_sdk._experiment import Experiment
@@ -47,11 +50,13 @@ __all__ = [
     "Checkpoint",
     "CheckpointSortBy",
     "CheckpointState",
+    "CheckpointTrainingMetadata",
     "DeadlineExceededError",
     "Determined",
     "DeterminedError",
     "DownloadMode",
     "Experiment",
+    "ExperimentSortBy",
     "ExperimentState",
     "FailedPreconditionError",
     "InternalError",
@@ -61,6 +66,7 @@ __all__ = [
     "MasterInfo",
     "MasterUnavailableError",
     "Model",
+    "ModelSortBy",
     "ModelVersion",
     "NotFoundError",
     "OrderBy",
@@ -71,6 +77,7 @@ __all__ = [
     "Session",
     "Trial",
     "TrialMetrics",
+    "TrialSortBy",
     "TrialState",
     "UnauthenticatedError",
     "Workspace",

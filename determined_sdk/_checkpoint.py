@@ -7,6 +7,7 @@ import pathlib
 import shutil
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from determined_sdk import errors
@@ -16,10 +17,31 @@ from determined_sdk._resource import (
     SessionLike,
     check_limit,
     dumps,
+    loads,
     str_list,
 )
 from determined_sdk._session import Session
-from determined_sdk.proto import checkpoint_pb2
+from determined_sdk.proto import checkpoint_pb2, experiment_pb2, trial_pb2
+
+
+@dataclass(frozen=True)
+class CheckpointTrainingMetadata:
+    """What a training run knew when it saved a checkpoint (Determined's shape).
+
+    Attributes:
+        experiment_config: The experiment's validated config.
+        experiment_id: The experiment.
+        trial_id: The trial.
+        hparams: The trial's hyperparameters.
+        validation_metrics: ``{"avgMetrics": {name: value}, "batchMetrics": []}``, the
+            validation report at or before the checkpoint's step.
+    """
+
+    experiment_config: dict[str, Any]
+    experiment_id: int
+    trial_id: int
+    hparams: dict[str, Any]
+    validation_metrics: dict[str, Any]
 
 
 class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
@@ -42,6 +64,7 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
             raise errors.InvalidArgumentError(f"uuid: must be a non-empty string, got {uuid!r}")
         super().__init__(session)
         self.uuid = uuid
+        self._training: CheckpointTrainingMetadata | None = None
 
     @classmethod
     def _from_proto(cls, msg: checkpoint_pb2.Checkpoint, session: Session) -> Checkpoint:
@@ -112,6 +135,43 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
         """Sum of the file sizes in :attr:`resources` (cached)."""
         return sum(self._m().resources.values())
 
+    @property
+    def task_id(self) -> str:
+        """The task that saved it, ``"<experiment>.<trial>"`` as ``ClusterInfo.task_id``."""
+        return f"{self.experiment_id}.{self.trial_id}"
+
+    @property
+    def allocation_id(self) -> str | None:
+        """Determined's allocation id; None (runs of a trial are not recorded per checkpoint)."""
+        return None
+
+    @property
+    def storage_id(self) -> int | None:
+        """Determined's storage-config id; None (storage is described by :attr:`storage`)."""
+        return None
+
+    @property
+    def training(self) -> CheckpointTrainingMetadata:
+        """Determined's training metadata: the experiment config, ids, hparams and the
+        validation metrics at the checkpoint's step. Fetched once (trial and experiment)."""
+        if self._training is None:
+            s = self._session
+            trial = s.get_trial(trial_pb2.GetTrialRequest(trial_id=self.trial_id)).trial
+            exp = s.get_experiment(
+                experiment_pb2.GetExperimentRequest(experiment_id=self.experiment_id)
+            ).experiment
+            self._training = CheckpointTrainingMetadata(
+                experiment_config=loads(exp.config_json),
+                experiment_id=self.experiment_id,
+                trial_id=self.trial_id,
+                hparams=loads(trial.hparams_json),
+                validation_metrics={
+                    "avgMetrics": self.validation_metrics,
+                    "batchMetrics": [],
+                },
+            )
+        return self._training
+
     # -- calls ------------------------------------------------------------------------------
     def add_metadata(self, metadata: dict[str, Any]) -> None:
         """Merge ``metadata`` into the checkpoint's metadata on the master and locally.
@@ -166,6 +226,21 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
                 self._msg.state = c.state
                 self._msg.resources.clear()
                 self._msg.resources.update(c.resources)
+
+    def remove_files(self, globs: Iterable[str] | str) -> None:
+        """Delete the files matching any glob (paths relative to the checkpoint, ``*`` matches
+        across ``/``; a directory name takes its files); the checkpoint becomes
+        PARTIALLY_DELETED, or DELETED when none are left. Updates ``state`` and ``resources``.
+
+        Raises:
+            InvalidArgumentError: No globs, or one that is absolute or leaves the checkpoint.
+            FailedPreconditionError: The checkpoint is already DELETED.
+            NotFoundError: The checkpoint does not exist.
+        """
+        req = checkpoint_pb2.RemoveCheckpointFilesRequest(
+            uuid=self.uuid, globs=str_list(globs, "globs")
+        )
+        self._set(self._session.remove_checkpoint_files(req).checkpoint)
 
     def download(
         self,
@@ -296,6 +371,9 @@ class _Progress:
             self._bar.advance(self._task, n)
 
 
+_ALL_STATES = tuple(s for s in CheckpointState if s is not CheckpointState.UNSPECIFIED)
+
+
 def sort_by_to_wire(sort_by: str | CheckpointSortBy | None) -> str:
     """``list_checkpoints``'s ``sort_by`` as the wire's string (a str is a metric name)."""
     if sort_by is None:
@@ -332,7 +410,8 @@ def list_checkpoints(
         trial_id=trial_id,
         sort_by=sort_by_to_wire(sort_by),
         max_results=limit,
-        states=[s._to_proto() for s in states or ()],
+        # Every state, DELETED included, unless asked otherwise (Determined lists them).
+        states=[s._to_proto() for s in states or _ALL_STATES],
     )
     if order_by is not None:
         req.order_by = order_by._to_proto()

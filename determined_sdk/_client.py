@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from determined_sdk import errors
+from determined_sdk import _default, errors
 from determined_sdk._checkpoint import Checkpoint
-from determined_sdk._enums import ExperimentState, OrderBy
+from determined_sdk._enums import ExperimentSortBy, ExperimentState, ModelSortBy, OrderBy
 from determined_sdk._experiment import Experiment
 from determined_sdk._model import Model
 from determined_sdk._resource import check_id, deprecated, dumps, str_list
@@ -62,6 +65,38 @@ def _config_text(config: ConfigLike) -> str:
     raise errors.InvalidArgumentError(
         f"config: must be a dict or a path to a YAML/JSON file, got {type(config).__name__}"
     )
+
+
+def _pack(
+    model_dir: str | os.PathLike[str] | None,
+    includes: Iterable[str | os.PathLike[str]] | None,
+) -> bytes:
+    """The model definition archive: ``model_dir`` plus ``includes`` at its top level."""
+    from determined_sdk.model_dir import pack_model_dir
+
+    extra = [pathlib.Path(x) for x in includes or ()]
+    if model_dir is None and not extra:
+        return b""
+    if model_dir is not None and not pathlib.Path(model_dir).is_dir():
+        raise errors.InvalidArgumentError(f"model_dir: {str(model_dir)!r} is not a directory")
+    for item in extra:
+        if not item.exists():
+            raise errors.InvalidArgumentError(f"includes: {str(item)!r} does not exist")
+    if not extra:
+        assert model_dir is not None
+        return pack_model_dir(model_dir)
+    with tempfile.TemporaryDirectory(prefix="detsdk-model-") as tmp:
+        root = pathlib.Path(tmp) / "model"
+        if model_dir is not None:
+            shutil.copytree(model_dir, root, symlinks=True)
+        else:
+            root.mkdir()
+        for item in extra:
+            if item.is_dir():
+                shutil.copytree(item, root / item.name, symlinks=True, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, root / item.name)
+        return pack_model_dir(root)
 
 
 class Determined:
@@ -152,46 +187,58 @@ class Determined:
     def create_experiment(
         self,
         config: ConfigLike,
-        model_dir: str | os.PathLike[str] | None,
+        model_dir: str | os.PathLike[str] | None = None,
+        includes: Iterable[str | os.PathLike[str]] | None = None,
         *,
         activate: bool = True,
         project_id: int | None = None,
+        template: str | None = None,
+        parent_id: int | None = None,
     ) -> Experiment:
-        """Submit an experiment.
+        """Submit an experiment (Determined's arguments).
 
         Args:
             config: The config as a dict, or a path to a YAML/JSON file.
             model_dir: Directory holding the model code (packed and sent to the master), or
-                None for none.
+                None when the entrypoint needs no code of its own.
+            includes: More files or directories to send, placed at the top of the model
+                directory under their own names (as Determined does).
             activate: Start scheduling trials at once (else it waits, PAUSED, for
                 :meth:`Experiment.activate`).
             project_id: Project to create it in (None: the default project).
+            template: Determined's config template name; templates are not supported here,
+                so only None is accepted.
+            parent_id: Determined's fork parent; not supported here, so only None is accepted.
 
         Returns:
             The new experiment (hydrated).
 
         Raises:
-            InvalidArgumentError: The config is invalid (the message names the field).
+            InvalidArgumentError: The config is invalid (the message names the field), a
+                missing include, or a template or parent was given.
             ResourceExhaustedError: The model directory is too large.
             NotFoundError: No such project.
         """
+        if template is not None:
+            raise errors.InvalidArgumentError(
+                f"template: config templates are not supported by this master, got {template!r}"
+            )
+        if parent_id is not None:
+            raise errors.InvalidArgumentError(
+                f"parent_id: forking experiments is not supported, got {parent_id!r}"
+            )
         text = _config_text(config)
-        model_def = b""
-        if model_dir is not None:
-            from determined_sdk.model_dir import pack_model_dir
-
-            path = pathlib.Path(model_dir)
-            if not path.is_dir():
-                raise errors.InvalidArgumentError(f"model_dir: {str(path)!r} is not a directory")
-            model_def = pack_model_dir(path)
+        model_def = _pack(model_dir, includes)
         req = experiment_pb2.CreateExperimentRequest(
             config=text,
             model_definition=model_def,
             activate=activate,
             project_id=0 if project_id is None else check_id(project_id, "project_id"),
         )
-        msg = self._session.create_experiment(req).experiment
-        return Experiment._from_proto(msg, self._session)
+        resp = self._session.create_experiment(req)
+        for warning in resp.warnings:
+            warnings.warn(warning, UserWarning, stacklevel=2)
+        return Experiment._from_proto(resp.experiment, self._session)
 
     def get_experiment(self, experiment_id: int) -> Experiment:
         """An experiment by id.
@@ -216,7 +263,7 @@ class Determined:
         labels: Iterable[str] | None = None,
         include_archived: bool = False,
         archived_only: bool = False,
-        sort_by: str = "id",
+        sort_by: str | ExperimentSortBy = "id",
         order_by: OrderBy | None = None,
         limit: int | None = None,
     ) -> Iterator[Experiment]:
@@ -245,7 +292,7 @@ class Determined:
         labels: Iterable[str] | None = None,
         include_archived: bool = False,
         archived_only: bool = False,
-        sort_by: str = "id",
+        sort_by: str | ExperimentSortBy = "id",
         order_by: OrderBy | None = None,
         limit: int | None = None,
     ) -> list[Experiment]:
@@ -259,7 +306,8 @@ class Determined:
             labels: Only experiments carrying all these labels.
             include_archived: Also archived ones.
             archived_only: Only archived ones.
-            sort_by: ``id``, ``name``, ``start_time``, ``end_time``, ``state`` or ``progress``.
+            sort_by: An :class:`ExperimentSortBy`, or its value: ``id``, ``name``,
+                ``start_time``, ``end_time``, ``state`` or ``progress``.
             order_by: Direction (None: ascending).
             limit: At most this many.
 
@@ -351,6 +399,13 @@ class Determined:
             follow=follow,
         )
 
+    def stream_trials_metrics(
+        self, trial_ids: Sequence[int] | int, group: str | None = None
+    ) -> Iterator[TrialMetrics]:
+        """Deprecated (as in Determined): use :meth:`iter_trials_metrics`."""
+        deprecated("Determined.stream_trials_metrics()", "Determined.iter_trials_metrics()")
+        return self.iter_trials_metrics(trial_ids, group)
+
     def delete_checkpoints(self, uuids: Iterable[str]) -> None:
         """Delete several checkpoints' files and mark them DELETED.
 
@@ -391,6 +446,15 @@ class Determined:
                 f"workspace: must be a name or an id, got {workspace!r}"
             )
         return Workspace._from_proto(self._session.get_workspace(req).workspace, self._session)
+
+    def delete_workspace(self, workspace: str | int) -> None:
+        """Delete a workspace by name (or id), as Determined's ``delete_workspace``.
+
+        Raises:
+            FailedPreconditionError: It holds experiments or is the default workspace.
+            NotFoundError: No such workspace.
+        """
+        self.get_workspace(workspace).delete()
 
     def list_workspaces(self, name: str | None = None) -> list[Workspace]:
         """Workspaces, optionally only the one with that name.
@@ -448,18 +512,48 @@ class Determined:
         )
         return Model._from_proto(self._session.create_model(req).model, self._session)
 
-    def get_model(self, name: str) -> Model:
-        """A model by name.
+    def get_model(self, identifier: str | int) -> Model:
+        """A model by name, or by id (an int), as Determined's ``get_model`` takes either.
 
         Returns:
             The model (hydrated).
 
         Raises:
             NotFoundError: No such model.
+            InvalidArgumentError: Neither a name nor a positive id.
         """
-        m = Model(name, self._session)
+        if isinstance(identifier, bool) or not isinstance(identifier, (int, str)):
+            raise errors.InvalidArgumentError(
+                f"identifier: must be a model name or id, got {identifier!r}"
+            )
+        if isinstance(identifier, int):
+            return self.get_model_by_id(identifier)
+        m = Model(identifier, self._session)
         m.reload()
         return m
+
+    def get_model_by_id(self, model_id: int) -> Model:
+        """A model by its id.
+
+        Raises:
+            NotFoundError: No model has that id.
+            InvalidArgumentError: Not a positive integer.
+        """
+        check_id(model_id, "model_id")
+        req = model_pb2.ListModelsRequest(include_archived=True)
+        for m in self._session.list_models(req).models:
+            if m.id == model_id:
+                return Model._from_proto(m, self._session)
+        raise errors.NotFoundError(f"model {model_id} not found")
+
+    def get_model_labels(self) -> list[str]:
+        """Every label used by a model, most used first (then by name)."""
+        req = model_pb2.ListModelsRequest(include_archived=True)
+        counts: dict[str, int] = {}
+        for m in self._session.list_models(req).models:
+            for label in m.labels:
+                counts[label] = counts.get(label, 0) + 1
+        return sorted(counts, key=lambda x: (-counts[x], x))
 
     def list_models(
         self,
@@ -489,10 +583,42 @@ class Determined:
         return [Model._from_proto(m, self._session) for m in self._session.list_models(req).models]
 
     # -- deprecated -------------------------------------------------------------------------
-    def get_models(self, *args: Any, **kwargs: Any) -> list[Model]:
-        """Deprecated: use :meth:`list_models`."""
+    def get_models(
+        self,
+        sort_by: ModelSortBy = ModelSortBy.NAME,
+        order_by: OrderBy = OrderBy.ASC,
+        name: str | None = None,
+        description: str | None = None,
+        model_id: int | None = None,
+        workspace_names: Iterable[str] | None = None,
+        workspace_ids: Iterable[int] | None = None,
+        labels: Iterable[str] | None = None,
+    ) -> list[Model]:
+        """Deprecated (as in Determined): use :meth:`list_models`. Determined's filters and
+        sort keys; ``name`` is an exact name here as there.
+
+        Raises:
+            InvalidArgumentError: A bad sort key or direction.
+        """
         deprecated("Determined.get_models()", "Determined.list_models()")
-        return self.list_models(*args, **kwargs)
+        if not isinstance(sort_by, ModelSortBy):
+            raise errors.InvalidArgumentError(f"sort_by: must be a ModelSortBy, got {sort_by!r}")
+        if not isinstance(order_by, OrderBy):
+            raise errors.InvalidArgumentError(f"order_by: must be an OrderBy, got {order_by!r}")
+        models = self.list_models(name=name, labels=labels, include_archived=True)
+        ws_ids = set(workspace_ids or ())
+        ws_ids |= {self.get_workspace(w).id for w in workspace_names or ()}
+        models = [
+            m
+            for m in models
+            if (name is None or m.name == name)
+            and (description is None or description in m.description)
+            and (model_id is None or m.id == model_id)
+            and (not ws_ids or m.workspace_id in ws_ids)
+        ]
+        field = sort_by.value
+        models.sort(key=lambda m: (getattr(m, field), m.name), reverse=order_by.value == "DESC")
+        return models
 
     def get_workspaces(self) -> list[Workspace]:
         """Deprecated: use :meth:`list_workspaces`."""
@@ -503,3 +629,6 @@ class Determined:
         """Deprecated: use :meth:`list_experiments`."""
         deprecated("Determined.get_experiments()", "Determined.list_experiments()")
         return self.list_experiments(**kwargs)
+
+
+_default.register_factory(Determined)

@@ -26,6 +26,13 @@ class ExperimentState(enum.Enum):
     DELETING = "DELETING"
     DELETED = "DELETED"
     UNSPECIFIED = "UNSPECIFIED"
+    # Determined's finer states. This master reports an active experiment as ACTIVE whether
+    # its trials run or wait, and a killed one goes straight to CANCELED; the members exist so
+    # Determined code that names them runs, and filters by them match ACTIVE / CANCELED.
+    RUNNING = "RUNNING"
+    QUEUED = "QUEUED"
+    STOPPING_KILLED = "STOPPING_KILLED"
+    DELETE_FAILED = "DELETE_FAILED"
 
     @property
     def is_terminal(self) -> bool:
@@ -33,12 +40,20 @@ class ExperimentState(enum.Enum):
         return self in _TERMINAL_EXPERIMENT
 
     def _to_proto(self) -> common_pb2.ExperimentState.ValueType:
-        return common_pb2.ExperimentState.Value("EXPERIMENT_STATE_" + self.value)
+        value = _DETERMINED_ONLY.get(self.value, self.value)
+        return common_pb2.ExperimentState.Value("EXPERIMENT_STATE_" + value)
 
     @classmethod
     def _from_proto(cls, value: common_pb2.ExperimentState.ValueType) -> ExperimentState:
         return cls(common_pb2.ExperimentState.Name(value).removeprefix("EXPERIMENT_STATE_"))
 
+
+_DETERMINED_ONLY = {
+    "RUNNING": "ACTIVE",
+    "QUEUED": "ACTIVE",
+    "STOPPING_KILLED": "STOPPING_CANCELED",
+    "DELETE_FAILED": "ERROR",
+}
 
 _TERMINAL_EXPERIMENT = frozenset(
     {
@@ -109,6 +124,41 @@ class CheckpointSortBy(enum.Enum):
     BATCH_NUMBER = "steps_completed"
     END_TIME = "report_time"
     SEARCHER_METRIC = "searcher_metric"
+    STATE = "state"
+
+
+class ExperimentSortBy(enum.Enum):
+    """Keys for ``list_experiments(sort_by=...)`` (Determined's names this master sorts by)."""
+
+    ID = "id"
+    NAME = "name"
+    START_TIME = "start_time"
+    END_TIME = "end_time"
+    STATE = "state"
+    PROGRESS = "progress"
+
+
+class TrialSortBy(enum.Enum):
+    """Keys for ``Experiment.list_trials(sort_by=...)`` / ``iter_trials``."""
+
+    ID = "id"
+    START_TIME = "start_time"
+    END_TIME = "end_time"
+    STATE = "state"
+    BEST_VALIDATION_METRIC = "searcher_metric"
+    BATCHES_PROCESSED = "steps_completed"
+    RESTARTS = "restarts"
+
+
+class ModelSortBy(enum.Enum):
+    """Keys for ``get_models(sort_by=...)``."""
+
+    NAME = "name"
+    DESCRIPTION = "description"
+    CREATION_TIME = "creation_time"
+    LAST_UPDATED_TIME = "last_updated_time"
+    NUM_VERSIONS = "num_versions"
+    WORKSPACE = "workspace_id"
 
 
 class OrderBy(enum.Enum):
@@ -146,7 +196,7 @@ class LogLevel(enum.Enum):
         """Accept a member or its name, case-insensitive (``"warning"``, ``"WARN"``)."""
         if isinstance(value, LogLevel):
             return value
-        name = value.strip().upper()
+        name = value.strip().upper().removeprefix("LOG_LEVEL_")  # Determined's wire names
         if name == "WARN":
             name = "WARNING"
         try:

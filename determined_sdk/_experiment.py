@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import pathlib
 import sys
@@ -13,11 +14,18 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from determined_sdk import errors
 from determined_sdk._checkpoint import Checkpoint, list_checkpoints
-from determined_sdk._enums import CheckpointSortBy, ExperimentState, OrderBy, TrialState
+from determined_sdk._enums import (
+    CheckpointSortBy,
+    ExperimentState,
+    OrderBy,
+    TrialSortBy,
+    TrialState,
+)
 from determined_sdk._resource import (
     Resource,
     SessionLike,
     check_id,
+    check_limit,
     deprecated,
     str_list,
 )
@@ -78,9 +86,15 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         return self._m().description
 
     @property
-    def labels(self) -> list[str]:
-        """Labels (cached; :meth:`add_label`/:meth:`remove_label` update them)."""
-        return list(self._m().labels)
+    def labels(self) -> set[str]:
+        """Labels, a set as in Determined (cached; :meth:`add_label`, :meth:`remove_label`
+        and :meth:`set_labels` update them)."""
+        return set(self._m().labels)
+
+    @property
+    def notes(self) -> str:
+        """Free-text notes (cached; :meth:`set_notes` updates them)."""
+        return self._m().notes
 
     def _full(self) -> experiment_pb2.Experiment:
         """The cached message with its configs: objects from a list hold a summary without
@@ -197,6 +211,17 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             raise errors.InvalidArgumentError(f"description: must be a string, got {description!r}")
         self._patch(experiment_pb2.PatchExperimentRequest(description=description), ["description"])
 
+    def set_notes(self, notes: str) -> None:
+        """Replace the notes (updates ``notes``).
+
+        Raises:
+            InvalidArgumentError: Not a string.
+            NotFoundError: The experiment does not exist.
+        """
+        if not isinstance(notes, str):
+            raise errors.InvalidArgumentError(f"notes: must be a string, got {notes!r}")
+        self._patch(experiment_pb2.PatchExperimentRequest(notes=notes), ["notes"])
+
     def add_label(self, label: str) -> None:
         """Add a label (no-op if present; updates ``labels``).
 
@@ -214,6 +239,23 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         """
         labels = _label(label)
         self._patch(experiment_pb2.PatchExperimentRequest(remove_labels=labels), ["labels"])
+
+    def set_labels(self, labels: Iterable[str]) -> None:
+        """Make the labels exactly ``labels`` (updates ``labels``).
+
+        Raises:
+            InvalidArgumentError: An empty or non-string label.
+            NotFoundError: The experiment does not exist.
+        """
+        wanted = str_list(labels, "labels")
+        if not all(x.strip() for x in wanted):
+            raise errors.InvalidArgumentError(f"labels: must be non-empty strings, got {wanted!r}")
+        current = set(self._fetch().labels)
+        req = experiment_pb2.PatchExperimentRequest(
+            add_labels=sorted(set(wanted) - current),
+            remove_labels=sorted(current - set(wanted)),
+        )
+        self._patch(req, ["labels"])
 
     # -- actions ----------------------------------------------------------------------------
     def _act(self, action: experiment_pb2.ExperimentAction.ValueType, retry: bool = True) -> None:
@@ -325,6 +367,7 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             The terminal state (COMPLETED, CANCELED, ERROR or DELETED).
 
         Raises:
+            ValueError: The experiment is PAUSED (it would never end), as in Determined.
             DeadlineExceededError: ``timeout`` passed first.
             NotFoundError: The experiment does not exist.
         """
@@ -342,6 +385,10 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             if state.is_terminal:
                 line.end()
                 return state
+            if state is ExperimentState.PAUSED:
+                raise ValueError(
+                    f"experiment {self.id} is PAUSED: activate it before waiting for it to end"
+                )
             if deadline is not None and time.monotonic() >= deadline:
                 raise errors.DeadlineExceededError(
                     f"experiment {self.id} still {state.value} after {timeout}s"
@@ -391,12 +438,20 @@ class Experiment(Resource[experiment_pb2.Experiment]):
     # -- collections ------------------------------------------------------------------------
     def iter_trials(
         self,
+        sort_by: TrialSortBy | None = None,
+        order_by: OrderBy | None = None,
+        limit: int | None = None,
+        *,
         states: Iterable[TrialState] | None = None,
         page_size: int = TRIALS_PAGE_SIZE,
     ) -> Iterator[Trial]:
-        """Its trials in id order, fetched lazily a page at a time.
+        """Its trials, fetched lazily a page at a time (id order), or sorted.
 
         Args:
+            sort_by: A :class:`TrialSortBy` key (None: id order, streamed by page; a key
+                reads every trial first, then sorts).
+            order_by: ``OrderBy.ASC`` (default) or ``OrderBy.DESC``.
+            limit: At most this many trials.
             states: Only trials in these states (None: all).
             page_size: Trials per request.
 
@@ -404,12 +459,23 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             An iterator of hydrated :class:`Trial` objects.
 
         Raises:
+            InvalidArgumentError: A bad key, direction, limit or page size.
             NotFoundError: The experiment does not exist (raised on first ``next``).
         """
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise errors.InvalidArgumentError(f"page_size: must be >= 1, got {page_size!r}")
+        if sort_by is not None and not isinstance(sort_by, TrialSortBy):
+            raise errors.InvalidArgumentError(f"sort_by: must be a TrialSortBy, got {sort_by!r}")
+        if order_by is not None and not isinstance(order_by, OrderBy):
+            raise errors.InvalidArgumentError(f"order_by: must be an OrderBy, got {order_by!r}")
+        cap = check_limit(limit, "limit") if limit is not None else None
         wire_states = [_trial_state(st)._to_proto() for st in states or ()]
-        return self._iter_trials(wire_states, page_size)
+        trials = self._iter_trials(wire_states, page_size)
+        descending = order_by is not None and order_by.value == "DESC"
+        if sort_by is not None or descending:
+            key = _TRIAL_KEYS[sort_by or TrialSortBy.ID]
+            trials = iter(sorted(trials, key=key, reverse=descending))
+        return itertools.islice(trials, cap) if cap is not None else trials
 
     def _iter_trials(
         self, wire_states: list[common_pb2.TrialState.ValueType], page_size: int
@@ -449,19 +515,28 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         require_pandas()
         return trials_dataframe(self.list_trials())
 
-    def list_trials(self, states: Iterable[TrialState] | None = None) -> list[Trial]:
-        """All its trials in id order.
+    def list_trials(
+        self,
+        sort_by: TrialSortBy | None = None,
+        order_by: OrderBy | None = None,
+        *,
+        states: Iterable[TrialState] | None = None,
+    ) -> list[Trial]:
+        """All its trials, in id order or sorted.
 
         Args:
+            sort_by: A :class:`TrialSortBy` key (None: id order).
+            order_by: ``OrderBy.ASC`` (default) or ``OrderBy.DESC``.
             states: Only trials in these states (None: all).
 
         Returns:
             A list of hydrated :class:`Trial` objects.
 
         Raises:
+            InvalidArgumentError: A bad key or direction.
             NotFoundError: The experiment does not exist.
         """
-        return list(self.iter_trials(states=states))
+        return list(self.iter_trials(sort_by, order_by, states=states))
 
     def list_checkpoints(
         self,
@@ -469,7 +544,7 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         order_by: OrderBy | None = None,
         max_results: int | None = None,
     ) -> list[Checkpoint]:
-        """Checkpoints of all its trials (every state but DELETED), sorted on the master.
+        """Checkpoints of all its trials (every state, DELETED included), sorted on the master.
 
         Args:
             sort_by: A :class:`CheckpointSortBy`, or a str naming a validation metric
@@ -493,7 +568,33 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             max_results=max_results,
         )
 
-    def download_code(self, path: str | os.PathLike[str]) -> pathlib.Path:
+    def download_code(self, output_dir: str | os.PathLike[str] | None = None) -> str:
+        """Save the experiment's model directory as ``exp-<id>_model_def.tar.gz``, as
+        Determined does (:meth:`extract_code` unpacks it instead).
+
+        Args:
+            output_dir: Directory to write the file in (default: the current directory;
+                created if missing).
+
+        Returns:
+            The path of the written file.
+
+        Raises:
+            NotFoundError: The experiment does not exist.
+        """
+        data = self._model_definition()
+        target = pathlib.Path(output_dir if output_dir is not None else ".")
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / f"exp-{self.id}_model_def.tar.gz"
+        if not data:  # an experiment made without code: an empty archive
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w:gz"):
+                pass
+            data = buf.getvalue()
+        path.write_bytes(data)
+        return str(path)
+
+    def extract_code(self, path: str | os.PathLike[str]) -> pathlib.Path:
         """Unpack the experiment's model directory into ``path`` (created if missing).
 
         Args:
@@ -505,14 +606,17 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         Raises:
             NotFoundError: The experiment does not exist.
         """
-        req = experiment_pb2.GetModelDefinitionRequest(experiment_id=self.id)
-        data = self._session.get_model_definition(req).model_definition
+        data = self._model_definition()
         target = pathlib.Path(path)
         target.mkdir(parents=True, exist_ok=True)
         if data:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
                 tar.extractall(target, filter="data")
         return target
+
+    def _model_definition(self) -> bytes:
+        req = experiment_pb2.GetModelDefinitionRequest(experiment_id=self.id)
+        return self._session.get_model_definition(req).model_definition
 
     # -- deprecated -------------------------------------------------------------------------
     def get_trials(self) -> list[Trial]:
@@ -547,6 +651,21 @@ class Experiment(Resource[experiment_pb2.Experiment]):
 
     def __repr__(self) -> str:
         return f"Experiment(id={self.id})"
+
+
+def _none_last(value: float | None) -> tuple[bool, float]:
+    return (value is None, value if value is not None else 0.0)
+
+
+_TRIAL_KEYS: dict[TrialSortBy, Any] = {
+    TrialSortBy.ID: lambda t: t.id,
+    TrialSortBy.START_TIME: lambda t: (t.start_time, t.id),
+    TrialSortBy.END_TIME: lambda t: (_none_last(t.end_time), t.id),
+    TrialSortBy.STATE: lambda t: (t.state.value, t.id),
+    TrialSortBy.BEST_VALIDATION_METRIC: lambda t: (_none_last(t.searcher_metric), t.id),
+    TrialSortBy.BATCHES_PROCESSED: lambda t: (t.steps_completed, t.id),
+    TrialSortBy.RESTARTS: lambda t: (t.restarts, t.id),
+}
 
 
 def _label(label: str) -> list[str]:

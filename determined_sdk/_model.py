@@ -7,9 +7,10 @@ from typing import Any
 
 from determined_sdk import errors
 from determined_sdk._checkpoint import Checkpoint
+from determined_sdk._enums import OrderBy
 from determined_sdk._resource import Resource, SessionLike, dumps, loads, str_list
 from determined_sdk._session import Session
-from determined_sdk.proto import model_pb2
+from determined_sdk.proto import model_pb2, workspace_pb2
 
 
 def _name(value: Any, what: str) -> str:
@@ -77,6 +78,42 @@ class ModelVersion(Resource[model_pb2.ModelVersion]):
     def comment(self) -> str:
         """Comment (cached)."""
         return self._m().comment
+
+    @property
+    def model_version(self) -> int:
+        """The version number (Determined's name for :attr:`version`)."""
+        return self.version
+
+    @property
+    def notes(self) -> str:
+        """Free-text notes (cached; :meth:`set_notes` updates them)."""
+        return self._m().notes
+
+    def _patch(self, req: model_pb2.PatchModelVersionRequest) -> None:
+        req.model_name, req.version = self.model_name, self.version
+        self._set(self._session.patch_model_version(req).model_version)
+
+    def set_name(self, name: str) -> None:
+        """Rename this version (updates the cache).
+
+        Raises:
+            InvalidArgumentError: Not a string.
+            NotFoundError: No such model or version.
+        """
+        if not isinstance(name, str):
+            raise errors.InvalidArgumentError(f"name: must be a string, got {name!r}")
+        self._patch(model_pb2.PatchModelVersionRequest(name=name))
+
+    def set_notes(self, notes: str) -> None:
+        """Replace the notes (updates the cache).
+
+        Raises:
+            InvalidArgumentError: Not a string.
+            NotFoundError: No such model or version.
+        """
+        if not isinstance(notes, str):
+            raise errors.InvalidArgumentError(f"notes: must be a string, got {notes!r}")
+        self._patch(model_pb2.PatchModelVersionRequest(notes=notes))
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -340,19 +377,70 @@ class Model(Resource[model_pb2.Model]):
         resp = self._session.list_model_versions(req)
         return [ModelVersion._from_proto(v, self.name, self._session) for v in resp.model_versions]
 
-    def get_version(self, version: int | None = None) -> ModelVersion:
-        """One version, or the latest.
+    @property
+    def model_id(self) -> int:
+        """Determined's name for :attr:`id` (cached)."""
+        return self.id
+
+    @property
+    def username(self) -> str:
+        """Who registered it; "" (this master records no owner for models)."""
+        return ""
+
+    def set_labels(self, labels: Iterable[str]) -> None:
+        """Make the labels exactly ``labels`` (updates ``labels``).
+
+        Raises:
+            InvalidArgumentError: A label is not a string.
+            NotFoundError: The model does not exist.
+        """
+        self._set_labels(str_list(labels, "labels"))
+
+    def move_to_workspace(self, workspace_name: str) -> None:
+        """Move the model to another workspace (updates ``workspace_id``).
+
+        Raises:
+            NotFoundError: No such model or workspace.
+        """
+        if not isinstance(workspace_name, str) or not workspace_name:
+            raise errors.InvalidArgumentError(
+                f"workspace_name: must be a non-empty string, got {workspace_name!r}"
+            )
+        ws = self._session.get_workspace(
+            workspace_pb2.GetWorkspaceRequest(name=workspace_name)
+        ).workspace
+        self._patch(model_pb2.PatchModelRequest(workspace_id=ws.id), ["workspace_id"])
+
+    def get_versions(self, order_by: OrderBy = OrderBy.DESC) -> list[ModelVersion]:
+        """Its versions, newest first by default (Determined's; see :meth:`list_versions`).
+
+        Raises:
+            InvalidArgumentError: ``order_by`` is not an OrderBy.
+            NotFoundError: The model does not exist.
+        """
+        if not isinstance(order_by, OrderBy):
+            raise errors.InvalidArgumentError(f"order_by: must be an OrderBy, got {order_by!r}")
+        versions = self.list_versions()
+        return versions[::-1] if order_by.value == "DESC" else versions
+
+    def get_version(self, version: int | None = None) -> ModelVersion | None:
+        """One version, or the latest; None when asking for the latest of a model that has
+        no versions (as in Determined).
 
         Args:
             version: Version number (None: the latest).
 
         Returns:
-            The version (hydrated).
+            The version (hydrated), or None.
 
         Raises:
-            NotFoundError: No such model or version.
+            NotFoundError: No such model, or no such numbered version.
             InvalidArgumentError: ``version`` is not a positive integer.
         """
+        if version is None:
+            self.reload()
+            if self.num_versions == 0:
+                return None
         if version is not None and (
             isinstance(version, bool) or not isinstance(version, int) or version < 1
         ):

@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf import message as _message
 
-from determined_sdk import errors
+from determined_sdk import _default, errors
 from determined_sdk._session import Session
 
 M = TypeVar("M", bound=_message.Message)
@@ -35,9 +35,7 @@ SessionLike = Session | _HasSession
 def resolve_session(session: SessionLike | None) -> Session:
     """The session to use: the given one, the given client's, or the default client's."""
     if session is None:
-        from determined_sdk import client
-
-        return client._default().session
+        return _default.get().session
     if isinstance(session, Session):
         return session
     return session.session

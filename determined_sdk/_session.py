@@ -336,6 +336,10 @@ class Session:
         self.delete_checkpoints: _Unary[
             checkpoint_pb2.DeleteCheckpointsRequest, checkpoint_pb2.DeleteCheckpointsResponse
         ] = _Unary(self, ckpt.DeleteCheckpoints, W)
+        self.remove_checkpoint_files: _Unary[
+            checkpoint_pb2.RemoveCheckpointFilesRequest,
+            checkpoint_pb2.RemoveCheckpointFilesResponse,
+        ] = _Unary(self, ckpt.RemoveCheckpointFiles, I)
         self.download_checkpoint: _Stream[
             checkpoint_pb2.DownloadCheckpointRequest, checkpoint_pb2.CheckpointChunk
         ] = _Stream(self, ckpt.DownloadCheckpoint)
@@ -368,6 +372,9 @@ class Session:
         self.delete_project: _Unary[
             workspace_pb2.DeleteProjectRequest, workspace_pb2.DeleteProjectResponse
         ] = _Unary(self, ws.DeleteProject, W)
+        self.patch_project: _Unary[
+            workspace_pb2.PatchProjectRequest, workspace_pb2.PatchProjectResponse
+        ] = _Unary(self, ws.PatchProject, I)
 
         self.create_model: _Unary[model_pb2.CreateModelRequest, model_pb2.CreateModelResponse] = (
             _Unary(self, model.CreateModel, W)
@@ -396,6 +403,9 @@ class Session:
         self.delete_model_version: _Unary[
             model_pb2.DeleteModelVersionRequest, model_pb2.DeleteModelVersionResponse
         ] = _Unary(self, model.DeleteModelVersion, W)
+        self.patch_model_version: _Unary[
+            model_pb2.PatchModelVersionRequest, model_pb2.PatchModelVersionResponse
+        ] = _Unary(self, model.PatchModelVersion, I)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -86,46 +85,58 @@ class LogLine:
 
 @dataclass(frozen=True, slots=True)
 class TrialMetrics:
-    """One metric report of a trial.
+    """One metric report of a trial, shaped as Determined's.
 
     Attributes:
         trial_id: The trial.
-        group: ``"training"``, ``"validation"`` or a user group.
+        trial_run_id: The run of the trial (1 + restarts) that reported it.
         steps_completed: Training steps done at the report.
+        end_time: When it was reported (the trial's clock), timezone-aware UTC.
         metrics: Metric name -> value.
-        timestamp: Unix seconds, the trial's clock.
+        group: ``"training"``, ``"validation"`` or a user group.
+        batch_metrics: Per-batch metrics (Determined's; never set here).
     """
 
     trial_id: int
-    group: str
+    trial_run_id: int
     steps_completed: int
-    metrics: dict[str, float]
-    timestamp: float
+    end_time: datetime.datetime
+    metrics: dict[str, Any]
+    group: str
+    batch_metrics: list[dict[str, Any]] | None = None
+
+    @property
+    def timestamp(self) -> float:
+        """``end_time`` as unix seconds."""
+        return self.end_time.timestamp()
 
 
-def _trial_metrics_builder() -> Callable[[int, str, int, dict[str, float], float], TrialMetrics]:
-    """A constructor of :class:`TrialMetrics` about twice as fast as the frozen dataclass's
-    ``__init__`` (which goes through ``object.__setattr__`` per field); streams of a million
-    points spend much of their time here. Fields added later with defaults get them."""
+def _trial_metrics_builder() -> Callable[
+    [int, str, int, dict[str, float], float, int], TrialMetrics
+]:
+    """A constructor of :class:`TrialMetrics` from a column point, about twice as fast as the
+    frozen dataclass's ``__init__`` (which goes through ``object.__setattr__`` per field);
+    streams of a million points spend much of their time here."""
     new = object.__new__
     cls = TrialMetrics
-    set_t, set_g, set_s, set_m, set_ts = (
-        getattr(cls, f).__set__
-        for f in ("trial_id", "group", "steps_completed", "metrics", "timestamp")
-    )
+    fields = ("trial_id", "group", "steps_completed", "metrics", "end_time", "trial_run_id")
+    set_t, set_g, set_s, set_m, set_e, set_r = (getattr(cls, f).__set__ for f in fields)
     extra = [
         (getattr(cls, f.name).__set__, f.default)
         for f in dataclasses.fields(cls)
-        if f.name not in ("trial_id", "group", "steps_completed", "metrics", "timestamp")
+        if f.name not in fields
     ]
+    stamp = datetime.datetime.fromtimestamp
+    utc = datetime.UTC
 
-    def build(t: int, g: str, s: int, m: dict[str, float], ts: float) -> TrialMetrics:
+    def build(t: int, g: str, s: int, m: dict[str, float], ts: float, run: int) -> TrialMetrics:
         o = new(cls)
         set_t(o, t)
         set_g(o, g)
         set_s(o, s)
         set_m(o, m)
-        set_ts(o, ts)
+        set_e(o, stamp(ts, tz=utc))
+        set_r(o, run)
         for setter, default in extra:
             setter(o, default)
         return o
@@ -178,12 +189,28 @@ def _stream_metrics(
     session: Session, req: trial_pb2.StreamMetricsRequest
 ) -> Iterator[TrialMetrics]:
     # A followed stream may stay open for the whole run of a trial: no deadline.
+    runs: dict[int, int] = {}  # the trial's current run, for points that do not name theirs
+
+    def run_of(trial_id: int) -> int:
+        if trial_id not in runs:
+            got = session.get_trial(trial_pb2.GetTrialRequest(trial_id=trial_id)).trial
+            runs[trial_id] = got.run_id or 1
+        return runs[trial_id]
+
     build = _new_trial_metrics
     for page in session.stream_metrics(req):
         if page.HasField("columns"):
-            yield from itertools.starmap(build, iter_columns(page.columns))
+            for t, g, s, m, ts, run in iter_columns(page.columns):
+                yield build(t, g, s, m, ts, run or run_of(t))
         for p in page.points:  # masters before the columnar reply
-            yield TrialMetrics(p.trial_id, p.group, p.steps_completed, dict(p.metrics), p.timestamp)
+            run = int(p.trial_run_id) or run_of(p.trial_id)
+            yield build(p.trial_id, p.group, p.steps_completed, dict(p.metrics), p.timestamp, run)
+
+
+def _rank(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise errors.InvalidArgumentError(f"rank_ids: must be integers >= 0, got {value!r}")
+    return value
 
 
 def _check_regex(regex: str | None) -> str:
@@ -341,6 +368,71 @@ class Trial(Resource[trial_pb2.Trial]):
         *,
         head: int | None = None,
         tail: int | None = None,
+        container_ids: Iterable[str] | None = None,
+        rank_ids: Iterable[int] | None = None,
+        stdtypes: Iterable[str] | None = None,
+        min_level: LogLevel | str | None = None,
+        timestamp_before: float | datetime.datetime | None = None,
+        timestamp_after: float | datetime.datetime | None = None,
+        search_text: str | None = None,
+    ) -> Iterator[str]:
+        """The trial's log lines as strings (each ending in a newline), oldest first, with
+        Determined's arguments. :meth:`iter_log_lines` gives structured lines.
+
+        With ``follow=True`` the iterator keeps streaming new lines as the trial writes them
+        and ends when the trial ends. The request is sent when iteration starts.
+
+        Args:
+            follow: Keep streaming until the trial ends.
+            head: Only the first N matching lines.
+            tail: Only the last N matching lines (with ``follow``: then the new ones).
+            container_ids: Accepted for Determined's signature; a local trial runs in one
+                container, so every line matches.
+            rank_ids: Only these process ranks.
+            stdtypes: Only these streams (``stdout``, ``stderr``, ``master``).
+            min_level: Only lines at this level or above (``LogLevel`` or a name).
+            timestamp_before: Only lines written before this time.
+            timestamp_after: Only lines written after this time.
+            search_text: Only lines containing this substring.
+
+        Returns:
+            An iterator of strings.
+
+        Raises:
+            InvalidArgumentError: Both ``head`` and ``tail``, a negative count, an unknown
+                level.
+            NotFoundError: The trial does not exist (raised on first ``next``).
+        """
+        str_list(container_ids, "container_ids")
+        levels = None
+        if min_level is not None:
+            floor = LogLevel._parse(min_level)
+            if floor is not LogLevel.UNSPECIFIED:
+                order = [lv for lv in LogLevel if lv is not LogLevel.UNSPECIFIED]
+                levels = order[order.index(floor) :]
+        lines = self.iter_log_lines(
+            follow,
+            head=head,
+            tail=tail,
+            search=search_text,
+            levels=levels,
+            timestamp_after=timestamp_after,
+            timestamp_before=timestamp_before,
+            ranks=rank_ids,
+            streams=stdtypes,
+        )
+        return (line.message + "\n" for line in lines)
+
+    def iter_logs(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        """Same as :meth:`logs` (Determined's other name for it)."""
+        return self.logs(*args, **kwargs)
+
+    def iter_log_lines(
+        self,
+        follow: bool = False,
+        *,
+        head: int | None = None,
+        tail: int | None = None,
         search: str | None = None,
         levels: Iterable[LogLevel | str] | None = None,
         timestamp_after: float | datetime.datetime | None = None,
@@ -349,7 +441,8 @@ class Trial(Resource[trial_pb2.Trial]):
         streams: Iterable[str] | None = None,
         regex: str | None = None,
     ) -> Iterator[LogLine]:
-        """The trial's log lines, oldest first.
+        """The trial's log lines as :class:`LogLine` objects (rank, stream, level, time),
+        oldest first.
 
         With ``follow=True`` the iterator keeps streaming new lines as the trial writes them
         and ends when the trial ends; it yields exactly the lines a later full read yields.
@@ -386,7 +479,7 @@ class Trial(Resource[trial_pb2.Trial]):
             levels=[LogLevel._parse(lv)._to_proto() for lv in levels or ()],
             timestamp_after=_timestamp(timestamp_after, "timestamp_after"),
             timestamp_before=_timestamp(timestamp_before, "timestamp_before"),
-            ranks=list(ranks or ()),
+            ranks=[_rank(r) for r in ranks or ()],
             streams=str_list(streams, "streams"),
             regex=_check_regex(regex),
         )
@@ -458,13 +551,18 @@ class Trial(Resource[trial_pb2.Trial]):
         require_pandas()
         return metrics_dataframe(self.iter_metrics(group, names=names))
 
+    def stream_metrics(self, group: str | None = None) -> Iterator[TrialMetrics]:
+        """Deprecated (as in Determined): use :meth:`iter_metrics`."""
+        deprecated("Trial.stream_metrics()", "Trial.iter_metrics()")
+        return self.iter_metrics(group)
+
     def list_checkpoints(
         self,
         sort_by: str | CheckpointSortBy | None = None,
         order_by: OrderBy | None = None,
         max_results: int | None = None,
     ) -> list[Checkpoint]:
-        """This trial's checkpoints (every state but DELETED), sorted on the master.
+        """This trial's checkpoints (every state, DELETED included), sorted on the master.
 
         Args:
             sort_by: A :class:`CheckpointSortBy`, or a str naming a validation metric. None

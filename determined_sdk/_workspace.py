@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from determined_sdk import errors
-from determined_sdk._enums import ExperimentState, OrderBy
+from determined_sdk._enums import ExperimentSortBy, ExperimentState, OrderBy
 from determined_sdk._experiment import Experiment
 from determined_sdk._resource import Resource, SessionLike, check_id, str_list
 from determined_sdk._session import Session
@@ -25,13 +25,15 @@ def iter_experiments(
     labels: Iterable[str] | None = None,
     include_archived: bool = False,
     archived_only: bool = False,
-    sort_by: str = "id",
+    sort_by: str | ExperimentSortBy = "id",
     order_by: OrderBy | None = None,
     limit: int | None = None,
     page_size: int = EXPERIMENTS_PAGE_SIZE,
 ) -> Iterator[Experiment]:
     """Experiments matching the filters, fetched lazily a page at a time (see
     ``Determined.list_experiments`` for the arguments)."""
+    if isinstance(sort_by, ExperimentSortBy):
+        sort_by = sort_by.value
     if sort_by not in _EXPERIMENT_SORT_KEYS:
         raise errors.InvalidArgumentError(
             f"sort_by: must be one of {', '.join(_EXPERIMENT_SORT_KEYS)}, got {sort_by!r}"
@@ -163,6 +165,77 @@ class Project(Resource[workspace_pb2.Project]):
             )
         )
 
+    @property
+    def notes(self) -> list[dict[str, str]]:
+        """Determined's project notes: ``[{"name": ..., "contents": ...}, ...]`` (cached)."""
+        return [{"name": n.name, "contents": n.contents} for n in self._m().notes]
+
+    def _patch(self, req: workspace_pb2.PatchProjectRequest) -> None:
+        req.project_id = self.id
+        self._set(self._session.patch_project(req).project)
+
+    def set_name(self, name: str) -> None:
+        """Rename the project (updates the cache).
+
+        Raises:
+            InvalidArgumentError: An empty name.
+            AlreadyExistsError: The workspace has a project with that name.
+            NotFoundError: The project does not exist.
+        """
+        if not isinstance(name, str):
+            raise errors.InvalidArgumentError(f"name: must be a string, got {name!r}")
+        self._patch(workspace_pb2.PatchProjectRequest(name=name))
+
+    def set_description(self, description: str) -> None:
+        """Set the description (updates the cache).
+
+        Raises:
+            NotFoundError: The project does not exist.
+        """
+        if not isinstance(description, str):
+            raise errors.InvalidArgumentError(f"description: must be a string, got {description!r}")
+        self._patch(workspace_pb2.PatchProjectRequest(description=description))
+
+    def archive(self) -> None:
+        """Archive the project (updates the cache)."""
+        self._patch(workspace_pb2.PatchProjectRequest(archived=True))
+
+    def unarchive(self) -> None:
+        """Unarchive the project (updates the cache)."""
+        self._patch(workspace_pb2.PatchProjectRequest(archived=False))
+
+    def add_note(self, name: str, contents: str) -> None:
+        """Append a note (updates ``notes``).
+
+        Raises:
+            InvalidArgumentError: An empty name or a non-string contents.
+            NotFoundError: The project does not exist.
+        """
+        if not isinstance(name, str) or not isinstance(contents, str):
+            raise errors.InvalidArgumentError("name and contents: must be strings")
+        current = [(n.name, n.contents) for n in self._fetch().notes]
+        self._set_notes([*current, (name, contents)])
+
+    def remove_note(self, name: str) -> None:
+        """Remove the notes with this name (updates ``notes``).
+
+        Raises:
+            NotFoundError: The project does not exist, or has no note of that name.
+        """
+        current = [(n.name, n.contents) for n in self._fetch().notes]
+        kept = [(n, c) for n, c in current if n != name]
+        if len(kept) == len(current):
+            raise errors.NotFoundError(f"project {self.id} has no note named {name!r}")
+        self._set_notes(kept)
+
+    def _set_notes(self, notes: list[tuple[str, str]]) -> None:
+        self._patch(
+            workspace_pb2.PatchProjectRequest(
+                set_notes=True,
+                notes=[workspace_pb2.ProjectNote(name=n, contents=c) for n, c in notes],
+            )
+        )
+
     def delete(self) -> None:
         """Delete the project.
 
@@ -179,17 +252,58 @@ class Project(Resource[workspace_pb2.Project]):
 class Workspace(Resource[workspace_pb2.Workspace]):
     """A workspace: a group of projects (the default one is ``"Uncategorized"``, id 1).
 
-    ``Workspace(workspace_id, session)`` builds a blank object without a request. Cached
-    attributes (refreshed by :meth:`reload`): ``name``, ``archived``, ``num_projects``.
+    ``Workspace(workspace_id, session)`` builds a blank object without a request. Determined's
+    spelling, ``Workspace(session, workspace_id=None, workspace_name=None)``, is accepted too (a
+    name is looked up at once). Cached attributes (refreshed by :meth:`reload`): ``name``,
+    ``archived``, ``num_projects``.
 
     Args:
-        workspace_id: The workspace's id.
+        id_or_session: The workspace's id; or, in Determined's order, the session.
         session: A :class:`Session` or a ``Determined`` client (None: the default client).
+        workspace_id: The workspace's id, by keyword.
+        workspace_name: The workspace's name, instead of its id.
+
+    Raises:
+        InvalidArgumentError: Neither or both of id and name, or a bad one.
+        NotFoundError: No workspace has that name.
     """
 
-    def __init__(self, workspace_id: int, session: SessionLike | None = None) -> None:
+    def __init__(
+        self,
+        id_or_session: int | SessionLike | None = None,
+        session: SessionLike | None = None,
+        *,
+        workspace_id: int | None = None,
+        workspace_name: str | None = None,
+    ) -> None:
+        if isinstance(id_or_session, bool):
+            raise errors.InvalidArgumentError(
+                f"workspace_id: must be a positive integer, got {id_or_session!r}"
+            )
+        if isinstance(id_or_session, int):
+            if workspace_id is not None:
+                raise errors.InvalidArgumentError("workspace_id: given twice")
+            workspace_id = id_or_session
+        elif id_or_session is not None:
+            if session is not None:
+                raise errors.InvalidArgumentError("session: given twice")
+            session = id_or_session  # Determined's order: Workspace(session, workspace_id=...)
         super().__init__(session)
-        self.id = check_id(workspace_id, "workspace_id")
+        if (workspace_id is None) == (workspace_name is None):
+            raise errors.InvalidArgumentError(
+                "workspace_id and workspace_name: give exactly one of them"
+            )
+        if workspace_name is not None:
+            if not isinstance(workspace_name, str) or not workspace_name:
+                raise errors.InvalidArgumentError(
+                    f"workspace_name: must be a non-empty string, got {workspace_name!r}"
+                )
+            req = workspace_pb2.GetWorkspaceRequest(name=workspace_name)
+            msg = self._session.get_workspace(req).workspace
+            self.id = msg.id
+            self._set(msg)
+        else:
+            self.id = check_id(workspace_id, "workspace_id")
 
     @classmethod
     def _from_proto(cls, msg: workspace_pb2.Workspace, session: Session) -> Workspace:
@@ -294,6 +408,15 @@ class Workspace(Resource[workspace_pb2.Workspace]):
                 include_archived=include_archived,
             )
         )
+
+    def delete_project(self, project_name: str) -> None:
+        """Delete one of its projects by name (Determined's call).
+
+        Raises:
+            FailedPreconditionError: The project holds experiments.
+            NotFoundError: No such project in this workspace.
+        """
+        self.get_project(project_name).delete()
 
     def delete(self) -> None:
         """Delete the workspace.

@@ -14,10 +14,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import click
+import yaml
 from rich.console import Console
 from rich.markup import escape
 
@@ -102,7 +104,7 @@ def _experiment_rows(exps: Iterable[Experiment]) -> list[list[Any]]:
             f"{e.progress:.0%}",
             e.num_trials,
             e.project_id,
-            ",".join(e.labels),
+            ",".join(sorted(e.labels)),
             _time(e.start_time),
             _time(e.end_time),
         ]
@@ -244,14 +246,21 @@ def experiment() -> None:
 
 
 def _follow_trial(trial: Trial) -> None:
-    for line in trial.logs(follow=True):
+    for line in trial.iter_log_lines(follow=True):
         out.print(escape(line.format()))
 
 
 @experiment.command("create")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False), required=False)
 @click.option("--no-activate", is_flag=True, help="Create it paused.")
+@click.option(
+    "--from-checkpoint",
+    "from_checkpoint",
+    default=None,
+    metavar="UUID",
+    help="Start every trial from this checkpoint (sets searcher.source_checkpoint_uuid).",
+)
 @click.option(
     "-f", "--follow", is_flag=True, help="Stream the first trial's logs, then wait for the end."
 )
@@ -260,15 +269,28 @@ def _follow_trial(trial: Trial) -> None:
 def experiment_create(
     ctx: click.Context,
     config: str,
-    model_dir: str,
+    model_dir: str | None,
     no_activate: bool,
+    from_checkpoint: str | None,
     follow: bool,
     project_id: int | None,
 ) -> None:
-    """Create an experiment from a CONFIG file and a MODEL_DIR."""
-    exp = _client(ctx).create_experiment(
-        config, model_dir, activate=not no_activate, project_id=project_id
-    )
+    """Create an experiment from a CONFIG file and a MODEL_DIR (optional when the entrypoint
+    needs no code of its own)."""
+    cfg: str | dict[str, Any] = config
+    if from_checkpoint is not None:
+        cfg = _config_dict(config)
+        searcher = cfg.get("searcher")
+        if not isinstance(searcher, dict):
+            raise errors.InvalidArgumentError("searcher: required (a mapping)")
+        searcher["source_checkpoint_uuid"] = from_checkpoint
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always", UserWarning)
+        exp = _client(ctx).create_experiment(
+            cfg, model_dir, activate=not no_activate, project_id=project_id
+        )
+    for w in told:
+        click.echo(f"Warning: {w.message}", err=True)
     out.print(f"Created experiment {exp.id}")
     if follow:
         if no_activate:
@@ -278,6 +300,16 @@ def experiment_create(
         out.print(f"Experiment {exp.id} ended {state.value}")
         if state.value != "COMPLETED":
             ctx.exit(1)
+
+
+def _config_dict(path: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(pathlib.Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise errors.InvalidArgumentError(f"config: cannot read {path!r}: {e}") from None
+    if not isinstance(loaded, dict):
+        raise errors.InvalidArgumentError(f"config: {path!r} must hold a mapping")
+    return loaded
 
 
 @experiment.command("list")
@@ -332,7 +364,7 @@ def experiment_describe(ctx: click.Context, experiment_id: int, show_config: boo
             ("state", e.state.value + (f" ({e.error})" if e.error else "")),
             ("progress", f"{e.progress:.0%}"),
             ("searcher", e.searcher_name),
-            ("labels", ", ".join(e.labels)),
+            ("labels", ", ".join(sorted(e.labels))),
             ("project / workspace", f"{e.project_id} / {e.workspace_id}"),
             ("archived", e.archived),
             ("started", _time(e.start_time)),
@@ -383,7 +415,7 @@ def experiment_set_name(ctx: click.Context, experiment_id: int, name: str) -> No
 @click.pass_context
 def experiment_download_code(ctx: click.Context, experiment_id: int, directory: str) -> None:
     """Unpack an experiment's model directory into DIRECTORY."""
-    path = Experiment(experiment_id, _client(ctx)).download_code(directory)
+    path = Experiment(experiment_id, _client(ctx)).extract_code(directory)
     out.print(f"Model code of experiment {experiment_id} in {escape(str(path))}")
 
 
@@ -519,7 +551,7 @@ def trial_logs(
 ) -> None:
     """Print a trial's logs."""
     t = Trial(trial_id, _client(ctx))
-    lines = t.logs(
+    lines = t.iter_log_lines(
         follow=follow,
         head=head,
         tail=tail,

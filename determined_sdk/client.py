@@ -8,7 +8,7 @@ For scripts and notebooks::
     exp = client.create_experiment(config, "model_dir")
     trial = exp.await_first_trial()
     for line in trial.logs(follow=True):
-        print(line)
+        print(line, end="")
 
 Every function here is the same-named method of the default client; see :class:`Determined`
 for arguments. The default client is created lazily (thread-safe) by the first call, or by
@@ -18,19 +18,23 @@ for arguments. The default client is created lazily (thread-safe) by the first c
 from __future__ import annotations
 
 import os
-import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from determined_sdk._checkpoint import Checkpoint
+from determined_sdk import _default as _default_slot
+from determined_sdk._checkpoint import Checkpoint, CheckpointTrainingMetadata
 from determined_sdk._client import ConfigLike, Determined, MasterInfo
 from determined_sdk._enums import (
     CheckpointSortBy,
     CheckpointState,
     DownloadMode,
+    ExperimentSortBy,
     ExperimentState,
     LogLevel,
+    ModelSortBy,
     OrderBy,
+    TrialSortBy,
     TrialState,
 )
 from determined_sdk._experiment import Experiment
@@ -43,27 +47,34 @@ __all__ = [
     "Checkpoint",
     "CheckpointSortBy",
     "CheckpointState",
+    "CheckpointTrainingMetadata",
     "Determined",
     "DownloadMode",
     "Experiment",
+    "ExperimentSortBy",
     "ExperimentState",
     "LogLevel",
     "LogLine",
     "MasterInfo",
     "Model",
+    "ModelSortBy",
     "ModelVersion",
     "OrderBy",
     "Project",
     "Trial",
     "TrialMetrics",
+    "TrialSortBy",
     "TrialState",
     "Workspace",
     "create_experiment",
     "create_model",
     "create_workspace",
+    "delete_workspace",
     "get_checkpoint",
     "get_experiment",
     "get_model",
+    "get_model_by_id",
+    "get_model_labels",
     "get_trial",
     "get_workspace",
     "iter_trials_metrics",
@@ -71,19 +82,15 @@ __all__ = [
     "list_models",
     "list_workspaces",
     "login",
+    "stream_trials_metrics",
 ]
-
-_lock = threading.Lock()
-_client: Determined | None = None
 
 
 def _default() -> Determined:
     """The default client, created on first use from ``$DET_MASTER``."""
-    global _client
-    with _lock:
-        if _client is None or _client.session.closed:
-            _client = Determined()
-        return _client
+    d = _default_slot.get()
+    assert isinstance(d, Determined)
+    return d
 
 
 def login(
@@ -102,24 +109,33 @@ def login(
     Raises:
         UnauthenticatedError: Bad user or password.
     """
-    global _client
     new = Determined(master, user, password)
-    with _lock:
-        old, _client = _client, new
-    if old is not None:
+    old = _default_slot.replace(new)
+    if old is not None and old is not new:
         old.close()
     return new
 
 
 def create_experiment(
     config: ConfigLike,
-    model_dir: str | os.PathLike[str] | None,
+    model_dir: str | os.PathLike[str] | None = None,
+    includes: Iterable[str | os.PathLike[str]] | None = None,
     *,
     activate: bool = True,
     project_id: int | None = None,
+    template: str | None = None,
+    parent_id: int | None = None,
 ) -> Experiment:
     """See :meth:`Determined.create_experiment`."""
-    return _default().create_experiment(config, model_dir, activate=activate, project_id=project_id)
+    return _default().create_experiment(
+        config,
+        model_dir,
+        includes,
+        activate=activate,
+        project_id=project_id,
+        template=template,
+        parent_id=parent_id,
+    )
 
 
 def get_experiment(experiment_id: int) -> Experiment:
@@ -136,7 +152,7 @@ def list_experiments(
     labels: Iterable[str] | None = None,
     include_archived: bool = False,
     archived_only: bool = False,
-    sort_by: str = "id",
+    sort_by: str | ExperimentSortBy = "id",
     order_by: OrderBy | None = None,
     limit: int | None = None,
 ) -> list[Experiment]:
@@ -180,6 +196,14 @@ def iter_trials_metrics(
     )
 
 
+def stream_trials_metrics(
+    trial_ids: Sequence[int] | int, group: str | None = None
+) -> Iterator[TrialMetrics]:
+    """Deprecated (as in Determined): use :func:`iter_trials_metrics`."""
+    deprecated("client.stream_trials_metrics()", "client.iter_trials_metrics()")
+    return _default().iter_trials_metrics(trial_ids, group)
+
+
 def create_workspace(name: str) -> Workspace:
     """See :meth:`Determined.create_workspace`."""
     return _default().create_workspace(name)
@@ -188,6 +212,11 @@ def create_workspace(name: str) -> Workspace:
 def get_workspace(workspace: str | int) -> Workspace:
     """See :meth:`Determined.get_workspace`."""
     return _default().get_workspace(workspace)
+
+
+def delete_workspace(workspace: str | int) -> None:
+    """See :meth:`Determined.delete_workspace`."""
+    _default().delete_workspace(workspace)
 
 
 def list_workspaces(name: str | None = None) -> list[Workspace]:
@@ -206,9 +235,19 @@ def create_model(
     return _default().create_model(name, description, metadata, labels, workspace_name)
 
 
-def get_model(name: str) -> Model:
+def get_model(identifier: str | int) -> Model:
     """See :meth:`Determined.get_model`."""
-    return _default().get_model(name)
+    return _default().get_model(identifier)
+
+
+def get_model_by_id(model_id: int) -> Model:
+    """See :meth:`Determined.get_model_by_id`."""
+    return _default().get_model_by_id(model_id)
+
+
+def get_model_labels() -> list[str]:
+    """See :meth:`Determined.get_model_labels`."""
+    return _default().get_model_labels()
 
 
 def list_models(
@@ -228,9 +267,11 @@ def get_master_info() -> MasterInfo:
 
 # -- deprecated ---------------------------------------------------------------------------------
 def get_models(*args: Any, **kwargs: Any) -> list[Model]:
-    """Deprecated: use :func:`list_models`."""
+    """Deprecated: use :func:`list_models` (takes Determined's ``sort_by``/``order_by``)."""
     deprecated("client.get_models()", "client.list_models()")
-    return _default().list_models(*args, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # warned once, above
+        return _default().get_models(*args, **kwargs)
 
 
 def get_workspaces() -> list[Workspace]:

@@ -16,6 +16,16 @@ class DeterminedError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
+    @property
+    def status_code(self) -> int:
+        """The HTTP status Determined's REST API would answer with (404 for not found, ...)."""
+        return _HTTP_STATUS.get(self.code, 500)
+
+    @property
+    def message(self) -> str:
+        """The error's text (Determined's exceptions have ``message``)."""
+        return str(self)
+
 
 class InvalidArgumentError(DeterminedError, ValueError):
     """A request carried a bad value; the message names the field or id at fault."""
@@ -95,6 +105,29 @@ _BY_CODE: dict[grpc.StatusCode, type[DeterminedError]] = {
 # Codes with no class of their own map to the nearest one.
 _BY_CODE[grpc.StatusCode.OUT_OF_RANGE] = InvalidArgumentError
 _BY_CODE[grpc.StatusCode.ABORTED] = FailedPreconditionError
+
+
+_HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+# Determined's exception names (``determined.common.api.errors``) for code that catches them.
+APIException = DeterminedError
+BadRequestException = InvalidArgumentError
+NotFoundException = NotFoundError
+ForbiddenException = PermissionDeniedError
+UnauthenticatedException = UnauthenticatedError
+MasterNotFoundException = MasterUnavailableError
 
 
 def to_grpc_status(err: DeterminedError) -> grpc.StatusCode:

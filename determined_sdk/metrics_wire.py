@@ -140,11 +140,12 @@ def join_metrics_json(payloads: Sequence[str]) -> str:
     return "[" + ",".join(payloads) + "]" if payloads else "[]"
 
 
-ColumnPoint = tuple[int, str, int, dict[str, float], float]
+ColumnPoint = tuple[int, str, int, dict[str, float], float, int]
 
 
 def iter_columns(cols: metrics_pb2.MetricColumns) -> Iterator[ColumnPoint]:
-    """The points of a ``MetricColumns`` page as ``(trial_id, group, steps, metrics, time)``.
+    """The points of a ``MetricColumns`` page as ``(trial_id, group, steps, metrics, time,
+    run_id)`` (``run_id`` 0 where the master did not send one).
 
     The metrics of the whole page are decoded in one pass when the first point is asked for.
 
@@ -175,4 +176,9 @@ def iter_columns(cols: metrics_pb2.MetricColumns) -> Iterator[ColumnPoint]:
         raise InvalidArgumentError(f"metrics_json: {len(metrics)} objects for {n} points")
     trials = itertools.chain.from_iterable(map(itertools.repeat, cols.trial_ids, counts))
     groups = map(names.__getitem__, gids)
-    return zip(trials, groups, steps, metrics, stamps, strict=True)
+    runs: Iterable[int] = cols.trial_run_ids or itertools.repeat(0, n)
+    if cols.trial_run_ids and len(cols.trial_run_ids) != n:
+        raise InvalidArgumentError(
+            f"trial_run_ids: {len(cols.trial_run_ids)} entries for {n} points"
+        )
+    return zip(trials, groups, steps, metrics, stamps, runs, strict=True)

@@ -6,10 +6,12 @@ keeps metadata and, for clients that cannot reach the storage, streams files on 
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 import os
 import pathlib
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,7 +29,7 @@ from master_server.store.base import Store
 
 logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
-SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric")
+SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric", "state")
 
 
 class CheckpointService:
@@ -122,6 +124,9 @@ class CheckpointService:
         searcher = self.experiments.experiment_config(exp_id)["searcher"]
         smaller = bool(searcher.get("smaller_is_better", True))
         sort_by = sort_by or "report_time"
+        if sort_by == "searcher_metric" and not searcher.get("metric"):
+            # No searcher metric (an unmanaged run): the default order is by time.
+            sort_by = "report_time"
         if sort_by.startswith("metric:") or sort_by == "searcher_metric":
             name = (
                 sort_by.removeprefix("metric:")
@@ -147,6 +152,7 @@ class CheckpointService:
                 "trial_id": lambda c: (c.trial_id, c.steps_completed),
                 "steps_completed": lambda c: (c.steps_completed, c.report_time),
                 "report_time": lambda c: c.report_time,
+                "state": lambda c: (c.state.value, c.report_time),
             }
             ckpts.sort(key=key[sort_by], reverse=bool(descending))
         else:
@@ -223,6 +229,42 @@ class CheckpointService:
             return False  # not finished yet (recorded just before its final state was written)
         self.garbage_collect(experiment_id)
         return True
+
+    def remove_files(self, uuid: str, globs: Sequence[str]) -> Checkpoint:
+        """Delete a checkpoint's files matching any of ``globs`` (relative to its directory).
+
+        The checkpoint becomes PARTIALLY_DELETED, or DELETED when no file is left; its
+        ``resources`` lose the removed files. Idempotent: a glob that matches nothing is fine.
+
+        Raises:
+            InvalidArgumentError: no globs, or a glob that is absolute or leaves the directory.
+            FailedPreconditionError: the checkpoint is DELETED.
+            NotFoundError: no such checkpoint.
+        """
+        if not globs:
+            raise InvalidArgumentError("globs: give at least one pattern")
+        for g in globs:
+            parts = pathlib.PurePosixPath(g).parts
+            if not g or g.startswith("/") or ".." in parts:
+                raise InvalidArgumentError(f"globs: {g!r} must be relative to the checkpoint")
+        c = self.store.get_checkpoint(uuid)
+        if c.state == CheckpointState.DELETED:
+            raise FailedPreconditionError(f"checkpoint {uuid!r} is DELETED; its files are gone")
+        root = _ckpt_dir(c)
+        doomed = {
+            rel
+            for rel in c.resources
+            if any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(rel, g + "/*") for g in globs)
+        }
+        for rel in doomed:
+            (root / rel).unlink(missing_ok=True)
+        left = {k: v for k, v in c.resources.items() if k not in doomed}
+        if not left:
+            shutil.rmtree(root, ignore_errors=True)
+        state = CheckpointState.PARTIALLY_DELETED if left else CheckpointState.DELETED
+        if not doomed and c.state != CheckpointState.PARTIALLY_DELETED:
+            state = c.state
+        return self.store.update_checkpoint(uuid, state=state, resources=left)
 
     def garbage_collect(self, experiment_id: int) -> list[str]:
         """Delete the checkpoints a finished experiment's config does not keep.

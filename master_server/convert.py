@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from determined_sdk.errors import InvalidArgumentError
@@ -128,6 +129,7 @@ def experiment_to_proto(
         unmanaged=e.unmanaged,
         original_config="" if summary else e.original_config,
         parent_error=e.error,
+        notes=e.notes,
     )
 
 
@@ -255,7 +257,20 @@ def project_to_proto(p: domain.Project) -> workspace_pb2.Project:
         workspace_id=p.workspace_id,
         archived=p.archived,
         num_experiments=p.num_experiments,
+        notes=[workspace_pb2.ProjectNote(name=n, contents=c) for n, c in p.notes],
     )
+
+
+def project_notes_from_proto(
+    notes: Iterable[workspace_pb2.ProjectNote],
+) -> list[tuple[str, str]]:
+    """Notes of a PatchProject request; a note needs a name."""
+    out = []
+    for i, n in enumerate(notes):
+        if not n.name.strip():
+            raise InvalidArgumentError(f"notes[{i}].name: must not be empty")
+        out.append((n.name, n.contents))
+    return out
 
 
 def model_to_proto(m: domain.Model) -> model_pb2.Model:
@@ -286,4 +301,5 @@ def model_version_to_proto(
         labels=list(v.labels),
         checkpoint=checkpoint_to_proto(ckpt) if ckpt else None,
         creation_time=v.creation_time,
+        notes=v.notes,
     )

@@ -72,6 +72,7 @@ class Project:
     description: str = ""
     archived: bool = False
     num_experiments: int = 0
+    notes: tuple[tuple[str, str], ...] = ()  # (name, contents), in order
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Experiment:
     num_trials: int
     unmanaged: bool
     error: str = ""
+    notes: str = ""
 
 
 @dataclass(frozen=True)
@@ -316,3 +318,4 @@ class ModelVersion:
     labels: tuple[str, ...]
     checkpoint_uuid: str
     creation_time: float
+    notes: str = ""

@@ -78,11 +78,23 @@ class ExperimentService:
 
     # -- experiments ---------------------------------------------------------------------------
     def create_experiment(
-        self, config_text: str, model_definition: bytes, *, activate: bool, project_id: int
+        self,
+        config_text: str,
+        model_definition: bytes,
+        *,
+        activate: bool,
+        project_id: int,
+        warnings: list[str] | None = None,
     ) -> Experiment:
-        """Validate and store a new experiment; start its search when ``activate``."""
+        """Validate and store a new experiment; start its search when ``activate``.
+
+        ``warnings`` (if given) receives what the user should be told about the config."""
         return self.lifecycle.create(
-            config_text, model_definition, activate=activate, project_id=project_id
+            config_text,
+            model_definition,
+            activate=activate,
+            project_id=project_id,
+            warnings=warnings,
         )
 
     def create_unmanaged_trial(
@@ -111,6 +123,7 @@ class ExperimentService:
         *,
         name: str | None = None,
         description: str | None = None,
+        notes: str | None = None,
         add_labels: Sequence[str] = (),
         remove_labels: Sequence[str] = (),
     ) -> Experiment:
@@ -124,6 +137,8 @@ class ExperimentService:
             kw["name"] = name
         if description is not None:
             kw["description"] = description
+        if notes is not None:
+            kw["notes"] = notes
         if add_labels or remove_labels:
             gone = set(remove_labels)
             labels = [x for x in exp.labels if x not in gone]

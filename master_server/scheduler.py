@@ -36,9 +36,13 @@ class Scheduler:
         return self.total_slots - sum(self._running.values())
 
     def enqueue(self, trial_id: int, slots: int) -> None:
-        """Queue a trial (no-op when it is already queued or running)."""
-        if slots > self.total_slots:
-            raise ValueError(f"trial {trial_id} needs {slots} slots; there are {self.total_slots}")
+        """Queue a trial (no-op when it is already queued or running).
+
+        A trial needing more slots than there are waits in the queue (the cluster may grow)
+        without holding up the trials behind it.
+        """
+        if slots < 1:
+            raise ValueError(f"trial {trial_id} needs {slots} slots; must be >= 1")
         if trial_id not in self._queue and trial_id not in self._running:
             self._queue[trial_id] = slots
 
@@ -68,8 +72,9 @@ class Scheduler:
         """Start as many trials from the head of the queue as fit; returns them in order."""
         out: list[Allocation] = []
         free = self.free_slots
-        while self._queue:
-            trial_id, slots = next(iter(self._queue.items()))
+        for trial_id, slots in list(self._queue.items()):
+            if slots > self.total_slots:
+                continue  # can never fit today: waits for more slots, blocks nobody
             if slots > free:
                 break
             del self._queue[trial_id]

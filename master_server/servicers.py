@@ -143,13 +143,17 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
 
     @rpc
     def CreateExperiment(self, request: Any, context: Any) -> Any:
+        warnings: list[str] = []
         exp = self.svc.create_experiment(
             request.config,
             request.model_definition,
             activate=request.activate,
             project_id=request.project_id,
+            warnings=warnings,
         )
-        return experiment_pb2.CreateExperimentResponse(experiment=convert.experiment_to_proto(exp))
+        return experiment_pb2.CreateExperimentResponse(
+            experiment=convert.experiment_to_proto(exp), warnings=warnings
+        )
 
     @rpc
     def CreateUnmanagedTrial(self, request: Any, context: Any) -> Any:
@@ -203,6 +207,7 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
             request.experiment_id,
             name=request.name if request.HasField("name") else None,
             description=request.description if request.HasField("description") else None,
+            notes=request.notes if request.HasField("notes") else None,
             add_labels=list(request.add_labels),
             remove_labels=list(request.remove_labels),
         )
@@ -427,6 +432,13 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
             checkpoints=[convert.checkpoint_to_proto(c) for c in cs]
         )
 
+    @rpc
+    def RemoveCheckpointFiles(self, request: Any, context: Any) -> Any:
+        c = self.svc.remove_files(request.uuid, list(request.globs))
+        return checkpoint_pb2.RemoveCheckpointFilesResponse(
+            checkpoint=convert.checkpoint_to_proto(c)
+        )
+
     @rpc_stream
     def DownloadCheckpoint(self, request: Any, context: Any) -> Iterator[Any]:
         for path, offset, data, size in self.svc.download(request.uuid):
@@ -609,6 +621,20 @@ class Workspaces(workspace_pb2_grpc.WorkspaceServiceServicer):
         self.store.delete_project(request.project_id)
         return workspace_pb2.DeleteProjectResponse()
 
+    @rpc
+    def PatchProject(self, request: Any, context: Any) -> Any:
+        kw: dict[str, Any] = {}
+        if request.HasField("name"):
+            kw["name"] = self._name(request.name, "project")
+        if request.HasField("description"):
+            kw["description"] = request.description
+        if request.HasField("archived"):
+            kw["archived"] = request.archived
+        if request.set_notes:
+            kw["notes"] = convert.project_notes_from_proto(request.notes)
+        p = self.store.update_project(request.project_id, **kw)
+        return workspace_pb2.PatchProjectResponse(project=convert.project_to_proto(p))
+
 
 class Models(model_pb2_grpc.ModelServiceServicer):
     def __init__(self, store: Store) -> None:
@@ -665,6 +691,8 @@ class Models(model_pb2_grpc.ModelServiceServicer):
             kw["labels"] = list(request.labels)
         if request.HasField("archived"):
             kw["archived"] = request.archived
+        if request.HasField("workspace_id"):
+            kw["workspace_id"] = request.workspace_id
         m = self.store.update_model(request.name, **kw)
         return model_pb2.PatchModelResponse(model=convert.model_to_proto(m))
 
@@ -689,6 +717,15 @@ class Models(model_pb2_grpc.ModelServiceServicer):
     def ListModelVersions(self, request: Any, context: Any) -> Any:
         vs = self.store.list_model_versions(request.model_name)
         return model_pb2.ListModelVersionsResponse(model_versions=[self._version(v) for v in vs])
+
+    @rpc
+    def PatchModelVersion(self, request: Any, context: Any) -> Any:
+        kw: dict[str, Any] = {}
+        for f in ("name", "comment", "notes"):
+            if request.HasField(f):
+                kw[f] = getattr(request, f)
+        v = self.store.update_model_version(request.model_name, request.version, **kw)
+        return model_pb2.PatchModelVersionResponse(model_version=self._version(v))
 
     @rpc
     def GetModelVersion(self, request: Any, context: Any) -> Any:

@@ -1,11 +1,13 @@
 """The supervisor of one trial run: ``python -m master_server.supervisor LAUNCH_JSON``.
 
 It starts the entrypoint once per rank (``slots > 1``: one process per slot with the
-torch.distributed env:// variables, as torchrun would), writes each rank's stdout and stderr to
-files in the run directory, ships every line to the master's log store in batches, and when the
-ranks have exited reports the run's exit code to the master (retrying while the master is
-unreachable). If one rank fails, the others are stopped: a gang lives and dies together.
-SIGTERM is forwarded to the ranks; ranks still alive after the grace period are killed.
+torch.distributed env:// variables, as torchrun would; an entrypoint that runs a launcher,
+``-m core_api.launch.torch_distributed``, is started once and starts the ranks itself), writes
+each rank's stdout and stderr to files in the run directory, ships every line to the master's
+log store in batches, and when the ranks have exited reports the run's exit code to the master
+(retrying while the master is unreachable). If one rank fails, the others are stopped: a gang
+lives and dies together. SIGTERM is forwarded to the ranks; ranks still alive after the grace
+period are killed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import pathlib
 import queue
+import re
 import shlex
 import signal
 import socket
@@ -35,8 +38,36 @@ _LEVELS = {name: logs_pb2.LogLevel.Value("LOG_LEVEL_" + name) for name in LEVELS
 GRACE_S = 10.0
 
 
+_RANK_PREFIX = re.compile(r"^\[rank=(\d+)\] ")
+# Determined's launcher modules and ours: an entrypoint naming one runs once per container.
+_LAUNCHERS = {
+    "determined.launch.torch_distributed": "core_api.launch.torch_distributed",
+    "core_api.launch.torch_distributed": "core_api.launch.torch_distributed",
+}
+
+
 def entrypoint_argv(entrypoint: str | list[str]) -> list[str]:
     return shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint)
+
+
+def launcher_argv(argv: list[str]) -> list[str] | None:
+    """``argv`` with its launcher module as ours, if it runs a launcher (``-m <launcher>``).
+
+    A Determined entrypoint (``python3 -m determined.launch.torch_distributed ...``) runs as it
+    is: the module is swapped for ours.
+    """
+    for i in range(len(argv) - 1):
+        if argv[i] == "-m" and argv[i + 1] in _LAUNCHERS:
+            return [*argv[: i + 1], _LAUNCHERS[argv[i + 1]], *argv[i + 2 :]]
+    return None
+
+
+def split_rank(text: str, rank: int) -> tuple[int, str]:
+    """The rank a launcher's ``[rank=N]`` prefix names (and the text without it)."""
+    m = _RANK_PREFIX.match(text)
+    if m is None:
+        return rank, text
+    return int(m.group(1)), text[m.end() :]
 
 
 def _free_port() -> int:
@@ -116,11 +147,12 @@ def _reader(
             f.write(raw)
             f.flush()
             text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            line_rank, text = split_rank(text, rank)
             out.q.put(
                 logs_pb2.LogLine(
                     trial_id=spec["trial_id"],
                     timestamp=time.time(),
-                    rank=rank,
+                    rank=line_rank,
                     stream=name,
                     level=_LEVELS[levels.level(text)],
                     message=text,
@@ -136,6 +168,10 @@ def run(spec: dict[str, Any]) -> int:
     shipper.start()
     argv = entrypoint_argv(spec["entrypoint"])
     slots = int(spec["slots"])
+    launched = launcher_argv(argv)
+    if launched is not None:
+        # The launcher starts the ranks itself: run it once, without per-rank variables.
+        argv, slots = launched, 1
     run_dir = spec["run_dir"]
     procs: list[subprocess.Popen[bytes]] = []
     readers: list[threading.Thread] = []

@@ -446,3 +446,50 @@ class CheckpointChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckpointChunk: _TypeAlias = CheckpointChunk  # noqa: Y015
+
+@_typing.final
+class RemoveCheckpointFilesRequest(_message.Message):
+    """Determined's Checkpoint.remove_files: delete the files matching any glob (relative to the
+    checkpoint's directory); the checkpoint becomes PARTIALLY_DELETED, or DELETED when none are left.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UUID_FIELD_NUMBER: _builtins.int
+    GLOBS_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    @_builtins.property
+    def globs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        uuid: _builtins.str = ...,
+        globs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["globs", b"globs", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveCheckpointFilesRequest: _TypeAlias = RemoveCheckpointFilesRequest  # noqa: Y015
+
+@_typing.final
+class RemoveCheckpointFilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> Global___Checkpoint: ...
+    def __init__(
+        self,
+        *,
+        checkpoint: Global___Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveCheckpointFilesResponse: _TypeAlias = RemoveCheckpointFilesResponse  # noqa: Y015

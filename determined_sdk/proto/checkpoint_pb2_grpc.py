@@ -64,6 +64,11 @@ class CheckpointServiceStub:
                 request_serializer=determined__sdk_dot_proto_dot_checkpoint__pb2.DownloadCheckpointRequest.SerializeToString,
                 response_deserializer=determined__sdk_dot_proto_dot_checkpoint__pb2.CheckpointChunk.FromString,
                 _registered_method=True)
+        self.RemoveCheckpointFiles = channel.unary_unary(
+                '/detsdk.v1.CheckpointService/RemoveCheckpointFiles',
+                request_serializer=determined__sdk_dot_proto_dot_checkpoint__pb2.RemoveCheckpointFilesRequest.SerializeToString,
+                response_deserializer=determined__sdk_dot_proto_dot_checkpoint__pb2.RemoveCheckpointFilesResponse.FromString,
+                _registered_method=True)
 
 
 class CheckpointServiceServicer:
@@ -105,6 +110,12 @@ class CheckpointServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveCheckpointFiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CheckpointServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +148,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     servicer.DownloadCheckpoint,
                     request_deserializer=determined__sdk_dot_proto_dot_checkpoint__pb2.DownloadCheckpointRequest.FromString,
                     response_serializer=determined__sdk_dot_proto_dot_checkpoint__pb2.CheckpointChunk.SerializeToString,
+            ),
+            'RemoveCheckpointFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveCheckpointFiles,
+                    request_deserializer=determined__sdk_dot_proto_dot_checkpoint__pb2.RemoveCheckpointFilesRequest.FromString,
+                    response_serializer=determined__sdk_dot_proto_dot_checkpoint__pb2.RemoveCheckpointFilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +317,33 @@ class CheckpointService:
             '/detsdk.v1.CheckpointService/DownloadCheckpoint',
             determined__sdk_dot_proto_dot_checkpoint__pb2.DownloadCheckpointRequest.SerializeToString,
             determined__sdk_dot_proto_dot_checkpoint__pb2.CheckpointChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveCheckpointFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detsdk.v1.CheckpointService/RemoveCheckpointFiles',
+            determined__sdk_dot_proto_dot_checkpoint__pb2.RemoveCheckpointFilesRequest.SerializeToString,
+            determined__sdk_dot_proto_dot_checkpoint__pb2.RemoveCheckpointFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,7 @@ class CheckpointServiceStub:
     PatchCheckpointMetadata: _grpc.UnaryUnaryMultiCallable[_checkpoint_pb2.PatchCheckpointMetadataRequest, _checkpoint_pb2.PatchCheckpointMetadataResponse]
     DeleteCheckpoints: _grpc.UnaryUnaryMultiCallable[_checkpoint_pb2.DeleteCheckpointsRequest, _checkpoint_pb2.DeleteCheckpointsResponse]
     DownloadCheckpoint: _grpc.UnaryStreamMultiCallable[_checkpoint_pb2.DownloadCheckpointRequest, _checkpoint_pb2.CheckpointChunk]
+    RemoveCheckpointFiles: _grpc.UnaryUnaryMultiCallable[_checkpoint_pb2.RemoveCheckpointFilesRequest, _checkpoint_pb2.RemoveCheckpointFilesResponse]
 
 @_typing.type_check_only
 class CheckpointServiceAsyncStub(CheckpointServiceStub):
@@ -47,6 +48,7 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
     PatchCheckpointMetadata: _aio.UnaryUnaryMultiCallable[_checkpoint_pb2.PatchCheckpointMetadataRequest, _checkpoint_pb2.PatchCheckpointMetadataResponse]  # type: ignore[assignment]
     DeleteCheckpoints: _aio.UnaryUnaryMultiCallable[_checkpoint_pb2.DeleteCheckpointsRequest, _checkpoint_pb2.DeleteCheckpointsResponse]  # type: ignore[assignment]
     DownloadCheckpoint: _aio.UnaryStreamMultiCallable[_checkpoint_pb2.DownloadCheckpointRequest, _checkpoint_pb2.CheckpointChunk]  # type: ignore[assignment]
+    RemoveCheckpointFiles: _aio.UnaryUnaryMultiCallable[_checkpoint_pb2.RemoveCheckpointFilesRequest, _checkpoint_pb2.RemoveCheckpointFilesResponse]  # type: ignore[assignment]
 
 class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +92,12 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _checkpoint_pb2.DownloadCheckpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_checkpoint_pb2.CheckpointChunk], _abc.AsyncIterator[_checkpoint_pb2.CheckpointChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveCheckpointFiles(
+        self,
+        request: _checkpoint_pb2.RemoveCheckpointFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_checkpoint_pb2.RemoveCheckpointFilesResponse, _abc.Awaitable[_checkpoint_pb2.RemoveCheckpointFilesResponse]]: ...
 
 def add_CheckpointServiceServicer_to_server(servicer: CheckpointServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

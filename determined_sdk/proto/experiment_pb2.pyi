@@ -71,6 +71,7 @@ class Experiment(_message.Message):
     ORIGINAL_CONFIG_FIELD_NUMBER: _builtins.int
     PARENT_ERROR_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     description: _builtins.str
@@ -95,6 +96,8 @@ class Experiment(_message.Message):
     """why it is in ERROR, if it is"""
     summary: _builtins.bool
     """config_json and original_config left out (a list reply)"""
+    notes: _builtins.str
+    """free text (Determined's experiment notes)"""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -118,10 +121,11 @@ class Experiment(_message.Message):
         original_config: _builtins.str = ...,
         parent_error: _builtins.str = ...,
         summary: _builtins.bool = ...,
+        notes: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "config_json", b"config_json", "description", b"description", "end_time", b"end_time", "id", b"id", "labels", b"labels", "name", b"name", "num_trials", b"num_trials", "original_config", b"original_config", "parent_error", b"parent_error", "progress", b"progress", "project_id", b"project_id", "searcher_name", b"searcher_name", "start_time", b"start_time", "state", b"state", "summary", b"summary", "unmanaged", b"unmanaged", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "config_json", b"config_json", "description", b"description", "end_time", b"end_time", "id", b"id", "labels", b"labels", "name", b"name", "notes", b"notes", "num_trials", b"num_trials", "original_config", b"original_config", "parent_error", b"parent_error", "progress", b"progress", "project_id", b"project_id", "searcher_name", b"searcher_name", "start_time", b"start_time", "state", b"state", "summary", b"summary", "unmanaged", b"unmanaged", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -164,16 +168,24 @@ class CreateExperimentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPERIMENT_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def experiment(self) -> Global___Experiment: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Config keys accepted but without effect here, slots beyond capacity, ...: one line each,
+        naming the key (the SDK raises them as Python warnings, the CLI prints them).
+        """
+
     def __init__(
         self,
         *,
         experiment: Global___Experiment | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -366,9 +378,11 @@ class PatchExperimentRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ADD_LABELS_FIELD_NUMBER: _builtins.int
     REMOVE_LABELS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.int
     name: _builtins.str
     description: _builtins.str
+    notes: _builtins.str
     @_builtins.property
     def add_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -381,19 +395,24 @@ class PatchExperimentRequest(_message.Message):
         description: _builtins.str | None = ...,
         add_labels: _abc.Iterable[_builtins.str] | None = ...,
         remove_labels: _abc.Iterable[_builtins.str] | None = ...,
+        notes: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_name", b"_name", "description", b"description", "name", b"name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_name", b"_name", "_notes", b"_notes", "description", b"description", "name", b"name", "notes", b"notes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_name", b"_name", "add_labels", b"add_labels", "description", b"description", "experiment_id", b"experiment_id", "name", b"name", "remove_labels", b"remove_labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_name", b"_name", "_notes", b"_notes", "add_labels", b"add_labels", "description", b"description", "experiment_id", b"experiment_id", "name", b"name", "notes", b"notes", "remove_labels", b"remove_labels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
     _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__notes: _TypeAlias = _typing.Literal["notes"]  # noqa: Y015
+    _WhichOneofArgType__notes: _TypeAlias = _typing.Literal["_notes", b"_notes"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__notes) -> _WhichOneofReturnType__notes | None: ...
 
 Global___PatchExperimentRequest: _TypeAlias = PatchExperimentRequest  # noqa: Y015
 

@@ -79,6 +79,7 @@ class ModelVersion(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     CREATION_TIME_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     model_id: _builtins.int
     version: _builtins.int
@@ -87,6 +88,8 @@ class ModelVersion(_message.Message):
     comment: _builtins.str
     metadata_json: _builtins.str
     creation_time: _builtins.float
+    notes: _builtins.str
+    """free text (Determined's model version notes)"""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -103,10 +106,11 @@ class ModelVersion(_message.Message):
         labels: _abc.Iterable[_builtins.str] | None = ...,
         checkpoint: _checkpoint_pb2.Checkpoint | None = ...,
         creation_time: _builtins.float = ...,
+        notes: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "comment", b"comment", "creation_time", b"creation_time", "id", b"id", "labels", b"labels", "metadata_json", b"metadata_json", "model_id", b"model_id", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "comment", b"comment", "creation_time", b"creation_time", "id", b"id", "labels", b"labels", "metadata_json", b"metadata_json", "model_id", b"model_id", "name", b"name", "notes", b"notes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,6 +268,7 @@ class PatchModelRequest(_message.Message):
     SET_LABELS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     ARCHIVED_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     new_name: _builtins.str
     description: _builtins.str
@@ -271,6 +276,8 @@ class PatchModelRequest(_message.Message):
     """replaces the whole dict"""
     set_labels: _builtins.bool
     archived: _builtins.bool
+    workspace_id: _builtins.int
+    """move the model to this workspace"""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -283,10 +290,11 @@ class PatchModelRequest(_message.Message):
         set_labels: _builtins.bool = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
         archived: _builtins.bool | None = ...,
+        workspace_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_description", b"_description", "_metadata_json", b"_metadata_json", "_new_name", b"_new_name", "archived", b"archived", "description", b"description", "metadata_json", b"metadata_json", "new_name", b"new_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_description", b"_description", "_metadata_json", b"_metadata_json", "_new_name", b"_new_name", "_workspace_id", b"_workspace_id", "archived", b"archived", "description", b"description", "metadata_json", b"metadata_json", "new_name", b"new_name", "workspace_id", b"workspace_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_description", b"_description", "_metadata_json", b"_metadata_json", "_new_name", b"_new_name", "archived", b"archived", "description", b"description", "labels", b"labels", "metadata_json", b"metadata_json", "name", b"name", "new_name", b"new_name", "set_labels", b"set_labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_description", b"_description", "_metadata_json", b"_metadata_json", "_new_name", b"_new_name", "_workspace_id", b"_workspace_id", "archived", b"archived", "description", b"description", "labels", b"labels", "metadata_json", b"metadata_json", "name", b"name", "new_name", b"new_name", "set_labels", b"set_labels", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__archived: _TypeAlias = _typing.Literal["archived"]  # noqa: Y015
     _WhichOneofArgType__archived: _TypeAlias = _typing.Literal["_archived", b"_archived"]  # noqa: Y015
@@ -296,6 +304,8 @@ class PatchModelRequest(_message.Message):
     _WhichOneofArgType__metadata_json: _TypeAlias = _typing.Literal["_metadata_json", b"_metadata_json"]  # noqa: Y015
     _WhichOneofReturnType__new_name: _TypeAlias = _typing.Literal["new_name"]  # noqa: Y015
     _WhichOneofArgType__new_name: _TypeAlias = _typing.Literal["_new_name", b"_new_name"]  # noqa: Y015
+    _WhichOneofReturnType__workspace_id: _TypeAlias = _typing.Literal["workspace_id"]  # noqa: Y015
+    _WhichOneofArgType__workspace_id: _TypeAlias = _typing.Literal["_workspace_id", b"_workspace_id"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__archived) -> _WhichOneofReturnType__archived | None: ...
     @_typing.overload
@@ -304,6 +314,8 @@ class PatchModelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__metadata_json) -> _WhichOneofReturnType__metadata_json | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__new_name) -> _WhichOneofReturnType__new_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__workspace_id) -> _WhichOneofReturnType__workspace_id | None: ...
 
 Global___PatchModelRequest: _TypeAlias = PatchModelRequest  # noqa: Y015
 
@@ -534,3 +546,67 @@ class DeleteModelVersionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteModelVersionResponse: _TypeAlias = DeleteModelVersionResponse  # noqa: Y015
+
+@_typing.final
+class PatchModelVersionRequest(_message.Message):
+    """Determined's ModelVersion.set_name / set_notes (and the comment)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    version: _builtins.int
+    name: _builtins.str
+    comment: _builtins.str
+    notes: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        name: _builtins.str | None = ...,
+        comment: _builtins.str | None = ...,
+        notes: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_comment", b"_comment", "_name", b"_name", "_notes", b"_notes", "comment", b"comment", "name", b"name", "notes", b"notes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_comment", b"_comment", "_name", b"_name", "_notes", b"_notes", "comment", b"comment", "model_name", b"model_name", "name", b"name", "notes", b"notes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__comment: _TypeAlias = _typing.Literal["comment"]  # noqa: Y015
+    _WhichOneofArgType__comment: _TypeAlias = _typing.Literal["_comment", b"_comment"]  # noqa: Y015
+    _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
+    _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__notes: _TypeAlias = _typing.Literal["notes"]  # noqa: Y015
+    _WhichOneofArgType__notes: _TypeAlias = _typing.Literal["_notes", b"_notes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__comment) -> _WhichOneofReturnType__comment | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__notes) -> _WhichOneofReturnType__notes | None: ...
+
+Global___PatchModelVersionRequest: _TypeAlias = PatchModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class PatchModelVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model_version(self) -> Global___ModelVersion: ...
+    def __init__(
+        self,
+        *,
+        model_version: Global___ModelVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatchModelVersionResponse: _TypeAlias = PatchModelVersionResponse  # noqa: Y015

@@ -79,6 +79,11 @@ class ModelServiceStub:
                 request_serializer=determined__sdk_dot_proto_dot_model__pb2.DeleteModelVersionRequest.SerializeToString,
                 response_deserializer=determined__sdk_dot_proto_dot_model__pb2.DeleteModelVersionResponse.FromString,
                 _registered_method=True)
+        self.PatchModelVersion = channel.unary_unary(
+                '/detsdk.v1.ModelService/PatchModelVersion',
+                request_serializer=determined__sdk_dot_proto_dot_model__pb2.PatchModelVersionRequest.SerializeToString,
+                response_deserializer=determined__sdk_dot_proto_dot_model__pb2.PatchModelVersionResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -138,6 +143,12 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PatchModelVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +196,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.DeleteModelVersion,
                     request_deserializer=determined__sdk_dot_proto_dot_model__pb2.DeleteModelVersionRequest.FromString,
                     response_serializer=determined__sdk_dot_proto_dot_model__pb2.DeleteModelVersionResponse.SerializeToString,
+            ),
+            'PatchModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchModelVersion,
+                    request_deserializer=determined__sdk_dot_proto_dot_model__pb2.PatchModelVersionRequest.FromString,
+                    response_serializer=determined__sdk_dot_proto_dot_model__pb2.PatchModelVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +446,33 @@ class ModelService:
             '/detsdk.v1.ModelService/DeleteModelVersion',
             determined__sdk_dot_proto_dot_model__pb2.DeleteModelVersionRequest.SerializeToString,
             determined__sdk_dot_proto_dot_model__pb2.DeleteModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PatchModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detsdk.v1.ModelService/PatchModelVersion',
+            determined__sdk_dot_proto_dot_model__pb2.PatchModelVersionRequest.SerializeToString,
+            determined__sdk_dot_proto_dot_model__pb2.PatchModelVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,7 @@ class ModelServiceStub:
     ListModelVersions: _grpc.UnaryUnaryMultiCallable[_model_pb2.ListModelVersionsRequest, _model_pb2.ListModelVersionsResponse]
     GetModelVersion: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetModelVersionRequest, _model_pb2.GetModelVersionResponse]
     DeleteModelVersion: _grpc.UnaryUnaryMultiCallable[_model_pb2.DeleteModelVersionRequest, _model_pb2.DeleteModelVersionResponse]
+    PatchModelVersion: _grpc.UnaryUnaryMultiCallable[_model_pb2.PatchModelVersionRequest, _model_pb2.PatchModelVersionResponse]
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -53,6 +54,7 @@ class ModelServiceAsyncStub(ModelServiceStub):
     ListModelVersions: _aio.UnaryUnaryMultiCallable[_model_pb2.ListModelVersionsRequest, _model_pb2.ListModelVersionsResponse]  # type: ignore[assignment]
     GetModelVersion: _aio.UnaryUnaryMultiCallable[_model_pb2.GetModelVersionRequest, _model_pb2.GetModelVersionResponse]  # type: ignore[assignment]
     DeleteModelVersion: _aio.UnaryUnaryMultiCallable[_model_pb2.DeleteModelVersionRequest, _model_pb2.DeleteModelVersionResponse]  # type: ignore[assignment]
+    PatchModelVersion: _aio.UnaryUnaryMultiCallable[_model_pb2.PatchModelVersionRequest, _model_pb2.PatchModelVersionResponse]  # type: ignore[assignment]
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -117,5 +119,12 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_pb2.DeleteModelVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.DeleteModelVersionResponse, _abc.Awaitable[_model_pb2.DeleteModelVersionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PatchModelVersion(
+        self,
+        request: _model_pb2.PatchModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.PatchModelVersionResponse, _abc.Awaitable[_model_pb2.PatchModelVersionResponse]]: ...
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

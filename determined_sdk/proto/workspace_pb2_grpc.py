@@ -74,6 +74,11 @@ class WorkspaceServiceStub:
                 request_serializer=determined__sdk_dot_proto_dot_workspace__pb2.DeleteProjectRequest.SerializeToString,
                 response_deserializer=determined__sdk_dot_proto_dot_workspace__pb2.DeleteProjectResponse.FromString,
                 _registered_method=True)
+        self.PatchProject = channel.unary_unary(
+                '/detsdk.v1.WorkspaceService/PatchProject',
+                request_serializer=determined__sdk_dot_proto_dot_workspace__pb2.PatchProjectRequest.SerializeToString,
+                response_deserializer=determined__sdk_dot_proto_dot_workspace__pb2.PatchProjectResponse.FromString,
+                _registered_method=True)
 
 
 class WorkspaceServiceServicer:
@@ -127,6 +132,12 @@ class WorkspaceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PatchProject(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspaceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_WorkspaceServiceServicer_to_server(servicer, server):
                     servicer.DeleteProject,
                     request_deserializer=determined__sdk_dot_proto_dot_workspace__pb2.DeleteProjectRequest.FromString,
                     response_serializer=determined__sdk_dot_proto_dot_workspace__pb2.DeleteProjectResponse.SerializeToString,
+            ),
+            'PatchProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchProject,
+                    request_deserializer=determined__sdk_dot_proto_dot_workspace__pb2.PatchProjectRequest.FromString,
+                    response_serializer=determined__sdk_dot_proto_dot_workspace__pb2.PatchProjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class WorkspaceService:
             '/detsdk.v1.WorkspaceService/DeleteProject',
             determined__sdk_dot_proto_dot_workspace__pb2.DeleteProjectRequest.SerializeToString,
             determined__sdk_dot_proto_dot_workspace__pb2.DeleteProjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PatchProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detsdk.v1.WorkspaceService/PatchProject',
+            determined__sdk_dot_proto_dot_workspace__pb2.PatchProjectRequest.SerializeToString,
+            determined__sdk_dot_proto_dot_workspace__pb2.PatchProjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

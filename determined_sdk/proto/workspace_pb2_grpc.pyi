@@ -39,6 +39,7 @@ class WorkspaceServiceStub:
     GetProject: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetProjectRequest, _workspace_pb2.GetProjectResponse]
     ListProjects: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListProjectsRequest, _workspace_pb2.ListProjectsResponse]
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.DeleteProjectRequest, _workspace_pb2.DeleteProjectResponse]
+    PatchProject: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PatchProjectRequest, _workspace_pb2.PatchProjectResponse]
 
 @_typing.type_check_only
 class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
@@ -51,6 +52,7 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     GetProject: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetProjectRequest, _workspace_pb2.GetProjectResponse]  # type: ignore[assignment]
     ListProjects: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListProjectsRequest, _workspace_pb2.ListProjectsResponse]  # type: ignore[assignment]
     DeleteProject: _aio.UnaryUnaryMultiCallable[_workspace_pb2.DeleteProjectRequest, _workspace_pb2.DeleteProjectResponse]  # type: ignore[assignment]
+    PatchProject: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PatchProjectRequest, _workspace_pb2.PatchProjectResponse]  # type: ignore[assignment]
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -108,5 +110,12 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.DeleteProjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.DeleteProjectResponse, _abc.Awaitable[_workspace_pb2.DeleteProjectResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PatchProject(
+        self,
+        request: _workspace_pb2.PatchProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.PatchProjectResponse, _abc.Awaitable[_workspace_pb2.PatchProjectResponse]]: ...
 
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

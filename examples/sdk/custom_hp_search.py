@@ -45,7 +45,7 @@ def follow_logs(trial: Trial, quiet: bool) -> None:
     """Print a trial's log lines as they arrive; returns when the trial ends."""
     for line in trial.logs(follow=True):
         if not quiet:
-            say(f"[trial {trial.id}] {line}")
+            say(f"[trial {trial.id}] {line.rstrip()}")
 
 
 def should_early_stop(

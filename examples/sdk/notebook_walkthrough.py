@@ -48,9 +48,9 @@ trial = exp.await_first_trial()
 print(exp.id, exp.name, exp.state, "first trial:", trial.id, trial.hparams)
 
 # %%
-# logs(follow=True) streams until the trial ends; str(line) is the message.
+# logs(follow=True) streams lines (strings) until the trial ends.
 for line in trial.logs(follow=True):
-    print(line)
+    print(line, end="")
 print("experiment ended:", exp.wait(interval=0.5))
 
 # %% [markdown]
@@ -98,9 +98,10 @@ print("training reports:", sum(1 for _ in client.iter_trials_metrics([trial.id],
 # ## Log queries
 
 # %%
-print([str(x) for x in trial.logs(tail=2)])
-print([str(x) for x in trial.logs(search="validation_loss=0.8", head=3)])
-print("errors:", [str(x) for x in trial.logs(levels=[LogLevel.ERROR])])
+print([x.rstrip() for x in trial.logs(tail=2)])
+print([x.rstrip() for x in trial.logs(search_text="validation_loss=0.8", head=3)])
+# iter_log_lines gives structured lines (rank, stream, level, time).
+print("errors:", [str(x) for x in trial.iter_log_lines(levels=[LogLevel.ERROR])])
 
 # %% [markdown]
 # ## Model registry

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
 from determined_sdk.model_dir import check_archive
+from master_server import compat
 from master_server import config as config_mod
 from master_server.domain import (
     TERMINAL_EXPERIMENT_STATES,
@@ -56,19 +57,31 @@ class ExperimentLifecycle:
 
     # -- creation ----------------------------------------------------------------------------
     def create(
-        self, config_text: str, model_definition: bytes, *, activate: bool, project_id: int
+        self,
+        config_text: str,
+        model_definition: bytes,
+        *,
+        activate: bool,
+        project_id: int,
+        warnings: list[str] | None = None,
     ) -> Experiment:
-        """Validate and store a new experiment; start its search when ``activate``."""
+        """Validate and store a new experiment; start its search when ``activate``.
+
+        ``warnings`` (if given) receives what the user should be told about the config (keys
+        without effect, slots beyond capacity); each is logged too.
+        """
         if not config_text.strip():
             raise InvalidArgumentError("config: must not be empty")
         config = config_mod.validate_experiment_config(config_text)
         check_archive(model_definition, self.max_model_bytes)
         total = self.s.rm.total_slots
         slots = int(config["resources"]["slots_per_trial"])
-        if slots > total:
-            raise InvalidArgumentError(
-                f"resources.slots_per_trial: {slots} is more than this master's {total} slots"
-            )
+        told = compat.creation_warnings(config, total)
+        for line in told:
+            logger.warning("experiment config: %s", line)
+        if warnings is not None:
+            warnings.extend(told)
+        compat.check_warm_start(self.s.store, config)
         searcher_cfg = config["searcher"]
         if searcher_cfg["name"] == "pbt":
             need = int(searcher_cfg["population_size"]) * slots

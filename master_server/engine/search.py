@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
+from master_server import compat
 from master_server.domain import TERMINAL_EXPERIMENT_STATES, TERMINAL_TRIAL_STATES, JSONDict
 from master_server.domain import ExperimentState as E
 from master_server.domain import TrialState as T
@@ -117,6 +118,8 @@ class SearchDriver:
             parent = rt.trials.get(action.checkpoint_from)
             if parent is not None:
                 warm = store.get_trial(parent.trial_id).latest_checkpoint_uuid
+        if warm is None:
+            warm = compat.warm_start_checkpoint(store, rt.config)
         trial = store.create_trial(
             rt.experiment_id,
             request_id=action.request_id,

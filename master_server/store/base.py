@@ -119,6 +119,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_projects(self, workspace_id: int | None = None) -> list[Project]: ...
     @abc.abstractmethod
+    def update_project(
+        self,
+        project_id: int,
+        *,
+        name: str = _UNSET,
+        description: str = _UNSET,
+        archived: bool = _UNSET,
+        notes: Sequence[tuple[str, str]] = _UNSET,
+    ) -> Project:
+        """Set the given fields (others unchanged) and return the new value.
+
+        ``notes`` replaces the whole list of (name, contents) pairs. Raises NotFoundError for
+        an unknown project, AlreadyExistsError when the new name is taken in its workspace,
+        InvalidArgumentError for an empty name.
+        """
+
+    @abc.abstractmethod
     def delete_project(self, project_id: int) -> None:
         """FailedPreconditionError if it holds experiments or is the default project."""
 
@@ -147,6 +164,7 @@ class Store(abc.ABC):
         project_id: int = _UNSET,
         end_time: float | None = _UNSET,
         error: str = _UNSET,
+        notes: str = _UNSET,
     ) -> Experiment:
         """Set the given fields (others unchanged) and return the new value."""
 
@@ -323,6 +341,7 @@ class Store(abc.ABC):
         metadata: JSONDict = _UNSET,
         labels: Sequence[str] = _UNSET,
         archived: bool = _UNSET,
+        workspace_id: int = _UNSET,
     ) -> Model: ...
     @abc.abstractmethod
     def delete_model(self, name: str) -> None: ...
@@ -344,6 +363,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_model_version(self, model_name: str, version: int | None = None) -> ModelVersion:
         """``version`` None = the latest."""
+
+    @abc.abstractmethod
+    def update_model_version(
+        self,
+        model_name: str,
+        version: int,
+        *,
+        name: str = _UNSET,
+        comment: str = _UNSET,
+        notes: str = _UNSET,
+    ) -> ModelVersion:
+        """Set the given fields of one version (others unchanged) and return the new value.
+
+        Raises NotFoundError for an unknown model or version.
+        """
 
     @abc.abstractmethod
     def delete_model_version(self, model_name: str, version: int) -> None: ...

@@ -75,6 +75,7 @@ class ProjectRow(Base):
     name: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(Text, default="")
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    notes: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")  # [[name, text]]
 
 
 class ExperimentRow(Base):
@@ -99,6 +100,7 @@ class ExperimentRow(Base):
     searcher_name: Mapped[str] = mapped_column(Text)
     unmanaged: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str] = mapped_column(Text, default="")
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class ExperimentLabelRow(Base):
@@ -272,6 +274,7 @@ class ModelVersionRow(Base):
     meta: Mapped[str] = mapped_column("metadata", Text, default="{}")  # JSON
     labels: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
     checkpoint_uuid: Mapped[str] = mapped_column(ForeignKey("checkpoints.uuid"), index=True)
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
     creation_time: Mapped[float] = mapped_column(Double)
 
 

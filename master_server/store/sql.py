@@ -442,6 +442,7 @@ _EXP_COLS = (
     _NUM_TRIALS.label("num_trials"),
     E.unmanaged,
     E.error,
+    E.notes,
 )
 
 
@@ -483,6 +484,7 @@ def _to_experiment(r: _AnyRow) -> Experiment:
         num_trials=r[14],
         unmanaged=bool(r[15]),
         error=r[16],
+        notes=r[17] or "",
     )
 
 
@@ -627,6 +629,7 @@ _VERSION_COLS = (
     MV.labels,
     MV.checkpoint_uuid,
     MV.creation_time,
+    MV.notes,
 )
 
 
@@ -641,6 +644,7 @@ def _to_version(r: _AnyRow) -> ModelVersion:
         labels=tuple(json.loads(r[6])),
         checkpoint_uuid=r[7],
         creation_time=r[8],
+        notes=r[9] or "",
     )
 
 
@@ -664,6 +668,7 @@ _PROJECT_COLS = (
     ProjectRow.description,
     ProjectRow.archived,
     _NUM_EXPERIMENTS,
+    ProjectRow.notes,
 )
 
 
@@ -679,6 +684,7 @@ def _to_project(r: _AnyRow) -> Project:
         description=r[3],
         archived=bool(r[4]),
         num_experiments=r[5],
+        notes=tuple((str(n), str(c)) for n, c in json.loads(r[6] or "[]")),
     )
 
 
@@ -961,6 +967,39 @@ class SQLStore(Store):
                 stmt = stmt.where(ProjectRow.workspace_id == workspace_id)
             return [_to_project(r) for r in conn.execute(stmt)]
 
+    def update_project(
+        self,
+        project_id: int,
+        *,
+        name: str = _UNSET,
+        description: str = _UNSET,
+        archived: bool = _UNSET,
+        notes: Sequence[tuple[str, str]] = _UNSET,
+    ) -> Project:
+        """Set the given fields (others unchanged) and return the new value."""
+        values: dict[str, Any] = {}
+        if name is not _UNSET:
+            _check_name("project", name)
+            values["name"] = name
+        if description is not _UNSET:
+            values["description"] = description
+        if archived is not _UNSET:
+            values["archived"] = bool(archived)
+        if notes is not _UNSET:
+            values["notes"] = _dumps([[str(n), str(c)] for n, c in notes])
+        try:
+            with self._write() as conn:
+                self._need_project(conn, project_id)
+                if values:
+                    conn.execute(
+                        update(ProjectRow).where(ProjectRow.id == project_id).values(**values)
+                    )
+        except IntegrityError:
+            raise AlreadyExistsError(
+                f"project named {name!r} already exists in its workspace"
+            ) from None
+        return self.get_project(project_id)
+
     def delete_project(self, project_id: int) -> None:
         """Delete an empty, non-default project."""
         if project_id == DEFAULT_PROJECT_ID:
@@ -1103,9 +1142,12 @@ class SQLStore(Store):
         project_id: int = _UNSET,
         end_time: float | None = _UNSET,
         error: str = _UNSET,
+        notes: str = _UNSET,
     ) -> Experiment:
         """Set the given fields (others unchanged) and return the new value."""
         values: dict[str, Any] = {}
+        if notes is not _UNSET:
+            values["notes"] = notes
         if name is not _UNSET:
             values["name"] = name
         if description is not _UNSET:
@@ -1943,9 +1985,12 @@ class SQLStore(Store):
         metadata: JSONDict = _UNSET,
         labels: Sequence[str] = _UNSET,
         archived: bool = _UNSET,
+        workspace_id: int = _UNSET,
     ) -> Model:
         """Set the given fields (``new_name`` renames) and return the new value."""
         values: dict[str, Any] = {}
+        if workspace_id is not _UNSET:
+            values["workspace_id"] = workspace_id
         if new_name is not _UNSET:
             values["name"] = _check_name("model", new_name)
         if description is not _UNSET:
@@ -1960,6 +2005,8 @@ class SQLStore(Store):
         try:
             with self._write() as conn:
                 model_id = self._model_id(conn, name, lock=True)
+                if workspace_id is not _UNSET:
+                    self._need(conn, WorkspaceRow.id, workspace_id, f"workspace {workspace_id}")
                 if new_name is not _UNSET and new_name != name:
                     taken = conn.scalar(select(ModelRow.id).where(ModelRow.name == new_name))
                     if taken is not None:
@@ -2052,6 +2099,32 @@ class SQLStore(Store):
                 raise NotFoundError(f"model {model_name!r} has no versions")
             raise NotFoundError(f"model {model_name!r} version {version} not found")
         return _to_version(row)
+
+    def update_model_version(
+        self,
+        model_name: str,
+        version: int,
+        *,
+        name: str = _UNSET,
+        comment: str = _UNSET,
+        notes: str = _UNSET,
+    ) -> ModelVersion:
+        """Set the given fields of one version and return the new value."""
+        values: dict[str, Any] = {}
+        if name is not _UNSET:
+            values["name"] = name
+        if comment is not _UNSET:
+            values["comment"] = comment
+        if notes is not _UNSET:
+            values["notes"] = notes
+        with self._write() as conn:
+            model_id = self._model_id(conn, model_name, lock=True)
+            where = (MV.model_id == model_id, MV.version == version)
+            if conn.scalar(select(MV.id).where(*where)) is None:
+                raise NotFoundError(f"model {model_name!r} version {version} not found")
+            if values:
+                conn.execute(update(MV).where(*where).values(**values))
+        return self.get_model_version(model_name, version)
 
     def delete_model_version(self, model_name: str, version: int) -> None:
         """Delete one version of the model."""

@@ -153,7 +153,9 @@ def test_metadata_and_delete(
     first.delete()
     assert first.state is CheckpointState.DELETED
     assert not files.exists()
-    assert [c.uuid for c in exp.list_checkpoints()] == [second.uuid]
+    # Deleted checkpoints stay listed, as DELETED (Determined lists them).
+    listed = {c.uuid: c.state for c in exp.list_checkpoints()}
+    assert listed == {first.uuid: CheckpointState.DELETED, second.uuid: CheckpointState.COMPLETED}
     with pytest.raises(FailedPreconditionError, match="deleted"):
         first.download(tmp_path / "gone")
     with pytest.raises(NotFoundError):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import determined_sdk
-from determined_sdk import Experiment, Trial, client
+from determined_sdk import Experiment, Trial, _default, client
 from master_server.app import Master
 
 from .conftest import REPO, config
@@ -20,20 +20,20 @@ from .conftest import REPO, config
 def logged_in(sdk_master: Master) -> Iterator[None]:
     client.login(master=sdk_master.address)
     yield
-    if client._client is not None:
-        client._client.close()
-    client._client = None
+    old = _default.replace(None)
+    if old is not None:
+        old.close()
 
 
 def test_default_client_from_env(sdk_master: Master, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DET_MASTER", sdk_master.address)
-    client._client = None
+    _default.replace(None)
     try:
         assert client.get_master_info().database == "sqlite"
         assert client._default().master == sdk_master.address
     finally:
         client._default().close()
-        client._client = None
+        _default.replace(None)
 
 
 def test_module_functions(logged_in: None, model_dir: pathlib.Path) -> None:

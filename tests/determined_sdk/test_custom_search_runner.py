@@ -196,7 +196,10 @@ def _check_finished_search(exp: Experiment, method: SuccessiveGrid) -> None:
     assert all(t.warm_start_checkpoint_uuid is None for t in first)
     for child, parent in zip(second, (first[2], first[1]), strict=True):
         assert child.warm_start_checkpoint_uuid == parent.latest_checkpoint_uuid
-        assert any(line.message == f"RESTORED from trial {parent.id} at 1" for line in child.logs())
+        assert any(
+            line.message == f"RESTORED from trial {parent.id} at 1"
+            for line in child.iter_log_lines()
+        )
     assert len(method.handled) == len(set(method.handled)), method.handled
     kinds = [k for k, _ in method.handled]
     assert {k: kinds.count(k) for k in set(kinds)} == {

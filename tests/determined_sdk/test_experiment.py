@@ -52,7 +52,7 @@ def test_direct_instantiation_sends_no_request(
     assert trial.experiment_id == finished.id
     assert counter.count("GetTrial") == 1 and counter.count() == 1
     # Helper methods work on a blank object without fetching it first.
-    list(Trial(trial_id, counted).logs(tail=1))
+    list(Trial(trial_id, counted).iter_log_lines(tail=1))
     assert counter.count("TrialLogs") == 1 and counter.count("GetTrial") == 1
     assert exp.name == "finished"
     assert exp.config["name"] == "finished"
@@ -100,9 +100,9 @@ def test_setters_update_server_and_local(
     exp.add_label("b")
     exp.add_label("a")
     exp.remove_label("b")
-    assert (exp.name, exp.description, exp.labels) == ("renamed", "desc", ["a"])
+    assert (exp.name, exp.description, exp.labels) == ("renamed", "desc", {"a"})
     fresh = det.get_experiment(exp.id)
-    assert (fresh.name, fresh.description, fresh.labels) == ("renamed", "desc", ["a"])
+    assert (fresh.name, fresh.description, fresh.labels) == ("renamed", "desc", {"a"})
     with pytest.raises(InvalidArgumentError, match="name"):
         exp.set_name("")
     with pytest.raises(InvalidArgumentError, match="label"):
@@ -132,8 +132,10 @@ def test_archive_delete_and_state_errors(
     assert [e.id for e in det.list_experiments(archived_only=True)] == [exp.id]
     exp.unarchive()
     assert exp.archived is False
-    code = exp.download_code(tmp_path / "code")
+    code = exp.extract_code(tmp_path / "code")
     assert (code / "trainer.py").is_file()
+    archive = exp.download_code(str(tmp_path / "tgz"))
+    assert archive == str(tmp_path / "tgz" / f"exp-{exp.id}_model_def.tar.gz")
     exp.delete()
     with pytest.raises(NotFoundError, match=str(exp.id)):
         exp.reload()
@@ -155,8 +157,12 @@ def test_wait_and_await_timeouts(make_experiment: Callable[..., Experiment]) -> 
     from determined_sdk import DeadlineExceededError
 
     exp = make_experiment(activate=False, name="timeouts")
-    with pytest.raises(DeadlineExceededError, match=str(exp.id)):
-        exp.wait(interval=0.01, timeout=0.05)
+    with pytest.raises(ValueError, match=f"experiment {exp.id} is PAUSED"):
+        exp.wait(interval=0.01, timeout=0.05)  # a paused experiment would never end
+    running = make_experiment(name="deadline")
+    with pytest.raises(DeadlineExceededError, match=str(running.id)):
+        running.wait(interval=0.01, timeout=0.05)
+    running.kill()
     with pytest.raises(DeadlineExceededError):
         exp.await_first_trial(interval=0.01, timeout=0.05)
     exp.kill()

@@ -27,10 +27,10 @@ def test_follow_yields_exactly_a_later_full_read(
 ) -> None:
     exp = make_experiment(name="follow", hyperparameters={"steps": 12, "sleep": 0.05})
     trial = exp.await_first_trial(timeout=60)
-    followed = list(trial.logs(follow=True))  # returns once the trial ends
+    followed = list(trial.iter_log_lines(follow=True))  # returns once the trial ends
     trial.reload()
     assert trial.state.is_terminal
-    full = list(Trial(trial.id, det).logs())
+    full = list(Trial(trial.id, det).iter_log_lines())
     assert followed == full
     msgs = [str(x) for x in full]
     assert msgs.index(f"starting trial {trial.id} lr=0.1") < msgs.index("done")
@@ -46,7 +46,9 @@ def test_follow_from_another_thread_while_running(
     exp = make_experiment(name="follow-thread", hyperparameters={"steps": 6, "sleep": 0.05})
     trial = exp.await_first_trial(timeout=60)
     got: list[str] = []
-    t = threading.Thread(target=lambda: got.extend(str(x) for x in trial.logs(follow=True)))
+    t = threading.Thread(
+        target=lambda: got.extend(str(x) for x in trial.iter_log_lines(follow=True))
+    )
     t.start()
     t.join(timeout=120)
     assert not t.is_alive()
@@ -56,25 +58,29 @@ def test_follow_from_another_thread_while_running(
 
 def test_log_filters(finished: Experiment) -> None:
     trial = finished.list_trials()[0]
-    full = list(trial.logs())
+    full = list(trial.iter_log_lines())
     assert len(full) > 8
-    assert list(trial.logs(head=3)) == full[:3]
-    assert list(trial.logs(tail=2)) == full[-2:]
-    assert list(trial.logs(head=0)) == []
-    assert list(trial.logs(follow=True, tail=2)) == full[-2:]  # an ended trial: backlog only
-    assert list(trial.logs(follow=True, search="done")) == [x for x in full if "done" in str(x)]
-    searched = list(trial.logs(search="loss="))
+    assert list(trial.iter_log_lines(head=3)) == full[:3]
+    assert list(trial.iter_log_lines(tail=2)) == full[-2:]
+    assert list(trial.iter_log_lines(head=0)) == []
+    assert (
+        list(trial.iter_log_lines(follow=True, tail=2)) == full[-2:]
+    )  # an ended trial: backlog only
+    assert list(trial.iter_log_lines(follow=True, search="done")) == [
+        x for x in full if "done" in str(x)
+    ]
+    searched = list(trial.iter_log_lines(search="loss="))
     assert searched and all("loss=" in str(x) for x in searched)
     assert len(searched) == 6
-    warn = list(trial.logs(levels=[LogLevel.WARNING]))
+    warn = list(trial.iter_log_lines(levels=[LogLevel.WARNING]))
     assert [str(x) for x in warn] == ["WARNING: loss plateau suspected"]
-    errs = list(trial.logs(levels=["error"]))
+    errs = list(trial.iter_log_lines(levels=["error"]))
     assert any("something odd" in str(x) for x in errs)
     assert all(x.level is LogLevel.ERROR for x in errs)
-    stderr = list(trial.logs(streams=["stderr"]))
+    stderr = list(trial.iter_log_lines(streams=["stderr"]))
     assert stderr and all(x.stream == "stderr" for x in stderr)
-    assert list(trial.logs(ranks=[3])) == []
-    assert list(trial.logs(ranks=[0])) == [x for x in full if x.rank == 0]
+    assert list(trial.iter_log_lines(ranks=[3])) == []
+    assert list(trial.iter_log_lines(ranks=[0])) == [x for x in full if x.rank == 0]
     # A cut between two lines written at least 1 ms apart (datetimes keep microseconds).
     i = next(
         i
@@ -82,8 +88,11 @@ def test_log_filters(finished: Experiment) -> None:
         if full[i + 1].timestamp - full[i].timestamp > 1e-3
     )
     mid = (full[i].timestamp + full[i + 1].timestamp) / 2
-    assert list(trial.logs(timestamp_after=mid)) == full[i + 1 :]
-    assert list(trial.logs(timestamp_before=datetime.datetime.fromtimestamp(mid))) == full[: i + 1]
+    assert list(trial.iter_log_lines(timestamp_after=mid)) == full[i + 1 :]
+    assert (
+        list(trial.iter_log_lines(timestamp_before=datetime.datetime.fromtimestamp(mid)))
+        == full[: i + 1]
+    )
     line = full[0]
     assert str(line) == line.message and str(trial.id) in line.message
     assert line.format().endswith(line.message)
@@ -92,21 +101,21 @@ def test_log_filters(finished: Experiment) -> None:
 def test_log_bad_args(finished: Experiment, det: Determined) -> None:
     trial = finished.list_trials()[0]
     with pytest.raises(InvalidArgumentError, match="head and tail"):
-        trial.logs(head=1, tail=1)
+        trial.iter_log_lines(head=1, tail=1)
     with pytest.raises(InvalidArgumentError, match="head"):
-        trial.logs(head=-1)
+        trial.iter_log_lines(head=-1)
     with pytest.raises(InvalidArgumentError, match="tail"):
-        trial.logs(tail=-5)
+        trial.iter_log_lines(tail=-5)
     with pytest.raises(InvalidArgumentError, match="levels"):
-        trial.logs(levels=["LOUD"])
+        trial.iter_log_lines(levels=["LOUD"])
     with pytest.raises(InvalidArgumentError, match="timestamp_after"):
-        trial.logs(timestamp_after=-1)
+        trial.iter_log_lines(timestamp_after=-1)
     pattern = r"^step [0-9]+ loss="
-    steps = [str(x) for x in trial.logs(regex=pattern)]
-    assert steps and steps == [str(x) for x in trial.logs() if re.match(pattern, str(x))]
-    assert list(trial.logs(regex="^no such line$")) == []
+    steps = [str(x) for x in trial.iter_log_lines(regex=pattern)]
+    assert steps and steps == [str(x) for x in trial.iter_log_lines() if re.match(pattern, str(x))]
+    assert list(trial.iter_log_lines(regex="^no such line$")) == []
     with pytest.raises(InvalidArgumentError, match="regex"):
-        trial.logs(regex="(unclosed")
+        trial.iter_log_lines(regex="(unclosed")
     with pytest.raises(NotFoundError, match="31337"):
         list(Trial(31337, det).logs())
 
@@ -185,7 +194,7 @@ def test_iter_metrics_follow_until_the_trial_ends(
 def test_kill_trial(make_experiment: Callable[..., Experiment], det: Determined) -> None:
     exp = make_experiment(name="kill-trial", hyperparameters={"steps": 1000, "sleep": 0.05})
     trial = exp.await_first_trial(timeout=60)
-    for _ in trial.logs(follow=True, search="step 2 "):
+    for _ in trial.iter_log_lines(follow=True, search="step 2 "):
         break  # it is running and reporting
     Trial(trial.id, det).kill()
     assert exp.wait(interval=0.1, timeout=60).is_terminal

@@ -449,7 +449,7 @@ GOOD = (
             "searcher.max_trials",
         ),
         (
-            GOOD + "resources: {slots_per_trial: 99}\n",
+            GOOD + "resources: {slots_per_trial: 0}\n",
             b"",
             grpc.StatusCode.INVALID_ARGUMENT,
             "resources.slots_per_trial",

@@ -34,5 +34,13 @@ def test_enqueue_is_idempotent_and_dequeue() -> None:
 def test_bad_sizes() -> None:
     with pytest.raises(ValueError, match="slots"):
         Scheduler(0)
-    with pytest.raises(ValueError, match="trial 5 needs 3 slots; there are 2"):
-        Scheduler(2).enqueue(5, 3)
+    with pytest.raises(ValueError, match="trial 5 needs 0 slots"):
+        Scheduler(2).enqueue(5, 0)
+
+
+def test_a_trial_larger_than_the_cluster_waits_without_blocking_others() -> None:
+    s = Scheduler(2)
+    s.enqueue(5, 3)
+    s.enqueue(6, 1)
+    assert [a.trial_id for a in s.schedule()] == [6]
+    assert s.queued() == [5]

@@ -1466,3 +1466,46 @@ def test_checkpoint_uuids_starting(store: SQLStore) -> None:
     assert store.checkpoint_uuids_starting("a%", 5) == ["a%c_-4"]
     assert store.checkpoint_uuids_starting("a_", 5) == []
     assert store.checkpoint_uuids_starting("zz", 5) == []
+
+
+def test_update_project_and_notes(store: SQLStore) -> None:
+    p = store.create_project(1, "notes-proj", "d")
+    assert p.notes == ()
+    p = store.update_project(p.id, notes=[("a", "first"), ("b", "second")])
+    assert p.notes == (("a", "first"), ("b", "second"))
+    p = store.update_project(p.id, name="renamed", description="new", archived=True)
+    assert (p.name, p.description, p.archived) == ("renamed", "new", True)
+    assert store.get_project(p.id).notes == (("a", "first"), ("b", "second"))
+    store.create_project(1, "taken")
+    with pytest.raises(AlreadyExistsError, match="taken"):
+        store.update_project(p.id, name="taken")
+    with pytest.raises(InvalidArgumentError, match="project name"):
+        store.update_project(p.id, name=" ")
+    with pytest.raises(NotFoundError, match="project 999"):
+        store.update_project(999, archived=False)
+    exp = new_exp(store, "with-notes")
+    assert exp.notes == ""
+    assert store.update_experiment(exp.id, notes="# results\nok").notes == "# results\nok"
+    assert store.get_experiment(exp.id).notes == "# results\nok"
+
+
+def test_move_model_to_workspace(store: SQLStore) -> None:
+    ws = store.create_workspace("registry")
+    store.create_model("m", description="", metadata={}, labels=())
+    assert store.update_model("m", workspace_id=ws.id).workspace_id == ws.id
+    assert store.get_model("m").workspace_id == ws.id
+    with pytest.raises(NotFoundError, match="workspace 999"):
+        store.update_model("m", workspace_id=999)
+
+
+def test_update_model_version(store: SQLStore) -> None:
+    exp = new_exp(store, "mv")
+    trial = new_trial(store, exp.id)
+    store.add_checkpoint(ckpt("mv-c", trial, 1))
+    store.create_model("mv-model", description="", metadata={}, labels=())
+    store.create_model_version("mv-model", "mv-c")
+    v = store.update_model_version("mv-model", 1, name="best", notes="n", comment="c")
+    assert (v.name, v.notes, v.comment) == ("best", "n", "c")
+    assert store.get_model_version("mv-model", 1).notes == "n"
+    with pytest.raises(NotFoundError, match="version 2"):
+        store.update_model_version("mv-model", 2, notes="x")
