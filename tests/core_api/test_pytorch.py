@@ -219,6 +219,40 @@ def test_experiment_completes_with_config_periods(stubs: Stubs, model_dir: pathl
     assert {9, 18, 20} <= set(steps)
     assert trial.has_searcher_metric and trial.progress == pytest.approx(1.0)
     assert "batch 20: validation" in logs(stubs, trial.id)
+    # checkpoint_storage.save_trial_best (1) and save_trial_latest (1): the garbage collection
+    # at the experiment's end keeps the best checkpoint by the searcher metric and the latest.
+    val = dict(metrics(stubs, trial.id, "validation"))
+    ckpt_steps = set(steps)
+    best_step = min((s for s in ckpt_steps if s in val), key=lambda s: val[s]["validation_loss"])
+    wait_for(
+        lambda: {c.steps_completed for c in checkpoints(stubs, trial.id)} == {best_step, 20},
+        60,
+        "garbage collection to keep the best and the latest checkpoint",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("trial_pythonpath")
+def test_patience_stops_one_long_operation(stubs: Stubs, model_dir: pathlib.Path) -> None:
+    """lr 0: the validation loss never improves; patience 2 stops the single 300-batch op after
+    the third validation instead of training it to the end."""
+    cfg = config(
+        hparams={"lr": 0.0},
+        searcher={
+            "name": "single",
+            "metric": "validation_loss",
+            "max_length": {"batches": 300},
+            "early_stopping": {"patience": 2},
+        },
+        min_validation_period={"batches": 10},
+    )
+    exp = stubs.create(cfg, model_dir)
+    finished(stubs, exp.id)
+    (trial,) = stubs.trials_of(exp.id)
+    assert trial_state(trial) == "COMPLETED"
+    val = [s for s, _ in metrics(stubs, trial.id, "validation")]
+    assert val[:3] == [10, 20, 30] and val[-1] < 300, val
+    assert trial.steps_completed < 300
 
 
 @pytest.mark.slow
