@@ -132,6 +132,11 @@ class DeterminedCallback(keras.callbacks.Callback):  # type: ignore[misc, unused
         self.preempted = False
         self.last_checkpoint: str | None = None
         self.batches_trained = 0
+        self._warned_steps = False
+        if batch_report_period:
+            # An instance attribute: Keras keeps its fast asynchronous batch loop unless a
+            # callback overrides a batch hook, so the hook exists only when asked for.
+            self.on_train_batch_end = self._on_batch
 
     # -- before fit ---------------------------------------------------------------------------
     def epochs(self, default: int) -> int:
@@ -254,11 +259,11 @@ class DeterminedCallback(keras.callbacks.Callback):  # type: ignore[misc, unused
                 "(use epochs)"
             )
 
-    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-        """Count batches; report training logs every ``batch_report_period`` batches."""
+    def _on_batch(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        """Per-batch reporting (installed only when ``batch_report_period`` > 0: any batch hook
+        makes Keras synchronize every batch)."""
         self.batches_trained += 1
-        period = self._batch_report_period
-        if period and self.batches_trained % period == 0:
+        if self.batches_trained % self._batch_report_period == 0:
             values = _numbers(logs)
             if values:
                 self._ctx.train.report_training_metrics(self.batches_trained, values)
@@ -266,6 +271,17 @@ class DeterminedCallback(keras.callbacks.Callback):  # type: ignore[misc, unused
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         """Report the epoch's metrics; complete due operations; checkpoint; honour preemption."""
         self._epochs_done = epoch + 1
+        if not self._batch_report_period:
+            steps = (self.params or {}).get("steps")
+            if steps is None:
+                if not self._warned_steps:
+                    logger.warning(
+                        "Keras does not know the steps per epoch: steps_completed counts epochs "
+                        "(set steps_per_epoch, or batch_report_period to count batches)"
+                    )
+                    self._warned_steps = True
+                steps = 1
+            self.batches_trained += int(steps)
         values = _numbers(logs)
         training = {k: v for k, v in values.items() if not k.startswith(_VALIDATION_PREFIX)}
         validation = {k: v for k, v in values.items() if k.startswith(_VALIDATION_PREFIX)}

@@ -1,7 +1,19 @@
-"""PyTorch Lightning on the platform: a logger, a callback, and a ``fit`` that follows the searcher.
+"""PyTorch Lightning on the platform.
 
 Needs ``lightning`` (``pip install 'lightning>=2.4,<3'``); ``import core_api`` alone never imports
-it (nor torch). Three pieces, usable separately:
+it (nor torch).
+
+The Lightning-habits way (recommended): build your own ``pl.Trainer`` and add
+
+* :class:`DeterminedLogger` to its loggers (next to your CSV/TensorBoard/... loggers): metrics
+  to the master, ``save_hyperparameters()`` kept, metrics echoed to the trial log at a bounded
+  rate;
+* :class:`DeterminedCallback` to its callbacks (next to your ``ModelCheckpoint``...): searcher
+  operations, checkpoints every ``checkpoint_period`` / ``min_checkpoint_period``, at op ends,
+  at the end and on preemption, and pausing at a batch or at an epoch's end;
+* resume with ``trainer.fit(..., ckpt_path=latest_checkpoint_path(ctx))``.
+
+The older pieces, still supported:
 
 * :class:`CoreApiLogger`: a Lightning logger; everything ``self.log(...)`` records goes to the
   master (keys starting with ``val``/``validation`` as validation metrics, the rest as training
@@ -13,8 +25,8 @@ it (nor torch). Three pieces, usable separately:
   length in batches, ``max_epochs`` for epochs), resuming from the trial's latest checkpoint, and
   reports the searcher metric after each; a promoted trial (ASHA) simply continues.
 
-Single-process training only; for multi-rank training use the Core API directly (see
-``examples/core_api/5_distributed.py``).
+Single-process training only; for multi-rank training use ``core_api.pytorch`` or the Core API
+directly (see ``examples/core_api/5_distributed.py``).
 """
 
 from __future__ import annotations
