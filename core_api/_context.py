@@ -180,7 +180,7 @@ def init(
     master: str | None = None,
     experiment_name: str | None = None,
     hparams: Mapping[str, Any] | None = None,
-    max_length: int = 1,
+    max_length: int | Mapping[str, int] | None = None,
     capture_output: bool = True,
 ) -> Context:
     """Build the :class:`Context` for this process.
@@ -200,7 +200,10 @@ def init(
         experiment_name: the unmanaged experiment's name (default: the script's name).
         hparams: the unmanaged trial's hyperparameters (recorded on the master).
         max_length: the length of the single searcher op yielded without a master searcher
-            (off-cluster and unmanaged).
+            (off-cluster and unmanaged): a number of batches, or ``{"epochs": 3}`` (also
+            ``batches``/``records``) to set the unit too. Unmanaged, the default is the
+            ``searcher.max_length`` of the experiment config the master holds; with no length
+            at all ``searcher.operations()`` raises instead of guessing one.
         capture_output: unmanaged only: also send what this process prints (stdout, stderr,
             logging) to the trial's logs, as the supervisor does on the cluster.
 
@@ -215,8 +218,7 @@ def init(
             f"tensorboard_mode must be a core_api.TensorboardMode, got {tensorboard_mode!r}"
         )
     del async_checkpointing
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0:
-        raise ValueError(f"max_length must be an int >= 0, got {max_length!r}")
+    length = _check_max_length(max_length)
 
     info = get_cluster_info()
     if info is not None:
@@ -229,10 +231,52 @@ def init(
             checkpoint_storage,
             experiment_name,
             hparams,
-            max_length,
+            length,
             capture_output,
         )
-    return _init_off_cluster(dist, checkpoint_storage, max_length)
+    return _init_off_cluster(dist, checkpoint_storage, length)
+
+
+#: A local searcher length: (length, unit), or None when none was given.
+LocalLength = tuple[int, str] | None
+
+
+def _check_max_length(max_length: Any) -> LocalLength:
+    """``max_length`` as (length, unit), or None.
+
+    Raises:
+        ValueError: not an int >= 0 nor a one-key length mapping; the message names it.
+    """
+    if max_length is None:
+        return None
+    if isinstance(max_length, Mapping):
+        items = [(k, v) for k, v in max_length.items() if k in ("batches", "records", "epochs")]
+        if len(items) != 1 or len(max_length) != 1:
+            raise ValueError(
+                "max_length must be an int or one of {'batches': n}, {'records': n}, "
+                f"{{'epochs': n}}, got {dict(max_length)!r}"
+            )
+        unit, value = items[0]
+    else:
+        unit, value = "batches", max_length
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"max_length must be an int >= 0, got {max_length!r}")
+    return value, unit
+
+
+def _config_length(config: Mapping[str, Any]) -> LocalLength:
+    """The ``searcher.max_length`` of an experiment config (raw or normalized), if any."""
+    raw = (config.get("searcher") or {}).get("max_length")
+    if isinstance(raw, Mapping) and "unit" in raw and "value" in raw:
+        return int(raw["value"]), str(raw["unit"])
+    if isinstance(raw, Mapping):
+        try:
+            return _check_max_length(raw)
+        except ValueError:
+            return None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw, "batches"
+    return None
 
 
 def _storage(
@@ -307,7 +351,7 @@ def _init_unmanaged(
     checkpoint_storage: str | os.PathLike[str] | Mapping[str, Any] | None,
     experiment_name: str | None,
     hparams: Mapping[str, Any] | None,
-    max_length: int,
+    max_length: LocalLength,
     capture_output: bool,
 ) -> Context:
     session = MasterSession(address)
@@ -373,7 +417,7 @@ def _init_unmanaged(
             send_report=train.report_checkpoint,
         ),
         # No master searcher drives an unmanaged trial, and nobody preempts it.
-        searcher=SearcherContext(None, dist, train, max_length=max_length),
+        searcher=_local_searcher(dist, train, max_length or _config_length(trial.config)),
         preempt=PreemptContext(None, dist),
         distributed=dist,
         info=info,
@@ -421,7 +465,7 @@ def _create_unmanaged_trial(
 def _init_off_cluster(
     dist: DistributedContext,
     checkpoint_storage: str | os.PathLike[str] | Mapping[str, Any] | None,
-    max_length: int,
+    max_length: LocalLength,
 ) -> Context:
     storage = _storage(checkpoint_storage, {"type": "shared_fs", "path": "checkpoints"})
     train = TrainContext(
@@ -430,9 +474,17 @@ def _init_off_cluster(
     return Context(
         train=train,
         checkpoint=CheckpointContext(dist, storage, None),
-        searcher=SearcherContext(None, dist, train, max_length=max_length),
+        searcher=_local_searcher(dist, train, max_length),
         preempt=PreemptContext(None, dist),
         distributed=dist,
         info=None,
         mode="off-cluster",
     )
+
+
+def _local_searcher(
+    dist: DistributedContext, train: TrainContext, length: LocalLength
+) -> SearcherContext:
+    if length is None:
+        return SearcherContext(None, dist, train, max_length=None)
+    return SearcherContext(None, dist, train, max_length=length[0], unit=length[1])

@@ -2,8 +2,9 @@
 
 An operation says "train until ``length`` units in total, then report the searcher metric".
 The chief long-polls ``GetSearcherOperation`` until the master has an op for the trial or says
-the trial is done; a longer op may follow a completed one (ASHA promotion). Off-cluster the
-context yields one op of ``max_length`` (default 1).
+the trial is done; a longer op may follow a completed one (ASHA promotion). Off-cluster (and
+unmanaged) the context yields one op of ``init(max_length=...)``; without a length it raises
+rather than guess one.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class SearcherContext:
         dist: the distributed context.
         train: used to flush metrics before completing an op and to send progress.
         trial_id: the trial.
-        max_length: the length of the single op yielded without a master.
+        max_length: the length of the single op yielded without a master (None: none given;
+            ``operations()`` then raises).
         unit: the op unit without a master.
         poll_timeout: seconds each long poll waits on the master.
     """
@@ -117,7 +119,7 @@ class SearcherContext:
         train: TrainContext,
         *,
         trial_id: int = 0,
-        max_length: int = 1,
+        max_length: int | None = 1,
         unit: str = "batches",
         poll_timeout: float = 10.0,
     ) -> None:
@@ -198,6 +200,12 @@ class SearcherContext:
         if self._session is None:
             if self._local_done:
                 return None
+            if self._max_length is None:
+                raise ValueError(
+                    "no searcher length without a master searcher: pass "
+                    "core_api.init(max_length=N) (or {'epochs': N}), or set searcher.max_length "
+                    "in the unmanaged experiment's config"
+                )
             self._local_done = True
             return self._max_length, self._unit
         session = self._session

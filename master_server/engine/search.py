@@ -213,11 +213,25 @@ class SearchDriver:
             self.event(rt, rt.searcher.on_validation_completed(tr.request_id, metric, length))
 
     def on_validation_metrics(self, trial_id: int, metrics: dict[str, float], steps: int) -> None:
-        """Metrics-only trials: a validation report feeds searchers that use ``time_metric``."""
+        """A validation report with the searcher metric: with ``time_metric`` (metrics-only
+        trials) it completes a validation for the searcher; otherwise it is shown to the
+        searcher as a mid-operation validation (early stopping's patience and target)."""
         cfg = self.config_of_trial(trial_id)
         s = cfg["searcher"]
         time_metric, metric = s.get("time_metric"), s.get("metric")
-        if not time_metric or metric not in metrics or time_metric not in metrics:
+        if metric not in metrics:
+            return
+        if not time_metric:
+            with self.s.lock:
+                tr = self.s.trials.get(trial_id)  # a late report of an ended trial changes nothing
+                rt = self.s.exps.get(tr.experiment_id) if tr is not None else None
+                if tr is None or rt is None or tr.closed:
+                    return
+                actions = rt.searcher.on_validation_reported(tr.request_id, metrics[metric], steps)
+                if actions is not None:
+                    self.event(rt, actions)
+            return
+        if time_metric not in metrics:
             return
         with self.s.lock:
             tr, rt = self.live(trial_id)

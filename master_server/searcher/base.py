@@ -96,6 +96,18 @@ class SearchMethod(abc.ABC):
     def progress(self) -> float:
         """Fraction 0..1 of the whole search done (experiment progress)."""
 
+    def on_validation_reported(
+        self, request_id: str, metric: float, steps_completed: int
+    ) -> list[Action] | None:
+        """Optional: the trial reported a validation with the searcher metric in the middle of
+        an operation (or while training one long operation).
+
+        Returns:
+            None when the method ignores such reports (the default: nothing to save), else the
+            actions to carry out (possibly none; the searcher's state is then saved).
+        """
+        return None
+
     def on_trial_progress(self, request_id: str, length_done: float) -> None:  # noqa: B027
         """Optional: the trial has trained ``length_done`` units of its current operation."""
 

@@ -10,6 +10,11 @@
 * ``target``: the first validation whose metric reaches the target (``<=`` when smaller is
   better, ``>=`` otherwise) stops every live trial and shuts the search down; later events are
   not passed on.
+
+Both rules see every validation a trial reports, not only the ends of its operations, so they
+apply whether a trial trains many short operations, one long one, or only reports metrics. A
+trial that reports validations has its operation completions counted only when the completion
+carries a new value (the trainer's completion repeats its last validation, which already counted).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class EarlyStoppingSearchMethod(SearchMethod):
         self._best: dict[str, float] = {}
         self._bad: dict[str, int] = {}
         self._done = False  # the target was reached and the search shut down
+        self._last_reported: dict[str, float] = {}  # trials that report validations mid-op
 
     def _track(self, actions: list[Action]) -> list[Action]:
         for action in actions:
@@ -101,13 +107,36 @@ class EarlyStoppingSearchMethod(SearchMethod):
         if self._done:
             return []
         value = as_float(metric)
-        if self._reached_target(value):
-            self._done = True
-            stops: list[Action] = [Stop(r) for r in self._live if r not in self._stopped]
-            self._stopped.update(dict.fromkeys(self._live))
-            reason = f"target {self._target} reached by trial {request_id} ({value})"
-            return [*stops, Shutdown(failure=False, reason=reason)]
+        last = self._last_reported.get(request_id)
+        counted = last is not None and (last == value or (math.isnan(last) and math.isnan(value)))
+        if not counted and self._reached_target(value):
+            return self._shut_down(request_id, value)
         actions = self._track(self.inner.on_validation_completed(request_id, metric, length))
+        if counted:
+            return actions
+        return self._judge(request_id, value, actions)
+
+    def on_validation_reported(
+        self, request_id: str, metric: float, steps_completed: int
+    ) -> list[Action] | None:
+        """A validation in the middle of an operation: the target and patience rules apply."""
+        if self._done or request_id not in self._live:
+            return []
+        value = as_float(metric)
+        self._last_reported[request_id] = value
+        if self._reached_target(value):
+            return self._shut_down(request_id, value)
+        return self._judge(request_id, value, [])
+
+    def _shut_down(self, request_id: str, value: float) -> list[Action]:
+        self._done = True
+        stops: list[Action] = [Stop(r) for r in self._live if r not in self._stopped]
+        self._stopped.update(dict.fromkeys(self._live))
+        reason = f"target {self._target} reached by trial {request_id} ({value})"
+        return [*stops, Shutdown(failure=False, reason=reason)]
+
+    def _judge(self, request_id: str, value: float, actions: list[Action]) -> list[Action]:
+        """The patience rule for one more validation of ``request_id``."""
         if self._patience is None or request_id not in self._live:
             return actions
         if self._improved(request_id, value):
@@ -134,6 +163,7 @@ class EarlyStoppingSearchMethod(SearchMethod):
         self._stopped.pop(request_id, None)
         self._best.pop(request_id, None)
         self._bad.pop(request_id, None)
+        self._last_reported.pop(request_id, None)
 
     def on_trial_exited(self, request_id: str) -> list[Action]:
         """Passed on (unless the target was reached)."""
@@ -163,6 +193,7 @@ class EarlyStoppingSearchMethod(SearchMethod):
             "best": dict(self._best),
             "bad": dict(self._bad),
             "done": self._done,
+            "last_reported": {k: v for k, v in self._last_reported.items() if math.isfinite(v)},
         }
 
     def restore(self, state: JSONDict) -> None:
@@ -175,3 +206,6 @@ class EarlyStoppingSearchMethod(SearchMethod):
         self._best = {str(k): float(v) for k, v in state["best"].items()}
         self._bad = {str(k): int(v) for k, v in state["bad"].items()}
         self._done = bool(state["done"])
+        self._last_reported = {
+            str(k): float(v) for k, v in (state.get("last_reported") or {}).items()
+        }

@@ -188,7 +188,9 @@ def test_close_does_not_wait_for_the_long_poll(cluster_trial: Make, wire: Wire) 
 
 
 def test_unmanaged_mode(master: Master, stubs: Stubs, wire: Wire) -> None:
-    with core_api.init(master=master.address, experiment_name="nb", hparams={"lr": 1}) as ctx:
+    with core_api.init(
+        master=master.address, experiment_name="nb", hparams={"lr": 1}, max_length=1
+    ) as ctx:
         assert ctx.mode == "unmanaged"
         assert ctx.info is not None
         tid, exp_id = ctx.info.trial.trial_id, ctx.info.trial.experiment_id
@@ -240,6 +242,19 @@ def test_unmanaged_mode_from_env_and_failure_exit(
     assert exits == [(tid, 1, 1)]
     assert trial_state(stubs.trial(tid)) == "ERROR"
     assert stubs.exp_state(exp_id) == "ERROR"
+
+
+def test_unmanaged_length_comes_from_an_argument_never_a_guess(master: Master) -> None:
+    with core_api.init(master=master.address, max_length={"epochs": 3}) as ctx:
+        assert [(op.length, op.unit) for op in _run_ops(ctx)] == [(3, "epochs")]
+    with (
+        core_api.init(master=master.address) as ctx,
+        pytest.raises(ValueError, match=r"pass core_api.init\(max_length=N\)"),
+    ):
+        next(iter(ctx.searcher.operations()))
+    for bad in (-1, 1.5, True, {"steps": 3}, {"epochs": 3, "batches": 1}):
+        with pytest.raises(ValueError, match="max_length must be"):
+            core_api.init(master=master.address, max_length=bad)  # type: ignore[arg-type]
 
 
 def _run_ops(ctx: core_api.Context) -> list[core_api.SearcherOperation]:

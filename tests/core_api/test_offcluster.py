@@ -33,8 +33,9 @@ def test_off_cluster_mode_basics(tmp_path: pathlib.Path, caplog: pytest.LogCaptu
         ctx.train.report_progress(0.5)
         assert ctx.train.get_experiment_best_validation() is None
         assert ctx.preempt.should_preempt() is False
-        ops = list(_complete_all(ctx))
-        assert ops == [1]
+        # No length given: the searcher says so instead of training a silent single step.
+        with pytest.raises(ValueError, match="no searcher length"):
+            _complete_all(ctx)
     text = caplog.text
     assert "training metrics at step 1" in text and "'loss': 0.5" in text
     assert "validation metrics at step 1" in text
@@ -54,8 +55,17 @@ def test_max_length_sets_the_single_op(tmp_path: pathlib.Path) -> None:
         assert _complete_all(ctx) == [25]
 
 
+def test_max_length_in_epochs(tmp_path: pathlib.Path) -> None:
+    with core_api.init(checkpoint_storage=tmp_path, max_length={"epochs": 2}) as ctx:
+        seen = []
+        for op in ctx.searcher.operations():
+            seen.append((op.length, op.unit))
+            op.report_completed(0.0)
+        assert seen == [(2, "epochs")]
+
+
 def test_op_must_be_completed(tmp_path: pathlib.Path) -> None:
-    with core_api.init(checkpoint_storage=tmp_path) as ctx:
+    with core_api.init(checkpoint_storage=tmp_path, max_length=1) as ctx:
         ops = ctx.searcher.operations()
         next(ops)
         with pytest.raises(RuntimeError, match="report_completed"):

@@ -120,3 +120,46 @@ def test_wrapper_passes_everything_else_through() -> None:
         RandomSearch(HP, seed=0, max_trials=1, max_length=10), patience=2
     ).initial_operations()
     assert isinstance(ops[0], Create)
+
+
+def test_patience_counts_validations_inside_one_long_operation() -> None:
+    inner = SingleSearch(HP, seed=0, max_length=500)
+    method = EarlyStoppingSearchMethod(inner, patience=3)
+    ops = method.initial_operations()
+    assert ops[1] == ValidateAfter("r1", 500)
+    assert method.on_validation_reported("r1", 1.0, 5) == []
+    assert method.on_validation_reported("r1", 1.0, 10) == []
+    assert method.on_validation_reported("r1", 1.0, 15) == []
+    assert method.on_validation_reported("r1", 1.0, 20) == [Stop("r1")]
+    assert method.on_validation_reported("r1", 1.0, 25) == []  # stopped once
+    # Survives a restart of the master.
+    again = EarlyStoppingSearchMethod(SingleSearch(HP, seed=0, max_length=500), patience=3)
+    again.restore(method.snapshot())
+    assert again.on_trial_exited("r1") == [Shutdown(False, "all 1 trial(s) finished")]
+
+
+def test_a_completion_repeating_the_last_report_is_not_counted_twice() -> None:
+    inner = AdaptiveASHASearch(
+        HP, seed=0, max_trials=1, max_length=64, max_rungs=3, divisor=4, mode="aggressive"
+    )
+    method = EarlyStoppingSearchMethod(inner, patience=2)
+    method.initial_operations()
+    assert method.on_validation_reported("r1", 3.0, 2) == []
+    assert method.on_validation_reported("r1", 2.0, 4) == []
+    # The op's completion repeats the validation at 4: no patience step, ASHA promotes.
+    assert method.on_validation_completed("r1", 2.0, 4) == [ValidateAfter("r1", 16)]
+    assert method.on_validation_reported("r1", 2.5, 8) == []
+    assert method.on_validation_reported("r1", 2.1, 12) == [Stop("r1")]
+
+
+def test_target_applies_to_reported_validations() -> None:
+    inner = SingleSearch(HP, seed=0, max_length=500)
+    method = EarlyStoppingSearchMethod(inner, target=0.5)
+    method.initial_operations()
+    assert method.on_validation_reported("r1", 0.9, 10) == []
+    actions = method.on_validation_reported("r1", 0.4, 20)
+    assert actions[0] == Stop("r1") and isinstance(actions[1], Shutdown)
+
+
+def test_methods_without_early_stopping_ignore_reports() -> None:
+    assert SingleSearch(HP, seed=0, max_length=10).on_validation_reported("r1", 1.0, 5) is None
