@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from determined_sdk._checkpoint import Checkpoint
-from determined_sdk._client import Determined, MasterInfo
+from determined_sdk._client import Determined, MasterInfo, User
 from determined_sdk._enums import (
     CheckpointSortBy,
     CheckpointState,
@@ -73,6 +73,7 @@ __all__ = [
     "TrialMetrics",
     "TrialState",
     "UnauthenticatedError",
+    "User",
     "Workspace",
 ]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,7 +29,9 @@ from determined_sdk.errors import MasterUnavailableError
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def start_master(data_dir: pathlib.Path, slots: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_master(
+    data_dir: pathlib.Path, slots: int, admin_password: str
+) -> tuple[subprocess.Popen[bytes], str]:
     port_file = data_dir / "port"
     proc = subprocess.Popen(
         [
@@ -46,6 +49,8 @@ def start_master(data_dir: pathlib.Path, slots: int) -> tuple[subprocess.Popen[b
             "--log-level",
             "WARNING",
         ],
+        # The demo's own admin password (users and tokens: docs/security.md).
+        env={**os.environ, "DET_INITIAL_ADMIN_PASSWORD": admin_password},
     )
     deadline = time.monotonic() + 60
     while not port_file.exists():
@@ -66,10 +71,11 @@ def main() -> None:
     console = Console(width=max(100, Console().width))
     t0 = time.monotonic()
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="detsdk-demo-"))
-    proc, address = start_master(data_dir, args.slots)
+    admin_password = secrets.token_urlsafe(12)
+    proc, address = start_master(data_dir, args.slots, admin_password)
     console.print(f"[bold]master[/] on {address} (SQLite in {data_dir}), {args.slots} slots")
     try:
-        client = determined_sdk.Determined(master=address)
+        client = determined_sdk.Determined(master=address, user="admin", password=admin_password)
         config = yaml.safe_load((HERE / "digits" / "search.yaml").read_text())
         if args.trials:
             config["searcher"]["max_trials"] = args.trials

@@ -6,18 +6,25 @@ command line with signal handling.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import pathlib
 import threading
 import uuid
+from collections.abc import Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from master_server.auth.core import DEFAULT_SESSION_TTL_S, Authenticator
+from master_server.auth.interceptor import AuthInterceptor
+from master_server.auth.passwords import verify_password
+from master_server.auth.users import UserService
 from master_server.checkpoints import CheckpointService
+from master_server.containment import StorageRoots
 from master_server.experiments import ExperimentService
 from master_server.launcher import LocalLauncher, kill_stale_supervisors
 from master_server.logs import LogService
@@ -42,6 +49,12 @@ class Master:
         checkpoint_dir: default checkpoint storage (default ``DATA_DIR/checkpoints``).
         max_model_bytes: size limit of an experiment's model directory.
         preempt_grace_s: how long a trial may take to stop after a pause/cancel before it is killed.
+        initial_admin_password: password of the ``admin`` user made on the first start (default
+            ``$DET_INITIAL_ADMIN_PASSWORD``; none at all gives it the empty password, which only
+            a loopback master accepts).
+        session_ttl_s: how long a login session lasts (default 7 days).
+        tls_cert: PEM certificate file; with ``tls_key`` the master serves TLS only.
+        tls_key: PEM private key file of that certificate.
     """
 
     def __init__(
@@ -56,7 +69,14 @@ class Master:
         max_model_bytes: int = 64 * 2**20,
         preempt_grace_s: float = 30.0,
         max_workers: int = 128,
+        initial_admin_password: str | None = None,
+        session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        checkpoint_roots: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key: give both or neither")
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
         self._requested_port = port
@@ -66,8 +86,15 @@ class Master:
             checkpoint_dir or self.data_dir / "checkpoints"
         ).resolve()
         self.max_model_bytes = max_model_bytes
+        self.checkpoint_roots = [pathlib.Path(r).resolve() for r in checkpoint_roots]
         self.preempt_grace_s = preempt_grace_s
         self.max_workers = max_workers
+        if initial_admin_password is None:
+            initial_admin_password = os.environ.get("DET_INITIAL_ADMIN_PASSWORD") or None
+        self.initial_admin_password = initial_admin_password
+        self.session_ttl_s = session_ttl_s
+        self.tls_cert = pathlib.Path(tls_cert).resolve() if tls_cert else None
+        self.tls_key = pathlib.Path(tls_key).resolve() if tls_key else None
         self.port = 0
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
@@ -75,8 +102,14 @@ class Master:
 
     @property
     def address(self) -> str:
-        """``host:port`` to connect to."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` to connect to; ``grpcs://host:port`` when serving TLS."""
+        scheme = "grpcs://" if self.tls_cert else ""
+        return f"{scheme}{self.host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the master listens on a loopback address only."""
+        return is_loopback(self.host)
 
     def start(self) -> Master:
         """Open the database (migrating it), recover unfinished work, and start serving."""
@@ -86,19 +119,43 @@ class Master:
         if stale:
             logger.warning("killed %d trial supervisors left by a previous master", stale)
         store = open_store(self.db_url)
+        try:
+            auth = self._auth(store)
+        except BaseException:
+            store.close()
+            raise
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc"),
+            interceptors=[AuthInterceptor(auth)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.port = server.add_insecure_port(f"{self.host}:{self._requested_port}")
+        bind = f"{self.host}:{self._requested_port}"
+        if self.tls_cert is not None and self.tls_key is not None:
+            creds = grpc.ssl_server_credentials(
+                [(self.tls_key.read_bytes(), self.tls_cert.read_bytes())]
+            )
+            self.port = server.add_secure_port(bind, creds)
+        else:
+            self.port = server.add_insecure_port(bind)
+            if not self.loopback:
+                logger.warning(
+                    "serving WITHOUT TLS on the non-loopback address %s: tokens and passwords "
+                    "cross the network in clear text; start with --tls-cert/--tls-key",
+                    self.host,
+                )
         if self.port == 0:
             store.close()
             raise OSError(f"could not bind {self.host}:{self._requested_port}")
-        launcher = LocalLauncher(self.data_dir, lambda: self.address)
+        launcher = LocalLauncher(
+            self.data_dir,
+            lambda: self.address,
+            trial_token=auth.trial_token,
+            cert_file=str(self.tls_cert) if self.tls_cert else None,
+        )
         scheduler = Scheduler(self.slots)
         experiments = ExperimentService(
             store,
@@ -109,6 +166,7 @@ class Master:
             master_address=lambda: self.address,
             max_model_bytes=self.max_model_bytes,
             preempt_grace_s=self.preempt_grace_s,
+            storage_roots=StorageRoots([self.checkpoint_dir, *self.checkpoint_roots]),
         )
         logs = LogService(store)
         self.parts = {
@@ -117,6 +175,8 @@ class Master:
             "checkpoints": CheckpointService(store, experiments),
             "logs": logs,
             "launcher": launcher,
+            "auth": auth,
+            "users": UserService(store, auth),
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
         }
@@ -137,6 +197,24 @@ class Master:
             self.data_dir,
         )
         return self
+
+    def _auth(self, store: Any) -> Authenticator:
+        """The authenticator, with the first admin made; refuses an open admin on a network."""
+        auth = Authenticator(store, session_ttl_s=self.session_ttl_s)
+        if not self.loopback and not store.list_users() and not self.initial_admin_password:
+            raise PermissionError(
+                f"refusing to serve on the non-loopback address {self.host} without an admin "
+                "password: give --initial-admin-password or DET_INITIAL_ADMIN_PASSWORD"
+            )
+        auth.bootstrap(self.initial_admin_password)
+        if not self.loopback:
+            open_users = [u.username for u in store.list_users() if u.active and _empty_pw(u)]
+            if open_users:
+                raise PermissionError(
+                    f"refusing to serve on the non-loopback address {self.host}: users "
+                    f"{open_users} have an empty password; set one (detsdk user change-password)"
+                )
+        return auth
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop serving, stop trial supervisors, close the database. Safe to call twice."""
@@ -160,3 +238,18 @@ class Master:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost``."""
+    h = host.strip("[]")
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def _empty_pw(user: Any) -> bool:
+    return verify_password(user.password_hash, "")

@@ -6,19 +6,21 @@ keeps metadata and, for clients that cannot reach the storage, streams files on 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pathlib
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
+from master_server.containment import check_resources, iter_files, remove_checkpoint_dir
 from master_server.domain import Checkpoint, CheckpointState, JSONDict
 from master_server.experiments import ExperimentService
 from master_server.store.base import Store
 
+logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
 SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric")
 
@@ -48,6 +50,10 @@ class CheckpointService:
                 raise InvalidArgumentError(f"resources: bad entry {path!r} ({size} bytes)")
         trial = self.store.get_trial(trial_id)
         cfg = self.experiments.experiment_config(trial.experiment_id)
+        roots = self.experiments.storage_roots
+        storage_path = str(cfg["checkpoint_storage"]["path"])
+        if roots.contains(storage_path):  # else an unmanaged run's own files, never read here
+            check_resources(roots.checkpoint_dir(storage_path, uuid), resources)
         metadata = dict(metadata)
         metadata.setdefault("steps_completed", steps_completed)
         return self.store.add_checkpoint(
@@ -139,7 +145,10 @@ class CheckpointService:
         ckpts = [self.store.get_checkpoint(u) for u in uuids]  # all exist, or nothing happens
         out = []
         for c in ckpts:
-            shutil.rmtree(_ckpt_dir(c), ignore_errors=True)
+            try:
+                remove_checkpoint_dir(self.experiments.storage_roots, self._dir(c))
+            except (OSError, FailedPreconditionError) as e:
+                logger.warning("checkpoint %s: files not deleted: %s", c.uuid, e)
             out.append(
                 self.store.update_checkpoint(c.uuid, state=CheckpointState.DELETED, resources={})
             )
@@ -193,25 +202,22 @@ class CheckpointService:
         c = self.store.get_checkpoint(uuid)
         if c.state == CheckpointState.DELETED:
             raise FailedPreconditionError(f"checkpoint {uuid!r} is DELETED; its files are gone")
-        root = _ckpt_dir(c)
+        root = self._dir(c)
         if not root.is_dir():
             raise FailedPreconditionError(f"checkpoint {uuid!r}: its files are missing from {root}")
-        for dirpath, _dirs, files in os.walk(root):
-            for name in sorted(files):
-                full = pathlib.Path(dirpath) / name
-                rel = full.relative_to(root).as_posix()
-                size = full.stat().st_size
-                with open(full, "rb") as f:
-                    offset = 0
-                    while True:
-                        data = f.read(CHUNK)
-                        if not data and offset > 0:
-                            break
-                        yield rel, offset, data, size
-                        offset += len(data)
-                        if not data:
-                            break
+        files = list(iter_files(root))  # every escape is refused before a byte is sent
+        for rel, full in files:
+            with open(full, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                offset = 0
+                while True:
+                    data = f.read(CHUNK)
+                    if not data and offset > 0:
+                        break
+                    yield rel, offset, data, size
+                    offset += len(data)
+                    if not data:
+                        break
 
-
-def _ckpt_dir(c: Checkpoint) -> pathlib.Path:
-    return pathlib.Path(str(c.storage.get("path", ""))) / c.uuid
+    def _dir(self, c: Checkpoint) -> pathlib.Path:
+        return self.experiments.storage_roots.checkpoint_dir(str(c.storage.get("path", "")), c.uuid)

@@ -70,6 +70,7 @@ class Experiment(_message.Message):
     UNMANAGED_FIELD_NUMBER: _builtins.int
     ORIGINAL_CONFIG_FIELD_NUMBER: _builtins.int
     PARENT_ERROR_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     description: _builtins.str
@@ -92,6 +93,8 @@ class Experiment(_message.Message):
     """the YAML/JSON text as submitted"""
     parent_error: _builtins.str
     """why it is in ERROR, if it is"""
+    username: _builtins.str
+    """the owner (who created it); empty if made before users"""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -114,10 +117,11 @@ class Experiment(_message.Message):
         unmanaged: _builtins.bool = ...,
         original_config: _builtins.str = ...,
         parent_error: _builtins.str = ...,
+        username: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "config_json", b"config_json", "description", b"description", "end_time", b"end_time", "id", b"id", "labels", b"labels", "name", b"name", "num_trials", b"num_trials", "original_config", b"original_config", "parent_error", b"parent_error", "progress", b"progress", "project_id", b"project_id", "searcher_name", b"searcher_name", "start_time", b"start_time", "state", b"state", "unmanaged", b"unmanaged", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "config_json", b"config_json", "description", b"description", "end_time", b"end_time", "id", b"id", "labels", b"labels", "name", b"name", "num_trials", b"num_trials", "original_config", b"original_config", "parent_error", b"parent_error", "progress", b"progress", "project_id", b"project_id", "searcher_name", b"searcher_name", "start_time", b"start_time", "state", b"state", "unmanaged", b"unmanaged", "username", b"username", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

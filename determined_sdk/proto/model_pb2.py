@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from determined_sdk.proto import checkpoint_pb2 as determined__sdk_dot_proto_dot_checkpoint__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n determined_sdk/proto/model.proto\x12\tdetsdk.v1\x1a%determined_sdk/proto/checkpoint.proto\"\xcd\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x10\n\x08\x61rchived\x18\x06 \x01(\x08\x12\x15\n\rcreation_time\x18\x07 \x01(\x01\x12\x19\n\x11last_updated_time\x18\x08 \x01(\x01\x12\x14\n\x0cnum_versions\x18\t \x01(\x05\x12\x14\n\x0cworkspace_id\x18\n \x01(\x05\"\xc5\x01\n\x0cModelVersion\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x10\n\x08model_id\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x15\n\rmetadata_json\x18\x06 \x01(\t\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12)\n\ncheckpoint\x18\x08 \x01(\x0b\x32\x15.detsdk.v1.Checkpoint\x12\x15\n\rcreation_time\x18\t \x01(\x01\"t\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x14\n\x0cworkspace_id\x18\x05 \x01(\x05\"6\n\x13\x43reateModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x10GetModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"a\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x18\n\x10include_archived\x18\x03 \x01(\x08\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\x05\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.detsdk.v1.Model\"\xe5\x01\n\x11PatchModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\x08new_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rmetadata_json\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x12\n\nset_labels\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x15\n\x08\x61rchived\x18\x07 \x01(\x08H\x03\x88\x01\x01\x42\x0b\n\t_new_nameB\x0e\n\x0c_descriptionB\x10\n\x0e_metadata_jsonB\x0b\n\t_archived\"5\n\x12PatchModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"\x90\x01\n\x1bRegisterModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x17\n\x0f\x63heckpoint_uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\"N\n\x1cRegisterModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion\".\n\x18ListModelVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"L\n\x19ListModelVersionsResponse\x12/\n\x0emodel_versions\x18\x01 \x03(\x0b\x32\x17.detsdk.v1.ModelVersion\"=\n\x16GetModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"I\n\x17GetModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion\"@\n\x19\x44\x65leteModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x1c\n\x1a\x44\x65leteModelVersionResponse2\x8b\x06\n\x0cModelService\x12L\n\x0b\x43reateModel\x12\x1d.detsdk.v1.CreateModelRequest\x1a\x1e.detsdk.v1.CreateModelResponse\x12\x43\n\x08GetModel\x12\x1a.detsdk.v1.GetModelRequest\x1a\x1b.detsdk.v1.GetModelResponse\x12I\n\nListModels\x12\x1c.detsdk.v1.ListModelsRequest\x1a\x1d.detsdk.v1.ListModelsResponse\x12I\n\nPatchModel\x12\x1c.detsdk.v1.PatchModelRequest\x1a\x1d.detsdk.v1.PatchModelResponse\x12L\n\x0b\x44\x65leteModel\x12\x1d.detsdk.v1.DeleteModelRequest\x1a\x1e.detsdk.v1.DeleteModelResponse\x12g\n\x14RegisterModelVersion\x12&.detsdk.v1.RegisterModelVersionRequest\x1a\'.detsdk.v1.RegisterModelVersionResponse\x12^\n\x11ListModelVersions\x12#.detsdk.v1.ListModelVersionsRequest\x1a$.detsdk.v1.ListModelVersionsResponse\x12X\n\x0fGetModelVersion\x12!.detsdk.v1.GetModelVersionRequest\x1a\".detsdk.v1.GetModelVersionResponse\x12\x61\n\x12\x44\x65leteModelVersion\x12$.detsdk.v1.DeleteModelVersionRequest\x1a%.detsdk.v1.DeleteModelVersionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n determined_sdk/proto/model.proto\x12\tdetsdk.v1\x1a%determined_sdk/proto/checkpoint.proto\"\xe0\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x10\n\x08\x61rchived\x18\x06 \x01(\x08\x12\x15\n\rcreation_time\x18\x07 \x01(\x01\x12\x19\n\x11last_updated_time\x18\x08 \x01(\x01\x12\x14\n\x0cnum_versions\x18\t \x01(\x05\x12\x14\n\x0cworkspace_id\x18\n \x01(\x05\x12\x11\n\x08username\x18\xc8\x01 \x01(\t\"\xc5\x01\n\x0cModelVersion\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x10\n\x08model_id\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x15\n\rmetadata_json\x18\x06 \x01(\t\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12)\n\ncheckpoint\x18\x08 \x01(\x0b\x32\x15.detsdk.v1.Checkpoint\x12\x15\n\rcreation_time\x18\t \x01(\x01\"t\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x14\n\x0cworkspace_id\x18\x05 \x01(\x05\"6\n\x13\x43reateModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x10GetModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"a\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x18\n\x10include_archived\x18\x03 \x01(\x08\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\x05\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.detsdk.v1.Model\"\xe5\x01\n\x11PatchModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\x08new_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rmetadata_json\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x12\n\nset_labels\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x15\n\x08\x61rchived\x18\x07 \x01(\x08H\x03\x88\x01\x01\x42\x0b\n\t_new_nameB\x0e\n\x0c_descriptionB\x10\n\x0e_metadata_jsonB\x0b\n\t_archived\"5\n\x12PatchModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"\x90\x01\n\x1bRegisterModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x17\n\x0f\x63heckpoint_uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\"N\n\x1cRegisterModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion\".\n\x18ListModelVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"L\n\x19ListModelVersionsResponse\x12/\n\x0emodel_versions\x18\x01 \x03(\x0b\x32\x17.detsdk.v1.ModelVersion\"=\n\x16GetModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"I\n\x17GetModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion\"@\n\x19\x44\x65leteModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x1c\n\x1a\x44\x65leteModelVersionResponse2\x8b\x06\n\x0cModelService\x12L\n\x0b\x43reateModel\x12\x1d.detsdk.v1.CreateModelRequest\x1a\x1e.detsdk.v1.CreateModelResponse\x12\x43\n\x08GetModel\x12\x1a.detsdk.v1.GetModelRequest\x1a\x1b.detsdk.v1.GetModelResponse\x12I\n\nListModels\x12\x1c.detsdk.v1.ListModelsRequest\x1a\x1d.detsdk.v1.ListModelsResponse\x12I\n\nPatchModel\x12\x1c.detsdk.v1.PatchModelRequest\x1a\x1d.detsdk.v1.PatchModelResponse\x12L\n\x0b\x44\x65leteModel\x12\x1d.detsdk.v1.DeleteModelRequest\x1a\x1e.detsdk.v1.DeleteModelResponse\x12g\n\x14RegisterModelVersion\x12&.detsdk.v1.RegisterModelVersionRequest\x1a\'.detsdk.v1.RegisterModelVersionResponse\x12^\n\x11ListModelVersions\x12#.detsdk.v1.ListModelVersionsRequest\x1a$.detsdk.v1.ListModelVersionsResponse\x12X\n\x0fGetModelVersion\x12!.detsdk.v1.GetModelVersionRequest\x1a\".detsdk.v1.GetModelVersionResponse\x12\x61\n\x12\x44\x65leteModelVersion\x12$.detsdk.v1.DeleteModelVersionRequest\x1a%.detsdk.v1.DeleteModelVersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,45 +33,45 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'determined_sdk.proto.model_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL']._serialized_start=87
-  _globals['_MODEL']._serialized_end=292
-  _globals['_MODELVERSION']._serialized_start=295
-  _globals['_MODELVERSION']._serialized_end=492
-  _globals['_CREATEMODELREQUEST']._serialized_start=494
-  _globals['_CREATEMODELREQUEST']._serialized_end=610
-  _globals['_CREATEMODELRESPONSE']._serialized_start=612
-  _globals['_CREATEMODELRESPONSE']._serialized_end=666
-  _globals['_GETMODELREQUEST']._serialized_start=668
-  _globals['_GETMODELREQUEST']._serialized_end=699
-  _globals['_GETMODELRESPONSE']._serialized_start=701
-  _globals['_GETMODELRESPONSE']._serialized_end=752
-  _globals['_LISTMODELSREQUEST']._serialized_start=754
-  _globals['_LISTMODELSREQUEST']._serialized_end=851
-  _globals['_LISTMODELSRESPONSE']._serialized_start=853
-  _globals['_LISTMODELSRESPONSE']._serialized_end=907
-  _globals['_PATCHMODELREQUEST']._serialized_start=910
-  _globals['_PATCHMODELREQUEST']._serialized_end=1139
-  _globals['_PATCHMODELRESPONSE']._serialized_start=1141
-  _globals['_PATCHMODELRESPONSE']._serialized_end=1194
-  _globals['_DELETEMODELREQUEST']._serialized_start=1196
-  _globals['_DELETEMODELREQUEST']._serialized_end=1230
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1232
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1253
-  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_start=1256
-  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_end=1400
-  _globals['_REGISTERMODELVERSIONRESPONSE']._serialized_start=1402
-  _globals['_REGISTERMODELVERSIONRESPONSE']._serialized_end=1480
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=1482
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=1528
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=1530
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=1606
-  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1608
-  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1669
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=1671
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=1744
-  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=1746
-  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=1810
-  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_start=1812
-  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_end=1840
-  _globals['_MODELSERVICE']._serialized_start=1843
-  _globals['_MODELSERVICE']._serialized_end=2622
+  _globals['_MODEL']._serialized_end=311
+  _globals['_MODELVERSION']._serialized_start=314
+  _globals['_MODELVERSION']._serialized_end=511
+  _globals['_CREATEMODELREQUEST']._serialized_start=513
+  _globals['_CREATEMODELREQUEST']._serialized_end=629
+  _globals['_CREATEMODELRESPONSE']._serialized_start=631
+  _globals['_CREATEMODELRESPONSE']._serialized_end=685
+  _globals['_GETMODELREQUEST']._serialized_start=687
+  _globals['_GETMODELREQUEST']._serialized_end=718
+  _globals['_GETMODELRESPONSE']._serialized_start=720
+  _globals['_GETMODELRESPONSE']._serialized_end=771
+  _globals['_LISTMODELSREQUEST']._serialized_start=773
+  _globals['_LISTMODELSREQUEST']._serialized_end=870
+  _globals['_LISTMODELSRESPONSE']._serialized_start=872
+  _globals['_LISTMODELSRESPONSE']._serialized_end=926
+  _globals['_PATCHMODELREQUEST']._serialized_start=929
+  _globals['_PATCHMODELREQUEST']._serialized_end=1158
+  _globals['_PATCHMODELRESPONSE']._serialized_start=1160
+  _globals['_PATCHMODELRESPONSE']._serialized_end=1213
+  _globals['_DELETEMODELREQUEST']._serialized_start=1215
+  _globals['_DELETEMODELREQUEST']._serialized_end=1249
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1251
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1272
+  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_start=1275
+  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_end=1419
+  _globals['_REGISTERMODELVERSIONRESPONSE']._serialized_start=1421
+  _globals['_REGISTERMODELVERSIONRESPONSE']._serialized_end=1499
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=1501
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=1547
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=1549
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=1625
+  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1627
+  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1688
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=1690
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=1763
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=1765
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=1829
+  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_start=1831
+  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_end=1859
+  _globals['_MODELSERVICE']._serialized_start=1862
+  _globals['_MODELSERVICE']._serialized_end=2641
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$determined_sdk/proto/workspace.proto\x12\tdetsdk.v1\"M\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x61rchived\x18\x03 \x01(\x08\x12\x14\n\x0cnum_projects\x18\x04 \x01(\x05\"y\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\x05\x12\x10\n\x08\x61rchived\x18\x05 \x01(\x08\x12\x17\n\x0fnum_experiments\x18\x06 \x01(\x05\"&\n\x16\x43reateWorkspaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x17\x43reateWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.detsdk.v1.Workspace\"9\n\x13GetWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\"?\n\x14GetWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.detsdk.v1.Workspace\"%\n\x15ListWorkspacesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x16ListWorkspacesResponse\x12(\n\nworkspaces\x18\x01 \x03(\x0b\x32\x14.detsdk.v1.Workspace\".\n\x16\x44\x65leteWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x05\"\x19\n\x17\x44\x65leteWorkspaceResponse\"O\n\x14\x43reateProjectRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"<\n\x15\x43reateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.detsdk.v1.Project\"K\n\x11GetProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\x05\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\"9\n\x12GetProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.detsdk.v1.Project\"+\n\x13ListProjectsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x05\"<\n\x14ListProjectsResponse\x12$\n\x08projects\x18\x01 \x03(\x0b\x32\x12.detsdk.v1.Project\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\x05\"\x17\n\x15\x44\x65leteProjectResponse2\xb2\x05\n\x10WorkspaceService\x12X\n\x0f\x43reateWorkspace\x12!.detsdk.v1.CreateWorkspaceRequest\x1a\".detsdk.v1.CreateWorkspaceResponse\x12O\n\x0cGetWorkspace\x12\x1e.detsdk.v1.GetWorkspaceRequest\x1a\x1f.detsdk.v1.GetWorkspaceResponse\x12U\n\x0eListWorkspaces\x12 .detsdk.v1.ListWorkspacesRequest\x1a!.detsdk.v1.ListWorkspacesResponse\x12X\n\x0f\x44\x65leteWorkspace\x12!.detsdk.v1.DeleteWorkspaceRequest\x1a\".detsdk.v1.DeleteWorkspaceResponse\x12R\n\rCreateProject\x12\x1f.detsdk.v1.CreateProjectRequest\x1a .detsdk.v1.CreateProjectResponse\x12I\n\nGetProject\x12\x1c.detsdk.v1.GetProjectRequest\x1a\x1d.detsdk.v1.GetProjectResponse\x12O\n\x0cListProjects\x12\x1e.detsdk.v1.ListProjectsRequest\x1a\x1f.detsdk.v1.ListProjectsResponse\x12R\n\rDeleteProject\x12\x1f.detsdk.v1.DeleteProjectRequest\x1a .detsdk.v1.DeleteProjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$determined_sdk/proto/workspace.proto\x12\tdetsdk.v1\"`\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x61rchived\x18\x03 \x01(\x08\x12\x14\n\x0cnum_projects\x18\x04 \x01(\x05\x12\x11\n\x08username\x18\xc8\x01 \x01(\t\"\x8c\x01\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\x05\x12\x10\n\x08\x61rchived\x18\x05 \x01(\x08\x12\x17\n\x0fnum_experiments\x18\x06 \x01(\x05\x12\x11\n\x08username\x18\xc8\x01 \x01(\t\"&\n\x16\x43reateWorkspaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x17\x43reateWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.detsdk.v1.Workspace\"9\n\x13GetWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\"?\n\x14GetWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.detsdk.v1.Workspace\"%\n\x15ListWorkspacesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x16ListWorkspacesResponse\x12(\n\nworkspaces\x18\x01 \x03(\x0b\x32\x14.detsdk.v1.Workspace\".\n\x16\x44\x65leteWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x05\"\x19\n\x17\x44\x65leteWorkspaceResponse\"O\n\x14\x43reateProjectRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"<\n\x15\x43reateProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.detsdk.v1.Project\"K\n\x11GetProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\x05\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\"9\n\x12GetProjectResponse\x12#\n\x07project\x18\x01 \x01(\x0b\x32\x12.detsdk.v1.Project\"+\n\x13ListProjectsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\x05\"<\n\x14ListProjectsResponse\x12$\n\x08projects\x18\x01 \x03(\x0b\x32\x12.detsdk.v1.Project\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\x05\"\x17\n\x15\x44\x65leteProjectResponse2\xb2\x05\n\x10WorkspaceService\x12X\n\x0f\x43reateWorkspace\x12!.detsdk.v1.CreateWorkspaceRequest\x1a\".detsdk.v1.CreateWorkspaceResponse\x12O\n\x0cGetWorkspace\x12\x1e.detsdk.v1.GetWorkspaceRequest\x1a\x1f.detsdk.v1.GetWorkspaceResponse\x12U\n\x0eListWorkspaces\x12 .detsdk.v1.ListWorkspacesRequest\x1a!.detsdk.v1.ListWorkspacesResponse\x12X\n\x0f\x44\x65leteWorkspace\x12!.detsdk.v1.DeleteWorkspaceRequest\x1a\".detsdk.v1.DeleteWorkspaceResponse\x12R\n\rCreateProject\x12\x1f.detsdk.v1.CreateProjectRequest\x1a .detsdk.v1.CreateProjectResponse\x12I\n\nGetProject\x12\x1c.detsdk.v1.GetProjectRequest\x1a\x1d.detsdk.v1.GetProjectResponse\x12O\n\x0cListProjects\x12\x1e.detsdk.v1.ListProjectsRequest\x1a\x1f.detsdk.v1.ListProjectsResponse\x12R\n\rDeleteProject\x12\x1f.detsdk.v1.DeleteProjectRequest\x1a .detsdk.v1.DeleteProjectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,41 +32,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'determined_sdk.proto.worksp
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKSPACE']._serialized_start=51
-  _globals['_WORKSPACE']._serialized_end=128
-  _globals['_PROJECT']._serialized_start=130
-  _globals['_PROJECT']._serialized_end=251
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=253
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=291
-  _globals['_CREATEWORKSPACERESPONSE']._serialized_start=293
-  _globals['_CREATEWORKSPACERESPONSE']._serialized_end=359
-  _globals['_GETWORKSPACEREQUEST']._serialized_start=361
-  _globals['_GETWORKSPACEREQUEST']._serialized_end=418
-  _globals['_GETWORKSPACERESPONSE']._serialized_start=420
-  _globals['_GETWORKSPACERESPONSE']._serialized_end=483
-  _globals['_LISTWORKSPACESREQUEST']._serialized_start=485
-  _globals['_LISTWORKSPACESREQUEST']._serialized_end=522
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=524
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=590
-  _globals['_DELETEWORKSPACEREQUEST']._serialized_start=592
-  _globals['_DELETEWORKSPACEREQUEST']._serialized_end=638
-  _globals['_DELETEWORKSPACERESPONSE']._serialized_start=640
-  _globals['_DELETEWORKSPACERESPONSE']._serialized_end=665
-  _globals['_CREATEPROJECTREQUEST']._serialized_start=667
-  _globals['_CREATEPROJECTREQUEST']._serialized_end=746
-  _globals['_CREATEPROJECTRESPONSE']._serialized_start=748
-  _globals['_CREATEPROJECTRESPONSE']._serialized_end=808
-  _globals['_GETPROJECTREQUEST']._serialized_start=810
-  _globals['_GETPROJECTREQUEST']._serialized_end=885
-  _globals['_GETPROJECTRESPONSE']._serialized_start=887
-  _globals['_GETPROJECTRESPONSE']._serialized_end=944
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=946
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=989
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=991
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1051
-  _globals['_DELETEPROJECTREQUEST']._serialized_start=1053
-  _globals['_DELETEPROJECTREQUEST']._serialized_end=1095
-  _globals['_DELETEPROJECTRESPONSE']._serialized_start=1097
-  _globals['_DELETEPROJECTRESPONSE']._serialized_end=1120
-  _globals['_WORKSPACESERVICE']._serialized_start=1123
-  _globals['_WORKSPACESERVICE']._serialized_end=1813
+  _globals['_WORKSPACE']._serialized_end=147
+  _globals['_PROJECT']._serialized_start=150
+  _globals['_PROJECT']._serialized_end=290
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=292
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=330
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_start=332
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_end=398
+  _globals['_GETWORKSPACEREQUEST']._serialized_start=400
+  _globals['_GETWORKSPACEREQUEST']._serialized_end=457
+  _globals['_GETWORKSPACERESPONSE']._serialized_start=459
+  _globals['_GETWORKSPACERESPONSE']._serialized_end=522
+  _globals['_LISTWORKSPACESREQUEST']._serialized_start=524
+  _globals['_LISTWORKSPACESREQUEST']._serialized_end=561
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=563
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=629
+  _globals['_DELETEWORKSPACEREQUEST']._serialized_start=631
+  _globals['_DELETEWORKSPACEREQUEST']._serialized_end=677
+  _globals['_DELETEWORKSPACERESPONSE']._serialized_start=679
+  _globals['_DELETEWORKSPACERESPONSE']._serialized_end=704
+  _globals['_CREATEPROJECTREQUEST']._serialized_start=706
+  _globals['_CREATEPROJECTREQUEST']._serialized_end=785
+  _globals['_CREATEPROJECTRESPONSE']._serialized_start=787
+  _globals['_CREATEPROJECTRESPONSE']._serialized_end=847
+  _globals['_GETPROJECTREQUEST']._serialized_start=849
+  _globals['_GETPROJECTREQUEST']._serialized_end=924
+  _globals['_GETPROJECTRESPONSE']._serialized_start=926
+  _globals['_GETPROJECTRESPONSE']._serialized_end=983
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=985
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=1028
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=1030
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1090
+  _globals['_DELETEPROJECTREQUEST']._serialized_start=1092
+  _globals['_DELETEPROJECTREQUEST']._serialized_end=1134
+  _globals['_DELETEPROJECTRESPONSE']._serialized_start=1136
+  _globals['_DELETEPROJECTRESPONSE']._serialized_end=1159
+  _globals['_WORKSPACESERVICE']._serialized_start=1162
+  _globals['_WORKSPACESERVICE']._serialized_end=1852
 # @@protoc_insertion_point(module_scope)

@@ -26,10 +26,13 @@ class Workspace(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARCHIVED_FIELD_NUMBER: _builtins.int
     NUM_PROJECTS_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     archived: _builtins.bool
     num_projects: _builtins.int
+    username: _builtins.str
+    """the owner (who created it)"""
     def __init__(
         self,
         *,
@@ -37,10 +40,11 @@ class Workspace(_message.Message):
         name: _builtins.str = ...,
         archived: _builtins.bool = ...,
         num_projects: _builtins.int = ...,
+        username: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "id", b"id", "name", b"name", "num_projects", b"num_projects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "id", b"id", "name", b"name", "num_projects", b"num_projects", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -56,12 +60,15 @@ class Project(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     ARCHIVED_FIELD_NUMBER: _builtins.int
     NUM_EXPERIMENTS_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     description: _builtins.str
     workspace_id: _builtins.int
     archived: _builtins.bool
     num_experiments: _builtins.int
+    username: _builtins.str
+    """the owner (who created it)"""
     def __init__(
         self,
         *,
@@ -71,10 +78,11 @@ class Project(_message.Message):
         workspace_id: _builtins.int = ...,
         archived: _builtins.bool = ...,
         num_experiments: _builtins.int = ...,
+        username: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "description", b"description", "id", b"id", "name", b"name", "num_experiments", b"num_experiments", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "description", b"description", "id", b"id", "name", b"name", "num_experiments", b"num_experiments", "username", b"username", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

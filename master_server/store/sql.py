@@ -101,6 +101,7 @@ from master_server.store.models import (
     TrialRow,
     WorkspaceRow,
 )
+from master_server.store.sql_auth import AuthSQLMixin
 
 __all__ = ["DEFAULT_PROJECT_ID", "DEFAULT_WORKSPACE_ID", "SQLStore", "summary_key"]
 
@@ -631,7 +632,7 @@ _GROUPS_SQL = text(
 )
 
 
-class SQLStore(Store):
+class SQLStore(AuthSQLMixin, Store):
     """The store on a SQLAlchemy engine: SQLite files or PostgreSQL.
 
     Args:
