@@ -395,7 +395,7 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             for t in resp.trials:
                 yield Trial._from_proto(t, s)
             offset += len(resp.trials)
-            if len(resp.trials) < page_size or offset >= resp.pagination.total:
+            if not resp.trials or offset >= resp.pagination.total:
                 return
 
     def list_trials(self, states: Iterable[TrialState] | None = None) -> list[Trial]:

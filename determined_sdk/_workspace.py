@@ -11,7 +11,7 @@ from determined_sdk._resource import Resource, SessionLike, check_id, str_list
 from determined_sdk._session import Session
 from determined_sdk.proto import common_pb2, experiment_pb2, workspace_pb2
 
-EXPERIMENTS_PAGE_SIZE = 2000
+EXPERIMENTS_PAGE_SIZE = 1000
 _EXPERIMENT_SORT_KEYS = ("id", "name", "start_time", "end_time", "state", "progress")
 
 
@@ -73,7 +73,7 @@ def _pages(
         for e in resp.experiments:
             yield Experiment._from_proto(e, session)
         offset += len(resp.experiments)
-        if len(resp.experiments) < want or offset >= resp.pagination.total:
+        if not resp.experiments or offset >= resp.pagination.total:
             return
 
 

@@ -180,7 +180,24 @@ class LocalLauncher:
         return d
 
     def launch(self, spec: LaunchSpec) -> None:
-        """Prepare the run directory and start the supervisor."""
+        """Prepare the run directory and start the supervisor.
+
+        A previous run of the trial that is somehow still alive (the master considers it ended)
+        is killed first, so one trial never has two runs.
+        """
+        with self._lock:
+            old = self._runs.pop(spec.trial_id, None)
+        if old is not None and old.proc.poll() is None:
+            logger.warning(
+                "trial %d: run %d still alive as run %d starts; killing it",
+                spec.trial_id,
+                old.run_id,
+                spec.run_id,
+            )
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(old.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                old.proc.wait(timeout=10)
         run_dir = self.run_dir(spec.trial_id, spec.run_id)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.copytree(self._model_dir(spec.experiment_id, spec.model_definition), run_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -83,10 +83,30 @@ def rpc_stream(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _page(p: Any) -> tuple[int, int | None]:
+#: Most rows one list reply carries (limit 0 or more means this many; page with offset).
+MAX_PAGE = 1000
+
+
+#: Bytes of rows after which a list reply stops early (the client pages on by offset).
+MAX_PAGE_BYTES = 32 * 2**20
+
+
+def _fit(rows: Iterable[Any]) -> list[Any]:
+    """The rows that fit :data:`MAX_PAGE_BYTES` (at least one), so big rows cannot break a list."""
+    out: list[Any] = []
+    size = 0
+    for r in rows:
+        size += r.ByteSize()
+        if out and size > MAX_PAGE_BYTES:
+            break
+        out.append(r)
+    return out
+
+
+def _page(p: Any) -> tuple[int, int]:
     if p.offset < 0 or p.limit < 0:
         raise InvalidArgumentError("pagination: offset and limit must be >= 0")
-    return p.offset, (p.limit or None)
+    return p.offset, min(p.limit or MAX_PAGE, MAX_PAGE)
 
 
 class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
@@ -143,7 +163,7 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
         )
         exps, total = self.store.list_experiments(flt)
         return experiment_pb2.ListExperimentsResponse(
-            experiments=[convert.experiment_to_proto(e) for e in exps],
+            experiments=_fit(convert.experiment_to_proto(e) for e in exps),
             pagination=common_pb2.Pagination(offset=offset, limit=limit or 0, total=total),
         )
 

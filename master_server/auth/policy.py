@@ -119,7 +119,7 @@ def _user_only(a: Access, p: Principal, r: Any) -> None:
 def _admin(what: str) -> Check:
     def check(a: Access, p: Principal, r: Any) -> None:
         if not p.admin:
-            raise a.deny(p, what)
+            raise a.deny(p, f"{what} (admins only)")
 
     return check
 

@@ -128,3 +128,27 @@ def test_report_download_and_delete_stay_inside(
     stubs.checkpoints.DeleteCheckpoints(checkpoint_pb2.DeleteCheckpointsRequest(uuids=["sneaky"]))
     assert not (root / "sneaky").exists()
     assert (outside / "secret.txt").read_text() == "top secret"
+
+
+def test_unmanaged_storage_outside_the_roots_is_never_read(
+    stubs: Stubs, tmp_path: pathlib.Path
+) -> None:
+    """An unmanaged run keeps checkpoints where it runs; the master records, never reads there."""
+    mine = tmp_path / "client-side"
+    (mine / "c1").mkdir(parents=True)
+    (mine / "c1" / "w.bin").write_bytes(b"weights")
+    cfg = f"name: u\ncheckpoint_storage: {{path: {mine}}}\n"
+    tid = stubs.experiments.CreateUnmanagedTrial(
+        experiment_pb2.CreateUnmanagedTrialRequest(config=cfg, hparams_json="{}")
+    ).trial.id
+    _report(stubs, tid, "c1", {"w.bin": 7})
+    with pytest.raises(grpc.RpcError) as info:
+        list(
+            stubs.checkpoints.DownloadCheckpoint(
+                checkpoint_pb2.DownloadCheckpointRequest(uuid="c1")
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "outside this master's checkpoint roots" in info.value.details()
+    stubs.checkpoints.DeleteCheckpoints(checkpoint_pb2.DeleteCheckpointsRequest(uuids=["c1"]))
+    assert (mine / "c1" / "w.bin").read_bytes() == b"weights"  # the record goes, the files stay
