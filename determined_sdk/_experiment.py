@@ -69,6 +69,11 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         return self._m().name
 
     @property
+    def username(self) -> str:
+        """The owner: who created it ("" if made before users existed) (cached)."""
+        return self._m().username
+
+    @property
     def description(self) -> str:
         """Description (cached; :meth:`set_description` updates it)."""
         return self._m().description

@@ -144,6 +144,11 @@ class Model(Resource[model_pb2.Model]):
         return self._m().id
 
     @property
+    def username(self) -> str:
+        """The owner: who created it ("" if made before users existed) (cached)."""
+        return self._m().username
+
+    @property
     def description(self) -> str:
         """Description (cached; :meth:`set_description` updates it)."""
         return self._m().description

@@ -118,6 +118,11 @@ class Project(Resource[workspace_pb2.Project]):
         return self._m().name
 
     @property
+    def username(self) -> str:
+        """The owner: who created it ("" if made before users existed) (cached)."""
+        return self._m().username
+
+    @property
     def description(self) -> str:
         """Description (cached)."""
         return self._m().description
@@ -205,6 +210,11 @@ class Workspace(Resource[workspace_pb2.Workspace]):
     def name(self) -> str:
         """Name, unique (cached)."""
         return self._m().name
+
+    @property
+    def username(self) -> str:
+        """The owner: who created it ("" if made before users existed) (cached)."""
+        return self._m().username
 
     @property
     def archived(self) -> bool:

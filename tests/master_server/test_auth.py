@@ -163,6 +163,9 @@ def test_owners_and_who_may_change_what(
     exp = alice.create_experiment(cfg, None, activate=False)
     ws = alice.create_workspace("alices")
     model = alice.create_model("alices-model")
+    assert (exp.username, ws.username, model.username) == ("alice", "alice", "alice")
+    assert mallory.get_experiment(exp.id).username == "alice"
+    assert ws.create_project("p").username == "alice"
     # Everyone logged in reads; only the owner (or an admin) changes.
     seen = mallory.get_experiment(exp.id)
     assert seen.id == exp.id
@@ -179,8 +182,10 @@ def test_owners_and_who_may_change_what(
     alice.get_experiment(exp.id).set_name("renamed")
     admin.get_experiment(exp.id).kill()
     admin.get_model("alices-model").delete()
+    with pytest.raises(PermissionDeniedError):
+        mallory.get_workspace("alices").delete()
+    alice.get_workspace("alices").list_projects()[0].delete()
     ws.delete()
-    del model
 
 
 def test_owner_name_shown_and_environment_hidden(two_users: Any, master: Master) -> None:
