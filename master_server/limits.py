@@ -94,6 +94,8 @@ def load_yaml(text: str, field: str = "config") -> Any:
         return loader.get_single_data()
     except RecursionError:
         raise InvalidArgumentError(f"{field}: nested too deeply") from None
+    except (ValueError, OverflowError) as e:  # e.g. an integer of more than 4300 digits
+        raise InvalidArgumentError(f"{field}: {str(e)[:200]}") from None
     finally:
         loader.dispose()
 
@@ -152,11 +154,8 @@ def check_request(msg: Message, prefix: str = "") -> None:
     for fd, value in msg.ListFields():
         name = prefix + fd.name
         if fd.type == FieldDescriptor.TYPE_STRING:
-            items = value.values() if _is_map(fd) else (value if fd.is_repeated else (value,))
-            if any("\x00" in x for x in items):
+            if any("\x00" in x for x in (value if fd.is_repeated else (value,))):
                 raise InvalidArgumentError(f"{name}: strings must not contain NUL characters")
-            if _is_map(fd) and any("\x00" in k for k in value):
-                raise InvalidArgumentError(f"{name}: keys must not contain NUL characters")
         elif _is_map(fd):
             if any("\x00" in str(k) for k in value):
                 raise InvalidArgumentError(f"{name}: keys must not contain NUL characters")
@@ -165,6 +164,10 @@ def check_request(msg: Message, prefix: str = "") -> None:
             if vfd.type == FieldDescriptor.TYPE_MESSAGE:
                 for k, v in value.items():
                     check_request(v, f"{name}[{k!r}].")
+            elif vfd.type == FieldDescriptor.TYPE_STRING and any(
+                "\x00" in v for v in value.values()
+            ):
+                raise InvalidArgumentError(f"{name}: strings must not contain NUL characters")
         elif fd.type == FieldDescriptor.TYPE_ENUM:
             assert fd.enum_type is not None
             known = fd.enum_type.values_by_number

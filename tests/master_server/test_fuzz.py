@@ -32,7 +32,7 @@ from determined_sdk.proto import auth_pb2, master_pb2
 from master_server.app import Master
 from master_server.auth.core import PUBLIC_METHODS
 
-EXAMPLES = 12  # per RPC, for fuzzed fields; random bytes get as many again
+EXAMPLES = 25  # per RPC, for fuzzed fields; random bytes get as many again
 BAD = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 FINE = {
     grpc.StatusCode.OK,
