@@ -23,11 +23,13 @@ from typing import Any, TypeVar
 import grpc
 import tenacity
 
-from determined_sdk import errors
+from determined_sdk import _auth, errors
+from determined_sdk._transport import BearerToken, make_channel, parse_master
 from determined_sdk.proto import (
     checkpoint_pb2_grpc,
     experiment_pb2_grpc,
     logs_pb2_grpc,
+    master_pb2,
     master_pb2_grpc,
     searcher_pb2_grpc,
     trial_pb2_grpc,
@@ -107,19 +109,30 @@ class MasterSession:
             ``$DET_MASTER_OUTAGE_LIMIT_S``, else :data:`DEFAULT_RETRY_SECONDS`, i.e. no limit).
     """
 
-    def __init__(self, address: str, *, retry_seconds: float | None = None) -> None:
-        self.address = _strip_scheme(address)
+    def __init__(
+        self, address: str, *, retry_seconds: float | None = None, token: str | None = None
+    ) -> None:
+        where = parse_master(address)
+        self.address = where.target
         self.retry_seconds = _outage_limit() if retry_seconds is None else retry_seconds
         self._outage_lock = threading.Lock()
         self._outage_since: float | None = None
-        channel = grpc.insecure_channel(
-            self.address,
+        # A trial's run token (the launcher's), else a user's: DET_USER/DET_PASS, the cached
+        # token of this master, or the loopback quick start (see determined_sdk._auth).
+        self._token = token or os.environ.get("DET_SESSION_TOKEN") or None
+        self._trial_token = self._token is not None
+        self._creds = None if self._trial_token else _auth.env_credentials()
+        self._url = where.url
+        self._token_lock = threading.Lock()
+        channel = make_channel(
+            where,
             options=[
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.enable_retries", 0),
             ],
         )
+        channel = grpc.intercept_channel(channel, BearerToken(lambda: self._token))
         if _TEST_INTERCEPTORS:
             channel = grpc.intercept_channel(channel, *_TEST_INTERCEPTORS)
         self._channel = channel
@@ -129,6 +142,29 @@ class MasterSession:
         self.experiments = experiment_pb2_grpc.ExperimentServiceStub(self._channel)
         self.master = master_pb2_grpc.MasterServiceStub(self._channel)
         self.logs = logs_pb2_grpc.LogServiceStub(self._channel)
+        if self._token is None:
+            if self._creds is not None:
+                self._login()
+            else:
+                cached = _auth.cached_token(self._url)
+                self._token = cached[1] if cached else None
+            if self._token is None:
+                self._login()  # the loopback quick start; a later call says how to log in
+
+    def _login(self) -> bool:
+        """Log in as the user of DET_USER/DET_PASS (else the loopback admin); whether it worked."""
+        creds = self._creds or _auth.Credentials(_auth.DEFAULT_USER, "")
+        try:
+            resp = self.master.Login(
+                master_pb2.LoginRequest(username=creds.username, password=creds.password),
+                timeout=30.0,
+            )
+        except grpc.RpcError as exc:
+            if self._creds is not None:
+                raise errors.from_rpc_error(exc) from None
+            return False
+        self._token = resp.token
+        return True
 
     def call(
         self,
@@ -154,10 +190,15 @@ class MasterSession:
         """
 
         def once() -> _Resp:
-            try:
-                return method(request, timeout=timeout)
-            except grpc.RpcError as exc:
-                raise errors.from_rpc_error(exc) from None
+            for attempt in (1, 2):
+                sent_with = self._token
+                try:
+                    return method(request, timeout=timeout)
+                except grpc.RpcError as exc:
+                    if attempt == 1 and self._relogin_after(exc, sent_with):
+                        continue
+                    raise errors.from_rpc_error(exc) from None
+            raise AssertionError("unreachable")
 
         if not idempotent:
             return once()
@@ -195,6 +236,17 @@ class MasterSession:
             logger.info(
                 "master %s reachable again after %.1f s", self.address, time.monotonic() - since
             )
+
+    def _relogin_after(self, exc: grpc.RpcError, sent_with: str | None) -> bool:
+        """A user's session ended: log in again (a trial token is never renewed)."""
+        if self._trial_token or not (
+            isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAUTHENTICATED
+        ):
+            return False
+        with self._token_lock:
+            if self._token != sent_with:
+                return True
+            return self._login()
 
     def close(self) -> None:
         """Close the channel; in-flight calls are cancelled."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from determined_sdk._checkpoint import Checkpoint, CheckpointTrainingMetadata
-from determined_sdk._client import Determined, MasterInfo
+from determined_sdk._client import Determined, MasterInfo, User
 from determined_sdk._enums import (
     CheckpointSortBy,
     CheckpointState,
@@ -80,6 +80,7 @@ __all__ = [
     "TrialSortBy",
     "TrialState",
     "UnauthenticatedError",
+    "User",
     "Workspace",
 ]
 

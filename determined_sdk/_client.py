@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from determined_sdk import _default, errors
+from determined_sdk import _auth, _default, errors
 from determined_sdk._checkpoint import Checkpoint
 from determined_sdk._enums import ExperimentSortBy, ExperimentState, ModelSortBy, OrderBy
 from determined_sdk._experiment import Experiment
@@ -22,6 +22,7 @@ from determined_sdk._session import RetryPolicy, Session
 from determined_sdk._trial import Trial, TrialMetrics, iter_metrics
 from determined_sdk._workspace import Project, Workspace, iter_experiments
 from determined_sdk.proto import (
+    auth_pb2,
     checkpoint_pb2,
     experiment_pb2,
     master_pb2,
@@ -30,6 +31,27 @@ from determined_sdk.proto import (
 )
 
 ConfigLike = Mapping[str, Any] | str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class User:
+    """A user of the master.
+
+    Attributes:
+        id: User id.
+        username: Login name.
+        admin: Whether the user is an admin.
+        active: False once deactivated (cannot log in).
+    """
+
+    id: int
+    username: str
+    admin: bool
+    active: bool
+
+    @classmethod
+    def _from_proto(cls, m: Any) -> User:
+        return cls(m.id, m.username, m.admin, m.active)
 
 
 @dataclass(frozen=True)
@@ -107,8 +129,10 @@ class Determined:
 
     Args:
         master: ``host:port`` of the master (default: ``$DET_MASTER``, else
-            ``localhost:8080``); ``http://`` and ``grpc://`` prefixes are accepted.
-        user: User to log in as (None: no login).
+            ``localhost:8080``); ``https://`` or ``grpcs://`` (or ``$DET_MASTER_CERT_FILE``)
+            means TLS, ``http://`` and ``grpc://`` plain.
+        user: User to log in as (None: ``$DET_USER``/``$DET_PASS``, else the cached token of
+            this master, else ``admin`` with the empty password; see ``docs/security.md``).
         password: That user's password.
         retry: Retry policy of reads (default: 5 attempts, exponential backoff).
         timeout: Default deadline of one call, in seconds.
@@ -135,15 +159,98 @@ class Determined:
         interceptors: Sequence[Any] = (),
     ) -> None:
         self._session = Session(master, retry=retry, timeout=timeout, interceptors=interceptors)
-        if user is not None:
-            try:
-                resp = self._session.login(
-                    master_pb2.LoginRequest(username=user, password=password or "")
-                )
-            except BaseException:
-                self._session.close()
-                raise
-            self._session.set_token(resp.token)
+        try:
+            self._authenticate(user, password)
+        except BaseException:
+            self._session.close()
+            raise
+
+    def _authenticate(self, user: str | None, password: str | None) -> None:
+        """Pick the token (see :mod:`determined_sdk._auth` for the order)."""
+        creds = (
+            _auth.Credentials(user, password or "") if user is not None else None
+        ) or _auth.env_credentials()
+        url = self._session.address.url
+        if creds is not None:
+            token = self._session.log_in(creds.username, creds.password)
+            _auth.cache_token(url, creds.username, token)
+            return
+        cached = _auth.cached_token(url)
+        if cached is not None:
+            self._session.set_token(cached[1])
+        # else: the first call is answered UNAUTHENTICATED and the session logs in as
+        # admin with the empty password (a loopback quick start), or says how to log in.
+
+    # -- users ------------------------------------------------------------------------------
+    def login(self, user: str, password: str) -> None:
+        """Log this client in as ``user`` (and cache the token for this master).
+
+        Raises:
+            UnauthenticatedError: Wrong user or password, or a deactivated user.
+        """
+        token = self._session.log_in(user, password)
+        _auth.cache_token(self._session.address.url, user, token)
+
+    def logout(self) -> None:
+        """End this client's session on the master and forget the cached token."""
+        try:
+            self._session.logout(auth_pb2.LogoutRequest())
+        finally:
+            _auth.drop_token(self._session.address.url)
+            self._session.set_token(None)
+
+    def whoami(self) -> User:
+        """The logged-in user.
+
+        Raises:
+            UnauthenticatedError: Not logged in.
+        """
+        r = self._session.get_me(auth_pb2.GetMeRequest())
+        return User._from_proto(r.user)
+
+    def create_user(self, username: str, password: str, *, admin: bool = False) -> User:
+        """Create a user (admins only).
+
+        Raises:
+            PermissionDeniedError: The caller is not an admin.
+            AlreadyExistsError: The name is taken.
+            InvalidArgumentError: A bad username (the message says why).
+        """
+        r = self._session.create_user(
+            auth_pb2.CreateUserRequest(username=username, password=password, admin=admin)
+        )
+        return User._from_proto(r.user)
+
+    def list_users(self) -> list[User]:
+        """Every user."""
+        return [
+            User._from_proto(u) for u in self._session.list_users(auth_pb2.ListUsersRequest()).users
+        ]
+
+    def change_password(
+        self, new_password: str, *, old_password: str = "", username: str | None = None
+    ) -> None:
+        """Change your password (give the old one), or, as an admin, anyone's.
+
+        Raises:
+            PermissionDeniedError: Wrong old password, or someone else's password as a non-admin.
+        """
+        self._session.change_password(
+            auth_pb2.ChangePasswordRequest(
+                username=username or "", old_password=old_password, new_password=new_password
+            )
+        )
+        if username is None and self._session._credentials is not None:
+            self._session._credentials = _auth.Credentials(
+                self._session._credentials.username, new_password
+            )
+
+    def set_user_active(self, username: str, active: bool) -> User:
+        """Deactivate (ending their sessions) or reactivate a user; admins only."""
+        r = self._session.set_user_active(
+            auth_pb2.SetUserActiveRequest(username=username, active=active)
+        )
+        return User._from_proto(r.user)
 
     @property
     def session(self) -> Session:

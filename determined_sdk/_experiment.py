@@ -81,6 +81,11 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         return self._m().name
 
     @property
+    def username(self) -> str:
+        """The owner: who created it ("" if made before users existed) (cached)."""
+        return self._m().username
+
+    @property
     def description(self) -> str:
         """Description (cached; :meth:`set_description` updates it)."""
         return self._m().description
@@ -492,7 +497,7 @@ class Experiment(Resource[experiment_pb2.Experiment]):
             for t in resp.trials:
                 yield Trial._from_proto(t, s)
             offset += len(resp.trials)
-            if len(resp.trials) < page_size or offset >= resp.pagination.total:
+            if not resp.trials or offset >= resp.pagination.total:
                 return
 
     def trials_dataframe(self) -> pandas.DataFrame:

@@ -181,6 +181,11 @@ class Model(Resource[model_pb2.Model]):
         return self._m().id
 
     @property
+    def username(self) -> str:
+        """The owner: who created it ("" if made before users existed) (cached)."""
+        return self._m().username
+
+    @property
     def description(self) -> str:
         """Description (cached; :meth:`set_description` updates it)."""
         return self._m().description
@@ -381,11 +386,6 @@ class Model(Resource[model_pb2.Model]):
     def model_id(self) -> int:
         """Determined's name for :attr:`id` (cached)."""
         return self.id
-
-    @property
-    def username(self) -> str:
-        """Who registered it; "" (this master records no owner for models)."""
-        return ""
 
     def set_labels(self, labels: Iterable[str]) -> None:
         """Make the labels exactly ``labels`` (updates ``labels``).

@@ -33,7 +33,11 @@ import tenacity
 from google.protobuf import message as _message
 
 from determined_sdk import errors
+from determined_sdk._auth import DEFAULT_USER, Credentials
+from determined_sdk._transport import make_channel, parse_master
 from determined_sdk.proto import (
+    auth_pb2,
+    auth_pb2_grpc,
     checkpoint_pb2,
     checkpoint_pb2_grpc,
     experiment_pb2,
@@ -121,28 +125,28 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
 
 
 def normalize_master(master: str | None) -> str:
-    """``host:port`` from a master address, an ``http://``/``grpc://`` URL, or None (env/default).
+    """``host:port`` from a master address, a URL, or None (env/default).
 
     Args:
         master: Address given by the user, or None for ``$DET_MASTER``, else ``localhost:8080``.
 
     Returns:
-        The gRPC target.
+        The gRPC target (whether it needs TLS is :func:`~determined_sdk._transport.parse_master`'s
+        business).
     """
-    addr = (master or os.environ.get("DET_MASTER") or DEFAULT_MASTER).strip()
-    for scheme in ("grpc://", "http://", "https://", "dns:///"):
-        if addr.startswith(scheme):
-            addr = addr[len(scheme) :]
-    return addr.rstrip("/")
+    return parse_master(master or os.environ.get("DET_MASTER") or DEFAULT_MASTER).target
 
 
 class _Unary(Generic[Req, Resp]):
     """One unary RPC bound to a session, with its retry class."""
 
-    def __init__(self, session: Session, method: Any, kind: CallKind) -> None:
+    def __init__(
+        self, session: Session, method: Any, kind: CallKind, *, relogin: bool = True
+    ) -> None:
         self._session = session
         self._method = method
         self.kind = kind
+        self._relogin = relogin  # False for Login itself
 
     def __call__(
         self, request: Req, *, timeout: float | None = None, retry: bool | None = None
@@ -163,13 +167,18 @@ class _Unary(Generic[Req, Resp]):
             out: Resp = self._method(request, timeout=deadline, metadata=s._metadata)
             return out
 
-        try:
-            if not may_retry:
-                return once()
-            result: Resp = s.retry._retrying()(once)
-            return result
-        except grpc.RpcError as e:
-            raise s._translate(e) from None
+        for attempt in (1, 2):
+            sent_with = s._metadata
+            try:
+                if not may_retry:
+                    return once()
+                result: Resp = s.retry._retrying()(once)
+                return result
+            except grpc.RpcError as e:
+                if attempt == 1 and self._relogin and s._relogin_after(e, sent_with):
+                    continue
+                raise s._translate(e) from None
+        raise AssertionError("unreachable")
 
 
 class _Stream(Generic[Req, Resp]):
@@ -192,6 +201,7 @@ class _Stream(Generic[Req, Resp]):
         while True:
             attempt += 1
             got_any = False
+            sent_with = s._metadata
             call = self._method(request, timeout=timeout, metadata=s._metadata)
             try:
                 for item in call:
@@ -199,6 +209,8 @@ class _Stream(Generic[Req, Resp]):
                     yield item
                 return
             except grpc.RpcError as e:
+                if not got_any and attempt == 1 and s._relogin_after(e, sent_with):
+                    continue
                 if got_any or not _is_retryable(e) or attempt >= s.retry.attempts:
                     raise s._translate(e) from None
                 logger.debug("stream attempt %d failed with %s; retrying", attempt, e.code())
@@ -220,6 +232,9 @@ class Session:
         timeout: Default deadline of unary calls, in seconds (None: no deadline).
         interceptors: gRPC client interceptors wrapped around the channel (tests count
             requests this way).
+        credentials: Username and password to log in again with when the session expires
+            (see :mod:`determined_sdk._auth`; None: ``admin`` with the empty password, the
+            loopback quick start).
     """
 
     def __init__(
@@ -230,15 +245,19 @@ class Session:
         retry: RetryPolicy | None = None,
         timeout: float | None = 60.0,
         interceptors: Sequence[Any] = (),
+        credentials: Credentials | None = None,
     ) -> None:
-        self.master = normalize_master(master)
+        self.address = parse_master(master or os.environ.get("DET_MASTER") or DEFAULT_MASTER)
+        self.master = self.address.target
+        self._credentials = credentials
+        self._relogin_lock = threading.Lock()
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self._metadata: tuple[tuple[str, str], ...] = ()
         self._lock = threading.Lock()
         self._closed = False
-        self._raw_channel = grpc.insecure_channel(
-            self.master,
+        self._raw_channel = make_channel(
+            self.address,
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -269,8 +288,27 @@ class Session:
             master_pb2.GetMasterInfoRequest, master_pb2.GetMasterInfoResponse
         ] = _Unary(self, master_.GetMasterInfo, R)
         self.login: _Unary[master_pb2.LoginRequest, master_pb2.LoginResponse] = _Unary(
-            self, master_.Login, R
+            self, master_.Login, W, relogin=False
         )
+        users = auth_pb2_grpc.UserServiceStub(channel)
+        self.logout: _Unary[auth_pb2.LogoutRequest, auth_pb2.LogoutResponse] = _Unary(
+            self, users.Logout, I
+        )
+        self.get_me: _Unary[auth_pb2.GetMeRequest, auth_pb2.GetMeResponse] = _Unary(
+            self, users.GetMe, R
+        )
+        self.create_user: _Unary[auth_pb2.CreateUserRequest, auth_pb2.CreateUserResponse] = _Unary(
+            self, users.CreateUser, W
+        )
+        self.list_users: _Unary[auth_pb2.ListUsersRequest, auth_pb2.ListUsersResponse] = _Unary(
+            self, users.ListUsers, R
+        )
+        self.change_password: _Unary[
+            auth_pb2.ChangePasswordRequest, auth_pb2.ChangePasswordResponse
+        ] = _Unary(self, users.ChangePassword, W)
+        self.set_user_active: _Unary[
+            auth_pb2.SetUserActiveRequest, auth_pb2.SetUserActiveResponse
+        ] = _Unary(self, users.SetUserActive, I)
 
         self.create_experiment: _Unary[
             experiment_pb2.CreateExperimentRequest, experiment_pb2.CreateExperimentResponse
@@ -419,6 +457,44 @@ class Session:
         if isinstance(out, errors.MasterUnavailableError):
             out.args = (f"cannot reach the master at {self.master}: {out}",)
         return out
+
+    def _relogin_after(self, e: grpc.RpcError, sent_with: tuple[tuple[str, str], ...]) -> bool:
+        """After UNAUTHENTICATED: log in again (once per expired token); whether to retry."""
+        if not (isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNAUTHENTICATED):
+            return False
+        with self._relogin_lock:
+            if self._metadata != sent_with:  # another thread logged in meanwhile
+                return True
+            creds = self._credentials or Credentials(DEFAULT_USER, "")
+            try:
+                resp = self.login(
+                    master_pb2.LoginRequest(username=creds.username, password=creds.password)
+                )
+            except errors.DeterminedError:
+                if self._credentials is not None:
+                    raise  # why this user cannot log in again (deactivated, new password)
+                return False
+            self.set_token(resp.token)
+            return True
+
+    def log_in(self, username: str, password: str) -> str:
+        """Log in, send the new token from now on, and remember the credentials for re-login.
+
+        Returns:
+            The session token.
+
+        Raises:
+            UnauthenticatedError: Wrong user or password.
+        """
+        resp = self.login(master_pb2.LoginRequest(username=username, password=password))
+        self._credentials = Credentials(username, password)
+        self.set_token(resp.token)
+        return str(resp.token)
+
+    @property
+    def token(self) -> str | None:
+        """The token sent with each call, if any."""
+        return self._metadata[0][1].removeprefix("Bearer ") if self._metadata else None
 
     def set_token(self, token: str | None) -> None:
         """Send ``authorization: Bearer <token>`` with every later call (None: no header)."""

@@ -11,7 +11,7 @@ from determined_sdk._resource import Resource, SessionLike, check_id, str_list
 from determined_sdk._session import Session
 from determined_sdk.proto import common_pb2, experiment_pb2, workspace_pb2
 
-EXPERIMENTS_PAGE_SIZE = 2000
+EXPERIMENTS_PAGE_SIZE = 1000
 _EXPERIMENT_SORT_KEYS = ("id", "name", "start_time", "end_time", "state", "progress")
 
 
@@ -75,7 +75,7 @@ def _pages(
         for e in resp.experiments:
             yield Experiment._from_proto(e, session)
         offset += len(resp.experiments)
-        if len(resp.experiments) < want or offset >= resp.pagination.total:
+        if not resp.experiments or offset >= resp.pagination.total:
             return
 
 
@@ -118,6 +118,11 @@ class Project(Resource[workspace_pb2.Project]):
     def name(self) -> str:
         """Name, unique within its workspace (cached)."""
         return self._m().name
+
+    @property
+    def username(self) -> str:
+        """The owner: who created it ("" if made before users existed) (cached)."""
+        return self._m().username
 
     @property
     def description(self) -> str:
@@ -319,6 +324,11 @@ class Workspace(Resource[workspace_pb2.Workspace]):
     def name(self) -> str:
         """Name, unique (cached)."""
         return self._m().name
+
+    @property
+    def username(self) -> str:
+        """The owner: who created it ("" if made before users existed) (cached)."""
+        return self._m().username
 
     @property
     def archived(self) -> bool:

@@ -1045,6 +1045,106 @@ def tensorboard_cmd(
         proc.wait(timeout=30)
 
 
+# -- users ---------------------------------------------------------------------------------------
+@cli.group()
+def user() -> None:
+    """Log in and out, and manage users (see docs/security.md)."""
+
+
+def _password(given: str | None, prompt: str, *, confirm: bool = False) -> str:
+    if given is not None:
+        return given
+    value: str = click.prompt(
+        prompt, hide_input=True, confirmation_prompt=confirm, default="", show_default=False
+    )
+    return value
+
+
+@user.command("login")
+@click.argument("username", default="admin")
+@click.option("--password", default=None, envvar="DET_PASS", help="Default: $DET_PASS, else ask.")
+@click.pass_context
+def user_login(ctx: click.Context, username: str, password: str | None) -> None:
+    """Log in as USERNAME (default admin) and cache the token for this master (0600 file)."""
+    c = _client(ctx)
+    c.login(username, _password(password, f"Password for {username}"))
+    out.print(f"Logged in as {escape(username)} on {escape(c.master)}")
+
+
+@user.command("logout")
+@click.pass_context
+def user_logout(ctx: click.Context) -> None:
+    """End the session and forget the cached token of this master."""
+    _client(ctx).logout()
+    out.print("Logged out")
+
+
+@user.command("whoami")
+@click.pass_context
+def user_whoami(ctx: click.Context) -> None:
+    """The user the cached token (or $DET_USER) belongs to."""
+    u = _client(ctx).whoami()
+    out.print(f"{escape(u.username)}{' (admin)' if u.admin else ''}")
+
+
+@user.command("create")
+@click.argument("username")
+@click.option("--admin", is_flag=True, help="Make the user an admin.")
+@click.option("--password", default=None, help="Default: ask.")
+@click.pass_context
+def user_create(ctx: click.Context, username: str, admin: bool, password: str | None) -> None:
+    """Create a user (admins only)."""
+    u = _client(ctx).create_user(
+        username, _password(password, f"Password for {username}", confirm=True), admin=admin
+    )
+    out.print(f"Created user {escape(u.username)} (id {u.id}{', admin' if u.admin else ''})")
+
+
+@user.command("list")
+@click.pass_context
+def user_list(ctx: click.Context) -> None:
+    """Every user."""
+    _table(
+        None,
+        ["id", "username", "admin", "active"],
+        [[u.id, u.username, u.admin, u.active] for u in _client(ctx).list_users()],
+    )
+
+
+@user.command("change-password")
+@click.argument("username", required=False)
+@click.option("--old-password", default=None, help="Your current password (default: ask).")
+@click.option("--new-password", default=None, help="Default: ask.")
+@click.pass_context
+def user_change_password(
+    ctx: click.Context, username: str | None, old_password: str | None, new_password: str | None
+) -> None:
+    """Change your password, or (admins) USERNAME's."""
+    c = _client(ctx)
+    old = "" if username else _password(old_password, "Current password")
+    new = _password(new_password, "New password", confirm=True)
+    c.change_password(new, old_password=old, username=username)
+    out.print(f"Changed the password of {escape(username or 'you')}")
+
+
+@user.command("deactivate")
+@click.argument("username")
+@click.pass_context
+def user_deactivate(ctx: click.Context, username: str) -> None:
+    """Deactivate USERNAME (admins only): their sessions end and they cannot log in."""
+    _client(ctx).set_user_active(username, False)
+    out.print(f"Deactivated {escape(username)}")
+
+
+@user.command("activate")
+@click.argument("username")
+@click.pass_context
+def user_activate(ctx: click.Context, username: str) -> None:
+    """Reactivate USERNAME (admins only)."""
+    _client(ctx).set_user_active(username, True)
+    out.print(f"Activated {escape(username)}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``detsdk`` console script."""
     try:

@@ -100,7 +100,8 @@ def login(
 
     Args:
         master: ``host:port`` (default: ``$DET_MASTER``, else ``localhost:8080``).
-        user: User to log in as (None: no login).
+        user: User to log in as (None: ``$DET_USER``/``$DET_PASS``, the cached token, or the
+            loopback quick start; see :class:`Determined`).
         password: That user's password.
 
     Returns:

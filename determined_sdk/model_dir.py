@@ -19,6 +19,8 @@ from determined_sdk.errors import InvalidArgumentError, ResourceExhaustedError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 64 * 2**20
+#: Most entries a model archive may hold (many tiny files cost inodes and time, not bytes).
+MAX_MEMBERS = 20_000
 _SKIP_DIRS = {"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints"}
 
 
@@ -89,6 +91,10 @@ def check_archive(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tarfi
             members = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise InvalidArgumentError(f"model_definition: not a valid tar.gz archive ({e})") from e
+    if len(members) > MAX_MEMBERS:
+        raise ResourceExhaustedError(
+            f"model_definition: {len(members)} entries; at most {MAX_MEMBERS} are allowed"
+        )
     total = 0
     for m in members:
         p = pathlib.PurePosixPath(m.name)

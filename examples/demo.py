@@ -78,6 +78,8 @@ def main() -> None:
     console = Console(width=max(100, Console().width))
     t0 = time.monotonic()
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="detsdk-demo-"))
+    # A loopback master in the quick start: user admin with the empty password, so the web UI
+    # opens without a login (docs/security.md says how to run one on a network).
     proc, address, web = start_master(data_dir, args.slots)
     console.print(f"[bold]master[/] on {address} (SQLite in {data_dir}), {args.slots} slots")
     if web:

@@ -26,7 +26,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--slots", type=int, default=None, help="slots to schedule onto (default: CPU count)"
     )
     p.add_argument("--checkpoint-dir", default=None, help="default checkpoint storage directory")
+    p.add_argument(
+        "--checkpoint-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another directory experiments may keep checkpoints in (repeatable; the "
+        "checkpoint dir is always allowed, any other path is refused)",
+    )
     p.add_argument("--max-model-mib", type=int, default=64, help="model directory size limit")
+    p.add_argument(
+        "--initial-admin-password",
+        default=None,
+        help="password of the 'admin' user made on the first start "
+        "(default $DET_INITIAL_ADMIN_PASSWORD; required unless --host is loopback)",
+    )
+    p.add_argument(
+        "--session-hours", type=float, default=24 * 7, help="login session lifetime (default 168)"
+    )
+    p.add_argument("--tls-cert", default=None, help="PEM certificate: serve TLS only")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     p.add_argument("--port-file", default=None, help="write the bound port here once serving")
     p.add_argument(
         "--stop-trials-on-exit",
@@ -60,13 +79,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.slots is not None and args.slots < 1:
         sys.exit(f"--slots: must be >= 1, got {args.slots}")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        sys.exit("--tls-cert and --tls-key: give both or neither")
+    if args.session_hours <= 0:
+        sys.exit(f"--session-hours: must be > 0, got {args.session_hours}")
     master = Master(
         args.data_dir,
+        initial_admin_password=args.initial_admin_password,
+        session_ttl_s=args.session_hours * 3600,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         host=args.host,
         port=args.port,
         db_url=args.db,
         slots=args.slots,
         checkpoint_dir=args.checkpoint_dir,
+        checkpoint_roots=args.checkpoint_root,
         max_model_bytes=args.max_model_mib * 2**20,
         keep_runs_on_stop=not args.stop_trials_on_exit,
         http_port=args.http_port,

@@ -9,19 +9,28 @@ command line with signal handling.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import pathlib
 import threading
+import time
 import uuid
+from collections.abc import Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from determined_sdk.errors import PermissionDeniedError
 from master_server.admission import Admission
+from master_server.auth.core import DEFAULT_SESSION_TTL_S, Authenticator
+from master_server.auth.interceptor import AuthInterceptor
+from master_server.auth.passwords import verify_password
+from master_server.auth.users import UserService
 from master_server.checkpoints import CheckpointService
+from master_server.containment import StorageRoots
 from master_server.experiments import ExperimentService
 from master_server.ingest import MetricIngest
 from master_server.logs import LogService
@@ -85,6 +94,14 @@ class Master:
             checkpoint record names and that are older than this are removed.
         http_port: serve the REST API and web UI on this port (0 picks a free one, read it back
             from :attr:`http_port`); None (the default) serves no HTTP. Needs the ``web`` extra.
+        initial_admin_password: password of the ``admin`` user made on the first start (default
+            ``$DET_INITIAL_ADMIN_PASSWORD``; none at all gives it the empty password, which only
+            a loopback master accepts).
+        session_ttl_s: how long a login session lasts (default 7 days).
+        tls_cert: PEM certificate file; with ``tls_key`` the master serves TLS only.
+        tls_key: PEM private key file of that certificate.
+        checkpoint_roots: directories besides ``checkpoint_dir`` where experiments may keep
+            checkpoints (the master reads and deletes only inside these).
     """
 
     def __init__(
@@ -103,7 +120,14 @@ class Master:
         keep_runs_on_stop: bool = False,
         orphan_checkpoint_grace_s: float = 3600.0,
         http_port: int | None = None,
+        initial_admin_password: str | None = None,
+        session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        checkpoint_roots: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key: give both or neither")
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
         self._requested_port = port
@@ -116,6 +140,13 @@ class Master:
         self.preempt_grace_s = preempt_grace_s
         self.max_workers = max_workers
         self.max_queued_calls = max_queued_calls
+        self.checkpoint_roots = [pathlib.Path(r).resolve() for r in checkpoint_roots]
+        if initial_admin_password is None:
+            initial_admin_password = os.environ.get("DET_INITIAL_ADMIN_PASSWORD") or None
+        self.initial_admin_password = initial_admin_password
+        self.session_ttl_s = session_ttl_s
+        self.tls_cert = pathlib.Path(tls_cert).resolve() if tls_cert else None
+        self.tls_key = pathlib.Path(tls_key).resolve() if tls_key else None
         self.keep_runs_on_stop = keep_runs_on_stop
         self.orphan_checkpoint_grace_s = orphan_checkpoint_grace_s
         self.port = 0
@@ -124,13 +155,20 @@ class Master:
         self._requested_http_port = http_port
         self.http_port = 0
         self._http: Any = None
+        self._quick, self._quick_checked = False, -1e9
         self._stopped = threading.Event()
         self.parts: dict[str, Any] = {}
 
     @property
     def address(self) -> str:
-        """``host:port`` to connect to."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` to connect to; ``grpcs://host:port`` when serving TLS."""
+        scheme = "grpcs://" if self.tls_cert else ""
+        return f"{scheme}{self.host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the master listens on a loopback address only."""
+        return is_loopback(self.host)
 
     @property
     def http_url(self) -> str | None:
@@ -141,8 +179,19 @@ class Master:
         """Open the database (migrating it), recover unfinished work, and start serving."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        rm = LocalResourceManager(self.data_dir, self.slots, lambda: self.address)
         store = open_store(self.db_url)
+        try:
+            auth = self._auth(store)
+        except BaseException:
+            store.close()
+            raise
+        rm = LocalResourceManager(
+            self.data_dir,
+            self.slots,
+            lambda: self.address,
+            trial_token=auth.trial_token,
+            cert_file=str(self.tls_cert) if self.tls_cert else None,
+        )
         pool = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc")
         loop = _LoopThread(pool)
         waker, log_waker = Waker(loop.loop), Waker(loop.loop)
@@ -152,7 +201,7 @@ class Master:
             max_queued_calls=self.max_queued_calls,
         )
         try:
-            server, self.port = loop.call(self._bind(admission))
+            server, self.port = loop.call(self._bind(admission, AuthInterceptor(auth)))
         except BaseException:
             loop.close()
             pool.shutdown(wait=False)
@@ -165,6 +214,7 @@ class Master:
             master_address=lambda: self.address,
             max_model_bytes=self.max_model_bytes,
             preempt_grace_s=self.preempt_grace_s,
+            storage_roots=StorageRoots([self.checkpoint_dir, *self.checkpoint_roots]),
         )
         logs = LogService(store)
         experiments.add_change_listener(waker.notify)
@@ -180,6 +230,8 @@ class Master:
             "waker": waker,
             "log_waker": log_waker,
             "admission": admission,
+            "auth": auth,
+            "users": UserService(store, auth),
             "metrics": MetricService(store),
             "version": VERSION,
             "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
@@ -204,6 +256,24 @@ class Master:
         )
         return self
 
+    def _auth(self, store: Any) -> Authenticator:
+        """The authenticator, with the first admin made; refuses an open admin on a network."""
+        auth = Authenticator(store, session_ttl_s=self.session_ttl_s)
+        if not self.loopback and not store.list_users() and not self.initial_admin_password:
+            raise PermissionError(
+                f"refusing to serve on the non-loopback address {self.host} without an admin "
+                "password: give --initial-admin-password or DET_INITIAL_ADMIN_PASSWORD"
+            )
+        auth.bootstrap(self.initial_admin_password)
+        if not self.loopback:
+            open_users = [u.username for u in store.list_users() if u.active and _empty_pw(u)]
+            if open_users:
+                raise PermissionError(
+                    f"refusing to serve on the non-loopback address {self.host}: users "
+                    f"{open_users} have an empty password; set one (detsdk user change-password)"
+                )
+        return auth
+
     def _remove_orphans(self) -> None:
         try:
             self.parts["checkpoints"].remove_orphans(
@@ -212,10 +282,13 @@ class Master:
         except Exception:
             logger.exception("removing orphaned checkpoint directories failed")
 
-    async def _bind(self, admission: Admission) -> tuple[grpc.aio.Server, int]:
+    async def _bind(
+        self, admission: Admission, auth: AuthInterceptor
+    ) -> tuple[grpc.aio.Server, int]:
+        # Refusals for a busy master come first (they cost nothing), then authentication.
         server = grpc.aio.server(
             migration_thread_pool=admission.pool,
-            interceptors=[admission],
+            interceptors=[admission, auth],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -225,7 +298,20 @@ class Master:
                 ("grpc.server_max_unrequested_time_in_server", 120),
             ],
         )
-        port = server.add_insecure_port(f"{self.host}:{self._requested_port}")
+        bind = f"{self.host}:{self._requested_port}"
+        if self.tls_cert is not None and self.tls_key is not None:
+            creds = grpc.ssl_server_credentials(
+                [(self.tls_key.read_bytes(), self.tls_cert.read_bytes())]
+            )
+            port = server.add_secure_port(bind, creds)
+        else:
+            port = server.add_insecure_port(bind)
+            if not self.loopback:
+                logger.warning(
+                    "serving WITHOUT TLS on the non-loopback address %s: tokens and passwords "
+                    "cross the network in clear text; start with --tls-cert/--tls-key",
+                    self.host,
+                )
         if port == 0:
             raise OSError(f"could not bind {self.host}:{self._requested_port}")
         return server, port
@@ -242,12 +328,40 @@ class Master:
         from master_server.web.server import HttpServer
 
         try:
-            http = HttpServer(create_app(self.parts), self.host, self._requested_http_port or 0)
+            app = create_app(self.parts, authenticate=self._http_auth)
+            http = HttpServer(app, self.host, self._requested_http_port or 0)
             self._http = http.start()
         except BaseException:
             self.stop()
             raise
         self.http_port = http.port
+
+    def _http_auth(self, request: Any) -> None:
+        """Who may use the REST API and web UI: anyone while this loopback master is in the
+        quick start (``admin`` with the empty password: anyone here can log in as admin anyway),
+        else an admin's session token (``Authorization: Bearer``, or ``?token=`` where a browser
+        cannot set headers, as for server-sent events). Per-owner rules over REST are left for
+        later, so other users are refused rather than let through unchecked."""
+        if self._quick_start():
+            return
+        header = request.headers.get("authorization")
+        token = request.query_params.get("token")
+        md = [("authorization", header or f"Bearer {token}")] if header or token else []
+        p = self.parts["auth"].authenticate("/rest", md)
+        if p is None or not p.admin:
+            raise PermissionDeniedError("the REST API and web UI need an admin's token here")
+
+    def _quick_start(self) -> bool:
+        """Loopback and ``admin`` still has the empty password (checked at most every 10 s:
+        verifying an argon2 hash is slow on purpose)."""
+        now = time.monotonic()
+        if now - self._quick_checked < 10.0:
+            return self._quick
+        store = self.parts["store"]
+        admin = store.find_user_by_name("admin")
+        self._quick = self.loopback and admin is not None and admin.active and _empty_pw(admin)
+        self._quick_checked = now
+        return self._quick
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop serving, stop trial supervisors, close the database. Safe to call twice."""
@@ -282,3 +396,18 @@ class Master:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost``."""
+    h = host.strip("[]")
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def _empty_pw(user: Any) -> bool:
+    return verify_password(user.password_hash, "")

@@ -11,12 +11,12 @@ import logging
 import math
 import os
 import pathlib
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from master_server.containment import check_resources, iter_files, remove_checkpoint_dir
 from master_server.domain import (
     TERMINAL_EXPERIMENT_STATES,
     Checkpoint,
@@ -85,6 +85,10 @@ class CheckpointService:
         trial = self.store.get_trial(trial_id)
         self.experiments.record_activity(trial_id)
         cfg = self.experiments.experiment_config(trial.experiment_id)
+        roots = self.experiments.storage_roots
+        storage_path = str(cfg["checkpoint_storage"]["path"])
+        if roots.contains(storage_path):  # else an unmanaged run's own files, never read here
+            check_resources(roots.checkpoint_dir(storage_path, uuid), resources)
         metadata = dict(metadata)
         metadata.setdefault("steps_completed", steps_completed)
         return self.store.add_checkpoint(
@@ -182,7 +186,7 @@ class CheckpointService:
         if live:
             # Checked (model versions), marked DELETED and recorded in one transaction, then
             # the files go: a checkpoint is never COMPLETED with its files missing.
-            paths = [str(_ckpt_dir(c)) for c in live if c.storage.get("path")]
+            paths = [str(d) for d in map(self._dir_or_none, live) if d is not None]
             job = self.store.begin_checkpoint_deletion([c.uuid for c in live], paths)
             self.jobs.run_now(job)
         return [self.store.get_checkpoint(c.uuid) for c in ckpts]
@@ -250,7 +254,7 @@ class CheckpointService:
         c = self.store.get_checkpoint(uuid)
         if c.state == CheckpointState.DELETED:
             raise FailedPreconditionError(f"checkpoint {uuid!r} is DELETED; its files are gone")
-        root = _ckpt_dir(c)
+        root = self._dir(c)  # inside the storage roots, or FailedPreconditionError
         doomed = {
             rel
             for rel in c.resources
@@ -260,7 +264,7 @@ class CheckpointService:
             (root / rel).unlink(missing_ok=True)
         left = {k: v for k, v in c.resources.items() if k not in doomed}
         if not left:
-            shutil.rmtree(root, ignore_errors=True)
+            remove_checkpoint_dir(self.experiments.storage_roots, root)
         state = CheckpointState.PARTIALLY_DELETED if left else CheckpointState.DELETED
         if not doomed and c.state != CheckpointState.PARTIALLY_DELETED:
             state = c.state
@@ -314,25 +318,33 @@ class CheckpointService:
         c = self.store.get_checkpoint(uuid)
         if c.state == CheckpointState.DELETED:
             raise FailedPreconditionError(f"checkpoint {uuid!r} is DELETED; its files are gone")
-        root = _ckpt_dir(c)
+        root = self._dir(c)
         if not root.is_dir():
             raise FailedPreconditionError(f"checkpoint {uuid!r}: its files are missing from {root}")
-        for dirpath, _dirs, files in os.walk(root):
-            for name in sorted(files):
-                full = pathlib.Path(dirpath) / name
-                rel = full.relative_to(root).as_posix()
-                size = full.stat().st_size
-                with open(full, "rb") as f:
-                    offset = 0
-                    while True:
-                        data = f.read(CHUNK)
-                        if not data and offset > 0:
-                            break
-                        yield rel, offset, data, size
-                        offset += len(data)
-                        if not data:
-                            break
+        files = list(iter_files(root))  # every escape is refused before a byte is sent
+        for rel, full in files:
+            with open(full, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                offset = 0
+                while True:
+                    data = f.read(CHUNK)
+                    if not data and offset > 0:
+                        break
+                    yield rel, offset, data, size
+                    offset += len(data)
+                    if not data:
+                        break
 
+    def _dir_or_none(self, c: Checkpoint) -> pathlib.Path | None:
+        """The checkpoint's directory when the master may delete it (inside its storage roots;
+        an unmanaged run's checkpoint elsewhere is only forgotten, never deleted)."""
+        if not c.storage.get("path"):
+            return None
+        try:
+            return self._dir(c)
+        except FailedPreconditionError as e:
+            logger.warning("checkpoint %s: files left in place: %s", c.uuid, e)
+            return None
 
-def _ckpt_dir(c: Checkpoint) -> pathlib.Path:
-    return pathlib.Path(str(c.storage.get("path", ""))) / c.uuid
+    def _dir(self, c: Checkpoint) -> pathlib.Path:
+        return self.experiments.storage_roots.checkpoint_dir(str(c.storage.get("path", "")), c.uuid)

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from determined_sdk.errors import InvalidArgumentError
+from master_server.limits import check_value, load_yaml, loads_json
 
 JSONDict = dict[str, Any]
 
@@ -766,11 +767,11 @@ def parse_config_text(text: str | bytes) -> JSONDict:
     try:
         if stripped.startswith("{"):
             try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError:
-                parsed = yaml.safe_load(text)
+                parsed = loads_json(text, "config")
+            except InvalidArgumentError:
+                parsed = load_yaml(text, "config")
         else:
-            parsed = yaml.safe_load(text)
+            parsed = load_yaml(text, "config")
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
         raise ConfigError([f"config: invalid YAML: {detail}"]) from None
@@ -778,6 +779,7 @@ def parse_config_text(text: str | bytes) -> JSONDict:
         parsed = {}
     if not isinstance(parsed, dict):
         raise ConfigError([f"config: must be a mapping at the top level, got {_show(parsed)}"])
+    check_value(parsed, "config")
     return parsed
 
 

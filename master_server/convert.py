@@ -23,6 +23,7 @@ from determined_sdk.proto import (
     workspace_pb2,
 )
 from master_server import domain
+from master_server.limits import loads_json
 
 # -- enums -------------------------------------------------------------------------------------
 
@@ -94,10 +95,7 @@ def loads_dict(text: str, field: str, *, default: dict[str, Any] | None = None) 
     """Parse a JSON object field of a request; an error names ``field``."""
     if not text:
         return {} if default is None else default
-    try:
-        v = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidArgumentError(f"{field}: not valid JSON ({e.msg})") from e
+    v = loads_json(text, field)
     if not isinstance(v, dict):
         raise InvalidArgumentError(f"{field}: must be a JSON object, got {type(v).__name__}")
     return v

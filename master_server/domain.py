@@ -319,3 +319,25 @@ class ModelVersion:
     checkpoint_uuid: str
     creation_time: float
     notes: str = ""
+
+
+@dataclass(frozen=True)
+class User:
+    """A person who logs in. ``password_hash`` is an argon2 hash, never the password."""
+
+    id: int
+    username: str
+    password_hash: str
+    admin: bool
+    active: bool
+    created_at: float
+
+
+@dataclass(frozen=True)
+class UserSession:
+    """A login session: the SHA-256 of its token, whose it is, and when it expires."""
+
+    token_hash: str
+    user_id: int
+    created_at: float
+    expires_at: float

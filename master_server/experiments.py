@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from determined_sdk.errors import InvalidArgumentError
+from master_server.containment import StorageRoots
 from master_server.domain import Experiment, JSONDict, Trial
 from master_server.engine.jobs import JobRunner
 from master_server.engine.lifecycle import ExperimentLifecycle
@@ -52,13 +53,19 @@ class ExperimentService:
         master_address: Callable[[], str],
         max_model_bytes: int = 64 * 2**20,
         preempt_grace_s: float = 30.0,
+        storage_roots: StorageRoots | None = None,
     ) -> None:
         self.store = store
         self.rm = rm
+        # Where checkpoints may live: the master reads and deletes only inside these.
+        self.storage_roots = storage_roots or StorageRoots([checkpoint_dir])
         self.state = EngineState(store, rm)
         self._stop_watchdog = threading.Event()
         self.lifecycle = ExperimentLifecycle(
-            self.state, checkpoint_dir=checkpoint_dir, max_model_bytes=max_model_bytes
+            self.state,
+            checkpoint_dir=checkpoint_dir,
+            max_model_bytes=max_model_bytes,
+            storage_roots=self.storage_roots,
         )
         self.search = SearchDriver(self.state)
         self.runs = TrialRuns(self.state, master_address)

@@ -29,6 +29,91 @@ from master_server.rm.base import ExitCallback, LaunchSpec, LiveRun
 
 logger = logging.getLogger(__name__)
 
+TokenFactory = Callable[[int, int], str]  # (trial_id, run_id) -> the run's trial token
+
+#: Variables of the master's own environment a trial keeps: what a process needs to run at all
+#: (paths, locale, user, temp dir), which devices and threads the operator gave the master, and
+#: nothing else (the master's secrets stay with it). See docs/trial-environment.md.
+PASSTHROUGH_ENV = frozenset(
+    {
+        "PATH",
+        "PYTHONPATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "TERM",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "LD_LIBRARY_PATH",
+        "VIRTUAL_ENV",
+        "CUDA_VISIBLE_DEVICES",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "SYSTEMROOT",
+    }
+)
+
+
+def trial_environment(
+    *,
+    base: dict[str, str],
+    config_env: dict[str, str],
+    master: str,
+    trial_id: int,
+    experiment_id: int,
+    run_id: int,
+    slots: int,
+    cluster_info_path: str,
+    token: str,
+    cert_file: str | None,
+) -> dict[str, str]:
+    """The whole environment of a trial run (the one place it is built).
+
+    Args:
+        base: The master's environment; only :data:`PASSTHROUGH_ENV` and ``LC_*`` survive.
+        config_env: The experiment's ``environment.environment_variables``.
+        master: The master's address for the trial (``grpcs://`` when it serves TLS).
+        trial_id: The trial.
+        experiment_id: Its experiment.
+        run_id: The run.
+        slots: ``resources.slots_per_trial``.
+        cluster_info_path: The run's cluster-info JSON file.
+        token: The run's trial-scoped token.
+        cert_file: The master's certificate, when it serves TLS with one the trial must trust.
+    """
+    env = {k: v for k, v in base.items() if k in PASSTHROUGH_ENV or k.startswith("LC_")}
+    env.update(config_env)
+    python_bin = os.path.dirname(sys.executable)
+    env.update(
+        {
+            "DET_MASTER": master,
+            "DET_TRIAL_ID": str(trial_id),
+            "DET_EXPERIMENT_ID": str(experiment_id),
+            "DET_RUN_ID": str(run_id),
+            "DET_CLUSTER_INFO": cluster_info_path,
+            "DET_SLOTS_PER_TRIAL": str(slots),
+            "DET_SESSION_TOKEN": token,
+            "PYTHONUNBUFFERED": "1",
+            "PATH": python_bin + os.pathsep + env.get("PATH", ""),
+        }
+    )
+    if cert_file:
+        env["DET_MASTER_CERT_FILE"] = cert_file
+    return env
+
+
+def _write_private(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to a new file only its owner may read (it holds the trial's token)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
 
 @dataclass
 class _Run:
@@ -78,9 +163,18 @@ def _is_supervisor_of(pid: int, run_dir: pathlib.Path) -> bool:
 class LocalLauncher:
     """Starts, signals and reaps trial supervisors on this machine."""
 
-    def __init__(self, data_dir: pathlib.Path, master_address: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        data_dir: pathlib.Path,
+        master_address: Callable[[], str],
+        *,
+        trial_token: TokenFactory,
+        cert_file: str | None = None,
+    ) -> None:
         self._data_dir = data_dir
         self._master_address = master_address
+        self._trial_token = trial_token
+        self._cert_file = cert_file
         self._runs: dict[int, _Run] = {}  # trial_id -> the current run
         self._lock = threading.Lock()
         self._on_exit: ExitCallback | None = None
@@ -109,14 +203,43 @@ class LocalLauncher:
         return d
 
     def launch(self, spec: LaunchSpec) -> None:
-        """Prepare the run directory and start the supervisor."""
+        """Prepare the run directory and start the supervisor.
+
+        A previous run of the trial that is somehow still alive (the master considers it ended)
+        is killed first, so one trial never has two runs.
+        """
+        with self._lock:
+            old = self._runs.pop(spec.trial_id, None)
+        if old is not None and old.exit_code() is None:  # children and adopted runs alike
+            logger.warning(
+                "trial %d: run %d still alive as run %d starts; killing it",
+                spec.trial_id,
+                old.run_id,
+                spec.run_id,
+            )
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(old.pid, signal.SIGKILL)
+            if old.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    old.proc.wait(timeout=10)
         run_dir = self.run_dir(spec.trial_id, spec.run_id)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.copytree(self._model_dir(spec.experiment_id, spec.model_definition), run_dir)
         info_path = run_dir / ".det" / "cluster_info.json"
         info_path.parent.mkdir(parents=True, exist_ok=True)
-        info_path.write_text(json.dumps(spec.cluster_info, indent=1))
-        env = trial_environment(spec, self._master_address(), info_path)
+        _write_private(info_path, json.dumps(spec.cluster_info, indent=1))
+        env = trial_environment(
+            base=dict(os.environ),
+            config_env=spec.env,
+            master=self._master_address(),
+            trial_id=spec.trial_id,
+            experiment_id=spec.experiment_id,
+            run_id=spec.run_id,
+            slots=spec.slots,
+            cluster_info_path=str(info_path),
+            token=self._trial_token(spec.trial_id, spec.run_id),
+            cert_file=self._cert_file,
+        )
         launch = {
             "master": self._master_address(),
             "trial_id": spec.trial_id,
@@ -127,7 +250,7 @@ class LocalLauncher:
             "run_dir": str(run_dir),
         }
         launch_path = run_dir / ".det" / "launch.json"
-        launch_path.write_text(json.dumps(launch))
+        _write_private(launch_path, json.dumps(launch))
         log = open(run_dir / ".det" / "supervisor.log", "ab")  # noqa: SIM115
         try:
             proc = subprocess.Popen(
@@ -232,26 +355,6 @@ class LocalLauncher:
                     os.killpg(r.pid, signal.SIGKILL)
             if r.proc is not None:
                 r.proc.wait()
-
-
-def trial_environment(spec: LaunchSpec, master: str, info_path: pathlib.Path) -> dict[str, str]:
-    """The environment of a trial run: the master's, the config's variables, then ours."""
-    python_bin = os.path.dirname(sys.executable)
-    env = dict(os.environ)
-    env.update(spec.env)
-    env.update(
-        {
-            "DET_MASTER": master,
-            "DET_TRIAL_ID": str(spec.trial_id),
-            "DET_EXPERIMENT_ID": str(spec.experiment_id),
-            "DET_RUN_ID": str(spec.run_id),
-            "DET_CLUSTER_INFO": str(info_path),
-            "DET_SLOTS_PER_TRIAL": str(spec.slots),
-            "PYTHONUNBUFFERED": "1",
-            "PATH": python_bin + os.pathsep + env.get("PATH", ""),
-        }
-    )
-    return env
 
 
 def find_live_runs(data_dir: pathlib.Path) -> list[LiveRun]:

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
-import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from determined_sdk.errors import DeterminedError, InvalidArgumentError, NotFoundError
 from determined_sdk.proto import (
+    auth_pb2,
+    auth_pb2_grpc,
     checkpoint_pb2,
     checkpoint_pb2_grpc,
     common_pb2,
@@ -44,6 +46,7 @@ from determined_sdk.proto import (
     workspace_pb2_grpc,
 )
 from master_server import convert
+from master_server.auth.users import UserService
 from master_server.checkpoints import CheckpointService
 from master_server.domain import ExperimentFilter, JSONDict, LogQuery
 from master_server.experiments import ExperimentService
@@ -127,14 +130,36 @@ def rpc_async_stream(fn: F) -> F:
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking service code on the loop's executor (the server's thread pool)."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    """Run blocking service code on the loop's executor (the server's thread pool), in a copy
+    of this call's context (the caller's principal goes with it)."""
+    ctx = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(None, ctx.run, fn, *args)
 
 
-def _page(p: Any) -> tuple[int, int | None]:
+#: Most rows one list reply carries (limit 0 or more means this many; page with offset).
+MAX_PAGE = 1000
+
+
+#: Bytes of rows after which a list reply stops early (the client pages on by offset).
+MAX_PAGE_BYTES = 32 * 2**20
+
+
+def _fit(rows: Iterable[Any]) -> list[Any]:
+    """The rows that fit :data:`MAX_PAGE_BYTES` (at least one), so big rows cannot break a list."""
+    out: list[Any] = []
+    size = 0
+    for r in rows:
+        size += r.ByteSize()
+        if out and size > MAX_PAGE_BYTES:
+            break
+        out.append(r)
+    return out
+
+
+def _page(p: Any) -> tuple[int, int]:
     if p.offset < 0 or p.limit < 0:
         raise InvalidArgumentError("pagination: offset and limit must be >= 0")
-    return p.offset, (p.limit or None)
+    return p.offset, min(p.limit or MAX_PAGE, MAX_PAGE)
 
 
 class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
@@ -197,7 +222,7 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
         exps, total = self.store.list_experiments(flt)
         summary = not request.full
         return experiment_pb2.ListExperimentsResponse(
-            experiments=[convert.experiment_to_proto(e, summary=summary) for e in exps],
+            experiments=_fit(convert.experiment_to_proto(e, summary=summary) for e in exps),
             pagination=common_pb2.Pagination(offset=offset, limit=limit or 0, total=total),
         )
 
@@ -743,8 +768,15 @@ class Models(model_pb2_grpc.ModelServiceServicer):
 
 
 class Master(master_pb2_grpc.MasterServiceServicer):
-    def __init__(self, store: Store, svc: ExperimentService, version: str, cluster_id: str) -> None:
-        self.store, self.svc = store, svc
+    def __init__(
+        self,
+        store: Store,
+        svc: ExperimentService,
+        version: str,
+        cluster_id: str,
+        users: UserService,
+    ) -> None:
+        self.store, self.svc, self.users = store, svc, users
         self.version, self.cluster_id = version, cluster_id
 
     @rpc
@@ -760,16 +792,58 @@ class Master(master_pb2_grpc.MasterServiceServicer):
 
     @rpc
     def Login(self, request: Any, context: Any) -> Any:
-        if not request.username:
-            raise InvalidArgumentError("username: must not be empty")
-        # Authentication is not enforced yet: every user gets a session token.
-        return master_pb2.LoginResponse(token=secrets.token_hex(16))
+        token, _expires = self.users.login(request.username, request.password)
+        return master_pb2.LoginResponse(token=token)
 
     @rpc
     def ReportTrialExit(self, request: Any, context: Any) -> Any:
         self.store.get_trial(request.trial_id)
         self.svc.on_trial_exit(request.trial_id, request.run_id, request.exit_code)
         return master_pb2.ReportTrialExitResponse()
+
+
+def _user(u: Any) -> Any:
+    return auth_pb2.User(
+        id=u.id, username=u.username, admin=u.admin, active=u.active, created_at=u.created_at
+    )
+
+
+class Users(auth_pb2_grpc.UserServiceServicer):
+    def __init__(self, svc: UserService) -> None:
+        self.svc = svc
+
+    @rpc
+    def Logout(self, request: Any, context: Any) -> Any:
+        self.svc.logout()
+        return auth_pb2.LogoutResponse()
+
+    @rpc
+    def GetMe(self, request: Any, context: Any) -> Any:
+        user, p = self.svc.me()
+        return auth_pb2.GetMeResponse(
+            user=_user(user) if user is not None else None,
+            trial_id=p.trial_id or 0,
+            expires_at=p.expires_at,
+        )
+
+    @rpc
+    def CreateUser(self, request: Any, context: Any) -> Any:
+        u = self.svc.create(request.username, request.password, admin=request.admin)
+        return auth_pb2.CreateUserResponse(user=_user(u))
+
+    @rpc
+    def ListUsers(self, request: Any, context: Any) -> Any:
+        return auth_pb2.ListUsersResponse(users=[_user(u) for u in self.svc.list()])
+
+    @rpc
+    def ChangePassword(self, request: Any, context: Any) -> Any:
+        self.svc.change_password(request.username, request.old_password, request.new_password)
+        return auth_pb2.ChangePasswordResponse()
+
+    @rpc
+    def SetUserActive(self, request: Any, context: Any) -> Any:
+        u = self.svc.set_active(request.username, request.active)
+        return auth_pb2.SetUserActiveResponse(user=_user(u))
 
 
 def register_all(server: grpc.aio.Server, parts: dict[str, Any]) -> None:
@@ -793,5 +867,6 @@ def register_all(server: grpc.aio.Server, parts: dict[str, Any]) -> None:
     workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(Workspaces(store), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(Models(store), server)
     master_pb2_grpc.add_MasterServiceServicer_to_server(
-        Master(store, exps, parts["version"], parts["cluster_id"]), server
+        Master(store, exps, parts["version"], parts["cluster_id"], parts["users"]), server
     )
+    auth_pb2_grpc.add_UserServiceServicer_to_server(Users(parts["users"]), server)

@@ -31,6 +31,7 @@ from typing import IO, Any
 import grpc
 import tenacity
 
+from determined_sdk._transport import CERT_ENV, BearerToken, make_channel, parse_master
 from determined_sdk.log_levels import LEVELS, LevelParser
 from determined_sdk.proto import logs_pb2, logs_pb2_grpc, master_pb2, master_pb2_grpc
 
@@ -146,7 +147,8 @@ def _reader(
         for raw in iter(stream.readline, b""):
             f.write(raw)
             f.flush()
-            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            # NUL cannot be stored in a PostgreSQL text column: shown as U+FFFD instead.
+            text = raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\x00", "\ufffd")
             line_rank, text = split_rank(text, rank)
             out.q.put(
                 logs_pb2.LogLine(
@@ -161,9 +163,17 @@ def _reader(
             )
 
 
+def _channel(spec: dict[str, Any]) -> grpc.Channel:
+    """A channel to the master carrying the run's trial token (TLS if the master uses it)."""
+    env = spec.get("env") or {}
+    master = parse_master(spec["master"], env.get(CERT_ENV))
+    token = env.get("DET_SESSION_TOKEN")
+    return grpc.intercept_channel(make_channel(master), BearerToken(lambda: token))
+
+
 def run(spec: dict[str, Any]) -> int:
     """Run the ranks to completion and return the run's exit code."""
-    channel = grpc.insecure_channel(spec["master"])
+    channel = _channel(spec)
     shipper = _Shipper(logs_pb2_grpc.LogServiceStub(channel))
     shipper.start()
     argv = entrypoint_argv(spec["entrypoint"])
@@ -263,7 +273,7 @@ def run(spec: dict[str, Any]) -> int:
 
 
 def report_exit(spec: dict[str, Any], code: int) -> None:
-    with grpc.insecure_channel(spec["master"]) as channel:
+    with _channel(spec) as channel:
         stub = master_pb2_grpc.MasterServiceStub(channel)
         for attempt in tenacity.Retrying(
             stop=tenacity.stop_after_delay(120),

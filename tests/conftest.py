@@ -16,6 +16,18 @@ from tests.support import Stubs
 PG_URL = os.environ.get("DETSDK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_token_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or write the developer's ~/.detsdk/auth.json."""
+    old = os.environ.get("DETSDK_AUTH_FILE")
+    os.environ["DETSDK_AUTH_FILE"] = str(tmp_path_factory.mktemp("auth") / "auth.json")
+    yield
+    if old is None:
+        os.environ.pop("DETSDK_AUTH_FILE", None)
+    else:
+        os.environ["DETSDK_AUTH_FILE"] = old
+
+
 @pytest.fixture
 def master_factory(tmp_path: pathlib.Path) -> Iterator[Callable[..., Master]]:
     """Start masters (stopped at teardown); kwargs go to :class:`Master`."""

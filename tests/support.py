@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 import yaml
 
+from determined_sdk._transport import BearerToken, make_channel, parse_master
 from determined_sdk.model_dir import pack_model_dir
 from determined_sdk.proto import (
     checkpoint_pb2_grpc,
@@ -23,6 +24,7 @@ from determined_sdk.proto import (
     experiment_pb2,
     experiment_pb2_grpc,
     logs_pb2_grpc,
+    master_pb2,
     master_pb2_grpc,
     model_pb2_grpc,
     searcher_pb2_grpc,
@@ -64,8 +66,19 @@ class Stubs:
     master: master_pb2_grpc.MasterServiceStub
 
     @classmethod
-    def connect(cls, address: str) -> Stubs:
-        ch = grpc.insecure_channel(address)
+    def connect(
+        cls, address: str, *, username: str = "admin", password: str = "", token: str | None = None
+    ) -> Stubs:
+        """Raw stubs logged in as ``username`` (default: the test master's admin), or with
+        ``token`` as given ("" sends none)."""
+        raw = make_channel(parse_master(address))
+        if token is None:
+            token = (
+                master_pb2_grpc.MasterServiceStub(raw)
+                .Login(master_pb2.LoginRequest(username=username, password=password), timeout=30)
+                .token
+            )
+        ch = grpc.intercept_channel(raw, BearerToken(lambda: token or None))
         return cls(
             ch,
             experiment_pb2_grpc.ExperimentServiceStub(ch),

@@ -72,6 +72,7 @@ class Experiment(_message.Message):
     PARENT_ERROR_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     description: _builtins.str
@@ -98,6 +99,8 @@ class Experiment(_message.Message):
     """config_json and original_config left out (a list reply)"""
     notes: _builtins.str
     """free text (Determined's experiment notes)"""
+    username: _builtins.str
+    """the owner (who created it); empty if made before users"""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -122,10 +125,11 @@ class Experiment(_message.Message):
         parent_error: _builtins.str = ...,
         summary: _builtins.bool = ...,
         notes: _builtins.str = ...,
+        username: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "config_json", b"config_json", "description", b"description", "end_time", b"end_time", "id", b"id", "labels", b"labels", "name", b"name", "notes", b"notes", "num_trials", b"num_trials", "original_config", b"original_config", "parent_error", b"parent_error", "progress", b"progress", "project_id", b"project_id", "searcher_name", b"searcher_name", "start_time", b"start_time", "state", b"state", "summary", b"summary", "unmanaged", b"unmanaged", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "config_json", b"config_json", "description", b"description", "end_time", b"end_time", "id", b"id", "labels", b"labels", "name", b"name", "notes", b"notes", "num_trials", b"num_trials", "original_config", b"original_config", "parent_error", b"parent_error", "progress", b"progress", "project_id", b"project_id", "searcher_name", b"searcher_name", "start_time", b"start_time", "state", b"state", "summary", b"summary", "unmanaged", b"unmanaged", "username", b"username", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from determined_sdk.proto import checkpoint_pb2 as determined__sdk_dot_proto_dot_checkpoint__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n determined_sdk/proto/model.proto\x12\tdetsdk.v1\x1a%determined_sdk/proto/checkpoint.proto\"\xcd\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x10\n\x08\x61rchived\x18\x06 \x01(\x08\x12\x15\n\rcreation_time\x18\x07 \x01(\x01\x12\x19\n\x11last_updated_time\x18\x08 \x01(\x01\x12\x14\n\x0cnum_versions\x18\t \x01(\x05\x12\x14\n\x0cworkspace_id\x18\n \x01(\x05\"\xd5\x01\n\x0cModelVersion\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x10\n\x08model_id\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x15\n\rmetadata_json\x18\x06 \x01(\t\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12)\n\ncheckpoint\x18\x08 \x01(\x0b\x32\x15.detsdk.v1.Checkpoint\x12\x15\n\rcreation_time\x18\t \x01(\x01\x12\x0e\n\x05notes\x18\x90\x03 \x01(\t\"t\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x14\n\x0cworkspace_id\x18\x05 \x01(\x05\"6\n\x13\x43reateModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x10GetModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"a\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x18\n\x10include_archived\x18\x03 \x01(\x08\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\x05\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.detsdk.v1.Model\"\x92\x02\n\x11PatchModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\x08new_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rmetadata_json\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x12\n\nset_labels\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x15\n\x08\x61rchived\x18\x07 \x01(\x08H\x03\x88\x01\x01\x12\x1a\n\x0cworkspace_id\x18\x90\x03 \x01(\x05H\x04\x88\x01\x01\x42\x0b\n\t_new_nameB\x0e\n\x0c_descriptionB\x10\n\x0e_metadata_jsonB\x0b\n\t_archivedB\x0f\n\r_workspace_id\"5\n\x12PatchModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"\x90\x01\n\x1bRegisterModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x17\n\x0f\x63heckpoint_uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\"N\n\x1cRegisterModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion\".\n\x18ListModelVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"L\n\x19ListModelVersionsResponse\x12/\n\x0emodel_versions\x18\x01 \x03(\x0b\x32\x17.detsdk.v1.ModelVersion\"=\n\x16GetModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"I\n\x17GetModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion\"@\n\x19\x44\x65leteModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x1c\n\x1a\x44\x65leteModelVersionResponse\"\x9b\x01\n\x18PatchModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07\x63omment\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05notes\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_nameB\n\n\x08_commentB\x08\n\x06_notes\"K\n\x19PatchModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion2\xeb\x06\n\x0cModelService\x12L\n\x0b\x43reateModel\x12\x1d.detsdk.v1.CreateModelRequest\x1a\x1e.detsdk.v1.CreateModelResponse\x12\x43\n\x08GetModel\x12\x1a.detsdk.v1.GetModelRequest\x1a\x1b.detsdk.v1.GetModelResponse\x12I\n\nListModels\x12\x1c.detsdk.v1.ListModelsRequest\x1a\x1d.detsdk.v1.ListModelsResponse\x12I\n\nPatchModel\x12\x1c.detsdk.v1.PatchModelRequest\x1a\x1d.detsdk.v1.PatchModelResponse\x12L\n\x0b\x44\x65leteModel\x12\x1d.detsdk.v1.DeleteModelRequest\x1a\x1e.detsdk.v1.DeleteModelResponse\x12g\n\x14RegisterModelVersion\x12&.detsdk.v1.RegisterModelVersionRequest\x1a\'.detsdk.v1.RegisterModelVersionResponse\x12^\n\x11ListModelVersions\x12#.detsdk.v1.ListModelVersionsRequest\x1a$.detsdk.v1.ListModelVersionsResponse\x12X\n\x0fGetModelVersion\x12!.detsdk.v1.GetModelVersionRequest\x1a\".detsdk.v1.GetModelVersionResponse\x12\x61\n\x12\x44\x65leteModelVersion\x12$.detsdk.v1.DeleteModelVersionRequest\x1a%.detsdk.v1.DeleteModelVersionResponse\x12^\n\x11PatchModelVersion\x12#.detsdk.v1.PatchModelVersionRequest\x1a$.detsdk.v1.PatchModelVersionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n determined_sdk/proto/model.proto\x12\tdetsdk.v1\x1a%determined_sdk/proto/checkpoint.proto\"\xe0\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x10\n\x08\x61rchived\x18\x06 \x01(\x08\x12\x15\n\rcreation_time\x18\x07 \x01(\x01\x12\x19\n\x11last_updated_time\x18\x08 \x01(\x01\x12\x14\n\x0cnum_versions\x18\t \x01(\x05\x12\x14\n\x0cworkspace_id\x18\n \x01(\x05\x12\x11\n\x08username\x18\xc8\x01 \x01(\t\"\xd5\x01\n\x0cModelVersion\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x10\n\x08model_id\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x15\n\rmetadata_json\x18\x06 \x01(\t\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12)\n\ncheckpoint\x18\x08 \x01(\x0b\x32\x15.detsdk.v1.Checkpoint\x12\x15\n\rcreation_time\x18\t \x01(\x01\x12\x0e\n\x05notes\x18\x90\x03 \x01(\t\"t\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x14\n\x0cworkspace_id\x18\x05 \x01(\x05\"6\n\x13\x43reateModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x10GetModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"a\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x18\n\x10include_archived\x18\x03 \x01(\x08\x12\x14\n\x0cworkspace_id\x18\x04 \x01(\x05\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.detsdk.v1.Model\"\x92\x02\n\x11PatchModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\x08new_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rmetadata_json\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x12\n\nset_labels\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x15\n\x08\x61rchived\x18\x07 \x01(\x08H\x03\x88\x01\x01\x12\x1a\n\x0cworkspace_id\x18\x90\x03 \x01(\x05H\x04\x88\x01\x01\x42\x0b\n\t_new_nameB\x0e\n\x0c_descriptionB\x10\n\x0e_metadata_jsonB\x0b\n\t_archivedB\x0f\n\r_workspace_id\"5\n\x12PatchModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Model\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"\x90\x01\n\x1bRegisterModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x17\n\x0f\x63heckpoint_uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\"N\n\x1cRegisterModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion\".\n\x18ListModelVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"L\n\x19ListModelVersionsResponse\x12/\n\x0emodel_versions\x18\x01 \x03(\x0b\x32\x17.detsdk.v1.ModelVersion\"=\n\x16GetModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"I\n\x17GetModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion\"@\n\x19\x44\x65leteModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x1c\n\x1a\x44\x65leteModelVersionResponse\"\x9b\x01\n\x18PatchModelVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07\x63omment\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05notes\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_nameB\n\n\x08_commentB\x08\n\x06_notes\"K\n\x19PatchModelVersionResponse\x12.\n\rmodel_version\x18\x01 \x01(\x0b\x32\x17.detsdk.v1.ModelVersion2\xeb\x06\n\x0cModelService\x12L\n\x0b\x43reateModel\x12\x1d.detsdk.v1.CreateModelRequest\x1a\x1e.detsdk.v1.CreateModelResponse\x12\x43\n\x08GetModel\x12\x1a.detsdk.v1.GetModelRequest\x1a\x1b.detsdk.v1.GetModelResponse\x12I\n\nListModels\x12\x1c.detsdk.v1.ListModelsRequest\x1a\x1d.detsdk.v1.ListModelsResponse\x12I\n\nPatchModel\x12\x1c.detsdk.v1.PatchModelRequest\x1a\x1d.detsdk.v1.PatchModelResponse\x12L\n\x0b\x44\x65leteModel\x12\x1d.detsdk.v1.DeleteModelRequest\x1a\x1e.detsdk.v1.DeleteModelResponse\x12g\n\x14RegisterModelVersion\x12&.detsdk.v1.RegisterModelVersionRequest\x1a\'.detsdk.v1.RegisterModelVersionResponse\x12^\n\x11ListModelVersions\x12#.detsdk.v1.ListModelVersionsRequest\x1a$.detsdk.v1.ListModelVersionsResponse\x12X\n\x0fGetModelVersion\x12!.detsdk.v1.GetModelVersionRequest\x1a\".detsdk.v1.GetModelVersionResponse\x12\x61\n\x12\x44\x65leteModelVersion\x12$.detsdk.v1.DeleteModelVersionRequest\x1a%.detsdk.v1.DeleteModelVersionResponse\x12^\n\x11PatchModelVersion\x12#.detsdk.v1.PatchModelVersionRequest\x1a$.detsdk.v1.PatchModelVersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,49 +33,49 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'determined_sdk.proto.model_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL']._serialized_start=87
-  _globals['_MODEL']._serialized_end=292
-  _globals['_MODELVERSION']._serialized_start=295
-  _globals['_MODELVERSION']._serialized_end=508
-  _globals['_CREATEMODELREQUEST']._serialized_start=510
-  _globals['_CREATEMODELREQUEST']._serialized_end=626
-  _globals['_CREATEMODELRESPONSE']._serialized_start=628
-  _globals['_CREATEMODELRESPONSE']._serialized_end=682
-  _globals['_GETMODELREQUEST']._serialized_start=684
-  _globals['_GETMODELREQUEST']._serialized_end=715
-  _globals['_GETMODELRESPONSE']._serialized_start=717
-  _globals['_GETMODELRESPONSE']._serialized_end=768
-  _globals['_LISTMODELSREQUEST']._serialized_start=770
-  _globals['_LISTMODELSREQUEST']._serialized_end=867
-  _globals['_LISTMODELSRESPONSE']._serialized_start=869
-  _globals['_LISTMODELSRESPONSE']._serialized_end=923
-  _globals['_PATCHMODELREQUEST']._serialized_start=926
-  _globals['_PATCHMODELREQUEST']._serialized_end=1200
-  _globals['_PATCHMODELRESPONSE']._serialized_start=1202
-  _globals['_PATCHMODELRESPONSE']._serialized_end=1255
-  _globals['_DELETEMODELREQUEST']._serialized_start=1257
-  _globals['_DELETEMODELREQUEST']._serialized_end=1291
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1293
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1314
-  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_start=1317
-  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_end=1461
-  _globals['_REGISTERMODELVERSIONRESPONSE']._serialized_start=1463
-  _globals['_REGISTERMODELVERSIONRESPONSE']._serialized_end=1541
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=1543
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=1589
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=1591
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=1667
-  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1669
-  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1730
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=1732
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=1805
-  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=1807
-  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=1871
-  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_start=1873
-  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_end=1901
-  _globals['_PATCHMODELVERSIONREQUEST']._serialized_start=1904
-  _globals['_PATCHMODELVERSIONREQUEST']._serialized_end=2059
-  _globals['_PATCHMODELVERSIONRESPONSE']._serialized_start=2061
-  _globals['_PATCHMODELVERSIONRESPONSE']._serialized_end=2136
-  _globals['_MODELSERVICE']._serialized_start=2139
-  _globals['_MODELSERVICE']._serialized_end=3014
+  _globals['_MODEL']._serialized_end=311
+  _globals['_MODELVERSION']._serialized_start=314
+  _globals['_MODELVERSION']._serialized_end=527
+  _globals['_CREATEMODELREQUEST']._serialized_start=529
+  _globals['_CREATEMODELREQUEST']._serialized_end=645
+  _globals['_CREATEMODELRESPONSE']._serialized_start=647
+  _globals['_CREATEMODELRESPONSE']._serialized_end=701
+  _globals['_GETMODELREQUEST']._serialized_start=703
+  _globals['_GETMODELREQUEST']._serialized_end=734
+  _globals['_GETMODELRESPONSE']._serialized_start=736
+  _globals['_GETMODELRESPONSE']._serialized_end=787
+  _globals['_LISTMODELSREQUEST']._serialized_start=789
+  _globals['_LISTMODELSREQUEST']._serialized_end=886
+  _globals['_LISTMODELSRESPONSE']._serialized_start=888
+  _globals['_LISTMODELSRESPONSE']._serialized_end=942
+  _globals['_PATCHMODELREQUEST']._serialized_start=945
+  _globals['_PATCHMODELREQUEST']._serialized_end=1219
+  _globals['_PATCHMODELRESPONSE']._serialized_start=1221
+  _globals['_PATCHMODELRESPONSE']._serialized_end=1274
+  _globals['_DELETEMODELREQUEST']._serialized_start=1276
+  _globals['_DELETEMODELREQUEST']._serialized_end=1310
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1312
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1333
+  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_start=1336
+  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_end=1480
+  _globals['_REGISTERMODELVERSIONRESPONSE']._serialized_start=1482
+  _globals['_REGISTERMODELVERSIONRESPONSE']._serialized_end=1560
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=1562
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=1608
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=1610
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=1686
+  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1688
+  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1749
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=1751
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=1824
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=1826
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=1890
+  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_start=1892
+  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_end=1920
+  _globals['_PATCHMODELVERSIONREQUEST']._serialized_start=1923
+  _globals['_PATCHMODELVERSIONREQUEST']._serialized_end=2078
+  _globals['_PATCHMODELVERSIONRESPONSE']._serialized_start=2080
+  _globals['_PATCHMODELVERSIONRESPONSE']._serialized_end=2155
+  _globals['_MODELSERVICE']._serialized_start=2158
+  _globals['_MODELSERVICE']._serialized_end=3033
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,7 @@ class Model(_message.Message):
     LAST_UPDATED_TIME_FIELD_NUMBER: _builtins.int
     NUM_VERSIONS_FIELD_NUMBER: _builtins.int
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     description: _builtins.str
@@ -42,6 +43,8 @@ class Model(_message.Message):
     last_updated_time: _builtins.float
     num_versions: _builtins.int
     workspace_id: _builtins.int
+    username: _builtins.str
+    """the owner (who created it)"""
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -57,10 +60,11 @@ class Model(_message.Message):
         last_updated_time: _builtins.float = ...,
         num_versions: _builtins.int = ...,
         workspace_id: _builtins.int = ...,
+        username: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "creation_time", b"creation_time", "description", b"description", "id", b"id", "labels", b"labels", "last_updated_time", b"last_updated_time", "metadata_json", b"metadata_json", "name", b"name", "num_versions", b"num_versions", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "creation_time", b"creation_time", "description", b"description", "id", b"id", "labels", b"labels", "last_updated_time", b"last_updated_time", "metadata_json", b"metadata_json", "name", b"name", "num_versions", b"num_versions", "username", b"username", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

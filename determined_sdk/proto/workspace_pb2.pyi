@@ -26,10 +26,13 @@ class Workspace(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARCHIVED_FIELD_NUMBER: _builtins.int
     NUM_PROJECTS_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     archived: _builtins.bool
     num_projects: _builtins.int
+    username: _builtins.str
+    """the owner (who created it)"""
     def __init__(
         self,
         *,
@@ -37,10 +40,11 @@ class Workspace(_message.Message):
         name: _builtins.str = ...,
         archived: _builtins.bool = ...,
         num_projects: _builtins.int = ...,
+        username: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "id", b"id", "name", b"name", "num_projects", b"num_projects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "id", b"id", "name", b"name", "num_projects", b"num_projects", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -57,12 +61,15 @@ class Project(_message.Message):
     ARCHIVED_FIELD_NUMBER: _builtins.int
     NUM_EXPERIMENTS_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     description: _builtins.str
     workspace_id: _builtins.int
     archived: _builtins.bool
     num_experiments: _builtins.int
+    username: _builtins.str
+    """the owner (who created it)"""
     @_builtins.property
     def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProjectNote]:
         """Determined's project notes, in order"""
@@ -77,10 +84,11 @@ class Project(_message.Message):
         archived: _builtins.bool = ...,
         num_experiments: _builtins.int = ...,
         notes: _abc.Iterable[Global___ProjectNote] | None = ...,
+        username: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "description", b"description", "id", b"id", "name", b"name", "notes", b"notes", "num_experiments", b"num_experiments", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "description", b"description", "id", b"id", "name", b"name", "notes", b"notes", "num_experiments", b"num_experiments", "username", b"username", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

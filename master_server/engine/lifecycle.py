@@ -19,6 +19,7 @@ from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
 from determined_sdk.model_dir import check_archive
 from master_server import compat
 from master_server import config as config_mod
+from master_server.containment import StorageRoots
 from master_server.domain import (
     TERMINAL_EXPERIMENT_STATES,
     Experiment,
@@ -49,11 +50,17 @@ class ExperimentLifecycle:
     preemption: Preemption
 
     def __init__(
-        self, state: EngineState, *, checkpoint_dir: pathlib.Path, max_model_bytes: int
+        self,
+        state: EngineState,
+        *,
+        checkpoint_dir: pathlib.Path,
+        max_model_bytes: int,
+        storage_roots: StorageRoots,
     ) -> None:
         self.s = state
         self.checkpoint_dir = checkpoint_dir
         self.max_model_bytes = max_model_bytes
+        self.storage_roots = storage_roots
 
     # -- creation ----------------------------------------------------------------------------
     def create(
@@ -133,11 +140,20 @@ class ExperimentLifecycle:
             return store.get_project_by_name(ws.id, str(proj_name)).id
         return 1
 
-    def _fill_checkpoint_storage(self, config: JSONDict) -> None:
+    def _fill_checkpoint_storage(self, config: JSONDict, *, confine: bool = True) -> None:
+        """Resolve the storage path; ``confine``: it must lie inside the master's roots.
+
+        Unmanaged runs write their checkpoints themselves, wherever they run; the master only
+        records that path and never reads or deletes there unless it is inside a root.
+        """
         cs = config.setdefault("checkpoint_storage", {})
         path = cs.get("host_path") or cs.get("storage_path") or cs.get("path")
         cs["type"] = "shared_fs"
-        cs["path"] = str(pathlib.Path(path).resolve()) if path else str(self.checkpoint_dir)
+        field = "checkpoint_storage." + next(
+            (k for k in ("host_path", "storage_path", "path") if cs.get(k)), "path"
+        )
+        resolved = str(pathlib.Path(path).resolve()) if path else str(self.checkpoint_dir)
+        cs["path"] = self.storage_roots.check_storage_path(resolved, field) if confine else resolved
 
     def create_unmanaged_trial(
         self, config_text: str, hparams: JSONDict, experiment_id: int, project_id: int
@@ -158,7 +174,7 @@ class ExperimentLifecycle:
                 config = config_mod.validate_experiment_config(
                     config_text or "name: unmanaged", unmanaged=True
                 )
-                self._fill_checkpoint_storage(config)
+                self._fill_checkpoint_storage(config, confine=False)
                 exp = store.create_experiment(
                     NewExperiment(
                         name=str(config.get("name") or "unmanaged"),

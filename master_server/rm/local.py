@@ -11,7 +11,7 @@ import pathlib
 import signal
 from collections.abc import Callable
 
-from master_server.launcher import LocalLauncher, discard_run, find_live_runs
+from master_server.launcher import LocalLauncher, TokenFactory, discard_run, find_live_runs
 from master_server.rm.base import Allocation, ExitCallback, LaunchSpec, LiveRun, ResourceManager
 from master_server.scheduler import Scheduler
 
@@ -25,14 +25,24 @@ class LocalResourceManager(ResourceManager):
         data_dir: the master's data directory (run directories live under ``runs/``).
         slots: how many slots to hand out.
         master_address: the address trials call back (read when a run starts).
+        trial_token: makes each run's trial-scoped token (``DET_SESSION_TOKEN``).
+        cert_file: the master's TLS certificate trials must trust, if any.
     """
 
     def __init__(
-        self, data_dir: pathlib.Path, slots: int, master_address: Callable[[], str]
+        self,
+        data_dir: pathlib.Path,
+        slots: int,
+        master_address: Callable[[], str],
+        *,
+        trial_token: TokenFactory,
+        cert_file: str | None = None,
     ) -> None:
         self._data_dir = data_dir
         self._scheduler = Scheduler(slots)
-        self.launcher = LocalLauncher(data_dir, master_address)
+        self.launcher = LocalLauncher(
+            data_dir, master_address, trial_token=trial_token, cert_file=cert_file
+        )
 
     def start(self, on_exit: ExitCallback) -> None:
         self.launcher.start(on_exit)

@@ -42,6 +42,12 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   job that removes the files, all in one transaction: a checkpoint is never COMPLETED with its
   files gone, and nothing is marked when a precondition fails.
 * **Immutability.** An experiment's config and model definition never change after creation.
+* **Users and sessions** (issue 10). Usernames are unique (:class:`AlreadyExistsError`); a
+  session is found by the SHA-256 of its token, never by the token; deleting a user is not
+  offered (deactivate instead), so owner records always name an existing user. Owners are kept
+  per (kind, id) with kind one of ``workspace``, ``project``, ``experiment``, ``model``;
+  :meth:`set_owner` overwrites. :meth:`ensure_setting` stores a value only if the key has none
+  yet and returns the value that is stored (the first writer wins across processes).
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ from master_server.domain import (
     Project,
     Trial,
     TrialState,
+    User,
+    UserSession,
     Workspace,
 )
 
@@ -415,3 +423,65 @@ class Store(abc.ABC):
                 DELETING), or one of its checkpoints is registered as a model version (the
                 message names the model and the version). Nothing is changed.
         """
+
+    # -- users, sessions, owners, settings (issue 10) ----------------------------------------
+    @abc.abstractmethod
+    def create_user(self, username: str, password_hash: str, *, admin: bool = False) -> User:
+        """Create an active user; :class:`AlreadyExistsError` if the name is taken."""
+
+    @abc.abstractmethod
+    def get_user(self, user_id: int) -> User: ...
+
+    @abc.abstractmethod
+    def find_user_by_name(self, username: str) -> User | None:
+        """The user with this name, or None."""
+
+    @abc.abstractmethod
+    def list_users(self) -> list[User]:
+        """Every user, by id."""
+
+    @abc.abstractmethod
+    def update_user(
+        self,
+        user_id: int,
+        *,
+        password_hash: str = _UNSET,
+        admin: bool = _UNSET,
+        active: bool = _UNSET,
+    ) -> User:
+        """Change the given fields of a user."""
+
+    @abc.abstractmethod
+    def add_session(self, session: UserSession) -> None:
+        """Store a login session."""
+
+    @abc.abstractmethod
+    def find_session(self, token_hash: str) -> UserSession | None:
+        """The session with this token hash, or None (expired ones included)."""
+
+    @abc.abstractmethod
+    def delete_sessions(
+        self,
+        *,
+        token_hash: str | None = None,
+        user_id: int | None = None,
+        expired_before: float | None = None,
+    ) -> int:
+        """Delete the session with ``token_hash``, every session of ``user_id``, and/or every
+        session that expired before ``expired_before``; returns how many were deleted."""
+
+    @abc.abstractmethod
+    def set_owner(self, kind: str, resource_id: int, user_id: int) -> None:
+        """Record that ``user_id`` owns (kind, resource_id)."""
+
+    @abc.abstractmethod
+    def find_owner(self, kind: str, resource_id: int) -> int | None:
+        """The owner's user id, or None when nobody is recorded (made before users existed)."""
+
+    @abc.abstractmethod
+    def owner_names(self, kind: str, resource_ids: Sequence[int]) -> dict[int, str]:
+        """Owner usernames of the given resources (ids without an owner are left out)."""
+
+    @abc.abstractmethod
+    def ensure_setting(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there; return the stored value."""

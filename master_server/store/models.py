@@ -293,3 +293,47 @@ class PendingJobRow(Base):
     key: Mapped[str] = mapped_column(Text, unique=True)  # one pending job per key
     payload: Mapped[str] = mapped_column(Text)  # JSON
     create_time: Mapped[float] = mapped_column(Double)
+
+
+class UserRow(Base):
+    """A user who logs in (issue 10); ``password_hash`` is argon2."""
+
+    __tablename__ = "users"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(Text, unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class UserSessionRow(Base):
+    """A login session; the token itself is never stored, only its SHA-256."""
+
+    __tablename__ = "user_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
+
+
+class ResourceOwnerRow(Base):
+    """Who created a workspace, project, experiment or model (``kind``, id) -> user."""
+
+    __tablename__ = "resource_owners"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    resource_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+
+
+class MasterSettingRow(Base):
+    """A master-wide value kept across restarts (the trial-token signing key)."""
+
+    __tablename__ = "master_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

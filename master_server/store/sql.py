@@ -111,6 +111,7 @@ from master_server.store.models import (
     TrialRow,
     WorkspaceRow,
 )
+from master_server.store.sql_auth import AuthSQLMixin
 
 __all__ = ["DEFAULT_PROJECT_ID", "DEFAULT_WORKSPACE_ID", "SQLStore", "summary_key"]
 
@@ -720,7 +721,7 @@ def _check_metric_query(q: MetricQuery) -> None:
         )
 
 
-class SQLStore(Store):
+class SQLStore(AuthSQLMixin, Store):
     """The store on a SQLAlchemy engine: SQLite files or PostgreSQL.
 
     Args:

@@ -33,6 +33,10 @@ _ENV = (
     "WORLD_SIZE",
     "LOCAL_RANK",
     "LOCAL_WORLD_SIZE",
+    "DET_SESSION_TOKEN",
+    "DET_USER",
+    "DET_PASS",
+    "DET_MASTER_CERT_FILE",
 )
 
 
@@ -104,6 +108,9 @@ def cluster_trial(
         path = tmp_path / f"cluster_info-{n}.json"
         path.write_text(json.dumps(info))
         monkeypatch.setenv("DET_CLUSTER_INFO", str(path))
+        # Act with the run's own trial-scoped token, as the real trial process does.
+        launch = json.loads((det / "launch.json").read_text())
+        monkeypatch.setenv("DET_SESSION_TOKEN", launch["env"]["DET_SESSION_TOKEN"])
         return live
 
     yield make

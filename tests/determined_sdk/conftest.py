@@ -27,13 +27,14 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 TRAINER = """
 import json, os, pathlib, sys, time, uuid
 import grpc
+from determined_sdk._transport import channel_from_env
 from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import checkpoint_pb2, checkpoint_pb2_grpc, trial_pb2_grpc
 
 info = json.loads(pathlib.Path(os.environ["DET_CLUSTER_INFO"]).read_text())
 hp = info["hparams"]
 tid = int(os.environ["DET_TRIAL_ID"])
-ch = grpc.insecure_channel(os.environ["DET_MASTER"])
+ch = channel_from_env()
 trials = trial_pb2_grpc.TrialServiceStub(ch)
 ckpts = checkpoint_pb2_grpc.CheckpointServiceStub(ch)
 storage = pathlib.Path(info["checkpoint_storage"]["path"])
@@ -154,7 +155,9 @@ def counter() -> CallCounter:
 @pytest.fixture
 def counted(sdk_master: Master, counter: CallCounter) -> Iterator[Determined]:
     """A client whose calls ``counter`` counts."""
-    with Determined(sdk_master.address, interceptors=[counter]) as d:
+    # Logged in up front, so the counts hold no lazy login.
+    with Determined(sdk_master.address, "admin", "", interceptors=[counter]) as d:
+        counter.reset()
         yield d
 
 

@@ -114,7 +114,9 @@ def test_retry_policy_waits_grow() -> None:
     assert [p.wait(i) for i in range(1, 5)] == [0.5, 1.0, 2.0, 3.0]
 
 
-def test_login_sets_a_token(sdk_master: Master) -> None:
+def test_login_sets_a_token(sdk_master: Master, det: Determined) -> None:
+    if "alice" not in [u.username for u in det.list_users()]:
+        det.create_user("alice", "pw")
     with Determined(sdk_master.address, user="alice", password="pw") as d:
         assert d.session._metadata and d.session._metadata[0][0] == "authorization"
         assert d.list_workspaces()

@@ -15,10 +15,11 @@ pytestmark = pytest.mark.slow
 TRIAL = """
     import json, os, pathlib, time, uuid
     import grpc
+    from determined_sdk._transport import channel_from_env
     from determined_sdk.metrics_wire import pack_reports
     from determined_sdk.proto import checkpoint_pb2, checkpoint_pb2_grpc, trial_pb2_grpc
     info = json.load(open(os.environ["DET_CLUSTER_INFO"]))
-    ch = grpc.insecure_channel(os.environ["DET_MASTER"])
+    ch = channel_from_env()
     ckpts = checkpoint_pb2_grpc.CheckpointServiceStub(ch)
     trials = trial_pb2_grpc.TrialServiceStub(ch)
     tid = info["trial_id"]

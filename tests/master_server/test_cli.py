@@ -43,8 +43,10 @@ def test_serves_health_and_stops_on_sigterm(tmp_path: pathlib.Path) -> None:
                 health_pb2.HealthCheckRequest(), timeout=10
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
-            info = master_pb2_grpc.MasterServiceStub(ch).GetMasterInfo(
-                master_pb2.GetMasterInfoRequest()
+            stub = master_pb2_grpc.MasterServiceStub(ch)
+            token = stub.Login(master_pb2.LoginRequest(username="admin")).token
+            info = stub.GetMasterInfo(
+                master_pb2.GetMasterInfoRequest(), metadata=[("authorization", f"Bearer {token}")]
             )
             assert (info.total_slots, info.free_slots, info.database) == (3, 3, "sqlite")
         assert (tmp_path / "d" / "master.db").exists()

@@ -268,6 +268,7 @@ def test_restart_resumes_from_latest_checkpoint(stubs: Stubs, tmp_path: pathlib.
         """
         import json, os, pathlib, uuid
         import grpc
+        from determined_sdk._transport import channel_from_env
         from determined_sdk.proto import checkpoint_pb2, checkpoint_pb2_grpc
         info = json.load(open(os.environ["DET_CLUSTER_INFO"]))
         if os.environ["DET_RUN_ID"] == "1":
@@ -275,7 +276,7 @@ def test_restart_resumes_from_latest_checkpoint(stubs: Stubs, tmp_path: pathlib.
             d = pathlib.Path(info["checkpoint_storage"]["path"]) / u
             d.mkdir(parents=True)
             (d / "state.txt").write_text("7")
-            channel = grpc.insecure_channel(os.environ["DET_MASTER"])
+            channel = channel_from_env()
             stub = checkpoint_pb2_grpc.CheckpointServiceStub(channel)
             stub.ReportCheckpoint(checkpoint_pb2.ReportCheckpointRequest(
                 trial_id=info["trial_id"], uuid=u, steps_completed=7, resources={"state.txt": 1},

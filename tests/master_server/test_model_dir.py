@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from determined_sdk.errors import InvalidArgumentError, ResourceExhaustedError
-from determined_sdk.model_dir import check_archive, extract_archive, pack_model_dir
+from determined_sdk.model_dir import MAX_MEMBERS, check_archive, extract_archive, pack_model_dir
 
 
 def test_round_trip_skips_caches_and_outside_links(tmp_path: pathlib.Path) -> None:
@@ -71,3 +71,23 @@ def test_links_are_refused(tmp_path: pathlib.Path) -> None:
 def test_garbage_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match=r"not a valid tar\.gz"):
         check_archive(b"garbage")
+
+
+@pytest.mark.parametrize(
+    "kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE, tarfile.LNKTYPE]
+)
+def test_device_files_and_hard_links_are_refused(kind: bytes) -> None:
+    dev = tarfile.TarInfo("dev")
+    dev.type = kind
+    dev.linkname = "/etc/shadow" if kind == tarfile.LNKTYPE else ""
+    with pytest.raises(InvalidArgumentError, match="'dev' is a link or special file"):
+        check_archive(_tar(dev))
+
+
+def test_many_tiny_files_are_refused() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for i in range(MAX_MEMBERS + 1):
+            tar.addfile(tarfile.TarInfo(f"f{i}"), io.BytesIO(b""))
+    with pytest.raises(ResourceExhaustedError, match="entries"):
+        check_archive(buf.getvalue())

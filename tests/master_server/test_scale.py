@@ -22,7 +22,7 @@ import determined_sdk
 from determined_sdk import RetryPolicy
 from determined_sdk.errors import ResourceExhaustedError
 from determined_sdk.metrics_wire import pack_reports
-from determined_sdk.proto import experiment_pb2, searcher_pb2, trial_pb2
+from determined_sdk.proto import experiment_pb2, master_pb2, searcher_pb2, trial_pb2
 from master_server.admission import RETRY_AFTER_KEY
 from master_server.app import Master
 from tests.support import REPO, Stubs, single_config, wait_for
@@ -36,7 +36,8 @@ import asyncio, sys
 import grpc
 from determined_sdk.proto import searcher_pb2, searcher_pb2_grpc
 
-async def main(address, ids):
+async def main(address, token, ids):
+    auth = (("authorization", "Bearer " + token),)
     async with grpc.aio.insecure_channel(address) as ch:
         stub = searcher_pb2_grpc.SearcherServiceStub(ch)
 
@@ -45,6 +46,7 @@ async def main(address, ids):
                 r = await stub.WatchPreemption(
                     searcher_pb2.WatchPreemptionRequest(trial_id=tid, timeout_seconds=120),
                     timeout=150,
+                    metadata=auth,
                 )
                 out = str(r.preempt)
             except grpc.aio.AioRpcError as e:
@@ -53,16 +55,16 @@ async def main(address, ids):
 
         await asyncio.gather(*(poll(t) for t in ids))
 
-asyncio.run(main(sys.argv[1], [int(x) for x in sys.stdin.read().split()]))
+asyncio.run(main(sys.argv[1], sys.argv[2], [int(x) for x in sys.stdin.read().split()]))
 """
 
 
 class _Waiters:
     """A process holding one preemption long poll per trial; collects how each one ended."""
 
-    def __init__(self, address: str, trial_ids: list[int]) -> None:
+    def __init__(self, address: str, token: str, trial_ids: list[int]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WAITERS_SCRIPT, address],
+            [sys.executable, "-c", _WAITERS_SCRIPT, address, token],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -95,7 +97,8 @@ def test_2000_waiting_trials_leave_the_master_answering(master: Master, stubs: S
         exps.create_unmanaged_trial("", {}, first.experiment_id, 0)[1].id
         for _ in range(WAITERS - 1)
     ]
-    waiters = _Waiters(master.address, trial_ids)
+    token = stubs.master.Login(master_pb2.LoginRequest(username="admin", password="")).token
+    waiters = _Waiters(master.address, token, trial_ids)
     try:
         _check_master_answers(master, stubs, waiters, first.experiment_id, trial_ids)
     finally:
@@ -168,7 +171,7 @@ def test_a_busy_master_refuses_with_a_retry_hint_and_still_answers_health(
 ) -> None:
     # A queue bound of 0 makes every ordinary call find the queue full: the refusal path.
     master = master_factory(max_queued_calls=0)
-    stubs = Stubs.connect(master.address)
+    stubs = Stubs.connect(master.address, token="")  # a login would be refused too
     try:
         with pytest.raises(grpc.RpcError) as e:
             stubs.experiments.GetExperiment(experiment_pb2.GetExperimentRequest(experiment_id=1))
@@ -183,9 +186,10 @@ def test_a_busy_master_refuses_with_a_retry_hint_and_still_answers_health(
         resp = stubs.searcher.WatchPreemption(
             searcher_pb2.WatchPreemptionRequest(trial_id=424242, timeout_seconds=1)
         )
-        pytest.fail(f"an unknown trial's poll answered {resp}")
+        pytest.fail(f"an anonymous poll answered {resp}")
     except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.NOT_FOUND and "424242" in e.details()
+        # Admitted, then refused by authentication (this channel carries no token).
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         stubs.channel.close()
     assert master.parts["admission"].refused == 1

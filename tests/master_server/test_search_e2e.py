@@ -97,11 +97,11 @@ PBT_TRIAL = """
 # Early stopping: the loss improves for 5 validations, then stays flat.
 PLATEAU_TRIAL = """
     import core_api
-    import grpc
+    from determined_sdk._transport import channel_from_env
     from determined_sdk.proto import searcher_pb2, searcher_pb2_grpc
 
     info = core_api.get_cluster_info()
-    watch = searcher_pb2_grpc.SearcherServiceStub(grpc.insecure_channel(info.master_url))
+    watch = searcher_pb2_grpc.SearcherServiceStub(channel_from_env())
     step = 0
     with core_api.init() as ctx:
         while step < 50:

@@ -1,0 +1,254 @@
+"""Authentication, independent of the transport: tokens in, a :class:`Principal` out.
+
+:meth:`Authenticator.authenticate` takes the full RPC method name (``/detsdk.v1.X/Y``) and the
+request's metadata (key/value pairs) and returns the caller's principal, or raises
+:class:`~determined_sdk.errors.UnauthenticatedError`. The gRPC interceptor
+(:mod:`master_server.auth.interceptor`) calls it; an HTTP middleware can call it the same way
+with its headers.
+
+Two kinds of token travel as ``authorization: Bearer <token>``:
+
+* **user sessions**: random tokens made by :meth:`login`; the database keeps only their
+  SHA-256 and an expiry (``session_ttl_s``, default 7 days).
+* **trial tokens**: ``dettrial.<trial>.<run>.<hmac>``, signed with a key kept in the database.
+  One is valid exactly while its run is the trial's current, live run, so it never expires
+  under a long-running trial and dies with the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+
+from determined_sdk.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from master_server.auth.passwords import MAX_PASSWORD_CHARS, hash_password, verify_password
+from master_server.auth.principal import Principal
+from master_server.domain import TrialState, User, UserSession
+from master_server.store.base import Store
+
+logger = logging.getLogger(__name__)
+
+#: Calls that need no token.
+PUBLIC_METHODS = frozenset(
+    {
+        "/detsdk.v1.MasterService/Login",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    }
+)
+DEFAULT_SESSION_TTL_S = 7 * 24 * 3600.0
+INITIAL_ADMIN = "admin"
+_TRIAL_PREFIX = "dettrial."
+_KEY_SETTING = "trial_token_key"
+#: Trial states in which a run is alive (its token works).
+_LIVE = frozenset(
+    {
+        TrialState.RUNNING,
+        TrialState.STOPPING_COMPLETED,
+        TrialState.STOPPING_CANCELED,
+        TrialState.STOPPING_ERROR,
+    }
+)
+_LOGIN_HINT = "log in with `detsdk user login` or Determined(master, user, password)"
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 (hex) of a session token: what the database stores."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` entry, if any."""
+    for key, value in metadata:
+        if key.lower() != "authorization":
+            continue
+        v = value.decode("latin-1") if isinstance(value, bytes) else value
+        scheme, _, token = v.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthenticatedError("authorization: expected 'Bearer <token>'")
+        return token.strip()
+    return None
+
+
+def check_username(username: str) -> str:
+    """A valid username: 1-128 printable characters without spaces."""
+    if not username or len(username) > 128 or not username.isprintable() or " " in username:
+        raise InvalidArgumentError(
+            f"username: 1-128 printable characters without spaces, got {username[:40]!r}"
+        )
+    return username
+
+
+def check_password(password: str, field: str = "password") -> str:
+    """A password short enough to hash (the empty one is allowed, as Determined allows it)."""
+    if len(password) > MAX_PASSWORD_CHARS or "\x00" in password:
+        raise InvalidArgumentError(f"{field}: at most {MAX_PASSWORD_CHARS} characters, no NUL")
+    return password
+
+
+class Authenticator:
+    """Logs users in and out, makes trial tokens, and turns tokens into principals.
+
+    Args:
+        store: The master's store.
+        session_ttl_s: How long a login session lasts, in seconds.
+    """
+
+    def __init__(self, store: Store, *, session_ttl_s: float = DEFAULT_SESSION_TTL_S) -> None:
+        if session_ttl_s <= 0:
+            raise InvalidArgumentError(f"session_ttl_s: must be > 0, got {session_ttl_s}")
+        self.store = store
+        self.session_ttl_s = session_ttl_s
+        self._key = bytes.fromhex(store.ensure_setting(_KEY_SETTING, secrets.token_hex(32)))
+
+    # -- start-up ------------------------------------------------------------------------------
+    def bootstrap(self, initial_admin_password: str | None) -> bool:
+        """Create the ``admin`` user on the first start; return whether it was created.
+
+        Args:
+            initial_admin_password: Its password; None makes it with the empty password (only
+                allowed on a loopback master; the caller checks).
+        """
+        if self.store.list_users():
+            return False
+        password = check_password(initial_admin_password or "", "initial admin password")
+        try:
+            self.store.create_user(INITIAL_ADMIN, hash_password(password), admin=True)
+        except Exception:  # another master process on the same database made it first
+            if self.store.find_user_by_name(INITIAL_ADMIN) is None:
+                raise
+            return False
+        if not password:
+            logger.warning(
+                "created user 'admin' with an EMPTY password (loopback master); set one with "
+                "`detsdk user change-password` or start with --initial-admin-password"
+            )
+        return True
+
+    # -- sessions ------------------------------------------------------------------------------
+    def login(self, username: str, password: str) -> tuple[str, UserSession]:
+        """Check the password and open a session; returns (token, session).
+
+        Raises:
+            UnauthenticatedError: Unknown user, wrong password (one message for both), or a
+                deactivated user.
+        """
+        if not username:
+            raise InvalidArgumentError("username: must not be empty")
+        user = self.store.find_user_by_name(username) if len(username) <= 128 else None
+        if not verify_password(user.password_hash if user else None, password) or user is None:
+            raise UnauthenticatedError(f"invalid username or password for user {username[:128]!r}")
+        if not user.active:
+            raise UnauthenticatedError(f"user {username!r} is deactivated; ask an admin")
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        session = UserSession(token_hash(token), user.id, now, now + self.session_ttl_s)
+        self.store.add_session(session)
+        # Expired sessions are swept now and then, not on every call.
+        if secrets.randbelow(50) == 0:
+            self.store.delete_sessions(expired_before=now)
+        return token, session
+
+    def logout(self, principal: Principal) -> None:
+        """End the caller's session (a trial token has none to end)."""
+        if principal.token_hash:
+            self.store.delete_sessions(token_hash=principal.token_hash)
+
+    # -- trial tokens --------------------------------------------------------------------------
+    def _sign(self, trial_id: int, run_id: int) -> str:
+        msg = f"{trial_id}.{run_id}".encode()
+        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()
+
+    def trial_token(self, trial_id: int, run_id: int) -> str:
+        """The token of one run of a trial (given to the run by the launcher)."""
+        return f"{_TRIAL_PREFIX}{trial_id}.{run_id}.{self._sign(trial_id, run_id)}"
+
+    def _trial_principal(self, token: str) -> Principal:
+        parts = token[len(_TRIAL_PREFIX) :].split(".")
+        bad = UnauthenticatedError("invalid trial token")
+        if len(parts) != 3 or not all(p.isascii() and p.isalnum() for p in parts):
+            raise bad
+        try:
+            trial_id, run_id = int(parts[0]), int(parts[1])
+        except ValueError:
+            raise bad from None
+        if not hmac.compare_digest(parts[2], self._sign(trial_id, run_id)):
+            raise bad
+        try:
+            trial = self.store.get_trial(trial_id)
+        except NotFoundError:
+            raise UnauthenticatedError(f"trial token: trial {trial_id} no longer exists") from None
+        if trial.run_id != run_id or trial.state not in _LIVE:
+            raise UnauthenticatedError(
+                f"trial token: run {run_id} of trial {trial_id} has ended "
+                f"(current run {trial.run_id}, state {trial.state.value})"
+            )
+        owner = self.store.find_owner("experiment", trial.experiment_id)
+        name = self.store.get_user(owner).username if owner is not None else ""
+        return Principal(
+            user_id=owner or 0,
+            username=name,
+            trial_id=trial_id,
+            run_id=run_id,
+            experiment_id=trial.experiment_id,
+        )
+
+    # -- the check -----------------------------------------------------------------------------
+    def authenticate(
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]]
+    ) -> Principal | None:
+        """The caller of ``method``; None for a public method called without a token.
+
+        Raises:
+            UnauthenticatedError: No token, an unknown, malformed or expired one, or a
+                deactivated user.
+        """
+        token = bearer_token(metadata) if method not in PUBLIC_METHODS else None
+        if token is None:
+            if method in PUBLIC_METHODS:
+                return None
+            raise UnauthenticatedError(f"{method}: no token; {_LOGIN_HINT}")
+        if token.startswith(_TRIAL_PREFIX):
+            return self._trial_principal(token)
+        if len(token) > 256:
+            raise UnauthenticatedError("invalid session token")
+        h = token_hash(token)
+        session = self.store.find_session(h)
+        if session is None:
+            raise UnauthenticatedError(f"invalid or ended session; {_LOGIN_HINT}")
+        if session.expires_at <= time.time():
+            self.store.delete_sessions(token_hash=h)
+            raise UnauthenticatedError(f"session expired; {_LOGIN_HINT}")
+        user = self.store.get_user(session.user_id)
+        if not user.active:
+            raise UnauthenticatedError(f"user {user.username!r} is deactivated; ask an admin")
+        return Principal(
+            user_id=user.id,
+            username=user.username,
+            admin=user.admin,
+            token_hash=h,
+            expires_at=session.expires_at,
+        )
+
+
+def require_admin(principal: Principal, what: str) -> None:
+    """PermissionDeniedError unless ``principal`` is an admin."""
+    if not principal.admin:
+        raise PermissionDeniedError(f"{what}: only an admin may do this")
+
+
+def user_of(store: Store, username: str) -> User:
+    """The user named ``username``; NotFoundError naming it otherwise."""
+    user = store.find_user_by_name(username) if username else None
+    if user is None:
+        raise NotFoundError(f"user {username!r} not found")
+    return user
