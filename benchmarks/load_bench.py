@@ -50,6 +50,8 @@ from determined_sdk.proto import (  # noqa: E402
     common_pb2,
     experiment_pb2,
     experiment_pb2_grpc,
+    master_pb2,
+    master_pb2_grpc,
     searcher_pb2,
     searcher_pb2_grpc,
     trial_pb2,
@@ -129,13 +131,40 @@ class MasterProc:
                 c.execute(f'DROP SCHEMA "{self.schema}" CASCADE')
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+class _Bearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds the session token to every call (the master needs one on every RPC but Login)."""
+
+    def __init__(self, token: str) -> None:
+        self.md = (("authorization", f"Bearer {token}"),)
+
+    def _details(self, d: Any) -> Any:
+        return grpc.aio.ClientCallDetails(
+            d.method, d.timeout, tuple(d.metadata or ()) + self.md, d.credentials, d.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
 
 
-async def register_trials(address: str, n: int) -> tuple[int, list[int]]:
+def channel(address: str, token: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        address, options=[("grpc.use_local_subchannel_pool", 1)], interceptors=[_Bearer(token)]
+    )
+
+
+def login(address: str) -> str:
+    """A session token of the loopback quick start's admin (the empty password)."""
+    with grpc.insecure_channel(address) as ch:
+        stub = master_pb2_grpc.MasterServiceStub(ch)
+        return str(stub.Login(master_pb2.LoginRequest(username="admin", password="")).token)
+
+
+async def register_trials(address: str, token: str, n: int) -> tuple[int, list[int]]:
     """One unmanaged experiment with ``n`` trials; returns (experiment id, trial ids)."""
-    async with channel(address) as ch:
+    async with channel(address, token) as ch:
         stub = experiment_pb2_grpc.ExperimentServiceStub(ch)
         first = await stub.CreateUnmanagedTrial(
             experiment_pb2.CreateUnmanagedTrialRequest(config="name: load-trials")
@@ -156,9 +185,11 @@ async def register_trials(address: str, n: int) -> tuple[int, list[int]]:
 
 
 # -- simulated trials (in load processes) -------------------------------------------------------
-async def _trials_main(address: str, trial_ids: list[int], duration: float) -> dict[str, Any]:
+async def _trials_main(
+    address: str, token: str, trial_ids: list[int], duration: float
+) -> dict[str, Any]:
     # A few channels per process, as many trial processes would open many connections.
-    chans = [channel(address) for _ in range(4)]
+    chans = [channel(address, token) for _ in range(4)]
     out: dict[str, Any] = {"report": [], "offered": 0, "served": 0, "ckpt": [], "op": []}
     start = time.monotonic()
     end = start + duration
@@ -232,13 +263,13 @@ async def _trials_main(address: str, trial_ids: list[int], duration: float) -> d
     return out
 
 
-def _trials_proc(address: str, trial_ids: list[int], duration: float, q: Any) -> None:
-    q.put(asyncio.run(_trials_main(address, trial_ids, duration)))
+def _trials_proc(address: str, token: str, trial_ids: list[int], duration: float, q: Any) -> None:
+    q.put(asyncio.run(_trials_main(address, token, trial_ids, duration)))
 
 
 # -- SDK clients and the wake-up probe (in the main process) -----------------------------------
 async def _clients_main(
-    address: str, clients: int, duration: float, exp_id: int, trial_ids: list[int]
+    address: str, token: str, clients: int, duration: float, exp_id: int, trial_ids: list[int]
 ) -> dict[str, list[float]]:
     lat: dict[str, list[float]] = {"create": [], "list": [], "get": [], "iter_metrics": []}
     end = time.monotonic() + duration
@@ -252,7 +283,7 @@ async def _clients_main(
             lat.setdefault(f"{name} errors", []).append(float(e.code().value[0]))
 
     async def client() -> None:
-        async with channel(address) as ch:
+        async with channel(address, token) as ch:
             es = experiment_pb2_grpc.ExperimentServiceStub(ch)
             ts = trial_pb2_grpc.TrialServiceStub(ch)
             await asyncio.sleep(random.random())
@@ -282,11 +313,11 @@ async def _clients_main(
     return lat
 
 
-async def _probe_main(address: str, exp_id: int, duration: float) -> list[float]:
+async def _probe_main(address: str, token: str, exp_id: int, duration: float) -> list[float]:
     """Kill a waiting trial every two seconds; time the master's wake-up of its long poll."""
     wakes: list[float] = []
     end = time.monotonic() + duration
-    async with channel(address) as ch:
+    async with channel(address, token) as ch:
         es = experiment_pb2_grpc.ExperimentServiceStub(ch)
         ts = trial_pb2_grpc.TrialServiceStub(ch)
         ss = searcher_pb2_grpc.SearcherServiceStub(ch)
@@ -310,11 +341,11 @@ async def _probe_main(address: str, exp_id: int, duration: float) -> list[float]
 
 
 async def _main_side(
-    address: str, clients: int, duration: float, exp_id: int, trial_ids: list[int]
+    address: str, token: str, clients: int, duration: float, exp_id: int, trial_ids: list[int]
 ) -> tuple[dict[str, list[float]], list[float]]:
     lat, wakes = await asyncio.gather(
-        _clients_main(address, clients, duration, exp_id, trial_ids),
-        _probe_main(address, exp_id, duration),
+        _clients_main(address, token, clients, duration, exp_id, trial_ids),
+        _probe_main(address, token, exp_id, duration),
     )
     return lat, wakes
 
@@ -325,12 +356,16 @@ def run(db: str, n: int, clients: int, duration: float, procs: int) -> None:
         master = MasterProc(db, pathlib.Path(d))
         try:
             t0 = time.perf_counter()
-            exp_id, ids = asyncio.run(register_trials(master.address, n))
+            token = login(master.address)
+            exp_id, ids = asyncio.run(register_trials(master.address, token, n))
             setup_s = time.perf_counter() - t0
             ctx = mp.get_context("spawn")
             q = ctx.Queue()
             workers = [
-                ctx.Process(target=_trials_proc, args=(master.address, ids[i::procs], duration, q))
+                ctx.Process(
+                    target=_trials_proc,
+                    args=(master.address, token, ids[i::procs], duration, q),
+                )
                 for i in range(procs)
             ]
             for w in workers:
@@ -345,7 +380,7 @@ def run(db: str, n: int, clients: int, duration: float, procs: int) -> None:
 
             async def main_side() -> tuple[dict[str, list[float]], list[float]]:
                 res = await asyncio.gather(
-                    _main_side(master.address, clients, duration, exp_id, ids), sample_rss()
+                    _main_side(master.address, token, clients, duration, exp_id, ids), sample_rss()
                 )
                 return res[0]
 

@@ -1101,6 +1101,7 @@ def user_create(ctx: click.Context, username: str, admin: bool, password: str | 
 
 
 @user.command("list")
+@_printing
 @click.pass_context
 def user_list(ctx: click.Context) -> None:
     """Every user."""

@@ -75,7 +75,11 @@ class Stubs:
         if token is None:
             token = (
                 master_pb2_grpc.MasterServiceStub(raw)
-                .Login(master_pb2.LoginRequest(username=username, password=password), timeout=30)
+                .Login(
+                    master_pb2.LoginRequest(username=username, password=password),
+                    timeout=60,
+                    wait_for_ready=True,  # a master that is still starting
+                )
                 .token
             )
         ch = grpc.intercept_channel(raw, BearerToken(lambda: token or None))

@@ -303,6 +303,9 @@ RULES: dict[str, Rule] = {
         _checkpoint("uuid", write=True, what="change the metadata of"), trial=True
     ),
     f"{_SVC}CheckpointService/DeleteCheckpoints": Rule(_checkpoints, trial=True),
+    f"{_SVC}CheckpointService/RemoveCheckpointFiles": Rule(
+        _checkpoint("uuid", write=True, what="remove files of"), trial=True
+    ),
     f"{_SVC}CheckpointService/DownloadCheckpoint": Rule(
         _checkpoint("uuid", write=False, what="download"), trial=True
     ),
@@ -331,6 +334,7 @@ RULES: dict[str, Rule] = {
     f"{_SVC}WorkspaceService/GetProject": Rule(_read),
     f"{_SVC}WorkspaceService/ListProjects": Rule(_read),
     f"{_SVC}WorkspaceService/DeleteProject": Rule(_project("project_id", "delete")),
+    f"{_SVC}WorkspaceService/PatchProject": Rule(_project("project_id", "change")),
     # ModelService
     f"{_SVC}ModelService/CreateModel": Rule(_user_only),
     f"{_SVC}ModelService/GetModel": Rule(_read),
@@ -341,6 +345,7 @@ RULES: dict[str, Rule] = {
     f"{_SVC}ModelService/ListModelVersions": Rule(_read),
     f"{_SVC}ModelService/GetModelVersion": Rule(_read),
     f"{_SVC}ModelService/DeleteModelVersion": Rule(_model("model_name", "delete a version of")),
+    f"{_SVC}ModelService/PatchModelVersion": Rule(_model("model_name", "change a version of")),
 }
 
 

@@ -148,7 +148,7 @@ def test_model_registry_names(det_client: client.Determined, done_exp: client.Ex
     ckpt = done_exp.list_checkpoints()[0]
     model = client.create_model("digits-net", labels=["x"])
     assert model.get_version() is None
-    assert model.model_id == model.id and model.username == ""
+    assert model.model_id == model.id and model.username == "admin"
     model.set_labels(["x", "y"])
     assert model.labels == ["x", "y"]
     v = model.register_version(ckpt.uuid)

@@ -390,7 +390,21 @@ def test_a_trial_waits_for_an_operation_sent_after_it_asked(
             out = real(trial_id, timeout_s)
         return out
 
+    real_nowait = svc.searcher_operation_nowait
+
+    def spy_nowait(trial_id: int) -> tuple[bool, tuple[int | None, bool]] | None:
+        # The asyncio server's lock-free check of a live trial: not ready, and not done.
+        out = real_nowait(trial_id)
+        if (
+            out is not None
+            and out == (False, (None, False))
+            and svc.store.get_trial(trial_id).experiment_id == experiment_id
+        ):
+            waiting.set()
+        return out
+
     monkeypatch.setattr(svc, "get_searcher_operation", spy)
+    monkeypatch.setattr(svc, "searcher_operation_nowait", spy_nowait)
 
     class Late(SuccessiveGrid):
         """Answers trial_created with the trial's operation only once the trial waits for it

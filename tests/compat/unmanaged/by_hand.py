@@ -7,7 +7,11 @@ import sys
 import core_api as det
 
 logging.basicConfig(level=logging.INFO, format=det.LOG_FORMAT)
-with det.core.init(experiment_name="by-hand", hparams={"lr": 0.1, "layers": 2}) as core_context:
+# The one change from Determined's spelling: an unmanaged run names its length (issue 13: no
+# silent length of 1 when no searcher hands one out; see docs/determined-compat.md).
+with det.core.init(
+    experiment_name="by-hand", hparams={"lr": 0.1, "layers": 2}, max_length=1
+) as core_context:
     print("hello from an unmanaged run")
     print("a line on stderr", file=sys.stderr)
     logging.getLogger("by_hand").info("a logging line")

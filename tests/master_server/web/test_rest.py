@@ -135,7 +135,7 @@ def test_patch_experiment_and_labels(
     got = http.delete(f"{url}/labels/x").json()["experiment"]
     assert got["labels"] == ["y", "z"]
     exp.reload()
-    assert exp.name == "patched" and exp.labels == ["y", "z"]
+    assert exp.name == "patched" and exp.labels == {"y", "z"}
 
     assert error_of(http.patch(url, json={"name": " "}), 400)["field"] == "name"
     assert error_of(http.patch(url, json={"colour": "red"}), 400)["field"] == "colour"
