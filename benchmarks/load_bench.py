@@ -64,6 +64,7 @@ PAUSED_CONFIG = (
     "searcher: {name: single, metric: loss, max_length: 10}\n"
 )
 REPORT_DEADLINE_S = 5.0
+ERRORS: dict[str, set[str]] = {}  # per SDK call: the distinct errors seen (printed at the end)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -281,6 +282,7 @@ async def _clients_main(
             lat[name].append(time.perf_counter() - t0)
         except grpc.aio.AioRpcError as e:
             lat.setdefault(f"{name} errors", []).append(float(e.code().value[0]))
+            ERRORS.setdefault(name, set()).add(f"{e.code().name}: {(e.details() or '')[:80]}")
 
     async def client() -> None:
         async with channel(address, token) as ch:
@@ -415,7 +417,7 @@ def run(db: str, n: int, clients: int, duration: float, procs: int) -> None:
         print(f"{name:<22}{len(xs):>8}{ms(pct(xs, 0.5)):>9}{ms(pct(xs, 0.99)):>9}")
     for k, v in lat.items():
         if k.endswith("errors"):
-            print(f"{k}: {len(v)}")
+            print(f"{k}: {len(v)} ({'; '.join(sorted(ERRORS.get(k[:-7], ())))})")
 
 
 def main() -> None:

@@ -13,11 +13,12 @@ the master's memory growing without limit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 from determined_sdk.errors import DeterminedError, ResourceExhaustedError
 from master_server.domain import MetricReport
@@ -99,19 +100,18 @@ class MetricIngest:
             items = self._take()
             if items is None:
                 return
+            # A batch whose caller gave up (its RPC was cancelled) is stored all the same: its
+            # retry carries the same batch id and finds it stored.
             try:
-                results = self.store.add_metrics_many([item[:4] for item in items])
+                results: list[bool | Exception] = list(
+                    self.store.add_metrics_many([item[:4] for item in items])
+                )
             except Exception as e:  # the whole transaction failed: every batch in it did
                 if not isinstance(e, DeterminedError):
                     logger.exception("storing %d metric batches failed", len(items))
-                for *_, fut in items:
-                    fut.set_exception(e)
-                continue
+                results = [e] * len(items)
             for (*_, fut), res in zip(items, results, strict=True):
-                if isinstance(res, Exception):
-                    fut.set_exception(res)
-                else:
-                    fut.set_result(res)
+                _resolve(fut, res)
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -119,3 +119,12 @@ class MetricIngest:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=30)
+
+
+def _resolve(fut: Future[bool], result: bool | Exception) -> None:
+    """Settle ``fut`` unless its caller cancelled it (the writer thread must never die)."""
+    with contextlib.suppress(InvalidStateError):
+        if isinstance(result, Exception):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)

@@ -25,6 +25,7 @@ from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import experiment_pb2, master_pb2, searcher_pb2, trial_pb2
 from master_server.admission import RETRY_AFTER_KEY
 from master_server.app import Master
+from master_server.domain import MetricReport
 from tests.support import REPO, Stubs, single_config, wait_for
 
 WAITERS = 2000
@@ -201,3 +202,21 @@ def test_a_busy_master_refuses_with_a_retry_hint_and_still_answers_health(
     with pytest.raises(ResourceExhaustedError, match="busy"):
         client.get_experiment(1)
     assert master.parts["admission"].refused == 3
+
+
+def test_a_cancelled_report_does_not_stop_the_metric_writer(master: Master) -> None:
+    exps = master.parts["experiments"]
+    _, trial = exps.create_unmanaged_trial("name: cancelled", {}, 0, 0)
+    ingest = master.parts["ingest"]
+    rep = [MetricReport("training", 1, {"loss": 1.0}, 0.0)]
+    # Holding the ingest's lock keeps the writer from taking the batch until it is cancelled
+    # (as a ReportMetrics call whose deadline passed cancels its future).
+    with ingest._cond:
+        gone = ingest.submit(trial.id, "b-cancelled", rep, 1)
+        assert gone.cancel()
+    after = ingest.submit(trial.id, "b-after", [MetricReport("training", 2, {"loss": 0.5}, 0.0)], 1)
+    assert after.result(timeout=30) is True  # the writer lives on
+    steps = [
+        p.steps_completed for page in master.parts["store"].iter_metrics([trial.id]) for p in page
+    ]
+    assert steps == [1, 2]  # the cancelled caller's batch is stored too (its retry is a no-op)
