@@ -132,7 +132,7 @@ class MasterProc:
                 c.execute(f'DROP SCHEMA "{self.schema}" CASCADE')
 
 
-class _Bearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _Bearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     """Adds the session token to every call (the master needs one on every RPC but Login)."""
 
     def __init__(self, token: str) -> None:
@@ -146,13 +146,17 @@ class _Bearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientIn
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _BearerStream(_Bearer, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
 
 def channel(address: str, token: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
-        address, options=[("grpc.use_local_subchannel_pool", 1)], interceptors=[_Bearer(token)]
+        address,
+        options=[("grpc.use_local_subchannel_pool", 1)],
+        interceptors=[_Bearer(token), _BearerStream(token)],
     )
 
 

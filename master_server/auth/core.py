@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 
@@ -95,6 +96,10 @@ def check_password(password: str, field: str = "password") -> str:
     return password
 
 
+_CACHE_S = 5.0  # how long a session's principal is remembered
+_CACHE_MAX = 100_000
+
+
 class Authenticator:
     """Logs users in and out, makes trial tokens, and turns tokens into principals.
 
@@ -109,6 +114,12 @@ class Authenticator:
         self.store = store
         self.session_ttl_s = session_ttl_s
         self._key = bytes.fromhex(store.ensure_setting(_KEY_SETTING, secrets.token_hex(32)))
+        # Every call is authenticated: a session's principal is remembered for a few seconds
+        # (token hash -> (valid until, principal)) instead of 2-3 reads per call. Logout, a
+        # password change and deactivation forget them at once (:meth:`forget_sessions`).
+        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._cache_lock = threading.Lock()
+        self._owner_names: dict[int, tuple[int, str]] = {}  # experiment -> (user id, name)
 
     # -- start-up ------------------------------------------------------------------------------
     def bootstrap(self, initial_admin_password: str | None) -> bool:
@@ -162,6 +173,13 @@ class Authenticator:
         """End the caller's session (a trial token has none to end)."""
         if principal.token_hash:
             self.store.delete_sessions(token_hash=principal.token_hash)
+            with self._cache_lock:
+                self._cache.pop(principal.token_hash, None)
+
+    def forget_sessions(self) -> None:
+        """Drop every remembered session (users' passwords or active flags changed)."""
+        with self._cache_lock:
+            self._cache.clear()
 
     # -- trial tokens --------------------------------------------------------------------------
     def _sign(self, trial_id: int, run_id: int) -> str:
@@ -192,8 +210,14 @@ class Authenticator:
                 f"trial token: run {run_id} of trial {trial_id} has ended "
                 f"(current run {trial.run_id}, state {trial.state.value})"
             )
-        owner = self.store.find_owner("experiment", trial.experiment_id)
-        name = self.store.get_user(owner).username if owner is not None else ""
+        known = self._owner_names.get(trial.experiment_id)
+        if known is None:
+            owner_id = self.store.find_owner("experiment", trial.experiment_id)
+            name = self.store.get_user(owner_id).username if owner_id is not None else ""
+            known = (owner_id or 0, name)
+            if owner_id is not None:  # an experiment's owner never changes once recorded
+                self._owner_names[trial.experiment_id] = known
+        owner, name = known[0] or None, known[1]
         return Principal(
             user_id=owner or 0,
             username=name,
@@ -222,6 +246,10 @@ class Authenticator:
         if len(token) > 256:
             raise UnauthenticatedError("invalid session token")
         h = token_hash(token)
+        now = time.time()
+        hit = self._cache.get(h)
+        if hit is not None and now < hit[0]:
+            return hit[1]
         session = self.store.find_session(h)
         if session is None:
             raise UnauthenticatedError(f"invalid or ended session; {_LOGIN_HINT}")
@@ -231,13 +259,18 @@ class Authenticator:
         user = self.store.get_user(session.user_id)
         if not user.active:
             raise UnauthenticatedError(f"user {user.username!r} is deactivated; ask an admin")
-        return Principal(
+        p = Principal(
             user_id=user.id,
             username=user.username,
             admin=user.admin,
             token_hash=h,
             expires_at=session.expires_at,
         )
+        with self._cache_lock:
+            if len(self._cache) > _CACHE_MAX:
+                self._cache.clear()
+            self._cache[h] = (min(now + _CACHE_S, session.expires_at), p)
+        return p
 
 
 def require_admin(principal: Principal, what: str) -> None:

@@ -76,6 +76,7 @@ class UserService:
         self.store.update_user(target.id, password_hash=hash_password(new_password))
         if target.id != p.user_id:  # an admin reset: whoever had their sessions is out
             self.store.delete_sessions(user_id=target.id)
+            self.auth.forget_sessions()
 
     def set_active(self, username: str, active: bool) -> User:
         """Deactivate (ending every session) or reactivate a user; admins only."""
@@ -87,4 +88,5 @@ class UserService:
         user = self.store.update_user(target.id, active=active)
         if not active:
             self.store.delete_sessions(user_id=target.id)
+            self.auth.forget_sessions()
         return user

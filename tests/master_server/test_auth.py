@@ -253,6 +253,7 @@ def test_trial_token_is_scoped_and_exit_reports_need_their_run(
     master: Master, stubs: Stubs, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DETSDK_MASTER_SECRET_FOR_TEST", "do-not-leak")
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # kept for trials
     exp1, t1, out1, gate1 = _start_gated(stubs, tmp_path, "one")
     exp2, t2, _out2, gate2 = _start_gated(stubs, tmp_path, "two")
     env = json.loads(out1.read_text())
