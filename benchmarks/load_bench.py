@@ -309,7 +309,8 @@ async def _clients_main(
                 async def stream() -> None:
                     tid = random.choice(trial_ids)
                     req = trial_pb2.StreamMetricsRequest(trial_ids=[tid], group="training")
-                    async for _ in ts.StreamMetrics(req):
+                    auth = (("authorization", f"Bearer {token}"),)
+                    async for _ in ts.StreamMetrics(req, metadata=auth):
                         pass
 
                 await timed("iter_metrics", stream)
