@@ -261,13 +261,19 @@ def measure(address: str, ids: dict[str, Any], args: argparse.Namespace, tmp: pa
             exp_stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
 
             def raw_list() -> int:
-                req = experiment_pb2.ListExperimentsRequest(
-                    pagination=common_pb2.Pagination(limit=0)
-                )
-                return len(exp_stub.ListExperiments(req).experiments)
+                # Every page (the master sends at most 1,000 rows a reply).
+                n, offset = 0, 0
+                while True:
+                    req = experiment_pb2.ListExperimentsRequest(
+                        pagination=common_pb2.Pagination(offset=offset, limit=1000)
+                    )
+                    got = len(exp_stub.ListExperiments(req).experiments)
+                    n, offset = n + got, offset + got
+                    if got < 1000:
+                        return n
 
             t_raw, n = timed(raw_list)
-            row("raw stub, one page", t_raw, n, "exp")
+            row("raw stub, pages of 1000", t_raw, n, "exp")
             t_sdk, exps = timed(det.list_experiments)
             assert len(exps) == args.experiments, len(exps)
             row(
