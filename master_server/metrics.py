@@ -1,5 +1,5 @@
-"""Trial metrics: storing reported batches and reading points back, once or following live
-trials.
+"""Trial metrics: reading points back, once or following live trials (batches are stored by
+:mod:`master_server.ingest`; ``ReportMetrics`` calls :meth:`MetricService.notify` once one is).
 
 This is the one read path for every transport: the gRPC ``StreamMetrics`` servicer and the
 HTTP API call :meth:`MetricService.read` and forward the pages (:class:`MetricColumns`) it
@@ -17,7 +17,6 @@ from master_server.domain import (
     TERMINAL_TRIAL_STATES,
     MetricColumns,
     MetricQuery,
-    MetricReport,
 )
 from master_server.store.base import Store
 
@@ -26,7 +25,7 @@ MAX_PAGE_SIZE = 100_000
 
 
 class MetricService:
-    """Stores metric batches and wakes followers when new points arrive.
+    """Reads metric points and wakes followers when new points arrive.
 
     Args:
         store: The master's store.
@@ -40,17 +39,6 @@ class MetricService:
         self._version = 0
         self._closed = False
         self._poll_s = follow_poll_s
-
-    def add(self, trial_id: int, batch_id: str, reports: Sequence[MetricReport]) -> bool:
-        """Store one batch (see :meth:`Store.add_metrics`) and wake followers.
-
-        Returns:
-            False if the batch id was already stored for this trial.
-        """
-        stored = self.store.add_metrics(trial_id, batch_id, reports)
-        if stored:
-            self.notify()
-        return stored
 
     def notify(self) -> None:
         """Wake followers (new points may have been stored)."""
