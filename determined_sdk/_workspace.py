@@ -11,7 +11,8 @@ from determined_sdk._resource import Resource, SessionLike, check_id, str_list
 from determined_sdk._session import Session
 from determined_sdk.proto import common_pb2, experiment_pb2, workspace_pb2
 
-EXPERIMENTS_PAGE_SIZE = 1000
+#: Experiments asked for per ListExperiments call (the master sends summaries: no configs).
+EXPERIMENTS_PAGE_SIZE = 10_000
 _EXPERIMENT_SORT_KEYS = ("id", "name", "start_time", "end_time", "state", "progress")
 
 

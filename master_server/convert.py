@@ -28,8 +28,14 @@ from master_server.limits import loads_json
 # -- enums -------------------------------------------------------------------------------------
 
 
+_EXPERIMENT_STATES = {
+    s: common_pb2.ExperimentState.Value(f"EXPERIMENT_STATE_{s.value}")
+    for s in domain.ExperimentState
+}
+
+
 def experiment_state_to_proto(s: domain.ExperimentState) -> common_pb2.ExperimentState.ValueType:
-    return common_pb2.ExperimentState.Value(f"EXPERIMENT_STATE_{s.value}")
+    return _EXPERIMENT_STATES[s]
 
 
 def experiment_state_from_proto(v: int) -> domain.ExperimentState:
@@ -108,14 +114,15 @@ def experiment_to_proto(
     e: domain.Experiment, *, summary: bool = False
 ) -> experiment_pb2.Experiment:
     """The experiment's message; a ``summary`` leaves out both configs (lists stay small)."""
+    if summary:
+        return _experiment_summary(e)
     return experiment_pb2.Experiment(
-        summary=summary,
         id=e.id,
         name=e.name,
         description=e.description,
-        labels=list(e.labels),
-        config_json="" if summary else dumps(e.config),
-        state=experiment_state_to_proto(e.state),
+        labels=e.labels,
+        config_json=dumps(e.config),
+        state=_EXPERIMENT_STATES[e.state],
         archived=e.archived,
         progress=e.progress,
         project_id=e.project_id,
@@ -125,10 +132,39 @@ def experiment_to_proto(
         searcher_name=e.searcher_name,
         num_trials=e.num_trials,
         unmanaged=e.unmanaged,
-        original_config="" if summary else e.original_config,
+        original_config=e.original_config,
         parent_error=e.error,
         notes=e.notes,
     )
+
+
+def _experiment_summary(e: domain.Experiment) -> experiment_pb2.Experiment:
+    # The hot path of a big list: fields that are usually empty are set only when they are not.
+    m = experiment_pb2.Experiment(
+        summary=True,
+        id=e.id,
+        name=e.name,
+        labels=e.labels,
+        state=_EXPERIMENT_STATES[e.state],
+        progress=e.progress,
+        project_id=e.project_id,
+        workspace_id=e.workspace_id,
+        start_time=e.start_time,
+        end_time=e.end_time or 0.0,
+        searcher_name=e.searcher_name,
+        num_trials=e.num_trials,
+    )
+    if e.description:
+        m.description = e.description
+    if e.archived:
+        m.archived = True
+    if e.unmanaged:
+        m.unmanaged = True
+    if e.error:
+        m.parent_error = e.error
+    if e.notes:
+        m.notes = e.notes
+    return m
 
 
 def trial_to_proto(t: domain.Trial, searcher_metric: float | None = None) -> trial_pb2.Trial:

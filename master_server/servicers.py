@@ -139,6 +139,9 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 #: Most rows one list reply carries (limit 0 or more means this many; page with offset).
 MAX_PAGE = 1000
 
+#: Most experiment summaries (no configs, ~150 bytes each) one ListExperiments reply carries.
+MAX_SUMMARY_PAGE = 10_000
+
 
 #: Bytes of rows after which a list reply stops early (the client pages on by offset).
 MAX_PAGE_BYTES = 32 * 2**20
@@ -156,10 +159,11 @@ def _fit(rows: Iterable[Any]) -> list[Any]:
     return out
 
 
-def _page(p: Any) -> tuple[int, int]:
+def _page(p: Any, most: int | None = None) -> tuple[int, int]:
     if p.offset < 0 or p.limit < 0:
         raise InvalidArgumentError("pagination: offset and limit must be >= 0")
-    return p.offset, min(p.limit or MAX_PAGE, MAX_PAGE)
+    cap = MAX_PAGE if most is None else most
+    return p.offset, min(p.limit or cap, cap)
 
 
 class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
@@ -197,7 +201,7 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
 
     @rpc
     def ListExperiments(self, request: Any, context: Any) -> Any:
-        offset, limit = _page(request.pagination)
+        offset, limit = _page(request.pagination, None if request.full else MAX_SUMMARY_PAGE)
         sort_by = request.sort_by or "id"
         if sort_by not in ("id", "name", "start_time", "end_time", "state", "progress"):
             raise InvalidArgumentError(f"sort_by: unknown field {sort_by!r}")

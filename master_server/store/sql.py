@@ -24,6 +24,7 @@ Design notes (the contract itself is in :mod:`master_server.store.base`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -486,6 +487,39 @@ def _to_experiment(r: _AnyRow) -> Experiment:
         unmanaged=bool(r[15]),
         error=r[16],
         notes=r[17] or "",
+    )
+
+
+_STATES = {s.value: s for s in ExperimentState}
+
+
+@functools.lru_cache(maxsize=4096)
+def _labels(text: str) -> tuple[str, ...]:
+    # Lists repeat the same few label sets over thousands of rows: decode each set once.
+    return tuple(json.loads(text))
+
+
+def _to_experiment_summary(r: _AnyRow) -> Experiment:
+    """:func:`_to_experiment` for a summary row (no configs): the hot path of a big list."""
+    return Experiment(
+        r[0],
+        r[1],
+        r[2],
+        _labels(r[3]),
+        {},
+        "",
+        _STATES[r[6]],
+        bool(r[7]),
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+        r[13],
+        r[14],
+        bool(r[15]),
+        r[16],
+        r[17] or "",
     )
 
 
@@ -1128,7 +1162,8 @@ class SQLStore(AuthSQLMixin, Store):
         with self._read() as conn:
             total = conn.scalar(count) or 0
             rows = conn.execute(page).all() if flt.limit != 0 else []
-        return [_to_experiment(r) for r in rows], total
+        decode = _to_experiment if flt.full else _to_experiment_summary
+        return [decode(r) for r in rows], total
 
     def update_experiment(
         self,

@@ -93,7 +93,10 @@ def test_lists_are_paged_by_the_server(
     for _ in range(5):
         _create(stubs, json.dumps(single_config("true")))
     monkeypatch.setattr(servicers, "MAX_PAGE", 2)
+    monkeypatch.setattr(servicers, "MAX_SUMMARY_PAGE", 3)
     resp = stubs.experiments.ListExperiments(experiment_pb2.ListExperimentsRequest())
-    assert len(resp.experiments) == 2 and resp.pagination.total == 5
+    assert len(resp.experiments) == 3 and resp.pagination.total == 5  # summaries
+    resp = stubs.experiments.ListExperiments(experiment_pb2.ListExperimentsRequest(full=True))
+    assert len(resp.experiments) == 2 and resp.pagination.total == 5  # with configs
     with Determined(master.address, "admin", "") as d:
         assert len(d.list_experiments()) == 5  # the SDK pages on

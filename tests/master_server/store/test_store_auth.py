@@ -54,6 +54,11 @@ def test_owners_and_settings(store: SQLStore) -> None:
     assert store.find_owner("experiment", 6) == u.id
     assert store.owner_names("experiment", [5, 6, 7]) == {5: "ann", 6: "ann"}
     assert store.owner_names("model", list(range(2000))) == {5: "vic"}
+    # A dense page of ids is read as one range; ids inside it but not asked for stay out.
+    store.set_owner("experiment", 8, v.id)
+    assert store.owner_names("experiment", [5, 7, 9, 10]) == {5: "ann"}
+    assert store.owner_names("experiment", [6, 8, 10_000]) == {6: "ann", 8: "vic"}  # sparse
+    assert store.owner_names("experiment", []) == {}
     with pytest.raises(InvalidArgumentError, match="kind"):
         store.set_owner("planet", 1, u.id)
     assert store.ensure_setting("k", "first") == "first"
