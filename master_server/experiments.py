@@ -202,10 +202,16 @@ class ExperimentService:
         self.search.report_early_exit(trial_id, reason)
 
     # -- long polls on the event loop ----------------------------------------------------------
-    def add_change_listener(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` after every change a long poll may wait for (from any thread, under the
-        engine's lock: it must be cheap and must not call back into the engine)."""
+    def add_change_listener(self, fn: Callable[[int | None], None]) -> None:
+        """Call ``fn(experiment_id)`` after every change a long poll may wait for (None: any
+        experiment's); from any thread, under the engine's lock: it must be cheap and must not
+        call back into the engine."""
         self.state.listeners.append(fn)
+
+    def live_experiment_of(self, trial_id: int) -> int | None:
+        """The experiment of a trial live in this engine, None if it is not (lock-free)."""
+        tr = self.state.trials.get(trial_id)
+        return None if tr is None else tr.experiment_id
 
     def preemption_nowait(self, trial_id: int) -> tuple[bool, str | None] | None:
         """See :meth:`Preemption.nowait`."""
@@ -273,4 +279,4 @@ class ExperimentService:
         self._stop_watchdog.set()
         with self.state.lock:
             self.state.closed = True
-            self.state.notify()
+            self.state.notify(None)

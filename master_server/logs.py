@@ -19,10 +19,11 @@ class LogService:
         self._cond = threading.Condition()
         self._version = 0
         self._closed = False
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[int], None]] = []
 
-    def add_listener(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` (from the shipping thread) after new lines are stored; it must be cheap."""
+    def add_listener(self, fn: Callable[[int], None]) -> None:
+        """Call ``fn(trial_id)`` (from the shipping thread) after new lines of that trial are
+        stored; it must be cheap."""
         self._listeners.append(fn)
 
     def ship(self, lines: Sequence[LogLine], batch_id: str = "") -> bool:
@@ -41,8 +42,9 @@ class LogService:
         with self._cond:
             self._version += 1
             self._cond.notify_all()
-        for fn in self._listeners:
-            fn()
+        for tid in {line.trial_id for line in lines}:
+            for fn in self._listeners:
+                fn(tid)
         return True
 
     def close(self) -> None:

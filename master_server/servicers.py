@@ -14,7 +14,6 @@ apply it to thread-pool handlers, :func:`rpc_async` / :func:`rpc_async_stream` t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import logging
@@ -309,7 +308,7 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
             events, over = await _in_thread(self.svc.searcher_events, exp_id, after, 0.0)
             return bool(events) or over, (events, over)
 
-        events, over = await long_poll(self.waker, check, request.timeout_seconds)
+        events, over = await long_poll(self.waker, check, request.timeout_seconds, exp_id)
         return experiment_pb2.GetSearcherEventsResponse(
             events_json=[convert.dumps(e) for e in events], search_over=over
         )
@@ -490,7 +489,8 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
                 return True, await _in_thread(self.svc.get_searcher_operation, tid, 0.0)
             return state
 
-        length, done = await long_poll(self.waker, check, request.timeout_seconds)
+        key = self.svc.live_experiment_of(tid)
+        length, done = await long_poll(self.waker, check, request.timeout_seconds, key)
         unit = searcher_length_unit(await _in_thread(self.svc.experiment_config_of_trial, tid))
         if length is None:
             return searcher_pb2.GetSearcherOperationResponse(has_op=False, completed=done)
@@ -515,7 +515,8 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
                 return True, await _in_thread(self.svc.watch_preemption_reason, tid, 0.0)
             return state
 
-        why = await long_poll(self.waker, check, request.timeout_seconds)
+        key = self.svc.live_experiment_of(tid)
+        why = await long_poll(self.waker, check, request.timeout_seconds, key)
         return searcher_pb2.WatchPreemptionResponse(preempt=why is not None, reason=why or "")
 
     @rpc
@@ -558,21 +559,21 @@ class Logs(logs_pb2_grpc.LogServiceServicer):
                     yield resp
             return
         after: int | None = None
-        while True:
-            # New lines wake us at once; a trial's end is noticed within half a second.
-            event = self.waker.current()
-            lines, done = await _in_thread(self.svc.page, q, after)
-            if lines:
-                after = lines[-1].id
-                for resp in _log_responses(lines):
-                    yield resp
-            elif after is None:
-                after = q.after_id
-            if done or self.waker.closed:
-                return
-            if not lines:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), 0.5)
+        with self.waker.watching(q.trial_id):
+            while True:
+                # New lines of this trial wake us at once; its end is noticed within 0.5 s.
+                event = self.waker.current(q.trial_id)
+                lines, done = await _in_thread(self.svc.page, q, after)
+                if lines:
+                    after = lines[-1].id
+                    for resp in _log_responses(lines):
+                        yield resp
+                elif after is None:
+                    after = q.after_id
+                if done or self.waker.closed:
+                    return
+                if not lines:
+                    await self.waker.wait(event, 0.5)
 
 
 def _log_responses(lines: list[Any]) -> Iterator[Any]:

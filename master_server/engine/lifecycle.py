@@ -214,7 +214,7 @@ class ExperimentLifecycle:
                     self.s.set_trial_state(tr.trial_id, T.QUEUED)
                     self.s.rm.request(tr.trial_id, rt.slots)
             self.search.start(rt)
-            self.s.notify()
+            self.s.notify(experiment_id)
             return self.s.store.get_experiment(experiment_id)
 
     def pause(self, experiment_id: int) -> Experiment:
@@ -232,7 +232,7 @@ class ExperimentLifecycle:
                     self.preemption.preempt(tr, "pause")
                 elif self.s.rm.withdraw(tr.trial_id):
                     self.s.set_trial_state(tr.trial_id, T.PAUSED)
-            self.s.notify()
+            self.s.notify(experiment_id)
             return self.s.store.get_experiment(experiment_id)
 
     def cancel(self, experiment_id: int, *, kill: bool = False) -> Experiment:
@@ -263,7 +263,7 @@ class ExperimentLifecycle:
                 self.s.set_exp_state(experiment_id, E.CANCELED, action)
             else:
                 self.maybe_finish(experiment_id)
-            self.s.notify()
+            self.s.notify(experiment_id)
             return self.s.store.get_experiment(experiment_id)
 
     def set_archived(self, experiment_id: int, archived: bool) -> Experiment:

@@ -32,7 +32,7 @@ class Preemption:
         """Ask ``tr``'s live run to stop for ``reason`` (call with the lock held)."""
         if _STRENGTH[reason] >= _STRENGTH[tr.preempt_reason]:
             tr.preempt_reason = reason
-        self.s.notify()
+        self.s.notify(tr.experiment_id)
         if reason == "kill":
             self.s.rm.kill(tr.trial_id, tr.run_id)
             return

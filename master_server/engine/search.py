@@ -109,7 +109,7 @@ class SearchDriver:
                     if not tr.closed:
                         tr.closed = True
                         self._close_trial(tr)
-        self.s.notify()
+        self.s.notify(rt.experiment_id)
 
     def _create_trial(self, rt: ExperimentRuntime, action: Create) -> list[Action]:
         store = self.s.store

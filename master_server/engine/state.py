@@ -94,14 +94,15 @@ class EngineState:
         self.config_cache: dict[int, JSONDict] = {}
         self.closed = False
         self.jobs = JobRunner(store)
-        self.listeners: list[Callable[[], None]] = []
+        self.listeners: list[Callable[[int | None], None]] = []
 
-    def notify(self) -> None:
-        """Wake every long poll (call with the lock held): threads waiting on :attr:`changed`
-        and every listener (the asyncio server's waker)."""
+    def notify(self, experiment_id: int | None) -> None:
+        """Wake the long polls of ``experiment_id`` (None: of every experiment); call with the
+        lock held. Threads waiting on :attr:`changed` all wake; listeners (the asyncio server's
+        waker) hear which experiment changed."""
         self.changed.notify_all()
         for fn in self.listeners:
-            fn()
+            fn(experiment_id)
 
     def experiment_config(self, experiment_id: int) -> JSONDict:
         cfg = self.config_cache.get(experiment_id)

@@ -111,7 +111,7 @@ class TrialRuns:
                 model_definition=lambda: store.get_model_definition(exp_id),
             )
         )
-        self.s.notify()
+        self.s.notify(exp_id)
 
     # -- exits -------------------------------------------------------------------------------
     def on_exit(self, trial_id: int, run_id: int, exit_code: int) -> None:
@@ -138,7 +138,7 @@ class TrialRuns:
                 self._managed_exit(tr, rt, exp, exit_code)
                 self.lifecycle.maybe_finish(exp.id)
                 self.schedule()
-            self.s.notify()
+            self.s.notify(tr.experiment_id)
 
     def _unmanaged_exit(self, tr: TrialRuntime, exp: Experiment, exit_code: int) -> None:
         self.s.set_trial_state(
@@ -300,7 +300,7 @@ class TrialRuns:
                     )
                 else:
                     self.lifecycle.maybe_finish(trial.experiment_id)
-            self.s.notify()
+            self.s.notify(trial.experiment_id)
             return self.s.store.get_trial(trial_id)
 
     # -- recovery ----------------------------------------------------------------------------
