@@ -57,6 +57,7 @@ from sqlalchemy import (
     literal_column,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -1443,12 +1444,16 @@ class SQLStore(AuthSQLMixin, Store):
                     .with_for_update()
                 )
             }
+            # Exact (trial, batch) pairs through the primary key: a trial's earlier batches
+            # are never read (an IN on each column alone scans them all, 180 ms for 1,000).
+            pairs = sorted({(p[1], p[2]) for p in prepared})
+            key = tuple_(MetricBatchRow.trial_id, MetricBatchRow.batch_id)
             seen = {
                 (r[0], r[1])
+                for i in range(0, len(pairs), 500)
                 for r in conn.execute(
                     select(MetricBatchRow.trial_id, MetricBatchRow.batch_id).where(
-                        MetricBatchRow.trial_id.in_(trial_ids),
-                        MetricBatchRow.batch_id.in_({p[2] for p in prepared}),
+                        key.in_(pairs[i : i + 500])
                     )
                 )
             }
@@ -1476,8 +1481,7 @@ class SQLStore(AuthSQLMixin, Store):
                 conn.execute(insert(MetricBatchRow), batch_rows)
             if metric_rows:
                 self._insert_metric_rows(conn, metric_rows)
-            for tid, reports in reported.items():
-                self._refresh_checkpoint_metrics(conn, tid, reports)
+            self._refresh_checkpoint_metrics(conn, reported)
             changed = [
                 {
                     "tid": tid,
@@ -1503,31 +1507,51 @@ class SQLStore(AuthSQLMixin, Store):
         return results
 
     def _refresh_checkpoint_metrics(
-        self, conn: Connection, trial_id: int, reports: Sequence[MetricReport]
+        self, conn: Connection, reported: dict[int, list[MetricReport]]
     ) -> None:
         """A checkpoint's metrics do not depend on whether it or the report came first:
-        checkpoints at or after a newly reported step get their metrics of that group again."""
-        first: dict[str, int] = {}
-        for r in reports:
-            if r.group in ("training", "validation") and r.steps_completed < first.get(
-                r.group, r.steps_completed + 1
-            ):
-                first[r.group] = r.steps_completed
-        if not first:
-            return
-        ckpts = conn.execute(
-            select(C.uuid, C.steps_completed).where(
-                C.trial_id == trial_id, C.steps_completed >= min(first.values())
-            )
-        ).all()
-        for uuid, steps in ckpts:
-            values: dict[str, str] = {}
-            if "training" in first and steps >= first["training"]:
-                values["training_metrics"] = self._metrics_at(conn, trial_id, "training", steps)
-            if "validation" in first and steps >= first["validation"]:
-                values["validation_metrics"] = self._metrics_at(conn, trial_id, "validation", steps)
-            if values:
-                conn.execute(update(C).where(C.uuid == uuid).values(**values))
+        checkpoints at or after a newly reported step get their metrics of that group again.
+
+        ``reported`` maps trial ids to their new reports. Usually new reports are past every
+        checkpoint of their trial: one query over all the trials finds the few that are not.
+        """
+        firsts: dict[int, dict[str, int]] = {}
+        for tid, reports in reported.items():
+            first: dict[str, int] = {}
+            for r in reports:
+                if r.group in ("training", "validation") and r.steps_completed < first.get(
+                    r.group, r.steps_completed + 1
+                ):
+                    first[r.group] = r.steps_completed
+            if first:
+                firsts[tid] = first
+        stale: list[int] = []
+        ids = sorted(firsts)
+        for i in range(0, len(ids), 500):
+            stale += [
+                tid
+                for tid, last in conn.execute(
+                    select(C.trial_id, func.max(C.steps_completed))
+                    .where(C.trial_id.in_(ids[i : i + 500]))
+                    .group_by(C.trial_id)
+                )
+                if last >= min(firsts[tid].values())
+            ]
+        for tid in stale:
+            first = firsts[tid]
+            ckpts = conn.execute(
+                select(C.uuid, C.steps_completed).where(
+                    C.trial_id == tid, C.steps_completed >= min(first.values())
+                )
+            ).all()
+            for uuid, steps in ckpts:
+                values: dict[str, str] = {}
+                if "training" in first and steps >= first["training"]:
+                    values["training_metrics"] = self._metrics_at(conn, tid, "training", steps)
+                if "validation" in first and steps >= first["validation"]:
+                    values["validation_metrics"] = self._metrics_at(conn, tid, "validation", steps)
+                if values:
+                    conn.execute(update(C).where(C.uuid == uuid).values(**values))
 
     def _insert_metric_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         """Bulk insert ``(trial_id, group, steps, timestamp, payload, run_id)`` rows at driver

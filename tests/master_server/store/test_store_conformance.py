@@ -1034,6 +1034,27 @@ def test_checkpoint_metrics_are_filled_in(store: SQLStore) -> None:
     assert store.get_checkpoint("at-25").training_metrics == {"loss": 2.5, "acc": 0.2, "lr": 0.1}
 
 
+def test_reports_after_a_checkpoint_fill_it_in_across_trials(store: SQLStore) -> None:
+    # One group commit of several trials: only checkpoints at or after a new report change.
+    exp = new_exp(store)
+    a, b, c = (new_trial(store, exp.id, f"r{i}") for i in range(3))
+    store.add_checkpoint(ckpt("a-10", a, 10))
+    store.add_checkpoint(ckpt("b-50", b, 50))
+    out = store.add_metrics_many(
+        [
+            (a.id, "a1", [rep("training", 10, loss=1.0), rep("validation", 8, vloss=0.8)], 1),
+            (b.id, "b1", [rep("training", 60, loss=6.0)], 1),
+            (c.id, "c1", [rep("validation", 1, vloss=0.1)], 1),
+            (a.id, "a1", [rep("training", 10, loss=9.0)], 1),  # a retry in the same commit
+        ]
+    )
+    assert out == [True, True, True, False]
+    got = store.get_checkpoint("a-10")
+    assert (got.training_metrics, got.validation_metrics) == ({"loss": 1.0}, {"vloss": 0.8})
+    got = store.get_checkpoint("b-50")
+    assert (got.training_metrics, got.validation_metrics) == ({}, {})
+
+
 def test_checkpoint_fields_and_errors(store: SQLStore) -> None:
     exp = new_exp(store)
     trial = new_trial(store, exp.id)
