@@ -32,6 +32,10 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   checkpoint (a validation reported right after its checkpoint belongs to it), and
   sets the trial's ``latest_checkpoint_uuid`` when the checkpoint is COMPLETED and its steps
   are the trial's highest.
+* **Searcher state.** A snapshot plus an append-only event log: :meth:`append_searcher_event`
+  writes one small row (cost independent of the search's size); :meth:`save_searcher_state`
+  replaces the snapshot and deletes the events it covers in the same transaction, so
+  :meth:`load_searcher_log` always returns a snapshot and exactly the events after it.
 * **Deletion.** :meth:`delete_experiment` removes the experiment and everything under it
   (trials, metrics, checkpoint records, logs, searcher state); files on disk are the caller's.
 * **Pending jobs.** Side work (file removals, deletions, checkpoint GC) is recorded with
@@ -75,6 +79,7 @@ from master_server.domain import (
     NewExperiment,
     PendingJob,
     Project,
+    SearcherLog,
     Trial,
     TrialState,
     User,
@@ -180,12 +185,30 @@ class Store(abc.ABC):
     def delete_experiment(self, experiment_id: int) -> None: ...
 
     @abc.abstractmethod
-    def save_searcher_state(self, experiment_id: int, state: JSONDict) -> None:
-        """Replace the experiment's persisted searcher snapshot."""
+    def save_searcher_state(
+        self, experiment_id: int, state: JSONDict, *, events_through: int | None = None
+    ) -> None:
+        """Replace the experiment's persisted searcher snapshot.
+
+        The snapshot covers the searcher events appended so far (or those with an id up to
+        ``events_through`` when given): they are deleted in the same transaction.
+        """
 
     @abc.abstractmethod
     def load_searcher_state(self, experiment_id: int) -> JSONDict | None:
         """The last snapshot saved, or None if none was."""
+
+    @abc.abstractmethod
+    def append_searcher_event(self, experiment_id: int, event: JSONDict) -> int:
+        """Append one event to the experiment's searcher log (after its snapshot).
+
+        Returns:
+            The event's id; ids increase in the order events are appended.
+        """
+
+    @abc.abstractmethod
+    def load_searcher_log(self, experiment_id: int) -> SearcherLog:
+        """The last snapshot and the events appended after it, oldest first."""
 
     # -- trials -------------------------------------------------------------------------------
     @abc.abstractmethod

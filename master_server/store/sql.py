@@ -89,6 +89,7 @@ from master_server.domain import (
     NewExperiment,
     PendingJob,
     Project,
+    SearcherLog,
     Trial,
     TrialState,
     Workspace,
@@ -107,6 +108,7 @@ from master_server.store.models import (
     ModelVersionRow,
     PendingJobRow,
     ProjectRow,
+    SearcherEventRow,
     SearcherStateRow,
     TrialRow,
     WorkspaceRow,
@@ -1212,17 +1214,31 @@ class SQLStore(AuthSQLMixin, Store):
                 )
             conn.execute(delete(E).where(E.id == experiment_id))
 
-    def save_searcher_state(self, experiment_id: int, state: JSONDict) -> None:
-        """Replace the experiment's persisted searcher snapshot."""
+    def save_searcher_state(
+        self, experiment_id: int, state: JSONDict, *, events_through: int | None = None
+    ) -> None:
+        """Replace the snapshot; delete the searcher events it covers (same transaction)."""
         payload = _dumps(state)
+        ev = SearcherEventRow
         with self._write() as conn:
             self._need_experiment(conn, experiment_id)
+            if events_through is None:
+                last = conn.scalar(select(func.max(ev.id)).where(ev.experiment_id == experiment_id))
+                events_through = int(last or 0)
             conn.execute(
                 self._upsert(
                     SearcherStateRow,
-                    {"experiment_id": experiment_id, "state": payload, "update_time": time.time()},
+                    {
+                        "experiment_id": experiment_id,
+                        "state": payload,
+                        "update_time": time.time(),
+                        "events_through": events_through,
+                    },
                     ["experiment_id"],
                 )
+            )
+            conn.execute(
+                delete(ev).where(ev.experiment_id == experiment_id, ev.id <= events_through)
             )
 
     def load_searcher_state(self, experiment_id: int) -> JSONDict | None:
@@ -1238,6 +1254,39 @@ class SQLStore(AuthSQLMixin, Store):
             return None
         out: JSONDict = json.loads(raw)
         return out
+
+    def append_searcher_event(self, experiment_id: int, event: JSONDict) -> int:
+        """Append one event to the experiment's searcher log; returns its id."""
+        payload = _dumps(event)
+        with self._write() as conn:
+            self._need_experiment(conn, experiment_id)
+            new_id = conn.execute(
+                insert(SearcherEventRow)
+                .values(experiment_id=experiment_id, event=payload)
+                .returning(SearcherEventRow.id)
+            ).scalar_one()
+        return int(new_id)
+
+    def load_searcher_log(self, experiment_id: int) -> SearcherLog:
+        """The last snapshot and the events appended after it, oldest first."""
+        ev = SearcherEventRow
+        with self._read() as conn:
+            self._need_experiment(conn, experiment_id)
+            row = conn.execute(
+                select(SearcherStateRow.state, SearcherStateRow.events_through).where(
+                    SearcherStateRow.experiment_id == experiment_id
+                )
+            ).first()
+            through = 0 if row is None else int(row[1])
+            events = conn.execute(
+                select(ev.id, ev.event)
+                .where(ev.experiment_id == experiment_id, ev.id > through)
+                .order_by(ev.id)
+            ).all()
+        return SearcherLog(
+            snapshot=None if row is None else json.loads(row[0]),
+            events=[(int(i), json.loads(e)) for i, e in events],
+        )
 
     # -- trials -------------------------------------------------------------------------------
     @staticmethod

@@ -37,6 +37,7 @@ from master_server.domain import (
     MetricQuery,
     MetricReport,
     NewExperiment,
+    SearcherLog,
     Trial,
     TrialState,
 )
@@ -49,6 +50,7 @@ from master_server.store.models import (
     LogRow,
     MetricBatchRow,
     MetricRow,
+    SearcherEventRow,
     SearcherStateRow,
     TrialRow,
 )
@@ -549,6 +551,41 @@ def test_searcher_state(store: SQLStore) -> None:
         store.save_searcher_state(5, {})
     with pytest.raises(NotFoundError, match="experiment 5 not found"):
         store.load_searcher_state(5)
+
+
+def test_searcher_event_log(store: SQLStore) -> None:
+    exp, other = new_exp(store), new_exp(store)
+    assert store.load_searcher_log(exp.id) == SearcherLog(snapshot=None, events=[])
+    # Events before any snapshot are replayed from a fresh search.
+    i1 = store.append_searcher_event(exp.id, {"in": [[["initial"], 7]]})
+    i2 = store.append_searcher_event(exp.id, {"in": [[["validated", "r1", math.nan, 3], 1]]})
+    store.append_searcher_event(other.id, {"in": []})
+    assert i1 < i2
+    log = store.load_searcher_log(exp.id)
+    assert log.snapshot is None
+    assert [i for i, _ in log.events] == [i1, i2]
+    assert log.events[0][1] == {"in": [[["initial"], 7]]}
+    assert math.isnan(log.events[1][1]["in"][0][0][2])  # NaN metrics survive
+    # A snapshot covers (and deletes) every event so far; later events follow it.
+    store.save_searcher_state(exp.id, {"n": 2})
+    i3 = store.append_searcher_event(exp.id, {"in": [[["exited", "r1"], 0]]})
+    assert i3 > i2
+    log = store.load_searcher_log(exp.id)
+    assert log.snapshot == {"n": 2}
+    assert log.events == [(i3, {"in": [[["exited", "r1"], 0]]})]
+    assert count_rows(store, SearcherEventRow) == 2  # i3 and the other experiment's
+    # ... or the events up to a given id only.
+    i4 = store.append_searcher_event(exp.id, {"x": 4})
+    store.save_searcher_state(exp.id, {"n": 3}, events_through=i3)
+    assert store.load_searcher_log(exp.id).events == [(i4, {"x": 4})]
+    assert store.load_searcher_state(exp.id) == {"n": 3}
+    assert len(store.load_searcher_log(other.id).events) == 1
+    with pytest.raises(NotFoundError, match="experiment 99 not found"):
+        store.append_searcher_event(99, {})
+    with pytest.raises(NotFoundError, match="experiment 99 not found"):
+        store.load_searcher_log(99)
+    store.delete_experiment(exp.id)
+    assert count_rows(store, SearcherEventRow) == 1
 
 
 # -- trials ------------------------------------------------------------------------------------
