@@ -1,8 +1,9 @@
 """The search driver: feeds searcher events, carries out its actions, and persists the search.
 
-After every event the experiment's searcher snapshot *and* the trial runtimes (operations handed
-out, lengths completed, which trials the searcher closed) are saved together, so a restarted
-master continues each search where it was. Also serves what trials and custom-search drivers ask
+After every event what changed is saved (:mod:`master_server.engine.search_log`: the inputs the
+searcher got and the runtimes of the trials changed: operations handed out, lengths completed,
+which trials the searcher closed), so a restarted master continues each search where it was.
+Also serves what trials and custom-search drivers ask
 of the searcher: operations (long poll), completed operations, progress, custom events.
 """
 

@@ -89,7 +89,7 @@ def test_kill9_mid_search_resumes_the_search_exactly(
     exp = stubs.create(cfg, md)
     progress: list[float] = []
     for at in (3, 6):
-        wait_for(lambda n=at: len(stubs.trials_of(exp.id)) >= n, 120, f"{at} trials")
+        wait_for(lambda s=stubs, n=at: len(s.trials_of(exp.id)) >= n, 120, f"{at} trials")
         stubs.channel.close()
         master_proc.signal(signal.SIGKILL)
         # The restart has searcher events to replay (not only a snapshot to load).
