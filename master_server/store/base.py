@@ -25,7 +25,8 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   group or a steps range never scans the trial's other points.
 * **Runs.** Each metric report records the trial run that sent it. When run ``r`` restarts a
   trial from its checkpoint at step ``S``, :meth:`supersede_metrics` marks the reports of runs
-  before ``r`` at steps after ``S``; readers see one series unless they ask for superseded ones.
+  before ``r`` at steps after ``S``; readers see one series unless they ask for superseded ones,
+  and the trial's ``summary_metrics`` is rebuilt from the reports left (same transaction).
 * **Checkpoints.** :meth:`add_checkpoint` fills ``training_metrics`` / ``validation_metrics``
   from the last (not superseded) report of each group at or before the checkpoint's
   ``steps_completed``; :meth:`add_metrics` keeps them so when the report comes after the
@@ -282,7 +283,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def supersede_metrics(self, trial_id: int, run_id: int, after_steps: int) -> int:
         """Mark reports of runs before ``run_id`` at steps after ``after_steps`` superseded (a
-        restart from the checkpoint at ``after_steps``); returns how many were marked."""
+        restart from the checkpoint at ``after_steps``) and rebuild the trial's summary without
+        them; returns how many were marked."""
 
     @abc.abstractmethod
     def read_metrics(self, query: MetricQuery) -> Iterator[MetricColumns]:

@@ -203,6 +203,8 @@ def _decode_summary(raw: str) -> JSONDict:
 
 
 _SUMMARY_KEYS = {"training": "avg_metrics", "validation": "validation_metrics"}
+#: Reports decoded at a time when a trial's summary is rebuilt (after a supersession).
+_SUMMARY_CHUNK = 10_000
 
 
 def summary_key(group: str) -> str:
@@ -1608,10 +1610,13 @@ class SQLStore(AuthSQLMixin, Store):
 
     def supersede_metrics(self, trial_id: int, run_id: int, after_steps: int) -> int:
         """Run ``run_id`` restarts the trial at ``after_steps``: earlier runs' reports at later
-        steps are superseded. Returns how many reports were marked."""
+        steps are superseded and the trial's summary no longer counts them. Returns how many
+        reports were marked."""
         m = MetricRow
         with self._write() as conn:
             self._need_trial(conn, trial_id)
+            # The trial row first, as add_metrics_many locks it: the summary is rebuilt below.
+            conn.execute(select(T.id).where(T.id == trial_id).with_for_update())
             result = conn.execute(
                 update(m)
                 .where(
@@ -1622,7 +1627,34 @@ class SQLStore(AuthSQLMixin, Store):
                 )
                 .values(superseded=True)
             )
-            return int(result.rowcount or 0)
+            marked = int(result.rowcount or 0)
+            if marked:
+                self._rebuild_summary(conn, trial_id)
+            return marked
+
+    def _rebuild_summary(self, conn: Connection, trial_id: int) -> None:
+        """Recompute the trial's summary from its reports that are not superseded (in
+        insertion order, chunk by chunk, exactly as :meth:`add_metrics_many` folds batches)."""
+        m = MetricRow
+        summary: JSONDict = {}
+        aux: JSONDict = {}
+        rows = conn.execute(
+            select(m.metric_group, m.payload)
+            .where(m.trial_id == trial_id, m.superseded == false())
+            .order_by(m.id)
+            .execution_options(yield_per=_SUMMARY_CHUNK)
+        )
+        for chunk in rows.partitions():
+            by_group: dict[str, list[dict[str, float]]] = {}
+            for group, payload in chunk:
+                by_group.setdefault(group, []).append(_decode_metrics(payload))
+            partial, _ = _fold_batch(by_group)
+            _merge_summary(summary, aux, partial)
+        conn.execute(
+            update(T)
+            .where(T.id == trial_id)
+            .values(summary_metrics=_STRICT.encode(summary), summary_state=_STRICT.encode(aux))
+        )
 
     # -- checkpoints --------------------------------------------------------------------------
     @staticmethod

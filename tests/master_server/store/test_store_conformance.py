@@ -1463,6 +1463,39 @@ def test_restart_from_a_checkpoint_supersedes_later_steps_of_earlier_runs(store:
         store.supersede_metrics(999, 2, 0)
 
 
+def test_summaries_leave_out_superseded_reports(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    # Run 1 reports steps 1..4 (the best loss, 0.1, at step 4) and a validation at 4.
+    steps = ((1, 0.9), (2, 0.5), (3, math.nan), (4, 0.1))
+    run1 = [rep("training", s, loss=v) for s, v in steps]
+    assert store.add_metrics(trial.id, "a", run1, 1)
+    assert store.add_metrics(trial.id, "b", [rep("validation", 4, acc=0.99)], 1)
+    assert store.get_trial(trial.id).summary_metrics["avg_metrics"]["loss"]["min"] == 0.1
+    # Run 2 restarts from the checkpoint at step 2 and reports worse values at 3 and 4.
+    assert store.supersede_metrics(trial.id, 2, 2) == 3
+    summary = store.get_trial(trial.id).summary_metrics
+    assert summary == {
+        "avg_metrics": {"loss": {"min": 0.5, "max": 0.9, "last": 0.5, "count": 2, "mean": 0.7}}
+    }
+    assert store.add_metrics(trial.id, "c", [rep("training", 3, loss=0.4)], 2)
+    assert store.add_metrics(trial.id, "d", [rep("validation", 3, acc=0.5)], 2)
+    summary = store.get_trial(trial.id).summary_metrics
+    loss = summary["avg_metrics"]["loss"]
+    assert (loss["min"], loss["max"], loss["last"], loss["count"]) == (0.4, 0.9, 0.4, 3)
+    assert loss["mean"] == pytest.approx(0.6)
+    assert summary["validation_metrics"]["acc"] == {
+        "min": 0.5,
+        "max": 0.5,
+        "last": 0.5,
+        "count": 1,
+        "mean": 0.5,
+    }
+    # Nothing marked: the summary is left as it is.
+    assert store.supersede_metrics(trial.id, 2, 2) == 0
+    assert store.get_trial(trial.id).summary_metrics == summary
+
+
 def test_validation_reported_after_its_checkpoint_belongs_to_it(store: Store) -> None:
     exp = new_exp(store)
     trial = new_trial(store, exp.id)
