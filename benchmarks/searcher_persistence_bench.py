@@ -126,8 +126,8 @@ def run(
 
     def persist() -> None:
         t0 = clock()
+        rt.searcher.progress()  # asked before the save, as the engine does
         rt.log.save(store, rt)
-        rt.searcher.progress()
         row.after.append(clock() - t0)
         if row.events % every == 0:
             t0 = clock()

@@ -46,8 +46,9 @@ class SearchDriver:
     def save(self, rt: ExperimentRuntime) -> None:
         """Persist what the last event changed (:class:`~master_server.engine.search_log.
         SearchLog`: one small record, or now and then a snapshot), and the progress."""
-        rt.log.save(self.s.store, rt)
+        # Progress first: asking moves the method's monotone floor, which the record keeps.
         progress = 1.0 if rt.shutdown is not None else rt.searcher.progress()
+        rt.log.save(self.s.store, rt)
         self.s.store.update_experiment(rt.experiment_id, progress=min(1.0, max(0.0, progress)))
 
     def restore(self, rt: ExperimentRuntime) -> dict[str, Any]:
