@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Inputs recorded without an event (trial progress) that make a progress report save them.
+_MAX_PENDING_ENTRIES = 256
+
 
 class SearchDriver:
     """One searcher per managed experiment, driven by events, persisted after each."""
@@ -251,6 +254,9 @@ class SearchDriver:
                 op = tr.current_op()
                 if op is not None:
                     rt.searcher.on_trial_progress(tr.request_id, progress * op)
+                if rt.searcher.pending_entries >= _MAX_PENDING_ENTRIES:
+                    self.save(rt)  # progress reports between events: memory stays bounded
+                    return
                 p = 1.0 if rt.shutdown is not None else rt.searcher.progress()
                 self.s.store.update_experiment(rt.experiment_id, progress=min(1.0, max(0.0, p)))
 

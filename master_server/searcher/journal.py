@@ -72,6 +72,11 @@ class JournaledSearch(SearchMethod):
         return out
 
     @property
+    def pending_entries(self) -> int:
+        """How many entries were recorded since the last :meth:`take_entries`."""
+        return len(self._entries)
+
+    @property
     def busy_s(self) -> float:
         """Seconds spent inside the method since :meth:`reset_busy` (what a replay costs)."""
         return self._busy_s
