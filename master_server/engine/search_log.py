@@ -79,14 +79,19 @@ class SearchLog:
         }
         dirty.clear()
         size = len(_ENCODE(record))
-        if (
-            not self.has_snapshot
-            or self.log_bytes + size >= max(MIN_LOG_BYTES, self.snapshot_bytes)
-            or rt.searcher.busy_s >= max(MAX_REPLAY_S, self.snapshot_s)
-        ):
-            self.write_snapshot(store, rt)
-            return
-        store.append_searcher_event(rt.experiment_id, record)
+        try:
+            if (
+                not self.has_snapshot
+                or self.log_bytes + size >= max(MIN_LOG_BYTES, self.snapshot_bytes)
+                or rt.searcher.busy_s >= max(MAX_REPLAY_S, self.snapshot_s)
+            ):
+                self.write_snapshot(store, rt)
+                return
+            store.append_searcher_event(rt.experiment_id, record)
+        except BaseException:
+            # These inputs are in no record: only a whole snapshot can cover them now.
+            self.has_snapshot = False
+            raise
         self.log_bytes += size
         self.records += 1
 

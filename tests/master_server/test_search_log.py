@@ -136,3 +136,38 @@ def test_restore_at_any_point_equals_the_live_search(
     assert _state(restored()) == _state(rt)
     assert rt.log.snapshots >= 3, "snapshots were written along the way"
     assert checked >= 10 and with_records >= checked // 2, "most restores replayed records"
+
+
+def test_a_failed_write_makes_the_next_save_a_snapshot(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp_id = store.create_experiment(
+        NewExperiment(
+            name="e",
+            config=CONFIG,
+            original_config="",
+            project_id=1,
+            searcher_name="adaptive_asha",
+            state=ExperimentState.ACTIVE,
+        )
+    ).id
+    rt = ExperimentRuntime(exp_id, CONFIG, JournaledSearch(make_search_method(CONFIG)))
+    rt.started = True
+    rt.searcher.initial_operations()
+    rt.log.save(store, rt)
+    assert rt.log.snapshots == 1
+    rt.searcher.on_validation_completed("r1", 0.5, 4)
+
+    def refuse(experiment_id: int, event: dict[str, Any]) -> int:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "append_searcher_event", refuse)
+        with pytest.raises(OSError, match="disk full"):
+            rt.log.save(store, rt)
+    rt.searcher.on_validation_completed("r2", 0.25, 4)
+    rt.log.save(store, rt)  # covers the inputs the failed record lost
+    assert rt.log.snapshots == 2
+    fresh = ExperimentRuntime(exp_id, CONFIG, JournaledSearch(make_search_method(CONFIG)))
+    fresh.log.restore(store, fresh)
+    assert json.dumps(fresh.searcher.snapshot()) == json.dumps(rt.searcher.snapshot())
