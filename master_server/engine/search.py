@@ -104,6 +104,11 @@ class SearchDriver:
 
     def _create_trial(self, rt: ExperimentRuntime, action: Create) -> list[Action]:
         store = self.s.store
+        if action.request_id in rt.trials:
+            # Created by a master that died before recording this event: the trial it left
+            # (recovered with the experiment) is this one; searchers are deterministic.
+            rt.dirty.add(action.request_id)
+            return rt.searcher.on_trial_created(action.request_id)
         warm = None
         if action.checkpoint_from is not None:
             parent = rt.trials.get(action.checkpoint_from)
