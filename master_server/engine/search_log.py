@@ -98,11 +98,8 @@ class SearchLog:
     def write_snapshot(self, store: Store, rt: ExperimentRuntime) -> None:
         """Write the whole state; the log records before it are deleted with it."""
         t0 = time.perf_counter()
-        state = _full_state(rt)
-        text_bytes = len(_ENCODE(state))
-        store.save_searcher_state(rt.experiment_id, state)
+        self.snapshot_bytes = store.save_searcher_state(rt.experiment_id, _full_state(rt))
         self.snapshot_s = time.perf_counter() - t0
-        self.snapshot_bytes = text_bytes
         self.has_snapshot = True
         self.log_bytes = 0
         self.records = 0

@@ -188,11 +188,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def save_searcher_state(
         self, experiment_id: int, state: JSONDict, *, events_through: int | None = None
-    ) -> None:
+    ) -> int:
         """Replace the experiment's persisted searcher snapshot.
 
         The snapshot covers the searcher events appended so far (or those with an id up to
         ``events_through`` when given): they are deleted in the same transaction.
+
+        Returns:
+            The size of the stored snapshot in bytes (of its JSON text).
         """
 
     @abc.abstractmethod

@@ -1218,8 +1218,9 @@ class SQLStore(AuthSQLMixin, Store):
 
     def save_searcher_state(
         self, experiment_id: int, state: JSONDict, *, events_through: int | None = None
-    ) -> None:
-        """Replace the snapshot; delete the searcher events it covers (same transaction)."""
+    ) -> int:
+        """Replace the snapshot; delete the searcher events it covers (same transaction).
+        Returns the snapshot's size in bytes."""
         payload = _dumps(state)
         ev = SearcherEventRow
         with self._write() as conn:
@@ -1242,6 +1243,7 @@ class SQLStore(AuthSQLMixin, Store):
             conn.execute(
                 delete(ev).where(ev.experiment_id == experiment_id, ev.id <= events_through)
             )
+        return len(payload)
 
     def load_searcher_state(self, experiment_id: int) -> JSONDict | None:
         """The last snapshot saved, or None if none was."""

@@ -567,7 +567,7 @@ def test_searcher_event_log(store: SQLStore) -> None:
     assert log.events[0][1] == {"in": [[["initial"], 7]]}
     assert math.isnan(log.events[1][1]["in"][0][0][2])  # NaN metrics survive
     # A snapshot covers (and deletes) every event so far; later events follow it.
-    store.save_searcher_state(exp.id, {"n": 2})
+    assert store.save_searcher_state(exp.id, {"n": 2}) == len('{"n":2}')
     i3 = store.append_searcher_event(exp.id, {"in": [[["exited", "r1"], 0]]})
     assert i3 > i2
     log = store.load_searcher_log(exp.id)
