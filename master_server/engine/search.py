@@ -3,8 +3,8 @@
 After every event what changed is saved (:mod:`master_server.engine.search_log`: the inputs the
 searcher got and the runtimes of the trials changed: operations handed out, lengths completed,
 which trials the searcher closed), so a restarted master continues each search where it was.
-Also serves what trials and custom-search drivers ask
-of the searcher: operations (long poll), completed operations, progress, custom events.
+Also serves what trials and custom-search drivers ask of the searcher: operations (long poll),
+completed operations, progress, custom events.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class SearchDriver:
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, rt: ExperimentRuntime) -> None:
-        """Persist what the last event changed (:class:`~master_server.engine.search_log.
-        SearchLog`: one small record, or now and then a snapshot), and the progress."""
+        """Persist what the last event changed (one small record, or now and then a
+        snapshot: :mod:`master_server.engine.search_log`), and the experiment's progress."""
         # Progress first: asking moves the method's monotone floor, which the record keeps.
         progress = 1.0 if rt.shutdown is not None else rt.searcher.progress()
         rt.log.save(self.s.store, rt)
