@@ -8,8 +8,8 @@ A simulated search (no processes, no database) of ``--trials`` trials (default 1
   ``on_validation_completed``, ``on_trial_exited``, ``initial_operations``) is one *event* and
   is timed. ``max_concurrent_trials`` 16, ``max_length`` 256 (ASHA: 4 rungs, divisor 4,
   standard mode). Reported: mean and p99 cost per event, cost per trial, and the size/time of
-  one ``snapshot()`` at the end (the service persists one per event; that is the store's cost,
-  not counted as decision cost).
+  one ``snapshot()`` at the end (the master writes one now and then, and a small record per
+  event: ``benchmarks/searcher_persistence_bench.py`` measures that cost).
 * **ours/optuna-random**: our Optuna-backed method (RandomSampler), same loop, for the
   wrapper's overhead.
 * **optuna/random**, **optuna/tpe**: Optuna's in-memory study, ``study.ask(distributions)`` +

@@ -267,6 +267,16 @@ class PendingJob:
 
 
 @dataclass(frozen=True)
+class SearcherLog:
+    """An experiment's persisted search (see ``Store.load_searcher_log``): the last snapshot
+    (None if none was saved) and the searcher events appended after it, oldest first, as
+    ``(event id, event)`` pairs."""
+
+    snapshot: JSONDict | None
+    events: list[tuple[int, JSONDict]]
+
+
+@dataclass(frozen=True)
 class LogLine:
     trial_id: int
     timestamp: float

@@ -33,6 +33,7 @@ from master_server.domain import TrialState as T
 from master_server.engine.state import EngineState, ExperimentRuntime, TrialRuntime
 from master_server.rm.base import LiveRun
 from master_server.searcher.factory import make_search_method
+from master_server.searcher.journal import JournaledSearch
 
 if TYPE_CHECKING:
     from master_server.engine.preemption import Preemption
@@ -118,7 +119,7 @@ class ExperimentLifecycle:
                     model_definition=model_definition,
                 )
             )
-            rt = ExperimentRuntime(exp.id, config, searcher)
+            rt = ExperimentRuntime(exp.id, config, JournaledSearch(searcher))
             self.s.exps[exp.id] = rt
             self.s.config_cache[exp.id] = config
             if activate:
@@ -401,7 +402,7 @@ class ExperimentLifecycle:
             self.runs.schedule()
 
     def _recover_experiment(self, exp: Experiment, live: dict[int, LiveRun]) -> set[int]:
-        rt = ExperimentRuntime(exp.id, exp.config, make_search_method(exp.config))
+        rt = ExperimentRuntime(exp.id, exp.config, JournaledSearch(make_search_method(exp.config)))
         self.s.exps[exp.id] = rt
         self.s.config_cache[exp.id] = exp.config
         saved = self.search.restore(rt)

@@ -1,9 +1,10 @@
 """The search driver: feeds searcher events, carries out its actions, and persists the search.
 
-After every event the experiment's searcher snapshot *and* the trial runtimes (operations handed
-out, lengths completed, which trials the searcher closed) are saved together, so a restarted
-master continues each search where it was. Also serves what trials and custom-search drivers ask
-of the searcher: operations (long poll), completed operations, progress, custom events.
+After every event what changed is saved (:mod:`master_server.engine.search_log`: the inputs the
+searcher got and the runtimes of the trials changed: operations handed out, lengths completed,
+which trials the searcher closed), so a restarted master continues each search where it was.
+Also serves what trials and custom-search drivers ask of the searcher: operations (long poll),
+completed operations, progress, custom events.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Inputs recorded without an event (trial progress) that make a progress report save them.
+_MAX_PENDING_ENTRIES = 256
+
 
 class SearchDriver:
     """One searcher per managed experiment, driven by events, persisted after each."""
@@ -43,33 +47,17 @@ class SearchDriver:
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, rt: ExperimentRuntime) -> None:
-        """Save the searcher snapshot and the trial runtimes, and the experiment's progress."""
-        self.s.store.save_searcher_state(
-            rt.experiment_id,
-            {
-                "method": rt.searcher.snapshot(),
-                "started": rt.started,
-                "shutdown": None
-                if rt.shutdown is None
-                else {"failure": rt.shutdown.failure, "reason": rt.shutdown.reason},
-                "trials": {rid: t.to_json() for rid, t in rt.trials.items()},
-            },
-        )
+        """Persist what the last event changed (one small record, or now and then a
+        snapshot: :mod:`master_server.engine.search_log`), and the experiment's progress."""
+        # Progress first: asking moves the method's monotone floor, which the record keeps.
         progress = 1.0 if rt.shutdown is not None else rt.searcher.progress()
+        rt.log.save(self.s.store, rt)
         self.s.store.update_experiment(rt.experiment_id, progress=min(1.0, max(0.0, progress)))
 
     def restore(self, rt: ExperimentRuntime) -> dict[str, Any]:
-        """Load ``rt``'s searcher from its snapshot; returns the saved trial runtimes by request."""
-        state = self.s.store.load_searcher_state(rt.experiment_id) or {}
-        if state.get("method") is not None:
-            rt.searcher.restore(state["method"])
-        rt.started = bool(state.get("started"))
-        sd = state.get("shutdown")
-        rt.shutdown = (
-            Shutdown(failure=bool(sd["failure"]), reason=str(sd.get("reason", ""))) if sd else None
-        )
-        saved: dict[str, Any] = state.get("trials", {})
-        return saved
+        """Load ``rt``'s searcher (snapshot + replayed log); returns the saved trial runtimes
+        by request id."""
+        return rt.log.restore(self.s.store, rt)
 
     # -- events and actions ------------------------------------------------------------------
     def start(self, rt: ExperimentRuntime) -> None:
@@ -98,21 +86,29 @@ class SearchDriver:
                 tr = rt.trials.get(action.request_id)
                 if tr is not None and (not tr.ops or action.length > tr.ops[-1]):
                     tr.ops.append(action.length)
+                    rt.dirty.add(tr.request_id)
             elif isinstance(action, Stop):
                 tr = rt.trials.get(action.request_id)
                 if tr is not None and not tr.closed:
                     tr.closed = True
+                    rt.dirty.add(tr.request_id)
                     self._close_trial(tr)
             elif isinstance(action, Shutdown) and rt.shutdown is None:
                 rt.shutdown = action
                 for tr in rt.trials.values():
                     if not tr.closed:
                         tr.closed = True
+                        rt.dirty.add(tr.request_id)
                         self._close_trial(tr)
         self.s.notify(rt.experiment_id)
 
     def _create_trial(self, rt: ExperimentRuntime, action: Create) -> list[Action]:
         store = self.s.store
+        if action.request_id in rt.trials:
+            # Created by a master that died before recording this event: the trial it left
+            # (recovered with the experiment) is this one; searchers are deterministic.
+            rt.dirty.add(action.request_id)
+            return rt.searcher.on_trial_created(action.request_id)
         warm = None
         if action.checkpoint_from is not None:
             parent = rt.trials.get(action.checkpoint_from)
@@ -128,6 +124,7 @@ class SearchDriver:
         )
         tr = TrialRuntime(trial.id, rt.experiment_id, action.request_id)
         rt.trials[action.request_id] = tr
+        rt.dirty.add(action.request_id)
         self.s.trials[trial.id] = tr
         if store.get_experiment(rt.experiment_id).state == E.ACTIVE:
             self.s.rm.request(trial.id, rt.slots)
@@ -172,7 +169,7 @@ class SearchDriver:
         if (
             not tr.ops
             and searcher_length_unit(rt.config) is None
-            and not isinstance(rt.searcher, CustomSearchMethod)
+            and not isinstance(rt.searcher.inner, CustomSearchMethod)
         ):
             return True, (None, True)  # this searcher hands out no lengths (a custom driver may)
         return self.s.closed, (None, False)
@@ -209,6 +206,7 @@ class SearchDriver:
                     f" (current: {tr.current_op()})"
                 )
             tr.completed_length = length
+            rt.dirty.add(tr.request_id)
             self.s.touch(trial_id)
             self.event(rt, rt.searcher.on_validation_completed(tr.request_id, metric, length))
 
@@ -261,6 +259,9 @@ class SearchDriver:
                 op = tr.current_op()
                 if op is not None:
                     rt.searcher.on_trial_progress(tr.request_id, progress * op)
+                if rt.searcher.pending_entries >= _MAX_PENDING_ENTRIES:
+                    self.save(rt)  # progress reports between events: memory stays bounded
+                    return
                 p = 1.0 if rt.shutdown is not None else rt.searcher.progress()
                 self.s.store.update_experiment(rt.experiment_id, progress=min(1.0, max(0.0, p)))
 
@@ -277,7 +278,7 @@ class SearchDriver:
     def _custom(self, experiment_id: int) -> tuple[ExperimentRuntime, CustomSearchMethod]:
         exp = self.s.store.get_experiment(experiment_id)
         rt = self.s.exps.get(experiment_id)
-        method = rt.searcher if rt is not None else None
+        method = rt.searcher.inner if rt is not None else None
         if rt is None or not isinstance(method, CustomSearchMethod):
             raise FailedPreconditionError(
                 f"experiment {experiment_id} does not use the custom searcher "
@@ -293,9 +294,9 @@ class SearchDriver:
             raise InvalidArgumentError(f"after_event_id: must be >= 0, got {after_id}")
         deadline = time.monotonic() + max(0.0, min(timeout_s, 600.0))
         with self.s.lock:
-            _, method = self._custom(experiment_id)
+            rt, _ = self._custom(experiment_id)
             while True:
-                events = method.events_after(after_id)
+                events = rt.searcher.custom_events_after(after_id)
                 state = self.s.store.get_experiment(experiment_id).state
                 over = state in TERMINAL_EXPERIMENT_STATES
                 left = deadline - time.monotonic()
@@ -308,15 +309,10 @@ class SearchDriver:
     ) -> None:
         """Carry out actions from a custom-search driver (checked as a whole first)."""
         with self.s.lock:
-            rt, method = self._custom(experiment_id)
+            rt, _ = self._custom(experiment_id)
             exp = self.s.store.get_experiment(experiment_id)
             if exp.state in TERMINAL_EXPERIMENT_STATES:
                 raise FailedPreconditionError(
                     f"experiment {experiment_id} is {exp.state.value}; the search is over"
                 )
-            method.push_actions(actions)
-            if ack_id > 0:
-                method.events_after(ack_id)
-            if progress is not None:
-                method.set_progress(progress)
-            self.event(rt, method.pending_actions())
+            self.event(rt, rt.searcher.custom_post(actions, ack_id, progress))

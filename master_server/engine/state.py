@@ -26,8 +26,10 @@ from master_server.domain import (
     TrialState,
 )
 from master_server.engine.jobs import JobRunner
+from master_server.engine.search_log import SearchLog
 from master_server.rm.base import ResourceManager
-from master_server.searcher.base import SearchMethod, Shutdown
+from master_server.searcher.base import Shutdown
+from master_server.searcher.journal import JournaledSearch
 from master_server.statemachine import check_experiment_transition, check_trial_transition
 from master_server.store.base import Store
 
@@ -71,10 +73,13 @@ class ExperimentRuntime:
 
     experiment_id: int
     config: JSONDict
-    searcher: SearchMethod
+    searcher: JournaledSearch  # records its inputs for the searcher event log
     started: bool = False
     shutdown: Shutdown | None = None
     trials: dict[str, TrialRuntime] = field(default_factory=dict)  # by request id
+    # Request ids whose runtime changed since the last save (saved with the next log record).
+    dirty: set[str] = field(default_factory=set)
+    log: SearchLog = field(default_factory=SearchLog)
 
     @property
     def slots(self) -> int:

@@ -5,9 +5,12 @@ The master's experiment service owns one :class:`SearchMethod` per experiment. I
 early) and carries out the actions returned. Trials are named by ``request_id`` (a string the
 searcher makes; the service maps it to a trial id), so a searcher never sees database ids.
 
-After every event the service persists :meth:`SearchMethod.snapshot`; after a master restart it
-builds the method from the config again and calls :meth:`SearchMethod.restore`, so the search
-goes on where it was.
+The service persists the inputs of every event (:mod:`master_server.searcher.journal`) and,
+now and then, :meth:`SearchMethod.snapshot`; after a master restart it builds the method from
+the config again, calls :meth:`SearchMethod.restore` with the last snapshot and replays the
+inputs recorded after it, so the search goes on where it was. A method must therefore be
+deterministic given its config, its snapshot and its inputs (including the calls to
+:meth:`SearchMethod.progress`, which keep the value monotone).
 
 Lengths are *absolute* (seed 001): ``ValidateAfter(rid, 300)`` means "train until 300 units in
 total, then report the searcher metric", whatever was trained before.

@@ -25,13 +25,18 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
   group or a steps range never scans the trial's other points.
 * **Runs.** Each metric report records the trial run that sent it. When run ``r`` restarts a
   trial from its checkpoint at step ``S``, :meth:`supersede_metrics` marks the reports of runs
-  before ``r`` at steps after ``S``; readers see one series unless they ask for superseded ones.
+  before ``r`` at steps after ``S``; readers see one series unless they ask for superseded ones,
+  and the trial's ``summary_metrics`` is rebuilt from the reports left (same transaction).
 * **Checkpoints.** :meth:`add_checkpoint` fills ``training_metrics`` / ``validation_metrics``
   from the last (not superseded) report of each group at or before the checkpoint's
   ``steps_completed``; :meth:`add_metrics` keeps them so when the report comes after the
   checkpoint (a validation reported right after its checkpoint belongs to it), and
   sets the trial's ``latest_checkpoint_uuid`` when the checkpoint is COMPLETED and its steps
   are the trial's highest.
+* **Searcher state.** A snapshot plus an append-only event log: :meth:`append_searcher_event`
+  writes one small row (cost independent of the search's size); :meth:`save_searcher_state`
+  replaces the snapshot and deletes the events it covers in the same transaction, so
+  :meth:`load_searcher_log` always returns a snapshot and exactly the events after it.
 * **Deletion.** :meth:`delete_experiment` removes the experiment and everything under it
   (trials, metrics, checkpoint records, logs, searcher state); files on disk are the caller's.
 * **Pending jobs.** Side work (file removals, deletions, checkpoint GC) is recorded with
@@ -75,6 +80,7 @@ from master_server.domain import (
     NewExperiment,
     PendingJob,
     Project,
+    SearcherLog,
     Trial,
     TrialState,
     User,
@@ -180,12 +186,33 @@ class Store(abc.ABC):
     def delete_experiment(self, experiment_id: int) -> None: ...
 
     @abc.abstractmethod
-    def save_searcher_state(self, experiment_id: int, state: JSONDict) -> None:
-        """Replace the experiment's persisted searcher snapshot."""
+    def save_searcher_state(
+        self, experiment_id: int, state: JSONDict, *, events_through: int | None = None
+    ) -> int:
+        """Replace the experiment's persisted searcher snapshot.
+
+        The snapshot covers the searcher events appended so far (or those with an id up to
+        ``events_through`` when given): they are deleted in the same transaction.
+
+        Returns:
+            The size of the stored snapshot in bytes (of its JSON text).
+        """
 
     @abc.abstractmethod
     def load_searcher_state(self, experiment_id: int) -> JSONDict | None:
         """The last snapshot saved, or None if none was."""
+
+    @abc.abstractmethod
+    def append_searcher_event(self, experiment_id: int, event: JSONDict) -> int:
+        """Append one event to the experiment's searcher log (after its snapshot).
+
+        Returns:
+            The event's id; ids increase in the order events are appended.
+        """
+
+    @abc.abstractmethod
+    def load_searcher_log(self, experiment_id: int) -> SearcherLog:
+        """The last snapshot and the events appended after it, oldest first."""
 
     # -- trials -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -259,7 +286,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def supersede_metrics(self, trial_id: int, run_id: int, after_steps: int) -> int:
         """Mark reports of runs before ``run_id`` at steps after ``after_steps`` superseded (a
-        restart from the checkpoint at ``after_steps``); returns how many were marked."""
+        restart from the checkpoint at ``after_steps``) and rebuild the trial's summary without
+        them; returns how many were marked."""
 
     @abc.abstractmethod
     def read_metrics(self, query: MetricQuery) -> Iterator[MetricColumns]:

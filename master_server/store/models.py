@@ -115,7 +115,8 @@ class ExperimentLabelRow(Base):
 
 
 class SearcherStateRow(Base):
-    """The last searcher snapshot saved for an experiment."""
+    """The last searcher snapshot saved for an experiment; it covers the experiment's
+    searcher events up to ``events_through`` (those rows are deleted when it is written)."""
 
     __tablename__ = "searcher_states"
 
@@ -124,6 +125,20 @@ class SearcherStateRow(Base):
     )
     state: Mapped[str] = mapped_column(Text)  # JSON
     update_time: Mapped[float] = mapped_column(Double)
+    events_through: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class SearcherEventRow(Base):
+    """One searcher event since the experiment's last snapshot (an append-only log)."""
+
+    __tablename__ = "searcher_events"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)  # increasing: replay order
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    event: Mapped[str] = mapped_column(Text)  # JSON
 
 
 class TrialRow(Base):

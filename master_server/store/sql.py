@@ -91,6 +91,7 @@ from master_server.domain import (
     NewExperiment,
     PendingJob,
     Project,
+    SearcherLog,
     Trial,
     TrialState,
     Workspace,
@@ -109,6 +110,7 @@ from master_server.store.models import (
     ModelVersionRow,
     PendingJobRow,
     ProjectRow,
+    SearcherEventRow,
     SearcherStateRow,
     TrialRow,
     WorkspaceRow,
@@ -203,6 +205,8 @@ def _decode_summary(raw: str) -> JSONDict:
 
 
 _SUMMARY_KEYS = {"training": "avg_metrics", "validation": "validation_metrics"}
+#: Reports decoded at a time when a trial's summary is rebuilt (after a supersession).
+_SUMMARY_CHUNK = 10_000
 
 
 def summary_key(group: str) -> str:
@@ -1248,18 +1252,34 @@ class SQLStore(AuthSQLMixin, Store):
                 )
             conn.execute(delete(E).where(E.id == experiment_id))
 
-    def save_searcher_state(self, experiment_id: int, state: JSONDict) -> None:
-        """Replace the experiment's persisted searcher snapshot."""
+    def save_searcher_state(
+        self, experiment_id: int, state: JSONDict, *, events_through: int | None = None
+    ) -> int:
+        """Replace the snapshot; delete the searcher events it covers (same transaction).
+        Returns the snapshot's size in bytes."""
         payload = _dumps(state)
+        ev = SearcherEventRow
         with self._write() as conn:
             self._need_experiment(conn, experiment_id)
+            if events_through is None:
+                last = conn.scalar(select(func.max(ev.id)).where(ev.experiment_id == experiment_id))
+                events_through = int(last or 0)
             conn.execute(
                 self._upsert(
                     SearcherStateRow,
-                    {"experiment_id": experiment_id, "state": payload, "update_time": time.time()},
+                    {
+                        "experiment_id": experiment_id,
+                        "state": payload,
+                        "update_time": time.time(),
+                        "events_through": events_through,
+                    },
                     ["experiment_id"],
                 )
             )
+            conn.execute(
+                delete(ev).where(ev.experiment_id == experiment_id, ev.id <= events_through)
+            )
+        return len(payload)
 
     def load_searcher_state(self, experiment_id: int) -> JSONDict | None:
         """The last snapshot saved, or None if none was."""
@@ -1274,6 +1294,39 @@ class SQLStore(AuthSQLMixin, Store):
             return None
         out: JSONDict = json.loads(raw)
         return out
+
+    def append_searcher_event(self, experiment_id: int, event: JSONDict) -> int:
+        """Append one event to the experiment's searcher log; returns its id."""
+        payload = _dumps(event)
+        with self._write() as conn:
+            self._need_experiment(conn, experiment_id)
+            new_id = conn.execute(
+                insert(SearcherEventRow)
+                .values(experiment_id=experiment_id, event=payload)
+                .returning(SearcherEventRow.id)
+            ).scalar_one()
+        return int(new_id)
+
+    def load_searcher_log(self, experiment_id: int) -> SearcherLog:
+        """The last snapshot and the events appended after it, oldest first."""
+        ev = SearcherEventRow
+        with self._read() as conn:
+            self._need_experiment(conn, experiment_id)
+            row = conn.execute(
+                select(SearcherStateRow.state, SearcherStateRow.events_through).where(
+                    SearcherStateRow.experiment_id == experiment_id
+                )
+            ).first()
+            through = 0 if row is None else int(row[1])
+            events = conn.execute(
+                select(ev.id, ev.event)
+                .where(ev.experiment_id == experiment_id, ev.id > through)
+                .order_by(ev.id)
+            ).all()
+        return SearcherLog(
+            snapshot=None if row is None else json.loads(row[0]),
+            events=[(int(i), json.loads(e)) for i, e in events],
+        )
 
     # -- trials -------------------------------------------------------------------------------
     @staticmethod
@@ -1618,10 +1671,13 @@ class SQLStore(AuthSQLMixin, Store):
 
     def supersede_metrics(self, trial_id: int, run_id: int, after_steps: int) -> int:
         """Run ``run_id`` restarts the trial at ``after_steps``: earlier runs' reports at later
-        steps are superseded. Returns how many reports were marked."""
+        steps are superseded and the trial's summary no longer counts them. Returns how many
+        reports were marked."""
         m = MetricRow
         with self._write() as conn:
             self._need_trial(conn, trial_id)
+            # The trial row first, as add_metrics_many locks it: the summary is rebuilt below.
+            conn.execute(select(T.id).where(T.id == trial_id).with_for_update())
             result = conn.execute(
                 update(m)
                 .where(
@@ -1632,7 +1688,34 @@ class SQLStore(AuthSQLMixin, Store):
                 )
                 .values(superseded=True)
             )
-            return int(result.rowcount or 0)
+            marked = int(result.rowcount or 0)
+            if marked:
+                self._rebuild_summary(conn, trial_id)
+            return marked
+
+    def _rebuild_summary(self, conn: Connection, trial_id: int) -> None:
+        """Recompute the trial's summary from its reports that are not superseded (in
+        insertion order, chunk by chunk, exactly as :meth:`add_metrics_many` folds batches)."""
+        m = MetricRow
+        summary: JSONDict = {}
+        aux: JSONDict = {}
+        rows = conn.execute(
+            select(m.metric_group, m.payload)
+            .where(m.trial_id == trial_id, m.superseded == false())
+            .order_by(m.id)
+            .execution_options(yield_per=_SUMMARY_CHUNK)
+        )
+        for chunk in rows.partitions():
+            by_group: dict[str, list[dict[str, float]]] = {}
+            for group, payload in chunk:
+                by_group.setdefault(group, []).append(_decode_metrics(payload))
+            partial, _ = _fold_batch(by_group)
+            _merge_summary(summary, aux, partial)
+        conn.execute(
+            update(T)
+            .where(T.id == trial_id)
+            .values(summary_metrics=_STRICT.encode(summary), summary_state=_STRICT.encode(aux))
+        )
 
     # -- checkpoints --------------------------------------------------------------------------
     @staticmethod

@@ -132,3 +132,44 @@ def test_custom_search_bad_input(stubs: Stubs, tmp_path: pathlib.Path) -> None:
         and "actions_json[0]" in ei.value.details()
     )
     assert stubs.trials_of(custom.id) == []  # nothing was half-applied
+
+
+def test_a_create_whose_record_died_with_the_master_is_not_made_twice(
+    master_factory: Any, tmp_path: pathlib.Path
+) -> None:
+    """The master created the trial but died before recording the event (here: the record is
+    removed from the database); the driver posts the Create again to the next master, which
+    carries it out on the trial the dead one left instead of failing on the duplicate."""
+    import sqlalchemy as sa
+
+    data = tmp_path / "data"
+    m1 = master_factory(data_dir=data)
+    stubs = Stubs.connect(m1.address)
+    md = write_model_dir(tmp_path / "m", {"main.py": TRIAL})
+    cfg = {
+        "name": "custom",
+        "entrypoint": "python main.py",
+        "searcher": {"name": "custom", "metric": "loss"},
+        "hyperparameters": {"x": 0.0},
+    }
+    exp = stubs.create(cfg, md, activate=False)
+    create = [{"type": "create", "request_id": "a", "hparams": {"x": 1.0}}]
+    Driver(stubs, exp.id).post(create, 0)
+    (before,) = stubs.trials_of(exp.id)
+    stubs.channel.close()
+    m1.stop()
+    engine = sa.create_engine(f"sqlite:///{data / 'master.db'}")
+    with engine.begin() as conn:
+        lost = conn.execute(sa.text("DELETE FROM searcher_events")).rowcount
+    engine.dispose()
+    assert lost == 1  # the post's record (the experiment's snapshot was written at creation)
+
+    m2 = master_factory(data_dir=data)
+    stubs = Stubs.connect(m2.address)
+    Driver(stubs, exp.id).post(create, 0)
+    (after,) = stubs.trials_of(exp.id)
+    assert (after.id, after.hparams_json) == (before.id, before.hparams_json)
+    assert trial_state(after) == "PAUSED"
+    events, _ = Driver(stubs, exp.id).events(0)
+    assert [e["type"] for e in events] == ["trial_created"]
+    stubs.channel.close()

@@ -3,6 +3,7 @@ earlier runs reported after it. Through a real master with a real Core API trial
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
@@ -56,6 +57,10 @@ def test_restart_supersedes_reports_after_the_checkpoint(
     every = points(include_superseded=True)
     assert [x for x in every if x[2]] == [(s, 1, True) for s in range(6, 11)]
     assert len(every) == 15
+    # The trial's summary counts the one series too (not run 1's reports after step 5).
+    loss = json.loads(stubs.trial(t.id).summary_metrics_json)["avg_metrics"]["loss"]
+    assert (loss["count"], loss["last"], loss["min"]) == (10, 0.1, 0.1)
+    assert loss["mean"] == pytest.approx(sum(1.0 / s for s in range(1, 11)) / 10)
 
 
 def test_stream_metrics_bad_input(stubs: Stubs) -> None:

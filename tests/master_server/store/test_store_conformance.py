@@ -37,6 +37,7 @@ from master_server.domain import (
     MetricQuery,
     MetricReport,
     NewExperiment,
+    SearcherLog,
     Trial,
     TrialState,
 )
@@ -49,6 +50,7 @@ from master_server.store.models import (
     LogRow,
     MetricBatchRow,
     MetricRow,
+    SearcherEventRow,
     SearcherStateRow,
     TrialRow,
 )
@@ -549,6 +551,41 @@ def test_searcher_state(store: SQLStore) -> None:
         store.save_searcher_state(5, {})
     with pytest.raises(NotFoundError, match="experiment 5 not found"):
         store.load_searcher_state(5)
+
+
+def test_searcher_event_log(store: SQLStore) -> None:
+    exp, other = new_exp(store), new_exp(store)
+    assert store.load_searcher_log(exp.id) == SearcherLog(snapshot=None, events=[])
+    # Events before any snapshot are replayed from a fresh search.
+    i1 = store.append_searcher_event(exp.id, {"in": [[["initial"], 7]]})
+    i2 = store.append_searcher_event(exp.id, {"in": [[["validated", "r1", math.nan, 3], 1]]})
+    store.append_searcher_event(other.id, {"in": []})
+    assert i1 < i2
+    log = store.load_searcher_log(exp.id)
+    assert log.snapshot is None
+    assert [i for i, _ in log.events] == [i1, i2]
+    assert log.events[0][1] == {"in": [[["initial"], 7]]}
+    assert math.isnan(log.events[1][1]["in"][0][0][2])  # NaN metrics survive
+    # A snapshot covers (and deletes) every event so far; later events follow it.
+    assert store.save_searcher_state(exp.id, {"n": 2}) == len('{"n":2}')
+    i3 = store.append_searcher_event(exp.id, {"in": [[["exited", "r1"], 0]]})
+    assert i3 > i2
+    log = store.load_searcher_log(exp.id)
+    assert log.snapshot == {"n": 2}
+    assert log.events == [(i3, {"in": [[["exited", "r1"], 0]]})]
+    assert count_rows(store, SearcherEventRow) == 2  # i3 and the other experiment's
+    # ... or the events up to a given id only.
+    i4 = store.append_searcher_event(exp.id, {"x": 4})
+    store.save_searcher_state(exp.id, {"n": 3}, events_through=i3)
+    assert store.load_searcher_log(exp.id).events == [(i4, {"x": 4})]
+    assert store.load_searcher_state(exp.id) == {"n": 3}
+    assert len(store.load_searcher_log(other.id).events) == 1
+    with pytest.raises(NotFoundError, match="experiment 99 not found"):
+        store.append_searcher_event(99, {})
+    with pytest.raises(NotFoundError, match="experiment 99 not found"):
+        store.load_searcher_log(99)
+    store.delete_experiment(exp.id)
+    assert count_rows(store, SearcherEventRow) == 1
 
 
 # -- trials ------------------------------------------------------------------------------------
@@ -1445,6 +1482,39 @@ def test_restart_from_a_checkpoint_supersedes_later_steps_of_earlier_runs(store:
     assert points(group="validation") == []
     with pytest.raises(NotFoundError, match="trial 999"):
         store.supersede_metrics(999, 2, 0)
+
+
+def test_summaries_leave_out_superseded_reports(store: Store) -> None:
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    # Run 1 reports steps 1..4 (the best loss, 0.1, at step 4) and a validation at 4.
+    steps = ((1, 0.9), (2, 0.5), (3, math.nan), (4, 0.1))
+    run1 = [rep("training", s, loss=v) for s, v in steps]
+    assert store.add_metrics(trial.id, "a", run1, 1)
+    assert store.add_metrics(trial.id, "b", [rep("validation", 4, acc=0.99)], 1)
+    assert store.get_trial(trial.id).summary_metrics["avg_metrics"]["loss"]["min"] == 0.1
+    # Run 2 restarts from the checkpoint at step 2 and reports worse values at 3 and 4.
+    assert store.supersede_metrics(trial.id, 2, 2) == 3
+    summary = store.get_trial(trial.id).summary_metrics
+    assert summary == {
+        "avg_metrics": {"loss": {"min": 0.5, "max": 0.9, "last": 0.5, "count": 2, "mean": 0.7}}
+    }
+    assert store.add_metrics(trial.id, "c", [rep("training", 3, loss=0.4)], 2)
+    assert store.add_metrics(trial.id, "d", [rep("validation", 3, acc=0.5)], 2)
+    summary = store.get_trial(trial.id).summary_metrics
+    loss = summary["avg_metrics"]["loss"]
+    assert (loss["min"], loss["max"], loss["last"], loss["count"]) == (0.4, 0.9, 0.4, 3)
+    assert loss["mean"] == pytest.approx(0.6)
+    assert summary["validation_metrics"]["acc"] == {
+        "min": 0.5,
+        "max": 0.5,
+        "last": 0.5,
+        "count": 1,
+        "mean": 0.5,
+    }
+    # Nothing marked: the summary is left as it is.
+    assert store.supersede_metrics(trial.id, 2, 2) == 0
+    assert store.get_trial(trial.id).summary_metrics == summary
 
 
 def test_validation_reported_after_its_checkpoint_belongs_to_it(store: Store) -> None:
