@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: How long an action on an experiment waits for its create to register it (the create's row
+#: is stored before its runtime exists, so a quick caller can see one without the other).
+REGISTER_WAIT_S = 30.0
+
 
 class ExperimentLifecycle:
     """What users do to whole experiments, and how experiments end."""
@@ -58,6 +63,7 @@ class ExperimentLifecycle:
         storage_roots: StorageRoots,
     ) -> None:
         self.s = state
+        self._create_gate = threading.Lock()  # creates write their rows one at a time
         self.checkpoint_dir = checkpoint_dir
         self.max_model_bytes = max_model_bytes
         self.storage_roots = storage_roots
@@ -104,8 +110,18 @@ class ExperimentLifecycle:
         self._fill_checkpoint_storage(config)
         # Build the search method now so a searcher config error fails the create call.
         searcher = make_search_method(config)
-        with self.s.lock:
-            exp = self.s.store.create_experiment(
+        rt = ExperimentRuntime(0, config, searcher)
+        store = self.s.store
+        # The row (config, model code, and a paused experiment's searcher snapshot, in one
+        # transaction) is written outside the engine lock: the lock guards the runtimes, and a
+        # create must not stall every long poll and trial call while the database writes.
+        # Creates still pass one at a time (the gate): the database sees no more concurrent
+        # writers than before, and runtimes are registered in id order. Until its runtime is
+        # registered nothing in the engine knows the new id; an action that finds the row
+        # first waits for it (_await_runtime), and a master that stops in between starts the
+        # search on recovery (the row is ACTIVE and not started).
+        with self._create_gate:
+            exp = store.create_experiment(
                 NewExperiment(
                     name=str(config.get("name") or "Experiment"),
                     description=str(config.get("description") or ""),
@@ -116,17 +132,39 @@ class ExperimentLifecycle:
                     searcher_name=str(config["searcher"]["name"]),
                     state=E.ACTIVE if activate else E.PAUSED,
                     model_definition=model_definition,
+                    searcher_state=None if activate else self.search.snapshot(rt),
                 )
             )
-            rt = ExperimentRuntime(exp.id, config, searcher)
-            self.s.exps[exp.id] = rt
-            self.s.config_cache[exp.id] = config
-            if activate:
-                self.search.start(rt)
-            else:
-                self.search.save(rt)
-            logger.info("experiment %d created (%s)", exp.id, rt.config["searcher"]["name"])
-            return self.s.store.get_experiment(exp.id)
+            rt.experiment_id = exp.id
+            with self.s.lock:
+                self.s.exps[exp.id] = rt
+                self.s.config_cache[exp.id] = config
+                if activate:
+                    self.search.start(rt)
+                self.s.notify()  # wakes actions waiting for this runtime
+        logger.info("experiment %d created (%s)", exp.id, config["searcher"]["name"])
+        return exp if not activate else store.get_experiment(exp.id)
+
+    def _await_runtime(self, exp: Experiment) -> Experiment:
+        """Wait (lock held) until a create that stored ``exp`` has registered its runtime.
+
+        Returns the experiment as it is then. Only a managed, unfinished experiment has a
+        runtime; ``exp`` as given is returned for the others.
+        """
+        deadline = time.monotonic() + REGISTER_WAIT_S
+        while (
+            not exp.unmanaged
+            and exp.state not in TERMINAL_EXPERIMENT_STATES
+            and exp.id not in self.s.exps
+        ):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FailedPreconditionError(
+                    f"experiment {exp.id} is still being created; try again"
+                )
+            self.s.changed.wait(timeout=left)
+            exp = self.s.store.get_experiment(exp.id)
+        return exp
 
     def _resolve_project(self, config: JSONDict, project_id: int) -> int:
         store = self.s.store
@@ -200,7 +238,7 @@ class ExperimentLifecycle:
     # -- user actions ----------------------------------------------------------------------
     def activate(self, experiment_id: int) -> Experiment:
         with self.s.lock:
-            exp = self.s.store.get_experiment(experiment_id)
+            exp = self._await_runtime(self.s.store.get_experiment(experiment_id))
             if exp.unmanaged:
                 raise FailedPreconditionError(
                     f"experiment {experiment_id} is unmanaged; it cannot be activated"
@@ -219,7 +257,7 @@ class ExperimentLifecycle:
 
     def pause(self, experiment_id: int) -> Experiment:
         with self.s.lock:
-            exp = self.s.store.get_experiment(experiment_id)
+            exp = self._await_runtime(self.s.store.get_experiment(experiment_id))
             if exp.unmanaged:
                 raise FailedPreconditionError(
                     f"experiment {experiment_id} is unmanaged; it cannot be paused"
@@ -238,7 +276,7 @@ class ExperimentLifecycle:
     def cancel(self, experiment_id: int, *, kill: bool = False) -> Experiment:
         """Cancel (or kill) an experiment; one that already ended is returned unchanged."""
         with self.s.lock:
-            exp = self.s.store.get_experiment(experiment_id)
+            exp = self._await_runtime(self.s.store.get_experiment(experiment_id))
             if exp.state in TERMINAL_EXPERIMENT_STATES:
                 return exp
             if exp.state == E.STOPPING_CANCELED and not kill:

@@ -42,19 +42,21 @@ class SearchDriver:
         self.s = state
 
     # -- persistence -------------------------------------------------------------------------
+    @staticmethod
+    def snapshot(rt: ExperimentRuntime) -> JSONDict:
+        """What :meth:`save` stores: the searcher's snapshot and the trial runtimes."""
+        return {
+            "method": rt.searcher.snapshot(),
+            "started": rt.started,
+            "shutdown": None
+            if rt.shutdown is None
+            else {"failure": rt.shutdown.failure, "reason": rt.shutdown.reason},
+            "trials": {rid: t.to_json() for rid, t in rt.trials.items()},
+        }
+
     def save(self, rt: ExperimentRuntime) -> None:
         """Save the searcher snapshot and the trial runtimes, and the experiment's progress."""
-        self.s.store.save_searcher_state(
-            rt.experiment_id,
-            {
-                "method": rt.searcher.snapshot(),
-                "started": rt.started,
-                "shutdown": None
-                if rt.shutdown is None
-                else {"failure": rt.shutdown.failure, "reason": rt.shutdown.reason},
-                "trials": {rid: t.to_json() for rid, t in rt.trials.items()},
-            },
-        )
+        self.s.store.save_searcher_state(rt.experiment_id, self.snapshot(rt))
         progress = 1.0 if rt.shutdown is not None else rt.searcher.progress()
         self.s.store.update_experiment(rt.experiment_id, progress=min(1.0, max(0.0, progress)))
 
