@@ -5,7 +5,9 @@
 (:class:`Experiment`, :class:`Trial`, :class:`Checkpoint`, ...) cache what they fetched;
 ``reload()`` refreshes them. Every failure is a :class:`DeterminedError` subclass.
 
-Importing this package loads only gRPC and the generated protocol code (no ML framework).
+Importing this package loads nothing else; each name loads its module on first use (gRPC and the
+generated protocol code, never an ML framework), so ``determined_sdk.errors`` or the generated
+code alone does not pull in the client.
 """
 
 from __future__ import annotations
