@@ -259,10 +259,14 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
             break
         procs.append(p)
         threading.Thread(target=watch, args=(p,), name=f"wait-rank-{rank}", daemon=True).start()
-    if channel is None:
-        channel = _channel(spec)
-    from determined_sdk.proto import logs_pb2, logs_pb2_grpc
-
+    try:
+        if channel is None:
+            channel = _channel(spec)
+        from determined_sdk.proto import logs_pb2, logs_pb2_grpc
+    except BaseException:
+        for p in procs:  # no way to ship their output or report: stop them rather than orphan
+            p.kill()
+        raise
     shipper = _Shipper(logs_pb2_grpc.LogServiceStub(channel))
     shipper.start()
     try:
