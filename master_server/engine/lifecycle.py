@@ -64,6 +64,9 @@ class ExperimentLifecycle:
     ) -> None:
         self.s = state
         self._create_gate = threading.Lock()  # creates write their rows one at a time
+        # Signalled when a create registers a runtime. Not EngineState.changed: waking every
+        # long poll on every create would cost the event loop a pass over all of them.
+        self._registered = threading.Condition(state.lock)
         self.checkpoint_dir = checkpoint_dir
         self.max_model_bytes = max_model_bytes
         self.storage_roots = storage_roots
@@ -141,7 +144,7 @@ class ExperimentLifecycle:
                 self.s.config_cache[exp.id] = config
                 if activate:
                     self.search.start(rt)
-                self.s.notify()  # wakes actions waiting for this runtime
+                self._registered.notify_all()  # actions waiting for this runtime
         logger.info("experiment %d created (%s)", exp.id, config["searcher"]["name"])
         return exp if not activate else store.get_experiment(exp.id)
 
@@ -162,7 +165,7 @@ class ExperimentLifecycle:
                 raise FailedPreconditionError(
                     f"experiment {exp.id} is still being created; try again"
                 )
-            self.s.changed.wait(timeout=left)
+            self._registered.wait(timeout=left)
             exp = self.s.store.get_experiment(exp.id)
         return exp
 
