@@ -89,6 +89,8 @@ class NewExperiment:
     labels: tuple[str, ...] = ()
     model_definition: bytes = b""
     unmanaged: bool = False
+    #: The searcher snapshot to store with the row, in the same transaction (None: none yet).
+    searcher_state: JSONDict | None = None
 
 
 @dataclass(frozen=True)

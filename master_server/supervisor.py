@@ -8,6 +8,11 @@ log store in batches, and when the ranks have exited reports the run's exit code
 (retrying while the master is unreachable). If one rank fails, the others are stopped: a gang
 lives and dies together. SIGTERM is forwarded to the ranks; ranks still alive after the grace
 period are killed.
+
+A supervisor is started for every run, so it is kept cheap: the ranks are started before gRPC
+and the generated code are imported (the trial's start-up overlaps the supervisor's), rank exits
+are waited for rather than polled, and the exit is reported on the channel that shipped the logs
+as soon as the last line is shipped.
 """
 
 from __future__ import annotations
@@ -26,17 +31,15 @@ import sys
 import threading
 import time
 import uuid
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import grpc
-import tenacity
+if TYPE_CHECKING:  # imported when first needed: after the ranks have started
+    import grpc
 
-from determined_sdk._transport import CERT_ENV, BearerToken, make_channel, parse_master
-from determined_sdk.log_levels import LEVELS, LevelParser
-from determined_sdk.proto import logs_pb2, logs_pb2_grpc, master_pb2, master_pb2_grpc
+    from determined_sdk.proto import logs_pb2, logs_pb2_grpc
 
-_LEVELS = {name: logs_pb2.LogLevel.Value("LOG_LEVEL_" + name) for name in LEVELS}
 GRACE_S = 10.0
+REPORT_S = 120.0  # how long the exit report is retried while the master is unreachable
 
 
 _RANK_PREFIX = re.compile(r"^\[rank=(\d+)\] ")
@@ -110,6 +113,10 @@ class _Shipper(threading.Thread):
     def _send(self, batch: list[logs_pb2.LogLine]) -> None:
         """Send one batch. While the master is unreachable, keep trying (an outage of any
         length; the queue is bounded) and say so once; other errors give up after 60 s."""
+        import grpc
+
+        from determined_sdk.proto import logs_pb2
+
         delay, warned, first_error = 0.1, False, 0.0
         # One id for every attempt: a batch whose reply was lost is stored once.
         request = logs_pb2.ShipLogsRequest(lines=batch, batch_id=uuid.uuid4().hex)
@@ -142,6 +149,10 @@ class _Shipper(threading.Thread):
 def _reader(
     stream: IO[bytes], path: str, name: str, rank: int, spec: dict[str, Any], out: _Shipper
 ) -> None:
+    from determined_sdk.log_levels import LEVELS, LevelParser
+    from determined_sdk.proto import logs_pb2
+
+    codes = {level: logs_pb2.LogLevel.Value("LOG_LEVEL_" + level) for level in LEVELS}
     levels = LevelParser()
     with open(path, "ab") as f:
         for raw in iter(stream.readline, b""):
@@ -156,7 +167,7 @@ def _reader(
                     timestamp=time.time(),
                     rank=line_rank,
                     stream=name,
-                    level=_LEVELS[levels.level(text)],
+                    level=codes[levels.level(text)],
                     message=text,
                     run_id=spec["run_id"],
                 )
@@ -165,17 +176,31 @@ def _reader(
 
 def _channel(spec: dict[str, Any]) -> grpc.Channel:
     """A channel to the master carrying the run's trial token (TLS if the master uses it)."""
+    import grpc
+
+    from determined_sdk._transport import CERT_ENV, BearerToken, make_channel, parse_master
+
     env = spec.get("env") or {}
     master = parse_master(spec["master"], env.get(CERT_ENV))
     token = env.get("DET_SESSION_TOKEN")
     return grpc.intercept_channel(make_channel(master), BearerToken(lambda: token))
 
 
-def run(spec: dict[str, Any]) -> int:
-    """Run the ranks to completion and return the run's exit code."""
-    channel = _channel(spec)
-    shipper = _Shipper(logs_pb2_grpc.LogServiceStub(channel))
-    shipper.start()
+def run(spec: dict[str, Any], channel: grpc.Channel | None = None) -> int:
+    """Run the ranks to completion and return the run's exit code.
+
+    Args:
+        spec: The launch spec (``launch.json``).
+        channel: The channel to ship log lines on (None: one of its own, closed at the end).
+    """
+    code, used = _run(spec, channel)
+    if channel is None:
+        used.close()
+    return code
+
+
+def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.Channel]:
+    """:func:`run`, returning the channel it shipped the logs on (made once the ranks run)."""
     argv = entrypoint_argv(spec["entrypoint"])
     slots = int(spec["slots"])
     launched = launcher_argv(argv)
@@ -198,44 +223,54 @@ def run(spec: dict[str, Any]) -> int:
             }
         )
     stopping = threading.Event()
+    changed = threading.Event()  # a rank exited, or we were asked to stop
 
     def on_term(signum: int, _frame: Any) -> None:
         stopping.set()
+        changed.set()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
+    def watch(p: subprocess.Popen[bytes]) -> None:
+        p.wait()
+        changed.set()
+
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    # The ranks first: the imports below (gRPC, the generated code) overlap their start-up.
+    start_error: tuple[int, OSError] | None = None
+    for rank in range(slots):
+        env = dict(base_env)
+        if slots > 1:
+            env.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
+        try:
+            p = subprocess.Popen(
+                argv,
+                cwd=run_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as e:
+            start_error = (rank, e)
+            on_term(signal.SIGTERM, None)
+            break
+        procs.append(p)
+        threading.Thread(target=watch, args=(p,), name=f"wait-rank-{rank}", daemon=True).start()
     try:
-        for rank in range(slots):
-            env = dict(base_env)
-            if slots > 1:
-                env.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
-            try:
-                p = subprocess.Popen(
-                    argv,
-                    cwd=run_dir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-            except OSError as e:
-                shipper.q.put(
-                    logs_pb2.LogLine(
-                        trial_id=spec["trial_id"],
-                        timestamp=time.time(),
-                        rank=rank,
-                        stream="stderr",
-                        level=logs_pb2.LOG_LEVEL_ERROR,
-                        run_id=spec["run_id"],
-                        message=f"could not start entrypoint {argv!r}: {e}",
-                    )
-                )
-                on_term(signal.SIGTERM, None)
-                return 127
-            procs.append(p)
+        if channel is None:
+            channel = _channel(spec)
+        from determined_sdk.proto import logs_pb2, logs_pb2_grpc
+    except BaseException:
+        for p in procs:  # no way to ship their output or report: stop them rather than orphan
+            p.kill()
+        raise
+    shipper = _Shipper(logs_pb2_grpc.LogServiceStub(channel))
+    shipper.start()
+    try:
+        for rank, p in enumerate(procs):
             for stream, name in ((p.stdout, "stdout"), (p.stderr, "stderr")):
                 assert stream is not None
                 path = os.path.join(run_dir, f"rank-{rank}.{name}.log")
@@ -244,9 +279,26 @@ def run(spec: dict[str, Any]) -> int:
                 )
                 t.start()
                 readers.append(t)
+        if start_error is not None:
+            rank, error = start_error
+            shipper.q.put(
+                logs_pb2.LogLine(
+                    trial_id=spec["trial_id"],
+                    timestamp=time.time(),
+                    rank=rank,
+                    stream="stderr",
+                    level=logs_pb2.LOG_LEVEL_ERROR,
+                    run_id=spec["run_id"],
+                    message=f"could not start entrypoint {argv!r}: {error}",
+                )
+            )
+            for p in procs:
+                p.wait()
+            return 127, channel
         exit_code = 0
         grace_deadline: float | None = None
         while True:
+            changed.clear()  # before reading the codes: an exit after this wakes the wait
             codes = [p.poll() for p in procs]
             failed = [c for c in codes if c not in (None, 0)]
             if failed and exit_code == 0:
@@ -260,52 +312,71 @@ def run(spec: dict[str, Any]) -> int:
                 for p in procs:
                     if p.poll() is None:
                         p.kill()
-            time.sleep(0.05)
+            timeout = 1.0 if grace_deadline is None else max(0.0, grace_deadline - time.monotonic())
+            changed.wait(timeout=min(1.0, timeout) + 0.01)
         if exit_code == 0:
             exit_code = next((c for c in (p.returncode for p in procs) if c), 0)
-        return exit_code
+        return exit_code, channel
     finally:
         for t in readers:
             t.join(timeout=10)
         shipper.q.put(None)
         shipper.join(timeout=70)
-        channel.close()
 
 
-def report_exit(spec: dict[str, Any], code: int) -> None:
-    with _channel(spec) as channel:
-        stub = master_pb2_grpc.MasterServiceStub(channel)
-        for attempt in tenacity.Retrying(
-            stop=tenacity.stop_after_delay(120),
-            wait=tenacity.wait_exponential(multiplier=0.1, max=2),
-            retry=tenacity.retry_if_exception(
-                lambda e: (
-                    isinstance(e, grpc.RpcError)
-                    and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-                )
-            ),
-            reraise=False,
-        ):
-            with attempt:
-                stub.ReportTrialExit(
-                    master_pb2.ReportTrialExitRequest(
-                        trial_id=spec["trial_id"], run_id=spec["run_id"], exit_code=code
-                    ),
-                    timeout=10,
-                )
+def report_exit(spec: dict[str, Any], code: int, channel: grpc.Channel | None = None) -> None:
+    """Report the run's exit code to the master, retrying while it is unreachable (120 s).
+
+    Args:
+        spec: The launch spec.
+        code: The exit code.
+        channel: The channel to use (None: one of its own).
+
+    Raises:
+        grpc.RpcError: The master refused the report, or stayed unreachable.
+    """
+    import grpc
+
+    from determined_sdk.proto import master_pb2, master_pb2_grpc
+
+    if channel is None:
+        with _channel(spec) as own:
+            report_exit(spec, code, own)
+        return
+    stub = master_pb2_grpc.MasterServiceStub(channel)
+    request = master_pb2.ReportTrialExitRequest(
+        trial_id=spec["trial_id"], run_id=spec["run_id"], exit_code=code
+    )
+    deadline = time.monotonic() + REPORT_S
+    delay = 0.1
+    while True:
+        try:
+            stub.ReportTrialExit(request, timeout=10)
+            return
+        except grpc.RpcError as e:
+            transient = e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            if not transient or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)  # back off before the next attempt
+        delay = min(delay * 2, 2.0)
 
 
 def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
-    code = run(spec)
+    # The report goes on the channel that shipped the logs: no second connection to wait for.
+    code, channel = _run(spec, None)
     # For a master that adopted this run (it is not our parent and cannot wait for us).
     with contextlib.suppress(OSError):
         (pathlib.Path(spec["run_dir"]) / ".det" / "exit_code").write_text(str(code))
+    import grpc
+
     try:
-        report_exit(spec, code)
+        report_exit(spec, code, channel)
     except grpc.RpcError as e:
         print(f"supervisor: could not report exit code {code}: {e}", file=sys.stderr)
+    finally:
+        channel.close()
     # Exit with a code the launcher's reaper can read the same way (signals as 128+n).
     sys.exit(code if code >= 0 else 128 - code)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ from master_server.domain import (
 )
 from master_server.domain import ExperimentState as E
 from master_server.domain import TrialState as T
+from master_server.engine.search_log import full_state
 from master_server.engine.state import EngineState, ExperimentRuntime, TrialRuntime
 from master_server.rm.base import LiveRun
 from master_server.searcher.factory import make_search_method
@@ -41,6 +43,10 @@ if TYPE_CHECKING:
     from master_server.engine.trials import TrialRuns
 
 logger = logging.getLogger(__name__)
+
+#: How long an action on an experiment waits for its create to register it (the create's row
+#: is stored before its runtime exists, so a quick caller can see one without the other).
+REGISTER_WAIT_S = 30.0
 
 
 class ExperimentLifecycle:
@@ -59,6 +65,10 @@ class ExperimentLifecycle:
         storage_roots: StorageRoots,
     ) -> None:
         self.s = state
+        self._create_gate = threading.Lock()  # creates write their rows one at a time
+        # Signalled when a create registers a runtime. Not EngineState.changed: waking every
+        # long poll on every create would cost the event loop a pass over all of them.
+        self._registered = threading.Condition(state.lock)
         self.checkpoint_dir = checkpoint_dir
         self.max_model_bytes = max_model_bytes
         self.storage_roots = storage_roots
@@ -105,8 +115,18 @@ class ExperimentLifecycle:
         self._fill_checkpoint_storage(config)
         # Build the search method now so a searcher config error fails the create call.
         searcher = make_search_method(config)
-        with self.s.lock:
-            exp = self.s.store.create_experiment(
+        rt = ExperimentRuntime(0, config, JournaledSearch(searcher))
+        store = self.s.store
+        # The row (config, model code, and a paused experiment's searcher snapshot, in one
+        # transaction) is written outside the engine lock: the lock guards the runtimes, and a
+        # create must not stall every long poll and trial call while the database writes.
+        # Creates still pass one at a time (the gate): the database sees no more concurrent
+        # writers than before, and runtimes are registered in id order. Until its runtime is
+        # registered nothing in the engine knows the new id; an action that finds the row
+        # first waits for it (_await_runtime), and a master that stops in between starts the
+        # search on recovery (the row is ACTIVE and not started).
+        with self._create_gate:
+            exp = store.create_experiment(
                 NewExperiment(
                     name=str(config.get("name") or "Experiment"),
                     description=str(config.get("description") or ""),
@@ -117,17 +137,39 @@ class ExperimentLifecycle:
                     searcher_name=str(config["searcher"]["name"]),
                     state=E.ACTIVE if activate else E.PAUSED,
                     model_definition=model_definition,
+                    searcher_state=None if activate else full_state(rt),
                 )
             )
-            rt = ExperimentRuntime(exp.id, config, JournaledSearch(searcher))
-            self.s.exps[exp.id] = rt
-            self.s.config_cache[exp.id] = config
-            if activate:
-                self.search.start(rt)
-            else:
-                self.search.save(rt)
-            logger.info("experiment %d created (%s)", exp.id, rt.config["searcher"]["name"])
-            return self.s.store.get_experiment(exp.id)
+            rt.experiment_id = exp.id
+            with self.s.lock:
+                self.s.exps[exp.id] = rt
+                self.s.config_cache[exp.id] = config
+                if activate:
+                    self.search.start(rt)
+                self._registered.notify_all()  # actions waiting for this runtime
+        logger.info("experiment %d created (%s)", exp.id, config["searcher"]["name"])
+        return exp if not activate else store.get_experiment(exp.id)
+
+    def _await_runtime(self, exp: Experiment) -> Experiment:
+        """Wait (lock held) until a create that stored ``exp`` has registered its runtime.
+
+        Returns the experiment as it is then. Only a managed, unfinished experiment has a
+        runtime; ``exp`` as given is returned for the others.
+        """
+        deadline = time.monotonic() + REGISTER_WAIT_S
+        while (
+            not exp.unmanaged
+            and exp.state not in TERMINAL_EXPERIMENT_STATES
+            and exp.id not in self.s.exps
+        ):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FailedPreconditionError(
+                    f"experiment {exp.id} is still being created; try again"
+                )
+            self._registered.wait(timeout=left)
+            exp = self.s.store.get_experiment(exp.id)
+        return exp
 
     def _resolve_project(self, config: JSONDict, project_id: int) -> int:
         store = self.s.store
@@ -201,7 +243,7 @@ class ExperimentLifecycle:
     # -- user actions ----------------------------------------------------------------------
     def activate(self, experiment_id: int) -> Experiment:
         with self.s.lock:
-            exp = self.s.store.get_experiment(experiment_id)
+            exp = self._await_runtime(self.s.store.get_experiment(experiment_id))
             if exp.unmanaged:
                 raise FailedPreconditionError(
                     f"experiment {experiment_id} is unmanaged; it cannot be activated"
@@ -220,7 +262,7 @@ class ExperimentLifecycle:
 
     def pause(self, experiment_id: int) -> Experiment:
         with self.s.lock:
-            exp = self.s.store.get_experiment(experiment_id)
+            exp = self._await_runtime(self.s.store.get_experiment(experiment_id))
             if exp.unmanaged:
                 raise FailedPreconditionError(
                     f"experiment {experiment_id} is unmanaged; it cannot be paused"
@@ -239,7 +281,7 @@ class ExperimentLifecycle:
     def cancel(self, experiment_id: int, *, kill: bool = False) -> Experiment:
         """Cancel (or kill) an experiment; one that already ended is returned unchanged."""
         with self.s.lock:
-            exp = self.s.store.get_experiment(experiment_id)
+            exp = self._await_runtime(self.s.store.get_experiment(experiment_id))
             if exp.state in TERMINAL_EXPERIMENT_STATES:
                 return exp
             if exp.state == E.STOPPING_CANCELED and not kill:

@@ -98,7 +98,7 @@ class SearchLog:
     def write_snapshot(self, store: Store, rt: ExperimentRuntime) -> None:
         """Write the whole state; the log records before it are deleted with it."""
         t0 = time.perf_counter()
-        self.snapshot_bytes = store.save_searcher_state(rt.experiment_id, _full_state(rt))
+        self.snapshot_bytes = store.save_searcher_state(rt.experiment_id, full_state(rt))
         self.snapshot_s = time.perf_counter() - t0
         self.has_snapshot = True
         self.log_bytes = 0
@@ -161,7 +161,8 @@ def _shutdown_json(sd: Shutdown | None) -> JSONDict | None:
     return None if sd is None else {"failure": sd.failure, "reason": sd.reason}
 
 
-def _full_state(rt: ExperimentRuntime) -> JSONDict:
+def full_state(rt: ExperimentRuntime) -> JSONDict:
+    """The whole persisted state of a search: method snapshot, flags, trial runtimes."""
     return {
         "method": rt.searcher.snapshot(),
         "started": rt.started,

@@ -155,7 +155,9 @@ class Store(abc.ABC):
 
     # -- experiments --------------------------------------------------------------------------
     @abc.abstractmethod
-    def create_experiment(self, new: NewExperiment) -> Experiment: ...
+    def create_experiment(self, new: NewExperiment) -> Experiment:
+        """Create an experiment (and its searcher snapshot, if ``new`` has one) atomically."""
+
     @abc.abstractmethod
     def get_experiment(self, experiment_id: int) -> Experiment: ...
     @abc.abstractmethod

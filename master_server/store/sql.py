@@ -1064,6 +1064,7 @@ class SQLStore(AuthSQLMixin, Store):
         """Create an experiment in ``new.project_id``; ``start_time`` is now."""
         labels = _dedup(new.labels)
         config = _dumps(new.config)
+        searcher_state = None if new.searcher_state is None else _dumps(new.searcher_state)
         with self._write() as conn:
             self._need_project(conn, new.project_id)
             res = conn.execute(
@@ -1090,6 +1091,12 @@ class SQLStore(AuthSQLMixin, Store):
                 conn.execute(
                     insert(ExperimentLabelRow),
                     [{"experiment_id": exp_id, "label": lb} for lb in labels],
+                )
+            if searcher_state is not None:
+                conn.execute(
+                    insert(SearcherStateRow).values(
+                        experiment_id=exp_id, state=searcher_state, update_time=time.time()
+                    )
                 )
             return self._read_experiment(conn, exp_id)
 

@@ -150,3 +150,36 @@ def test_supervisor_runs_launchers_once_and_reads_rank_prefixes() -> None:
     assert supervisor.launcher_argv(["python3", "t.py"]) is None
     assert supervisor.split_rank("[rank=7] hello", 0) == (7, "hello")
     assert supervisor.split_rank("[rank=x] hello", 0) == (0, "[rank=x] hello")
+
+
+def test_packages_load_their_names_on_first_use_and_keep_every_name() -> None:
+    """``import core_api`` / ``import determined_sdk`` load neither gRPC nor protobuf; every
+    public name still resolves (to the object its module defines), and ``dir()`` lists it."""
+    code = """
+import sys
+import core_api, determined_sdk, master_server.supervisor
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("grpc", "google"))
+assert not heavy, heavy
+assert "determined_sdk._client" not in sys.modules
+for pkg in (core_api, determined_sdk):
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None, name
+        assert name in dir(pkg), name
+import core_api._context, determined_sdk._client
+assert core_api.init is core_api._context.init
+assert core_api.core.init is core_api.init
+assert determined_sdk.Determined is determined_sdk._client.Determined
+assert determined_sdk.client.__name__ == "determined_sdk.client"
+try:
+    core_api.no_such_name
+except AttributeError as e:
+    assert "no_such_name" in str(e)
+else:
+    raise AssertionError("no AttributeError")
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

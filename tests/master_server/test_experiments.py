@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import tarfile
+import threading
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ import pytest
 
 from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import (
+    common_pb2,
     experiment_pb2,
     logs_pb2,
     master_pb2,
@@ -629,3 +631,35 @@ def test_pause_while_the_last_trial_finishes_completes_the_experiment(
     assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
     _assert_serving(stubs)
     stubs.channel.close()
+
+
+def test_an_action_on_an_experiment_being_created_waits_for_its_registration(
+    master: Master, stubs: Stubs, tmp_path: pathlib.Path
+) -> None:
+    """A create stores its row outside the engine lock and registers the runtime after; an
+    action that reaches the row in between waits for the registration (no INTERNAL, no lost
+    action)."""
+    store = master.parts["experiments"].state.store
+    real_create = store.create_experiment
+    seen: dict[str, Any] = {}
+
+    def create_then_activate_at_once(new: Any) -> Any:
+        exp = real_create(new)
+        act = threading.Thread(
+            target=lambda: seen.setdefault("activated", stubs.action(exp.id, "activate"))
+        )
+        act.start()
+        act.join(timeout=1.0)  # bounded: it must still be waiting for the runtime
+        seen["waited"] = act.is_alive()
+        seen["thread"] = act
+        return exp
+
+    store.create_experiment = create_then_activate_at_once
+    try:
+        exp = stubs.create(single_config("python main.py"), _ok_dir(tmp_path), activate=False)
+    finally:
+        del store.create_experiment  # the instance attribute; the class method again
+    seen["thread"].join(timeout=60)
+    assert seen["waited"] is True
+    assert common_pb2.ExperimentState.Name(seen["activated"].state) == "EXPERIMENT_STATE_ACTIVE"
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"

@@ -540,6 +540,22 @@ def test_delete_experiment_with_registered_checkpoint_is_refused(store: SQLStore
     store.delete_experiment(exp.id)
 
 
+def test_create_experiment_stores_its_searcher_state_with_the_row(store: SQLStore) -> None:
+    exp = store.create_experiment(
+        NewExperiment(
+            name="with-state",
+            config={"searcher": {"name": "single"}},
+            original_config="searcher:\n  name: single\n",
+            project_id=1,
+            searcher_name="single",
+            state=ExperimentState.PAUSED,
+            searcher_state={"method": {"rng": "abc"}, "started": False},
+        )
+    )
+    assert store.load_searcher_state(exp.id) == {"method": {"rng": "abc"}, "started": False}
+    assert store.load_searcher_state(new_exp(store).id) is None  # none given: none stored
+
+
 def test_searcher_state(store: SQLStore) -> None:
     exp = new_exp(store)
     assert store.load_searcher_state(exp.id) is None
