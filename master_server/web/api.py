@@ -497,11 +497,14 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
         if only:
             trials = [by_id[tid] for tid in only]
         out = reader.series(trials, group, _csv(names), max_points)
-        return {
-            "experiment_id": experiment_id,
-            "group": group,
-            "trials": [{"trial_id": t.id, **out[t.id]} for t in trials],
-        }
+        # Answered as is: FastAPI's encoder would walk every number of every series first.
+        return JSON(
+            {
+                "experiment_id": experiment_id,
+                "group": group,
+                "trials": [{"trial_id": t.id, **out[t.id]} for t in trials],
+            }
+        )
 
     # -- trials --------------------------------------------------------------------------------
     @api.get("/trials/{trial_id}", tags=["trials"])
@@ -528,7 +531,7 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
         metrics_mod.check_max_points(max_points)
         t = store.get_trial(trial_id)
         out = reader.series([t], group, _csv(names), max_points)
-        return {"trial_id": trial_id, "group": group, **out[trial_id]}
+        return JSON({"trial_id": trial_id, "group": group, **out[trial_id]})
 
     @api.get("/trials/{trial_id}/metric-names", tags=["metrics"])
     def trial_metric_names(trial_id: int) -> Any:
