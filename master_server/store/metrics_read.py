@@ -34,7 +34,6 @@ from master_server.domain import MetricColumns, MetricQuery
 from master_server.store.models import MetricRow
 
 ReadConn = Callable[[], contextlib.AbstractContextManager[Connection]]
-EncodeMetrics = Callable[[dict[str, float]], str]
 Row = tuple[Any, ...]
 
 _M = MetricRow
