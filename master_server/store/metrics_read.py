@@ -25,9 +25,9 @@ import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any
 
-from sqlalchemy import JSON, Connection, Select, cast, false, or_, select
+from sqlalchemy import JSON, Connection, Select, bindparam, cast, false, or_, select
 
 from determined_sdk.metrics_wire import decode_metrics_array
 from master_server.domain import MetricColumns, MetricQuery
@@ -37,17 +37,19 @@ ReadConn = Callable[[], contextlib.AbstractContextManager[Connection]]
 Row = tuple[Any, ...]
 
 _M = MetricRow
-# Every read selects these first, in this order; then ``superseded`` (only when asked for),
-# then the payload or one value per wanted name.
-_KEY_COLS = (_M.trial_id, _M.steps_completed, _M.id, _M.timestamp, _M.metric_group, _M.run_id)
-_TRIAL: Final = 0
-_STEPS: Final = 1
-_ID: Final = 2
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+# A chunk of rows from one query: the trial they all belong to (a backlog reads one trial at
+# a time, so its rows do not carry the trial id), or None when each row carries its own.
+Chunk = tuple[int | None, list[Row]]
 
 
 class _Plan:
-    """What one query selects: the columns, and how the rows' tail is laid out."""
+    """What the queries of one read select, and where each column sits in their rows.
+
+    Columns that are the same for every row of a chunk are not selected (a million rows
+    would each carry a copy): the trial id in a backlog, the group when the query names one.
+    """
 
     def __init__(self, q: MetricQuery, dialect: str) -> None:
         self.q = q
@@ -58,10 +60,17 @@ class _Plan:
         self.in_sql = bool(q.names) and (
             self.postgres or not any(n[0] == "$" or '"' in n for n in q.names)
         )
-        cols: list[Any] = list(_KEY_COLS)  # columns and SQL expressions
-        if q.include_superseded:
-            cols.append(_M.superseded)
-        self.tail = len(cols)
+        cols: list[Any] = [_M.steps_completed, _M.id, _M.timestamp, _M.run_id]
+        self.steps, self.id, self.time, self.run = 0, 1, 2, 3
+
+        def add(col: Any) -> int:
+            cols.append(col)
+            return len(cols) - 1
+
+        self.trial = add(_M.trial_id) if q.after_ids else None
+        self.group = add(_M.metric_group) if q.group is None else None
+        self.superseded = add(_M.superseded) if q.include_superseded else None
+        self.tail = len(cols)  # then the payload, or one value per wanted name
         if self.in_sql:
             doc = cast(_M.payload, JSON) if self.postgres else _M.payload
             self.values = [doc.op("->>")(n) for n in q.names]
@@ -87,45 +96,62 @@ class _Plan:
         return stmt
 
 
+class _Prepared:
+    """A statement compiled once for the driver, run with new values of its named binds.
+
+    Rows come as the driver's plain tuples: at a million points, SQLAlchemy's ``Row`` objects
+    and compiling the statement for each page cost more than the query itself.
+    """
+
+    def __init__(self, conn: Connection, stmt: Select[Any]) -> None:
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        self.sql = str(compiled)
+        self.params = dict(compiled.params)
+        self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
+
+    def rows(self, conn: Connection, **binds: Any) -> list[Row]:
+        params = {**self.params, **binds}
+        args: Any = params if self.order is None else tuple(params[k] for k in self.order)
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(self.sql, args)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+
 def _fetch(conn: Connection, stmt: Select[Any]) -> list[Row]:
-    """The statement's rows as the driver's plain tuples (no SQLAlchemy ``Row`` per point)."""
-    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    params = compiled.params
-    args: Any = (
-        tuple(params[k] for k in compiled.positiontup or ()) if compiled.positional else params
-    )
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(str(compiled), args)
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
+    """The statement's rows as the driver's plain tuples."""
+    return _Prepared(conn, stmt).rows(conn)
 
 
-def _trial_rows(read: ReadConn, plan: _Plan, trial_id: int) -> Iterator[list[Row]]:
-    """Chunks of one trial's rows in (steps, id) order, by keyset pages."""
+def _trial_rows(read: ReadConn, plan: _Plan) -> Iterator[Chunk]:
+    """Chunks of each trial's rows (ascending trial ids) in (steps, id) order, by keyset
+    pages; one statement, compiled once, serves every page of every trial."""
     q = plan.q
-    base = (
-        plan.where(select(*plan.cols).where(_M.trial_id == trial_id))
+    s, i = bindparam("after_steps"), bindparam("after_id")
+    stmt = (
+        plan.where(select(*plan.cols).where(_M.trial_id == bindparam("trial")))
+        .where(_M.steps_completed >= s, or_(_M.steps_completed > s, _M.id > i))
         .order_by(_M.steps_completed, _M.id)
         .limit(q.page_size)
     )
-    last: tuple[int, int] | None = None
-    while True:
-        stmt = base
-        if last is not None:
-            s, i = last
-            stmt = stmt.where(_M.steps_completed >= s, or_(_M.steps_completed > s, _M.id > i))
-        with read() as conn:
-            rows = _fetch(conn, stmt)
-        if rows:
-            yield rows
-        if len(rows) < q.page_size:
-            return
-        last = (rows[-1][_STEPS], rows[-1][_ID])
+    prepared: _Prepared | None = None
+    for trial_id in sorted(set(q.trial_ids)):
+        last = (-1, -1)  # before every point: steps_completed >= 0
+        while True:
+            with read() as conn:
+                if prepared is None:
+                    prepared = _Prepared(conn, stmt)
+                rows = prepared.rows(conn, trial=trial_id, after_steps=last[0], after_id=last[1])
+            if rows:
+                yield trial_id, rows
+            if len(rows) < q.page_size:
+                break
+            last = (rows[-1][plan.steps], rows[-1][plan.id])
 
 
-def _new_rows(read: ReadConn, plan: _Plan) -> Iterator[list[Row]]:
+def _new_rows(read: ReadConn, plan: _Plan) -> Iterator[Chunk]:
     """Chunks of rows stored after each trial's position, each in (trial, steps, id) order.
 
     One primary-key range scan from the lowest position serves every trial; rows at or before
@@ -134,6 +160,8 @@ def _new_rows(read: ReadConn, plan: _Plan) -> Iterator[list[Row]]:
     position would not do on PostgreSQL.)
     """
     q = plan.q
+    i_trial, i_steps, i_id = plan.trial, plan.steps, plan.id
+    assert i_trial is not None
     after = dict.fromkeys(q.trial_ids, 0)
     after.update(q.after_ids)
     lo = min(after.values())
@@ -147,10 +175,10 @@ def _new_rows(read: ReadConn, plan: _Plan) -> Iterator[list[Row]]:
             rows = _fetch(conn, stmt)
         if not rows:
             return
-        lo = rows[-1][_ID]
-        new = [r for r in rows if r[_ID] > after[r[_TRIAL]]]
+        lo = rows[-1][i_id]
+        new = [r for r in rows if r[i_id] > after[r[i_trial]]]
         if new:
-            yield sorted(new, key=lambda r: (r[_TRIAL], r[_STEPS], r[_ID]))
+            yield None, sorted(new, key=lambda r: (r[i_trial], r[i_steps], r[i_id]))
         if len(rows) < q.page_size:
             return
 
@@ -168,56 +196,82 @@ def _value_column(values: Sequence[Any], postgres: bool) -> list[float | None]:
     return list(values)
 
 
-def _pick_in_python(
-    rows: Sequence[Row], names: Sequence[str], payload_at: int
-) -> tuple[list[Row], list[list[float | None]]]:
-    """The ``names`` filter done here (see :class:`_Plan`): rows with none of them left out."""
+def _with_picked(chunk: Chunk, names: Sequence[str], payload_at: int) -> Chunk:
+    """The ``names`` filter done here (see :class:`_Plan`): the picked values appended after
+    the payload; rows with none of them left out."""
+    trial, rows = chunk
     kept: list[Row] = []
-    cols: list[list[float | None]] = [[] for _ in names]
     for row, metrics in zip(rows, decode_metrics_array([r[payload_at] for r in rows]), strict=True):
-        picked = [metrics.get(n) for n in names]
+        picked = tuple(metrics.get(n) for n in names)
         if any(v is not None for v in picked):
-            kept.append(row)
-            for col, v in zip(cols, picked, strict=True):
-                col.append(v)
-    return kept, cols
+            kept.append((*row, *picked))
+    return trial, kept
 
 
-def _page(plan: _Plan, rows: Sequence[Row]) -> MetricColumns:
-    columns = list(zip(*rows, strict=True))
-    trial, steps, ids, stamps, groups, run_ids = columns[:6]
-    n = len(rows)
-    superseded = [bool(x) for x in columns[6]] if plan.q.include_superseded else [False] * n
+def _runs(plan: _Plan, chunks: Sequence[Chunk], ids: Sequence[int]) -> tuple[list[int], ...]:
+    """Run-length trial ids of a page: (trial ids, counts, last storage id of each)."""
     trial_ids: list[int] = []
     counts: list[int] = []
-    last_ids: list[int] = []
-    if trial[0] == trial[-1]:  # the usual case: one trial's page
-        trial_ids, counts, last_ids = [trial[0]], [n], [max(ids)]
+    if plan.trial is None:  # chunks of one trial each; a trial may span two chunks
+        for t, rows in chunks:
+            assert t is not None
+            if trial_ids and trial_ids[-1] == t:
+                counts[-1] += len(rows)
+            else:
+                trial_ids.append(t)
+                counts.append(len(rows))
     else:
-        at = 0
-        for t, run in itertools.groupby(trial):
-            k = len(list(run))
+        for t, run in itertools.groupby(r[plan.trial] for _, rows in chunks for r in rows):
             trial_ids.append(t)
-            counts.append(k)
-            last_ids.append(max(ids[at : at + k]))
-            at += k
+            counts.append(len(list(run)))
+    last_ids: list[int] = []
+    at = 0
+    for k in counts:
+        last_ids.append(max(ids[at : at + k]))
+        at += k
+    return trial_ids, counts, last_ids
+
+
+def _page(plan: _Plan, chunks: Sequence[Chunk]) -> MetricColumns:
+    rows = chunks[0][1] if len(chunks) == 1 else [r for _, c in chunks for r in c]
+    columns = list(zip(*rows, strict=True))
+    n = len(rows)
+    ids = columns[plan.id]
+    trial_ids, counts, last_ids = _runs(plan, chunks, ids)
+    q = plan.q
     common: dict[str, Any] = {
         "trial_ids": trial_ids,
         "trial_counts": counts,
-        "groups": groups,
-        "steps": steps,
-        "timestamps": stamps,
+        "groups": (q.group,) * n if plan.group is None else columns[plan.group],
+        "steps": columns[plan.steps],
+        "timestamps": columns[plan.time],
         "last_ids": last_ids,
-        "run_ids": run_ids,
-        "superseded": superseded,
+        "run_ids": columns[plan.run],
+        "superseded": (
+            [False] * n if plan.superseded is None else [bool(x) for x in columns[plan.superseded]]
+        ),
     }
-    if not plan.q.names:
+    if not q.names:
         return MetricColumns(payloads=columns[plan.tail], **common)
     if plan.in_sql:
         values = [_value_column(c, plan.postgres) for c in columns[plan.tail :]]
     else:
         values = [list(c) for c in columns[plan.tail + 1 :]]
-    return MetricColumns(payloads=(), names=plan.q.names, values=values, **common)
+    return MetricColumns(payloads=(), names=q.names, values=values, **common)
+
+
+def _split(chunks: list[Chunk], k: int) -> tuple[list[Chunk], list[Chunk]]:
+    """The first ``k`` rows of ``chunks``, and the rest."""
+    head: list[Chunk] = []
+    for i, (t, rows) in enumerate(chunks):
+        if len(rows) < k:
+            head.append((t, rows))
+            k -= len(rows)
+            continue
+        head.append((t, rows[:k]))
+        rest = [(t, rows[k:])] if len(rows) > k else []
+        return head, rest + chunks[i + 1 :]
+    return head, []
 
 
 def read_metric_columns(read: ReadConn, q: MetricQuery) -> Iterator[MetricColumns]:
@@ -228,32 +282,24 @@ def read_metric_columns(read: ReadConn, q: MetricQuery) -> Iterator[MetricColumn
     with read() as conn:
         plan = _Plan(q, conn.dialect.name)
     if q.after_ids:
-        chunks: Iterator[list[Row]] = _new_rows(read, plan)
+        chunks: Iterator[Chunk] = _new_rows(read, plan)
     else:
-        chunks = itertools.chain.from_iterable(
-            _trial_rows(read, plan, t) for t in sorted(set(q.trial_ids))
-        )
+        chunks = _trial_rows(read, plan)
     if q.names and not plan.in_sql:
         chunks = (_with_picked(c, q.names, plan.tail) for c in chunks)
-    pending: list[Row] = []
+    pending: list[Chunk] = []
+    count = 0
     for chunk in chunks:
-        if not chunk:
+        if not chunk[1]:
             continue
-        if not pending and len(chunk) == q.page_size:  # the usual case: no copying
-            yield _page(plan, chunk)
+        if not pending and len(chunk[1]) == q.page_size:  # the usual case: no copying
+            yield _page(plan, [chunk])
             continue
-        pending.extend(chunk)
-        while len(pending) >= q.page_size:
-            head, pending = pending[: q.page_size], pending[q.page_size :]
+        pending.append(chunk)
+        count += len(chunk[1])
+        while count >= q.page_size:
+            head, pending = _split(pending, q.page_size)
+            count -= q.page_size
             yield _page(plan, head)
     if pending:
         yield _page(plan, pending)
-
-
-def _with_picked(rows: Sequence[Row], names: Sequence[str], payload_at: int) -> list[Row]:
-    """Rows with the picked values appended after the payload (the layout :func:`_page` reads
-    when the names filter is not done in SQL)."""
-    kept, cols = _pick_in_python(rows, names, payload_at)
-    return (
-        [(*r, *vals) for r, vals in zip(kept, zip(*cols, strict=True), strict=True)] if kept else []
-    )
