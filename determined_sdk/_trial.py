@@ -176,6 +176,14 @@ class TrialMetrics:
     def __delattr__(self, name: str) -> None:
         raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
 
+    def __getstate__(self) -> tuple[Any, ...]:  # pickle and copy: the slots, in order
+        return self._key()
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        names = ("trial_id", "trial_run_id", "steps_completed", "_timestamp", "metrics", "group")
+        for name, value in zip((*names, "_batch_metrics"), state, strict=True):
+            object.__setattr__(self, name, value)
+
     def __repr__(self) -> str:
         return (
             f"TrialMetrics(trial_id={self.trial_id!r}, trial_run_id={self.trial_run_id!r}, "

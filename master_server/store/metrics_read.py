@@ -27,7 +27,18 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Select, bindparam, cast, false, or_, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    Integer,
+    Select,
+    bindparam,
+    cast,
+    false,
+    or_,
+    select,
+)
 
 from determined_sdk.metrics_wire import decode_metrics_array
 from master_server.domain import MetricColumns, MetricQuery
@@ -129,9 +140,10 @@ def _trial_rows(read: ReadConn, plan: _Plan) -> Iterator[Chunk]:
     """Chunks of each trial's rows (ascending trial ids) in (steps, id) order, by keyset
     pages; one statement, compiled once, serves every page of every trial."""
     q = plan.q
-    s, i = bindparam("after_steps"), bindparam("after_id")
+    s = bindparam("after_steps", type_=BigInteger)
+    i = bindparam("after_id", type_=BigInteger)
     stmt = (
-        plan.where(select(*plan.cols).where(_M.trial_id == bindparam("trial")))
+        plan.where(select(*plan.cols).where(_M.trial_id == bindparam("trial", type_=Integer)))
         .where(_M.steps_completed >= s, or_(_M.steps_completed > s, _M.id > i))
         .order_by(_M.steps_completed, _M.id)
         .limit(q.page_size)

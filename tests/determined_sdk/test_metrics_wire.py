@@ -3,10 +3,12 @@ points the SDK builds from a page."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
 import math
+import pickle
 
 import pytest
 
@@ -68,3 +70,5 @@ def test_trial_metrics_is_an_immutable_value() -> None:
         built.steps_completed = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         hash(m)
+    again = pickle.loads(pickle.dumps(built))
+    assert again == built and again.end_time == when and copy.copy(built) == built
