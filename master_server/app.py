@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from determined_sdk.errors import PermissionDeniedError
+from determined_sdk.errors import PermissionDeniedError, UnauthenticatedError
 from master_server.admission import Admission
 from master_server.auth.core import DEFAULT_SESSION_TTL_S, Authenticator
 from master_server.auth.interceptor import AuthInterceptor
@@ -325,11 +325,15 @@ class Master:
         await server.start()
 
     def _start_http(self) -> None:
-        from master_server.web.api import create_app  # the optional ``web`` extra
+        from master_server.web.api import SessionHooks, create_app  # the ``web`` extra
         from master_server.web.server import HttpServer
 
         try:
-            app = create_app(self.parts, authenticate=self._http_auth)
+            app = create_app(
+                self.parts,
+                authenticate=self._http_auth,
+                sessions=SessionHooks(login=self._http_login, logout=self._http_logout),
+            )
             http = HttpServer(app, self.host, self._requested_http_port or 0)
             self._http = http.start()
         except BaseException:
@@ -340,17 +344,33 @@ class Master:
     def _http_auth(self, request: Any) -> None:
         """Who may use the REST API and web UI: anyone while this loopback master is in the
         quick start (``admin`` with the empty password: anyone here can log in as admin anyway),
-        else an admin's session token (``Authorization: Bearer``, or ``?token=`` where a browser
-        cannot set headers, as for server-sent events). Per-owner rules over REST are left for
-        later, so other users are refused rather than let through unchecked."""
+        else an admin's session token (``Authorization: Bearer``, the cookie the web UI's login
+        sets, or ``?token=`` where a browser cannot set headers, as for server-sent events).
+        Per-owner rules over REST are left for later, so other users are refused rather than
+        let through unchecked."""
+        from master_server.web.api import SESSION_COOKIE  # loaded with the HTTP server
+
         if self._quick_start():
             return
         header = request.headers.get("authorization")
-        token = request.query_params.get("token")
+        token = request.query_params.get("token") or request.cookies.get(SESSION_COOKIE)
         md = [("authorization", header or f"Bearer {token}")] if header or token else []
         p = self.parts["auth"].authenticate("/rest", md)
         if p is None or not p.admin:
             raise PermissionDeniedError("the REST API and web UI need an admin's token here")
+
+    def _http_login(self, username: str, password: str) -> str:
+        token, _ = self.parts["auth"].login(username, password)
+        return str(token)
+
+    def _http_logout(self, token: str) -> None:
+        auth = self.parts["auth"]
+        try:
+            principal = auth.authenticate("/rest", [("authorization", f"Bearer {token}")])
+        except UnauthenticatedError:
+            return  # already ended or expired
+        if principal is not None:
+            auth.logout(principal)
 
     def _quick_start(self) -> bool:
         """Loopback and ``admin`` still has the empty password (checked at most every 10 s:

@@ -58,6 +58,25 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
 API_PREFIX = "/api/v1"
 AuthHook = Callable[[Request], None]
+#: The cookie a browser keeps the session token in after ``POST /api/v1/auth/login``.
+SESSION_COOKIE = "detsdk_session"
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionHooks:
+    """How the REST login opens and closes the master's sessions (the same ones as gRPC's
+    ``Login``).
+
+    Attributes:
+        login: ``(username, password) -> token``; raises UnauthenticatedError for bad
+            credentials.
+        logout: ends the session of a token (unknown tokens are ignored).
+    """
+
+    login: Callable[[str, str], str]
+    logout: Callable[[str], None]
+
+
 """Called with every ``/api`` request before its handler; raise UnauthenticatedError to refuse."""
 
 _FIELD_RE = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
@@ -73,6 +92,7 @@ _UI_PAGES = (
     "/trials/{tid}",
     "/models",
     "/models/{name}",
+    "/login",
 )
 
 
@@ -238,7 +258,12 @@ class _Parts:
     cluster_id: str
 
 
-def create_app(parts: dict[str, Any], *, authenticate: AuthHook | None = None) -> FastAPI:
+def create_app(
+    parts: dict[str, Any],
+    *,
+    authenticate: AuthHook | None = None,
+    sessions: SessionHooks | None = None,
+) -> FastAPI:
     """The REST API and web UI over a master's ``parts`` (see ``master_server.app.Master``).
 
     Args:
@@ -246,6 +271,8 @@ def create_app(parts: dict[str, Any], *, authenticate: AuthHook | None = None) -
             ``logs``, ``version``, ``cluster_id``).
         authenticate: called with each ``/api`` request before its handler; it raises
             :class:`~determined_sdk.errors.UnauthenticatedError` to refuse it. None: no check.
+        sessions: serves ``POST /api/v1/auth/login`` and ``/logout`` (outside
+            ``authenticate``); None: no such routes.
     """
     p = _Parts(
         parts["store"],
@@ -276,8 +303,48 @@ def create_app(parts: dict[str, Any], *, authenticate: AuthHook | None = None) -
     app.state.series_reader = reader = metrics_mod.SeriesReader(p.store)
     _add_api_routes(api, p, reader)
     app.include_router(api)
+    if sessions is not None:
+        app.include_router(_session_routes(sessions))
     _add_ui_routes(app)
     return app
+
+
+def _session_routes(sessions: SessionHooks) -> APIRouter:
+    """Log in and out from a browser: the token is also set as an HttpOnly, SameSite=Strict
+    cookie, so the page's own requests carry it and no script can read it."""
+    router = APIRouter(prefix=API_PREFIX, tags=["auth"])
+
+    @router.post("/auth/login")
+    def login(request: Request, body: Annotated[Any, Body()]) -> Any:
+        b = _body_dict(body)
+        creds: list[str] = []
+        for key in ("username", "password"):
+            v = b.get(key)
+            if not isinstance(v, str):
+                raise InvalidArgumentError(f"{key}: must be a string")
+            creds.append(v)
+        token = sessions.login(creds[0], creds[1])
+        resp = JSON({"token": token, "username": creds[0]})
+        resp.set_cookie(
+            SESSION_COOKIE,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        return resp
+
+    @router.post("/auth/logout")
+    def logout(request: Request) -> Any:
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            sessions.logout(token)
+        resp = JSON({})
+        resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return resp
+
+    return router
 
 
 def _add_ui_routes(app: FastAPI) -> None:

@@ -39,3 +39,44 @@ def test_rest_is_open_in_the_loopback_quick_start(master_factory: Callable[..., 
     with httpx.Client(timeout=30) as http:
         r = http.get(f"http://127.0.0.1:{m.http_port}/api/v1/experiments")
         assert r.status_code == 200, r.text
+
+
+def test_rest_login_sets_a_session_cookie_and_logout_ends_it(
+    master_factory: Callable[..., Master],
+) -> None:
+    m = master_factory(http_port=0, initial_admin_password="s3cret")
+    base = f"http://127.0.0.1:{m.http_port}/api/v1"
+    with httpx.Client(timeout=30) as http:
+        for body, field in (
+            ({"username": "admin"}, "password"),
+            ({"password": "s3cret"}, "username"),
+            ({"username": "admin", "password": 5}, "password"),
+        ):
+            r = http.post(f"{base}/auth/login", json=body)
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["field"] == field
+        r = http.post(f"{base}/auth/login", json=["admin", "s3cret"])
+        assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
+        r = http.post(f"{base}/auth/login", json={"username": "admin", "password": "wrong"})
+        assert r.status_code == 401 and "set-cookie" not in r.headers
+        assert "detsdk_session" not in http.cookies
+
+        r = http.post(f"{base}/auth/login", json={"username": "admin", "password": "s3cret"})
+        assert r.status_code == 200, r.text
+        token = r.json()["token"]
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith(f"detsdk_session={token};")
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        # The cookie alone lets the browser's requests through; it is gRPC's session token.
+        assert http.get(f"{base}/experiments").status_code == 200
+        stubs = Stubs.connect(m.address, token=token)
+        try:
+            assert stubs.master.GetMasterInfo(master_pb2.GetMasterInfoRequest()).version
+        finally:
+            stubs.channel.close()
+
+        r = http.post(f"{base}/auth/logout")
+        assert r.status_code == 200 and 'detsdk_session=""' in r.headers["set-cookie"]
+        assert "detsdk_session" not in http.cookies
+        assert http.get(f"{base}/experiments").status_code == 401
+        assert http.get(f"{base}/experiments", params={"token": token}).status_code == 401
