@@ -344,10 +344,10 @@ class Master:
     def _http_auth(self, request: Any) -> None:
         """Who may use the REST API and web UI: anyone while this loopback master is in the
         quick start (``admin`` with the empty password: anyone here can log in as admin anyway),
-        else an admin's session token (``Authorization: Bearer``, the cookie the web UI's login
+        else a user's session token (``Authorization: Bearer``, the cookie the web UI's login
         sets, or ``?token=`` where a browser cannot set headers, as for server-sent events).
-        Per-owner rules over REST are left for later, so other users are refused rather than
-        let through unchecked."""
+        The caller is left in ``request.state.principal``; what a user who is not an admin may
+        change is checked per route (``master_server.web.api.WRITE_RULES``), as over gRPC."""
         from master_server.web.api import SESSION_COOKIE  # loaded with the HTTP server
 
         if self._quick_start():
@@ -356,8 +356,11 @@ class Master:
         token = request.query_params.get("token") or request.cookies.get(SESSION_COOKIE)
         md = [("authorization", header or f"Bearer {token}")] if header or token else []
         p = self.parts["auth"].authenticate("/rest", md)
-        if p is None or not p.admin:
-            raise PermissionDeniedError("the REST API and web UI need an admin's token here")
+        if p is None:
+            raise UnauthenticatedError("log in first: the REST API needs a session token")
+        if p.is_trial:
+            raise PermissionDeniedError("a trial's token cannot use the REST API")
+        request.state.principal = p
 
     def _http_login(self, username: str, password: str) -> str:
         token, _ = self.parts["auth"].login(username, password)

@@ -38,9 +38,12 @@ from determined_sdk.errors import (
     NotFoundError,
     to_http_status,
 )
+from master_server.auth.policy import Access, hide_environment
+from master_server.auth.principal import Principal
 from master_server.checkpoints import CheckpointService
 from master_server.domain import (
     CheckpointState,
+    Experiment,
     ExperimentFilter,
     ExperimentState,
     LogQuery,
@@ -286,6 +289,7 @@ def create_app(
     def auth(request: Request) -> None:
         if authenticate is not None:
             authenticate(request)
+            _check_owner(p.store, request)
 
     app = FastAPI(
         title="determined_sdk master",
@@ -307,6 +311,47 @@ def create_app(
         app.include_router(_session_routes(sessions))
     _add_ui_routes(app)
     return app
+
+
+#: What a user who is not an admin may change over REST, by (HTTP method, route): the kind of
+#: resource (its id is the route's first parameter) and the words of the refusal, as gRPC's
+#: policy (``master_server.auth.policy``): everyone logged in reads, owners change their own.
+#: A write route missing here is refused to non-admins (a test checks every route is listed).
+WRITE_RULES: dict[tuple[str, str], tuple[str, str]] = {
+    ("PATCH", "/experiments/{experiment_id}"): ("experiment", "change"),
+    ("PUT", "/experiments/{experiment_id}/labels/{label}"): ("experiment", "change"),
+    ("DELETE", "/experiments/{experiment_id}/labels/{label}"): ("experiment", "change"),
+    ("POST", "/experiments/{experiment_id}/{action}"): ("experiment", "act on"),
+    ("DELETE", "/experiments/{experiment_id}"): ("experiment", "delete"),
+    ("POST", "/trials/{trial_id}/kill"): ("trial", "kill"),
+}
+
+
+def principal_of(request: Request) -> Principal | None:
+    """Who sent the request, as the ``authenticate`` hook left it in ``request.state``; None
+    where the API is open (no hook, or the loopback quick start): everything is allowed."""
+    p = getattr(request.state, "principal", None)
+    return p if isinstance(p, Principal) else None
+
+
+def _check_owner(store: Store, request: Request) -> None:
+    p = principal_of(request)
+    if p is None or p.admin or request.method in ("GET", "HEAD"):
+        return
+    route = request.scope.get("route")
+    path = str(getattr(route, "path", ""))[len(API_PREFIX) :]
+    rule = WRITE_RULES.get((request.method, path))
+    access = Access(store)
+    if rule is None or p.is_trial:
+        raise access.deny(p, f"{request.method} {path} (admins only)")
+    kind, what = rule
+    resource_id = int(next(iter(request.path_params.values())))
+    if kind == "trial":
+        store.get_trial(resource_id)  # NOT_FOUND before PERMISSION_DENIED
+        access.need_trial(p, resource_id, write=True, what=what)
+    else:
+        store.get_experiment(resource_id)
+        access.need_owner(p, "experiment", resource_id, what)
 
 
 def _session_routes(sessions: SessionHooks) -> APIRouter:
@@ -374,6 +419,23 @@ def _add_ui_routes(app: FastAPI) -> None:
 def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader) -> None:
     store, svc = p.store, p.experiments
 
+    def shown(request: Request, exps: list[Experiment], best: bool = True) -> list[Any]:
+        """Experiments as answered: environment variables hidden from all but the owner
+        and admins (as gRPC answers them)."""
+        who = principal_of(request)
+        owners = (
+            store.owner_names("experiment", [e.id for e in exps])
+            if who is not None and not who.admin
+            else {}
+        )
+        out = []
+        for e in exps:
+            d = ser.experiment(e, best_of(e.id) if best else None)
+            if who is not None and not who.admin and owners.get(e.id, "") != who.username:
+                d["config"] = hide_environment(d["config"])
+            out.append(d)
+        return out
+
     def best_of(exp_id: int) -> float | None:
         return svc.best_searcher_validation(exp_id)
 
@@ -391,6 +453,7 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
     # -- experiments ---------------------------------------------------------------------------
     @api.get("/experiments", tags=["experiments"])
     def list_experiments(
+        request: Request,
         state: Annotated[
             list[str] | None, Query(description="states, repeated or comma-separated")
         ] = None,
@@ -427,17 +490,18 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
         )
         exps, total = store.list_experiments(flt)
         return {
-            "experiments": [ser.experiment(e, best_of(e.id)) for e in exps],
+            "experiments": shown(request, exps),
             "pagination": {"offset": offset, "limit": limit, "total": total},
         }
 
     @api.get("/experiments/{experiment_id}", tags=["experiments"])
-    def get_experiment(experiment_id: int) -> Any:
+    def get_experiment(request: Request, experiment_id: int) -> Any:
         e = store.get_experiment(experiment_id)
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.patch("/experiments/{experiment_id}", tags=["experiments"])
     def patch_experiment(
+        request: Request,
         experiment_id: int,
         body: Annotated[Any, Body(examples=[_PATCH_EXAMPLE])],
     ) -> Any:
@@ -457,20 +521,20 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
             add_labels=add,
             remove_labels=remove,
         )
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.put("/experiments/{experiment_id}/labels/{label}", tags=["experiments"])
-    def add_label(experiment_id: int, label: str) -> Any:
+    def add_label(request: Request, experiment_id: int, label: str) -> Any:
         e = svc.patch(experiment_id, add_labels=[label])
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.delete("/experiments/{experiment_id}/labels/{label}", tags=["experiments"])
-    def remove_label(experiment_id: int, label: str) -> Any:
+    def remove_label(request: Request, experiment_id: int, label: str) -> Any:
         e = svc.patch(experiment_id, remove_labels=[label])
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.post("/experiments/{experiment_id}/{action}", tags=["experiments"])
-    def experiment_action(experiment_id: int, action: str) -> Any:
+    def experiment_action(request: Request, experiment_id: int, action: str) -> Any:
         """Lifecycle: activate, pause, cancel, kill, archive, unarchive."""
         if action not in _ACTIONS:
             raise InvalidArgumentError(
@@ -486,13 +550,13 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
             e = svc.cancel(experiment_id, kill=True)
         else:
             e = svc.set_archived(experiment_id, action == "archive")
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.delete("/experiments/{experiment_id}", tags=["experiments"])
-    def delete_experiment(experiment_id: int) -> Any:
+    def delete_experiment(request: Request, experiment_id: int) -> Any:
         e = store.get_experiment(experiment_id)
         svc.delete(experiment_id)
-        return {"experiment": ser.experiment(e)}
+        return {"experiment": shown(request, [e], best=False)[0]}
 
     @api.get("/experiments/{experiment_id}/trials", tags=["experiments"])
     def list_trials(
