@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import httpx
 
-from master_server.app import Master
+from master_server.app import Master, tune_gc_for_serving
 from master_server.domain import ExperimentState, MetricReport, NewExperiment
 
 CHROMIUM = os.environ.get("DETSDK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -92,6 +92,7 @@ def main() -> None:
     total = args.trials * args.points
     with tempfile.TemporaryDirectory(prefix="detsdk-chart-bench-") as tmp:
         master = Master(tmp, slots=1, http_port=0).start()
+        tune_gc_for_serving()  # what the master's own process does (python -m master_server)
         try:
             t0 = time.perf_counter()
             exp_id = fill(master, args.trials, args.points)

@@ -140,6 +140,57 @@ def join_metrics_json(payloads: Sequence[str]) -> str:
     return "[" + ",".join(payloads) + "]" if payloads else "[]"
 
 
+def metrics_from_columns(
+    names: Sequence[str], values: Sequence[Sequence[float | None]]
+) -> list[dict[str, float]]:
+    """Per point ``{name: value}`` from one value column per name (None: the point lacks it)."""
+    if len(names) == 1:
+        name = names[0]
+        col = values[0]
+        if None not in col:  # the usual case: every point of a one-name read has it
+            return [{name: v} for v in col]  # type: ignore[dict-item]  # no None in col
+        return [{name: v} if v is not None else {} for v in col]
+    return [
+        {n: v for n, v in zip(names, point, strict=True) if v is not None}
+        for point in zip(*values, strict=True)
+    ]
+
+
+def pack_value_columns(
+    names: Sequence[str], values: Sequence[Sequence[float | None]]
+) -> tuple[list[float], list[int]]:
+    """``MetricColumns.values`` and ``absent`` for value columns (absent values as 0)."""
+    flat: list[float] = []
+    absent: list[int] = []
+    for col in values:
+        if None in col:
+            at = len(flat)
+            absent.extend(at + i for i, v in enumerate(col) if v is None)
+            flat.extend(0.0 if v is None else v for v in col)
+        else:
+            flat.extend(col)  # type: ignore[arg-type]  # no None in it
+    return flat, absent
+
+
+def unpack_value_columns(cols: metrics_pb2.MetricColumns, n: int) -> list[dict[str, float]]:
+    """Per point ``{name: value}`` of a names-filtered page (``value_names`` set).
+
+    Raises:
+        InvalidArgumentError: The value columns do not line up with the points.
+    """
+    names = list(cols.value_names)
+    flat: list[float | None] = list(cols.values)
+    if len(flat) != len(names) * n:
+        raise InvalidArgumentError(
+            f"values: {len(flat)} entries for {len(names)} names x {n} points"
+        )
+    for i in cols.absent:
+        if i >= len(flat):
+            raise InvalidArgumentError(f"absent: {i} is not an index of values")
+        flat[i] = None
+    return metrics_from_columns(names, [flat[k * n : (k + 1) * n] for k in range(len(names))])
+
+
 ColumnPoint = tuple[int, str, int, dict[str, float], float, int]
 
 
@@ -147,7 +198,21 @@ def iter_columns(cols: metrics_pb2.MetricColumns) -> Iterator[ColumnPoint]:
     """The points of a ``MetricColumns`` page as ``(trial_id, group, steps, metrics, time,
     run_id)`` (``run_id`` 0 where the master did not send one).
 
-    The metrics of the whole page are decoded in one pass when the first point is asked for.
+    Raises:
+        InvalidArgumentError: The columns do not line up (naming the field at fault).
+    """
+    return zip(*page_columns(cols), strict=True)
+
+
+PageColumns = tuple[
+    Iterable[int], Iterable[str], list[int], list[dict[str, float]], list[float], Iterable[int]
+]
+
+
+def page_columns(cols: metrics_pb2.MetricColumns) -> PageColumns:
+    """A ``MetricColumns`` page as six columns of equal length: trial ids, groups, steps,
+    metrics, times and run ids (0 where the master did not send one). The metrics of the
+    whole page are decoded in one pass.
 
     Raises:
         InvalidArgumentError: The columns do not line up (naming the field at fault).
@@ -171,14 +236,23 @@ def iter_columns(cols: metrics_pb2.MetricColumns) -> Iterator[ColumnPoint]:
     names = list(cols.group_names)
     if gids and max(gids) >= len(names):
         raise InvalidArgumentError(f"group_ids: {max(gids)} is not an index of group_names")
-    metrics = decode_metrics_json(cols.metrics_json)
+    if cols.value_names:
+        metrics = unpack_value_columns(cols, n)
+    else:
+        metrics = decode_metrics_json(cols.metrics_json)
     if len(metrics) != n:
         raise InvalidArgumentError(f"metrics_json: {len(metrics)} objects for {n} points")
-    trials = itertools.chain.from_iterable(map(itertools.repeat, cols.trial_ids, counts))
-    groups = map(names.__getitem__, gids)
-    runs: Iterable[int] = cols.trial_run_ids or itertools.repeat(0, n)
+    if len(names) == 1:
+        groups: Iterable[str] = itertools.repeat(names[0], n)
+    else:
+        groups = map(names.__getitem__, gids)
+    if len(counts) == 1:
+        trials: Iterable[int] = itertools.repeat(cols.trial_ids[0], n)
+    else:
+        trials = itertools.chain.from_iterable(map(itertools.repeat, cols.trial_ids, counts))
     if cols.trial_run_ids and len(cols.trial_run_ids) != n:
         raise InvalidArgumentError(
             f"trial_run_ids: {len(cols.trial_run_ids)} entries for {n} points"
         )
-    return zip(trials, groups, steps, metrics, stamps, runs, strict=True)
+    runs: Iterable[int] = cols.trial_run_ids or itertools.repeat(0, n)
+    return trials, groups, steps, metrics, stamps, runs

@@ -11,7 +11,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from determined_sdk.errors import InvalidArgumentError
-from determined_sdk.metrics_wire import join_metrics_json, unpack_columns, unpack_reports
+from determined_sdk.metrics_wire import (
+    join_metrics_json,
+    pack_value_columns,
+    unpack_columns,
+    unpack_reports,
+)
 from determined_sdk.proto import (
     checkpoint_pb2,
     common_pb2,
@@ -220,20 +225,32 @@ def metric_point_to_proto(p: domain.MetricPoint) -> trial_pb2.MetricPoint:
 
 
 def metric_columns_to_proto(c: domain.MetricColumns) -> metrics_pb2.MetricColumns:
-    """A page of points as columns; the stored JSON is forwarded, not decoded."""
+    """A page of points as columns; the stored JSON is forwarded, not decoded (a
+    names-filtered page sends its value columns instead)."""
     group_names = list(dict.fromkeys(c.groups))
-    index = {g: i for i, g in enumerate(group_names)}
-    return metrics_pb2.MetricColumns(
+    if len(group_names) == 1:
+        group_ids: list[int] = [0] * len(c.groups)
+    else:
+        index = {g: i for i, g in enumerate(group_names)}
+        group_ids = list(map(index.__getitem__, c.groups))
+    msg = metrics_pb2.MetricColumns(
         trial_ids=c.trial_ids,
         trial_counts=c.trial_counts,
         group_names=group_names,
-        group_ids=list(map(index.__getitem__, c.groups)),
+        group_ids=group_ids,
         steps_completed=c.steps,
         timestamps=c.timestamps,
-        metrics_json=join_metrics_json(c.payloads),
         trial_run_ids=c.run_ids,
-        superseded=c.superseded,
+        superseded=c.superseded if any(c.superseded) else (),
     )
+    if c.names:
+        values, absent = pack_value_columns(c.names, c.values)
+        msg.value_names.extend(c.names)
+        msg.values.extend(values)
+        msg.absent.extend(absent)
+    else:
+        msg.metrics_json = join_metrics_json(c.payloads)
+    return msg
 
 
 def checkpoint_to_proto(c: domain.Checkpoint) -> checkpoint_pb2.Checkpoint:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from determined_sdk.metrics_wire import decode_metrics_array
+from determined_sdk.metrics_wire import decode_metrics_array, metrics_from_columns
 
 JSONDict = dict[str, Any]
 
@@ -194,7 +194,9 @@ class MetricColumns:
 
     ``payloads[i]`` is point i's metrics as the stored JSON object (non-finite values are the
     strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``); readers that forward points (gRPC,
-    HTTP) pass it on undecoded, :meth:`metrics` decodes it. ``trial_ids``/``trial_counts``
+    HTTP) pass it on undecoded, :meth:`metrics` decodes it. A page read with a ``names``
+    filter has no payloads but one column per name instead: ``values[k][i]`` is point i's
+    value of ``names[k]`` (None where the point has no such metric). ``trial_ids``/``trial_counts``
     are run-length: the first ``trial_counts[0]`` points belong to ``trial_ids[0]``, and so on.
     ``last_ids[k]`` is the highest storage id of ``trial_ids[k]``'s points in the page (where
     a follower resumes).
@@ -209,12 +211,16 @@ class MetricColumns:
     last_ids: Sequence[int]
     run_ids: Sequence[int] = ()  # per point: the trial run that reported it (0: unknown)
     superseded: Sequence[bool] = ()  # per point: superseded by a restart (see MetricPoint)
+    names: Sequence[str] = ()  # a names-filtered page: the names of ``values``' columns
+    values: Sequence[Sequence[float | None]] = ()  # per name, per point (None: absent)
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def metrics(self) -> list[dict[str, float]]:
         """Every point's ``{name: value}``, decoded in one pass."""
+        if self.names:
+            return metrics_from_columns(self.names, self.values)
         return decode_metrics_array(self.payloads)
 
     def points(self) -> Iterator[MetricPoint]:

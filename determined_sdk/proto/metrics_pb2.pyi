@@ -36,6 +36,9 @@ class MetricColumns(_message.Message):
     METRICS_JSON_FIELD_NUMBER: _builtins.int
     TRIAL_RUN_IDS_FIELD_NUMBER: _builtins.int
     SUPERSEDED_FIELD_NUMBER: _builtins.int
+    VALUE_NAMES_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    ABSENT_FIELD_NUMBER: _builtins.int
     metrics_json: _builtins.str
     """A JSON array with one object {name: value} per point, exactly as stored (the master
     forwards it without decoding). Non-finite values are the strings "NaN", "Infinity",
@@ -65,6 +68,19 @@ class MetricColumns(_message.Message):
     def superseded(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
         """per point: a later run restarted before this step"""
 
+    @_builtins.property
+    def value_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """(empty when no point of the page is superseded)
+        A names-filtered page carries no metrics_json but values as columns: for each of
+        value_names, one value per point (column after column, len(value_names) x points).
+        """
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def absent(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indices into values of the points that lack that name (they hold 0 there)."""
+
     def __init__(
         self,
         *,
@@ -77,10 +93,13 @@ class MetricColumns(_message.Message):
         metrics_json: _builtins.str = ...,
         trial_run_ids: _abc.Iterable[_builtins.int] | None = ...,
         superseded: _abc.Iterable[_builtins.bool] | None = ...,
+        value_names: _abc.Iterable[_builtins.str] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        absent: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_ids", b"group_ids", "group_names", b"group_names", "metrics_json", b"metrics_json", "steps_completed", b"steps_completed", "superseded", b"superseded", "timestamps", b"timestamps", "trial_counts", b"trial_counts", "trial_ids", b"trial_ids", "trial_run_ids", b"trial_run_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent", b"absent", "group_ids", b"group_ids", "group_names", b"group_names", "metrics_json", b"metrics_json", "steps_completed", b"steps_completed", "superseded", b"superseded", "timestamps", b"timestamps", "trial_counts", b"trial_counts", "trial_ids", b"trial_ids", "trial_run_ids", b"trial_run_ids", "value_names", b"value_names", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -434,9 +434,24 @@ def _redact(exp: Any, p: Principal, owner: str) -> None:
         cfg = json.loads(exp.config_json) if exp.config_json else {}
     except ValueError:
         return
-    env = cfg.get("environment") if isinstance(cfg, dict) else None
-    if not isinstance(env, dict) or not env.get("environment_variables"):
+    hidden = hide_environment(cfg)
+    if hidden is cfg:
         return
-    env["environment_variables"] = dict.fromkeys(env["environment_variables"], _HIDDEN)
-    exp.config_json = json.dumps(cfg)
+    exp.config_json = json.dumps(hidden)
     exp.original_config = ""  # the raw text holds the values too
+
+
+def hide_environment(config: Any) -> Any:
+    """``config`` with the values of ``environment.environment_variables`` hidden (a copy;
+    ``config`` itself when it has none): what callers who are neither the experiment's owner
+    nor an admin see."""
+    env = config.get("environment") if isinstance(config, dict) else None
+    if not isinstance(env, dict) or not env.get("environment_variables"):
+        return config
+    return {
+        **config,
+        "environment": {
+            **env,
+            "environment_variables": dict.fromkeys(env["environment_variables"], _HIDDEN),
+        },
+    }

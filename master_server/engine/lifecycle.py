@@ -337,6 +337,13 @@ class ExperimentLifecycle:
             trials, _ = store.list_trials(experiment_id)
             for t in trials:
                 paths.extend(str(p) for p in self.s.rm.trial_paths(t.id))
+            tensorboard = tensorboard_root(self.s.experiment_config(experiment_id))
+            if tensorboard is not None:
+                paths.extend(
+                    str(d)
+                    for d in (tensorboard / f"trial-{t.id}" for t in trials)
+                    if self.storage_roots.contains(d)
+                )
             paths.extend(str(p) for p in self.s.rm.experiment_paths(experiment_id))
             job = store.begin_experiment_deletion(experiment_id, paths)
             self.s.exps.pop(experiment_id, None)
@@ -454,6 +461,18 @@ class ExperimentLifecycle:
         else:
             self.maybe_finish(exp.id)
         return adopted
+
+
+def tensorboard_root(config: JSONDict) -> pathlib.Path | None:
+    """Where the trials of an experiment with this (normalized) config keep their TensorBoard
+    files: ``<checkpoint storage>/tensorboard``, holding ``trial-<id>`` directories (the
+    layout of ``core_api``'s ``get_tensorboard_path()``); None for storage the master cannot
+    reach."""
+    storage = config.get("checkpoint_storage") or {}
+    path = storage.get("path")
+    if storage.get("type", "shared_fs") not in ("shared_fs", "directory") or not path:
+        return None
+    return pathlib.Path(str(path)).expanduser() / "tensorboard"
 
 
 def _unfinished_filter() -> ExperimentFilter:

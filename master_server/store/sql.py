@@ -1669,7 +1669,7 @@ class SQLStore(AuthSQLMixin, Store):
             for tid in ids:
                 if tid not in found:
                     raise NotFoundError(f"trial {tid} not found")
-        yield from read_metric_columns(self._read, query, _encode_metrics)
+        yield from read_metric_columns(self._read, query)
 
     def last_metric_id(self) -> int:
         """The storage id of the last metric point stored (0 if none)."""

@@ -38,9 +38,12 @@ from determined_sdk.errors import (
     NotFoundError,
     to_http_status,
 )
+from master_server.auth.policy import Access, hide_environment
+from master_server.auth.principal import Principal
 from master_server.checkpoints import CheckpointService
 from master_server.domain import (
     CheckpointState,
+    Experiment,
     ExperimentFilter,
     ExperimentState,
     LogQuery,
@@ -58,6 +61,25 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
 API_PREFIX = "/api/v1"
 AuthHook = Callable[[Request], None]
+#: The cookie a browser keeps the session token in after ``POST /api/v1/auth/login``.
+SESSION_COOKIE = "detsdk_session"
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionHooks:
+    """How the REST login opens and closes the master's sessions (the same ones as gRPC's
+    ``Login``).
+
+    Attributes:
+        login: ``(username, password) -> token``; raises UnauthenticatedError for bad
+            credentials.
+        logout: ends the session of a token (unknown tokens are ignored).
+    """
+
+    login: Callable[[str, str], str]
+    logout: Callable[[str], None]
+
+
 """Called with every ``/api`` request before its handler; raise UnauthenticatedError to refuse."""
 
 _FIELD_RE = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
@@ -73,6 +95,7 @@ _UI_PAGES = (
     "/trials/{tid}",
     "/models",
     "/models/{name}",
+    "/login",
 )
 
 
@@ -238,7 +261,12 @@ class _Parts:
     cluster_id: str
 
 
-def create_app(parts: dict[str, Any], *, authenticate: AuthHook | None = None) -> FastAPI:
+def create_app(
+    parts: dict[str, Any],
+    *,
+    authenticate: AuthHook | None = None,
+    sessions: SessionHooks | None = None,
+) -> FastAPI:
     """The REST API and web UI over a master's ``parts`` (see ``master_server.app.Master``).
 
     Args:
@@ -246,6 +274,8 @@ def create_app(parts: dict[str, Any], *, authenticate: AuthHook | None = None) -
             ``logs``, ``version``, ``cluster_id``).
         authenticate: called with each ``/api`` request before its handler; it raises
             :class:`~determined_sdk.errors.UnauthenticatedError` to refuse it. None: no check.
+        sessions: serves ``POST /api/v1/auth/login`` and ``/logout`` (outside
+            ``authenticate``); None: no such routes.
     """
     p = _Parts(
         parts["store"],
@@ -259,6 +289,7 @@ def create_app(parts: dict[str, Any], *, authenticate: AuthHook | None = None) -
     def auth(request: Request) -> None:
         if authenticate is not None:
             authenticate(request)
+            _check_owner(p.store, request)
 
     app = FastAPI(
         title="determined_sdk master",
@@ -276,8 +307,89 @@ def create_app(parts: dict[str, Any], *, authenticate: AuthHook | None = None) -
     app.state.series_reader = reader = metrics_mod.SeriesReader(p.store)
     _add_api_routes(api, p, reader)
     app.include_router(api)
+    if sessions is not None:
+        app.include_router(_session_routes(sessions))
     _add_ui_routes(app)
     return app
+
+
+#: What a user who is not an admin may change over REST, by (HTTP method, route): the kind of
+#: resource (its id is the route's first parameter) and the words of the refusal, as gRPC's
+#: policy (``master_server.auth.policy``): everyone logged in reads, owners change their own.
+#: A write route missing here is refused to non-admins (a test checks every route is listed).
+WRITE_RULES: dict[tuple[str, str], tuple[str, str]] = {
+    ("PATCH", "/experiments/{experiment_id}"): ("experiment", "change"),
+    ("PUT", "/experiments/{experiment_id}/labels/{label}"): ("experiment", "change"),
+    ("DELETE", "/experiments/{experiment_id}/labels/{label}"): ("experiment", "change"),
+    ("POST", "/experiments/{experiment_id}/{action}"): ("experiment", "act on"),
+    ("DELETE", "/experiments/{experiment_id}"): ("experiment", "delete"),
+    ("POST", "/trials/{trial_id}/kill"): ("trial", "kill"),
+}
+
+
+def principal_of(request: Request) -> Principal | None:
+    """Who sent the request, as the ``authenticate`` hook left it in ``request.state``; None
+    where the API is open (no hook, or the loopback quick start): everything is allowed."""
+    p = getattr(request.state, "principal", None)
+    return p if isinstance(p, Principal) else None
+
+
+def _check_owner(store: Store, request: Request) -> None:
+    p = principal_of(request)
+    if p is None or p.admin or request.method in ("GET", "HEAD"):
+        return
+    route = request.scope.get("route")
+    path = str(getattr(route, "path", ""))[len(API_PREFIX) :]
+    rule = WRITE_RULES.get((request.method, path))
+    access = Access(store)
+    if rule is None or p.is_trial:
+        raise access.deny(p, f"{request.method} {path} (admins only)")
+    kind, what = rule
+    resource_id = int(next(iter(request.path_params.values())))
+    if kind == "trial":
+        store.get_trial(resource_id)  # NOT_FOUND before PERMISSION_DENIED
+        access.need_trial(p, resource_id, write=True, what=what)
+    else:
+        store.get_experiment(resource_id)
+        access.need_owner(p, "experiment", resource_id, what)
+
+
+def _session_routes(sessions: SessionHooks) -> APIRouter:
+    """Log in and out from a browser: the token is also set as an HttpOnly, SameSite=Strict
+    cookie, so the page's own requests carry it and no script can read it."""
+    router = APIRouter(prefix=API_PREFIX, tags=["auth"])
+
+    @router.post("/auth/login")
+    def login(request: Request, body: Annotated[Any, Body()]) -> Any:
+        b = _body_dict(body)
+        creds: list[str] = []
+        for key in ("username", "password"):
+            v = b.get(key)
+            if not isinstance(v, str):
+                raise InvalidArgumentError(f"{key}: must be a string")
+            creds.append(v)
+        token = sessions.login(creds[0], creds[1])
+        resp = JSON({"token": token, "username": creds[0]})
+        resp.set_cookie(
+            SESSION_COOKIE,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        return resp
+
+    @router.post("/auth/logout")
+    def logout(request: Request) -> Any:
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            sessions.logout(token)
+        resp = JSON({})
+        resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return resp
+
+    return router
 
 
 def _add_ui_routes(app: FastAPI) -> None:
@@ -307,6 +419,23 @@ def _add_ui_routes(app: FastAPI) -> None:
 def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader) -> None:
     store, svc = p.store, p.experiments
 
+    def shown(request: Request, exps: list[Experiment], best: bool = True) -> list[Any]:
+        """Experiments as answered: environment variables hidden from all but the owner
+        and admins (as gRPC answers them)."""
+        who = principal_of(request)
+        owners = (
+            store.owner_names("experiment", [e.id for e in exps])
+            if who is not None and not who.admin
+            else {}
+        )
+        out = []
+        for e in exps:
+            d = ser.experiment(e, best_of(e.id) if best else None)
+            if who is not None and not who.admin and owners.get(e.id, "") != who.username:
+                d["config"] = hide_environment(d["config"])
+            out.append(d)
+        return out
+
     def best_of(exp_id: int) -> float | None:
         return svc.best_searcher_validation(exp_id)
 
@@ -324,6 +453,7 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
     # -- experiments ---------------------------------------------------------------------------
     @api.get("/experiments", tags=["experiments"])
     def list_experiments(
+        request: Request,
         state: Annotated[
             list[str] | None, Query(description="states, repeated or comma-separated")
         ] = None,
@@ -360,17 +490,18 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
         )
         exps, total = store.list_experiments(flt)
         return {
-            "experiments": [ser.experiment(e, best_of(e.id)) for e in exps],
+            "experiments": shown(request, exps),
             "pagination": {"offset": offset, "limit": limit, "total": total},
         }
 
     @api.get("/experiments/{experiment_id}", tags=["experiments"])
-    def get_experiment(experiment_id: int) -> Any:
+    def get_experiment(request: Request, experiment_id: int) -> Any:
         e = store.get_experiment(experiment_id)
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.patch("/experiments/{experiment_id}", tags=["experiments"])
     def patch_experiment(
+        request: Request,
         experiment_id: int,
         body: Annotated[Any, Body(examples=[_PATCH_EXAMPLE])],
     ) -> Any:
@@ -390,20 +521,20 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
             add_labels=add,
             remove_labels=remove,
         )
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.put("/experiments/{experiment_id}/labels/{label}", tags=["experiments"])
-    def add_label(experiment_id: int, label: str) -> Any:
+    def add_label(request: Request, experiment_id: int, label: str) -> Any:
         e = svc.patch(experiment_id, add_labels=[label])
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.delete("/experiments/{experiment_id}/labels/{label}", tags=["experiments"])
-    def remove_label(experiment_id: int, label: str) -> Any:
+    def remove_label(request: Request, experiment_id: int, label: str) -> Any:
         e = svc.patch(experiment_id, remove_labels=[label])
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.post("/experiments/{experiment_id}/{action}", tags=["experiments"])
-    def experiment_action(experiment_id: int, action: str) -> Any:
+    def experiment_action(request: Request, experiment_id: int, action: str) -> Any:
         """Lifecycle: activate, pause, cancel, kill, archive, unarchive."""
         if action not in _ACTIONS:
             raise InvalidArgumentError(
@@ -419,13 +550,13 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
             e = svc.cancel(experiment_id, kill=True)
         else:
             e = svc.set_archived(experiment_id, action == "archive")
-        return {"experiment": ser.experiment(e, best_of(e.id))}
+        return {"experiment": shown(request, [e])[0]}
 
     @api.delete("/experiments/{experiment_id}", tags=["experiments"])
-    def delete_experiment(experiment_id: int) -> Any:
+    def delete_experiment(request: Request, experiment_id: int) -> Any:
         e = store.get_experiment(experiment_id)
         svc.delete(experiment_id)
-        return {"experiment": ser.experiment(e)}
+        return {"experiment": shown(request, [e], best=False)[0]}
 
     @api.get("/experiments/{experiment_id}/trials", tags=["experiments"])
     def list_trials(
@@ -497,11 +628,14 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
         if only:
             trials = [by_id[tid] for tid in only]
         out = reader.series(trials, group, _csv(names), max_points)
-        return {
-            "experiment_id": experiment_id,
-            "group": group,
-            "trials": [{"trial_id": t.id, **out[t.id]} for t in trials],
-        }
+        # Answered as is: FastAPI's encoder would walk every number of every series first.
+        return JSON(
+            {
+                "experiment_id": experiment_id,
+                "group": group,
+                "trials": [{"trial_id": t.id, **out[t.id]} for t in trials],
+            }
+        )
 
     # -- trials --------------------------------------------------------------------------------
     @api.get("/trials/{trial_id}", tags=["trials"])
@@ -528,7 +662,7 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
         metrics_mod.check_max_points(max_points)
         t = store.get_trial(trial_id)
         out = reader.series([t], group, _csv(names), max_points)
-        return {"trial_id": trial_id, "group": group, **out[trial_id]}
+        return JSON({"trial_id": trial_id, "group": group, **out[trial_id]})
 
     @api.get("/trials/{trial_id}/metric-names", tags=["metrics"])
     def trial_metric_names(trial_id: int) -> Any:

@@ -31,7 +31,7 @@ def minmax_indices(values: Sequence[float], max_points: int) -> list[int]:
         return list(range(n))
     buckets = max(1, (max_points - 2) // 2)
     inner = n - 2
-    has_nan = any(v != v for v in values)  # NaN is the only value not equal to itself
+    has_nan = any(map(math.isnan, values))
     keep = [0]
     for b in range(buckets):
         lo = 1 + (b * inner) // buckets

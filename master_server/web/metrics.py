@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from determined_sdk.errors import InvalidArgumentError
-from master_server.domain import Trial
+from master_server.domain import MetricQuery, Trial
 from master_server.store.base import Store
 from master_server.web.downsample import minmax_indices
 
@@ -87,29 +87,68 @@ def series(
 
 Columns = tuple[list[int], list[float], list[float]]  # steps, timestamps, values
 
+# Chart reads take whole trials at once (one query per 100k points of a trial).
+_PAGE_SIZE = 100_000
+
 
 def read_columns(
     store: Store, trial_ids: Sequence[int], group: str, names: Sequence[str]
 ) -> dict[int, dict[str, Columns]]:
     """Per trial and metric name, the (steps, times, values) columns of one group.
 
-    The one place that reads points for charts: a faster (columnar) store read slots in here.
+    With ``names`` the database picks the values out (see :mod:`master_server.store.
+    metrics_read`) and they arrive as columns: no object per point. Without, each page's
+    JSON is decoded in one pass and split by name.
     """
-    wanted = set(names)
     cols: dict[int, dict[str, Columns]] = {tid: {} for tid in trial_ids}
-    for page in store.iter_metrics(list(trial_ids), group):
-        for p in page:
-            by_name = cols[p.trial_id]
-            for name, value in p.metrics.items():
-                if wanted and name not in wanted:
-                    continue
-                c = by_name.get(name)
-                if c is None:
-                    c = by_name[name] = ([], [], [])
-                c[0].append(p.steps_completed)
-                c[1].append(p.timestamp)
-                c[2].append(value)
+    q = MetricQuery(
+        tuple(trial_ids), group=group, names=tuple(dict.fromkeys(names)), page_size=_PAGE_SIZE
+    )
+    for page in store.read_metrics(q):
+        at = 0
+        decoded = None if page.names else page.metrics()
+        for tid, count in zip(page.trial_ids, page.trial_counts, strict=True):
+            end = at + count
+            by_name = cols[tid]
+            if decoded is None:
+                for name, values in zip(page.names, page.values, strict=True):
+                    _extend(
+                        by_name, name, page.steps[at:end], page.timestamps[at:end], values[at:end]
+                    )
+            else:
+                for i in range(at, end):
+                    for name, value in decoded[i].items():
+                        c = by_name.get(name)
+                        if c is None:
+                            c = by_name[name] = ([], [], [])
+                        c[0].append(page.steps[i])
+                        c[1].append(page.timestamps[i])
+                        c[2].append(value)
+            at = end
     return cols
+
+
+def _extend(
+    by_name: dict[str, Columns],
+    name: str,
+    steps: Sequence[int],
+    times: Sequence[float],
+    values: Sequence[float | None],
+) -> None:
+    """Append one name's slice of a page (points that lack the name are left out)."""
+    if None in values:
+        kept = [i for i, v in enumerate(values) if v is not None]
+        if not kept:
+            return
+        steps = [steps[i] for i in kept]
+        times = [times[i] for i in kept]
+        values = [values[i] for i in kept]
+    c = by_name.get(name)
+    if c is None:
+        c = by_name[name] = ([], [], [])
+    c[0].extend(steps)
+    c[1].extend(times)
+    c[2].extend(values)  # type: ignore[arg-type]  # None left out above
 
 
 class SeriesReader:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from core_api import _channel
+from determined_sdk.errors import NotFoundError
 from master_server.app import Master
 from tests.core_api.live_trial import GATE_ENV, GATE_MAIN, LiveTrial
 from tests.core_api.wire import Wire
@@ -117,5 +118,13 @@ def cluster_trial(
     for live in made:
         live.release()
     for live in made:
-        if master._server is not None:  # not stopped by the test
-            live.wait_settled()
+        if master._server is not None and _exists(master, live.trial_id):  # not stopped or
+            live.wait_settled()  # deleted by the test
+
+
+def _exists(master: Master, trial_id: int) -> bool:
+    try:
+        master.parts["store"].get_trial(trial_id)
+    except NotFoundError:
+        return False
+    return True

@@ -16,6 +16,7 @@ from determined_sdk import Determined
 from determined_sdk.tensorboard import export_experiments
 from master_server.app import Master
 from tests.core_api.live_trial import LiveTrial
+from tests.support import wait_for
 
 
 def _scalars(d: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
@@ -55,3 +56,33 @@ def test_tensorboard_path_is_kept_with_the_trial_and_exported(
         # Exporting again replaces what the first export wrote (no doubled points).
         export_experiments(det, [t.experiment_id], tmp_path / "tb")
         assert _scalars(d)["training/loss"] == got["training/loss"]
+
+
+def test_tensorboard_files_are_deleted_with_their_experiment(
+    cluster_trial: Callable[..., LiveTrial], master: Master
+) -> None:
+    t = cluster_trial()
+    with core_api.init() as ctx:
+        tb = ctx.train.get_tensorboard_path()
+        w = EventFileWriter(str(tb))
+        w.add_event(Event(step=1, summary=Summary(value=[Summary.Value(tag="x", simple_value=1)])))
+        w.close()
+        ctx.train.report_training_metrics(1, {"loss": 1.0})
+    t.release()
+    t.wait_settled()
+    other = tb.parent / "trial-999999"  # another trial's files in the same storage
+    other.mkdir()
+    (other / "events.out.tfevents.0").write_bytes(b"kept")
+
+    with Determined(master.address) as det:
+        exp = det.get_experiment(t.experiment_id)
+
+        def finished() -> bool:
+            exp.reload()
+            return exp.state.value in ("COMPLETED", "ERROR")
+
+        wait_for(finished, 60, f"experiment {exp.id} to finish")
+        assert any(tb.iterdir())  # finished, and its files are still there until deleted
+        exp.delete()
+    wait_for(lambda: not tb.exists(), 60, f"{tb} to be deleted with its experiment")
+    assert (other / "events.out.tfevents.0").read_bytes() == b"kept"

@@ -16,6 +16,10 @@ export async function api(path, { method = "GET", body } = {}) {
   } catch {
     data = null;
   }
+  if (r.status === 401 && path !== "/auth/login" && location.pathname !== "/login") {
+    // No session (or an expired one): log in, then come back here.
+    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
   if (!r.ok) {
     const msg = data && data.error ? data.error.message : `${r.status} ${r.statusText}`;
     const err = new Error(msg);

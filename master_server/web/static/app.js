@@ -5,6 +5,7 @@ import { experimentListPage } from "./experiments.js";
 import { experimentPage } from "./experiment.js";
 import { trialPage } from "./trial.js";
 import { modelListPage, modelPage } from "./models.js";
+import { loginPage } from "./login.js";
 
 const routes = [
   [/^\/(experiments\/?)?$/, experimentListPage, "experiments"],
@@ -12,6 +13,7 @@ const routes = [
   [/^\/trials\/(\d+)\/?$/, trialPage, "experiments"],
   [/^\/models\/?$/, modelListPage, "models"],
   [/^\/models\/(.+?)\/?$/, modelPage, "models"],
+  [/^\/login\/?$/, loginPage, ""],
 ];
 
 let cleanup = null;

@@ -33,6 +33,7 @@ from master_server.domain import (
     ExperimentState,
     LogLine,
     LogQuery,
+    MetricColumns,
     MetricPoint,
     MetricQuery,
     MetricReport,
@@ -902,6 +903,41 @@ def test_iter_metrics_is_lazy(store: SQLStore) -> None:
     assert rest == list(range(4, 14))
     with pytest.raises(InvalidArgumentError):
         next(store.iter_metrics([trial.id], page_size=0))
+
+
+def test_read_metrics_names_filter_answers_value_columns(store: SQLStore) -> None:
+    exp = new_exp(store)
+    t = new_trial(store, exp.id, "r1")
+    odd = {"$.x": 3.0, 'quo"te': 4.0, "a b": 5.0}
+    store.add_metrics(
+        t.id,
+        "b1",
+        [
+            rep("training", 0, loss=1.0, acc=0.5),
+            rep("training", 1, acc=0.25),  # no loss
+            rep("training", 2, loss=math.nan, up=math.inf, down=-math.inf),
+            rep("training", 3, other=1.0),  # none of the names: left out
+            MetricReport("training", 4, odd, 0.0),
+        ],
+    )
+
+    def read(*names: str) -> MetricColumns:
+        (page,) = store.read_metrics(MetricQuery((t.id,), names=names))
+        assert page.payloads == () and list(page.names) == list(names)
+        return page
+
+    page = read("loss", "acc")
+    assert list(page.steps) == [0, 1, 2]
+    loss, acc = page.values
+    assert loss[0] == 1.0 and loss[1] is None and math.isnan(loss[2])  # type: ignore[arg-type]
+    assert list(acc) == [0.5, 0.25, None]
+    assert page.metrics()[:2] == [{"loss": 1.0, "acc": 0.5}, {"acc": 0.25}]
+    up, down = read("up", "down").values
+    assert (list(up), list(down)) == ([math.inf], [-math.inf])
+    # Names the database cannot take as keys (SQLite reads "$..." as a path) still work.
+    for name, value in odd.items():
+        assert read(name).metrics() == [{name: value}]
+    assert read("$.x", "acc").metrics() == [{"acc": 0.5}, {"acc": 0.25}, {"$.x": 3.0}]
 
 
 def test_read_metrics_columns_filters_and_follow_positions(store: SQLStore) -> None:

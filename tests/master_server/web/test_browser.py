@@ -256,3 +256,37 @@ def test_model_registry_pages(page: Any, det: Determined, finished: Experiment) 
 def test_an_unknown_experiment_shows_the_servers_error(page: Any) -> None:
     page.goto("/experiments/9999")
     assert "experiment 9999 not found" in page.locator("[role=alert]").inner_text()
+
+
+def test_login_page_when_the_master_needs_a_password(
+    browser: Any, master_factory: Callable[..., Master], tmp_path: pathlib.Path
+) -> None:
+    m = master_factory(http_port=0, initial_admin_password="s3cret")
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=m.http_url)
+    ctx.set_default_timeout(TIMEOUT_MS)
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    try:
+        # No session: the list sends the browser to the login page, which comes back after.
+        pg.goto("/experiments?q=1")
+        pg.wait_for_url("**/login?next=%2Fexperiments%3Fq%3D1")
+        pg.fill("input[name=username]", "admin")
+        pg.fill("input[name=password]", "wrong")
+        pg.click("button[type=submit]")
+        alert = pg.locator("form.login .error")
+        alert.wait_for(state="visible")
+        assert "invalid username or password" in alert.inner_text()
+        shots = pathlib.Path(os.environ.get("DETSDK_SCREENSHOT_DIR") or tmp_path)
+        shots.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(shots / "login.png"))
+        pg.fill("input[name=password]", "s3cret")
+        pg.click("button[type=submit]")
+        pg.wait_for_url("**/experiments?q=1")
+        pg.get_by_text("No experiments match.").wait_for()  # the list, reached with the cookie
+        (cookie,) = [c for c in ctx.cookies() if c["name"] == "detsdk_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert pg.evaluate("document.cookie") == ""  # no script can read the session
+    finally:
+        ctx.close()
+    assert not errors, errors
