@@ -13,6 +13,7 @@ period are killed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import pathlib
@@ -69,6 +70,17 @@ def split_rank(text: str, rank: int) -> tuple[int, str]:
     if m is None:
         return rank, text
     return int(m.group(1)), text[m.end() :]
+
+
+def die_with_parent() -> None:
+    """In a child before exec: be killed when the parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Used where the supervisor's own parent is not ours to wait for (a Ray actor): a lost node
+    or a killed actor takes the whole gang with it instead of leaving it training unwatched.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -186,15 +198,19 @@ def run(spec: dict[str, Any]) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     readers: list[threading.Thread] = []
     base_env = dict(spec["env"])
-    if slots > 1:
+    # A gang spread over several supervisors (one per node or bundle, e.g. on Ray) names its
+    # place in ``distributed``; alone, this supervisor is the whole gang on 127.0.0.1.
+    dist = spec.get("distributed") or {}
+    first_rank = int(dist.get("first_rank", 0))
+    if slots > 1 or dist:
         base_env.update(
             {
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(_free_port()),
-                "WORLD_SIZE": str(slots),
+                "MASTER_ADDR": str(dist.get("master_addr", "127.0.0.1")),
+                "MASTER_PORT": str(dist.get("master_port") or _free_port()),
+                "WORLD_SIZE": str(dist.get("world_size", slots)),
                 "LOCAL_WORLD_SIZE": str(slots),
-                "GROUP_RANK": "0",
-                "NODE_RANK": "0",
+                "GROUP_RANK": str(dist.get("node_rank", 0)),
+                "NODE_RANK": str(dist.get("node_rank", 0)),
             }
         )
     stopping = threading.Event()
@@ -210,8 +226,8 @@ def run(spec: dict[str, Any]) -> int:
     try:
         for rank in range(slots):
             env = dict(base_env)
-            if slots > 1:
-                env.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
+            if slots > 1 or dist:
+                env.update({"RANK": str(first_rank + rank), "LOCAL_RANK": str(rank)})
             try:
                 p = subprocess.Popen(
                     argv,
@@ -220,13 +236,14 @@ def run(spec: dict[str, Any]) -> int:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
+                    preexec_fn=die_with_parent if spec.get("die_with_parent") else None,
                 )
             except OSError as e:
                 shipper.q.put(
                     logs_pb2.LogLine(
                         trial_id=spec["trial_id"],
                         timestamp=time.time(),
-                        rank=rank,
+                        rank=first_rank + rank,
                         stream="stderr",
                         level=logs_pb2.LOG_LEVEL_ERROR,
                         run_id=spec["run_id"],
@@ -240,7 +257,9 @@ def run(spec: dict[str, Any]) -> int:
                 assert stream is not None
                 path = os.path.join(run_dir, f"rank-{rank}.{name}.log")
                 t = threading.Thread(
-                    target=_reader, args=(stream, path, name, rank, spec, shipper), daemon=True
+                    target=_reader,
+                    args=(stream, path, name, first_rank + rank, spec, shipper),
+                    daemon=True,
                 )
                 t.start()
                 readers.append(t)
@@ -302,10 +321,13 @@ def main() -> None:
     # For a master that adopted this run (it is not our parent and cannot wait for us).
     with contextlib.suppress(OSError):
         (pathlib.Path(spec["run_dir"]) / ".det" / "exit_code").write_text(str(code))
-    try:
-        report_exit(spec, code)
-    except grpc.RpcError as e:
-        print(f"supervisor: could not report exit code {code}: {e}", file=sys.stderr)
+    # Where one supervisor is only part of the gang, the resource manager reports the gang's
+    # exit once every part has ended (a part that finished first is not the run's end).
+    if spec.get("report_exit", True):
+        try:
+            report_exit(spec, code)
+        except grpc.RpcError as e:
+            print(f"supervisor: could not report exit code {code}: {e}", file=sys.stderr)
     # Exit with a code the launcher's reaper can read the same way (signals as 128+n).
     sys.exit(code if code >= 0 else 128 - code)
 

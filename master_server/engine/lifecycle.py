@@ -212,7 +212,7 @@ class ExperimentLifecycle:
             for tr in rt.trials.values():
                 if self.s.store.get_trial(tr.trial_id).state == T.PAUSED:
                     self.s.set_trial_state(tr.trial_id, T.QUEUED)
-                    self.s.rm.request(tr.trial_id, rt.slots)
+                    self.s.rm.request(tr.trial_id, rt.slots, rt.pool)
             self.search.start(rt)
             self.s.notify()
             return self.s.store.get_experiment(experiment_id)

@@ -84,8 +84,9 @@ class ResourceManager(abc.ABC):
         """Slots not held by an allocation."""
 
     @abc.abstractmethod
-    def request(self, trial_id: int, slots: int) -> None:
-        """Queue ``trial_id`` for a gang of ``slots`` (no-op when queued or allocated)."""
+    def request(self, trial_id: int, slots: int, pool: str = "") -> None:
+        """Queue ``trial_id`` for a gang of ``slots`` in resource pool ``pool`` ("" is the
+        default pool); no-op when queued or allocated."""
 
     @abc.abstractmethod
     def withdraw(self, trial_id: int) -> bool:
