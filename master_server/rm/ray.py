@@ -28,6 +28,7 @@ import logging
 import pathlib
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -144,6 +145,7 @@ class RayResourceManager(ResourceManager):
                 "this process is already connected to Ray; the Ray resource manager needs its "
                 "own connection (its namespace keeps this master's runs apart)"
             )
+        _probe(self._address)
         try:
             ray.init(
                 address=self._address,
@@ -580,6 +582,23 @@ class RayResourceManager(ResourceManager):
 
     def experiment_paths(self, experiment_id: int) -> list[pathlib.Path]:
         return []  # model code is sent with each run
+
+
+def _probe(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast with a clear error when a ``host:port`` Ray address does not answer
+    (``ray.init`` would retry for minutes)."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(
+            f"--ray-address: expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise RuntimeError(f"--ray-address {address}: no Ray cluster answers there ({e})") from e
 
 
 def _rank_host_class() -> type:
