@@ -72,15 +72,17 @@ def split_rank(text: str, rank: int) -> tuple[int, str]:
     return int(m.group(1)), text[m.end() :]
 
 
-def die_with_parent() -> None:
-    """In a child before exec: be killed when the parent dies (Linux ``PR_SET_PDEATHSIG``).
+def stop_with_parent() -> None:
+    """Get SIGTERM when the parent process dies (Linux ``PR_SET_PDEATHSIG``).
 
-    Used where the supervisor's own parent is not ours to wait for (a Ray actor): a lost node
-    or a killed actor takes the whole gang with it instead of leaving it training unwatched.
+    Used where the supervisor's parent is a Ray actor: a killed actor or a lost node stops the
+    ranks (SIGTERM, then SIGKILL after the grace period) instead of leaving them training
+    unwatched. Set in this process itself: a ``preexec_fn`` in the actor's many-threaded process
+    is not safe between fork and exec.
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -236,7 +238,6 @@ def run(spec: dict[str, Any]) -> int:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    preexec_fn=die_with_parent if spec.get("die_with_parent") else None,
                 )
             except OSError as e:
                 shipper.q.put(
@@ -317,6 +318,11 @@ def report_exit(spec: dict[str, Any], code: int) -> None:
 def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
+    if spec.get("stop_with_parent"):
+        parent = os.getppid()
+        stop_with_parent()
+        if os.getppid() != parent:  # the parent died before the request took effect
+            sys.exit(128 + signal.SIGTERM)
     code = run(spec)
     # For a master that adopted this run (it is not our parent and cannot wait for us).
     with contextlib.suppress(OSError):

@@ -345,7 +345,7 @@ class RayResourceManager(ResourceManager):
                     "entrypoint": spec.entrypoint,
                     "slots": 1,
                     "report_exit": False,
-                    "die_with_parent": True,
+                    "stop_with_parent": True,
                     "env_args": {
                         "config_env": spec.env,
                         "master": master,

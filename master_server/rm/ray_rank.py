@@ -6,8 +6,8 @@ adopts it again after a restart). It makes the rank's run directory on its node,
 model code, writes the cluster info and starts the same supervisor a local run has
 (``python -m master_server.supervisor``): logs are shipped from there, signals are forwarded
 from there. The supervisor does not report the exit itself (the resource manager reports the
-gang's exit once every rank has ended) and dies with this actor (a lost node takes its ranks
-with it).
+gang's exit once every rank has ended) and stops when this actor's process dies (a lost node
+takes its ranks with it).
 
 This module imports nothing from Ray at import time: the actor class is wrapped with
 ``ray.remote`` by the resource manager, and Ray workers import this module by name.
@@ -29,7 +29,6 @@ from typing import Any
 
 from determined_sdk.model_dir import extract_archive
 from master_server.launcher import trial_environment
-from master_server.supervisor import die_with_parent
 
 
 def _write_private(path: pathlib.Path, text: str) -> None:
@@ -109,7 +108,6 @@ class RankHost:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env=env,
-                preexec_fn=die_with_parent,
             )
         threading.Thread(target=self._reap, name="rank-reaper", daemon=True).start()
         return self._proc.pid

@@ -180,7 +180,7 @@ def test_master_refuses_an_unknown_resource_manager(tmp_path: pathlib.Path) -> N
 def test_master_names_a_ray_address_that_does_not_answer(tmp_path: pathlib.Path) -> None:
     pytest.importorskip("ray")
     m = Master(tmp_path, resource_manager="ray", ray=RaySettings(address="127.0.0.1:1"))
-    with pytest.raises(RuntimeError, match="--ray-address 127.0.0.1:1: no Ray cluster answers"):
+    with pytest.raises(RuntimeError, match=r"--ray-address 127\.0\.0\.1:1: no Ray cluster answers"):
         m.start()
     m2 = Master(tmp_path, resource_manager="ray", ray=RaySettings(address="nonsense"))
     with pytest.raises(ValueError, match="--ray-address: expected auto, HOST:PORT"):

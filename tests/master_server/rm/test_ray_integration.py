@@ -143,9 +143,7 @@ def _node_ids(cluster: RayCluster) -> dict[str, str]:
 
 
 @pytest.fixture
-def ray_master(
-    ray_cluster: RayCluster, tmp_path: pathlib.Path
-) -> Iterator[Callable[..., Master]]:
+def ray_master(ray_cluster: RayCluster, tmp_path: pathlib.Path) -> Iterator[Callable[..., Master]]:
     """Start in-process masters with the Ray backend (stopped, runs and all, at teardown)."""
     started: list[Master] = []
 
@@ -224,13 +222,9 @@ def test_losing_the_node_restarts_the_trial_from_its_latest_checkpoint(
         master = ray_master()
         md = write_model_dir(tmp_path / "model", {"train.py": RESUME_TRIAL})
         stubs = Stubs.connect(master.address)
-        exp = stubs.create(
-            _single(resources={"resource_pool": "flaky"}, max_restarts=2), md
-        )
+        exp = stubs.create(_single(resources={"resource_pool": "flaky"}, max_restarts=2), md)
         (trial,) = wait_for(lambda: stubs.trials_of(exp.id), 60, "the trial")
-        wait_for(
-            lambda: "waiting at step 3" in _lines(stubs, trial.id), 180, "three steps trained"
-        )
+        wait_for(lambda: "waiting at step 3" in _lines(stubs, trial.id), 180, "three steps trained")
         assert f"node {doomed.node_id} run 1" in _lines(stubs, trial.id)
         spare = ray_cluster.add_node(**{"det-pool-flaky": 1})
         ray_cluster.remove_node(doomed)
