@@ -83,7 +83,7 @@ class ExperimentLifecycle:
         check_archive(model_definition, self.max_model_bytes)
         total = self.s.rm.total_slots
         slots = int(config["resources"]["slots_per_trial"])
-        told = compat.creation_warnings(config, total)
+        told = compat.creation_warnings(config, total, pools=self.s.rm.has_pools)
         for line in told:
             logger.warning("experiment config: %s", line)
         if warnings is not None:

@@ -73,6 +73,9 @@ class ResourceManager(abc.ABC):
         same data adopts kept runs)."""
 
     # -- capacity and allocation -------------------------------------------------------------
+    #: Whether ``resources.resource_pool`` selects capacity (False: one pool, names ignored).
+    has_pools: bool = False
+
     @property
     @abc.abstractmethod
     def total_slots(self) -> int:

@@ -94,6 +94,8 @@ class RayResourceManager(ResourceManager):
         refresh_s: how often capacity is read from the cluster.
     """
 
+    has_pools = True
+
     def __init__(
         self,
         *,
@@ -133,6 +135,9 @@ class RayResourceManager(ResourceManager):
         self._on_exit: ExitCallback | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        # Threads that call Ray (placing, tearing down): joined before disconnecting, since a
+        # Ray call after ``ray.shutdown()`` would start a new local Ray instance.
+        self._workers: list[threading.Thread] = []
         self._connected = False
         self._connect()
 
@@ -170,6 +175,7 @@ class RayResourceManager(ResourceManager):
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=10)
+        self._join_workers()
         with self._lock:
             runs = list(self._runs.values())
             self._runs.clear()
@@ -189,9 +195,24 @@ class RayResourceManager(ResourceManager):
                     )
             for r in runs:
                 self._tear_down(r)
+        self._join_workers()
         if self._connected:
             self._connected = False
             ray.shutdown()
+
+    def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        with self._lock:
+            self._workers = [w for w in self._workers if w.is_alive()]
+            self._workers.append(t)
+        t.start()
+
+    def _join_workers(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            workers = list(self._workers)
+        for t in workers:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- capacity and allocation -------------------------------------------------------------
     def _refresh(self) -> None:
@@ -281,9 +302,7 @@ class RayResourceManager(ResourceManager):
         run = _RayRun(spec.trial_id, spec.run_id, spec.slots, pool, group=group)
         with self._lock:
             self._runs[spec.trial_id] = run
-        threading.Thread(
-            target=self._place, args=(run, spec), name=f"ray-place-{spec.trial_id}", daemon=True
-        ).start()
+        self._spawn(self._place, run, spec, name=f"ray-place-{spec.trial_id}")
 
     def _place(self, run: _RayRun, spec: LaunchSpec) -> None:
         """Wait for the placement group, then start one rank actor in each bundle."""
@@ -292,6 +311,8 @@ class RayResourceManager(ResourceManager):
 
         try:
             while not run.finished:
+                if self._stop.is_set():
+                    return  # the master stops: a kept run without actors is discarded later
                 ready, _ = ray.wait([run.group.ready()], timeout=1.0)
                 if ready:
                     break
@@ -477,7 +498,7 @@ class RayResourceManager(ResourceManager):
         run.finished = True
         if self._runs.get(run.trial_id) is run:
             del self._runs[run.trial_id]
-        threading.Thread(target=self._tear_down, args=(run,), daemon=True).start()
+        self._spawn(self._tear_down, run, name=f"ray-teardown-{run.trial_id}")
         if self._on_exit is not None:
             on_exit = self._on_exit
             threading.Thread(

@@ -18,6 +18,9 @@ from master_server.app import Master
 from master_server.rm.base import ResourceManager
 from master_server.rm.local import LocalResourceManager
 
+# Before Ray is imported anywhere: Ray reads it when it starts a node (loopback only).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 #: Every node of the test cluster: two CPUs, a small object store, loopback only.
 NODE_ARGS: dict[str, Any] = {
     "num_cpus": 2,
@@ -45,16 +48,22 @@ class RayCluster:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
     """A real two-node Ray cluster on 127.0.0.1 (``ray.cluster_utils.Cluster``)."""
-    # Before Ray is imported: it reads this when it starts a node.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     pytest.importorskip("ray", reason="the ray extra is not installed")
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(
-        initialize_head=True, head_node_args={**NODE_ARGS, "include_dashboard": False}
-    )
+    # Ray gives a starting node 30 s to register, fixed: on a loaded machine (2 cores shared
+    # with other test runs) that can run out, so a failed start is tried again, twice at most.
+    for attempt in range(3):
+        cluster = Cluster()
+        try:
+            cluster.add_node(**NODE_ARGS, include_dashboard=False)
+            worker = cluster.add_node(**NODE_ARGS)
+            break
+        except Exception:
+            cluster.shutdown()
+            if attempt == 2:
+                raise
     try:
-        worker = cluster.add_node(**NODE_ARGS)
         yield RayCluster(cluster, cluster.address, worker)
     finally:
         cluster.shutdown()

@@ -146,7 +146,7 @@ def test_ray_gpu_slots_ask_for_num_gpus(
     finally:
         if rm is not None:
             rm.stop()
-        ray_cluster.remove_node(gpu_node)
+        ray_cluster.cluster.remove_node(gpu_node)  # graceful: gone from the cluster at once
 
 
 def test_ray_settings_are_checked_before_connecting() -> None:
