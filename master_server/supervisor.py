@@ -8,6 +8,12 @@ log store in batches, and when the ranks have exited reports the run's exit code
 (retrying while the master is unreachable). If one rank fails, the others are stopped: a gang
 lives and dies together. SIGTERM is forwarded to the ranks; ranks still alive after the grace
 period are killed.
+
+``launch.json`` may place the supervisor in a larger gang (the Ray backend runs one per rank,
+on any node): ``distributed`` gives its first global rank, the world size, its node rank and the
+chief's ``master_addr``/``master_port``; ``report_exit: false`` leaves the exit report to the
+resource manager (which reports once every part of the gang has ended); ``stop_with_parent``
+makes the supervisor stop its ranks when its parent process dies.
 """
 
 from __future__ import annotations
