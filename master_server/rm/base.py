@@ -75,6 +75,9 @@ class ResourceManager(abc.ABC):
     # -- capacity and allocation -------------------------------------------------------------
     #: Whether ``resources.resource_pool`` selects capacity (False: one pool, names ignored).
     has_pools: bool = False
+    #: Whether capacity changes on its own (nodes join a cluster): the engine then retries
+    #: queued trials every second instead of only on its own events.
+    elastic: bool = False
 
     @property
     @abc.abstractmethod

@@ -95,6 +95,7 @@ class RayResourceManager(ResourceManager):
     """
 
     has_pools = True
+    elastic = True
 
     def __init__(
         self,
