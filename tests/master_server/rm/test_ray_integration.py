@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
-from determined_sdk.proto import logs_pb2
+from determined_sdk.proto import logs_pb2, trial_pb2
 from master_server.app import Master, RaySettings
 from tests.master_server.rm.conftest import RayCluster
 from tests.support import Stubs, trial_state, wait_for, write_model_dir
@@ -314,3 +314,22 @@ def test_a_restarted_master_adopts_the_ray_placed_runs(
             if p.poll() is None:
                 p.kill()
         log.close()
+
+
+def test_a_trial_queued_for_a_pool_starts_when_a_node_of_that_pool_joins(
+    ray_master: Callable[..., Master], ray_cluster: RayCluster, tmp_path: pathlib.Path
+) -> None:
+    master = ray_master()
+    md = write_model_dir(tmp_path / "model", {"train.py": RESUME_TRIAL})
+    stubs = Stubs.connect(master.address)
+    exp = stubs.create(_single(resources={"resource_pool": "late"}), md)
+    (trial,) = wait_for(lambda: stubs.trials_of(exp.id), 60, "the trial")
+    assert trial_state(stubs.trial(trial.id)) == "QUEUED"  # no node is in pool "late" yet
+    node = ray_cluster.add_node(**{"det-pool-late": 1})
+    try:
+        wait_for(lambda: "waiting at step 3" in _lines(stubs, trial.id), 180, "the trial to run")
+        assert f"node {node.node_id} run 1" in _lines(stubs, trial.id)
+        stubs.trials.KillTrial(trial_pb2.KillTrialRequest(trial_id=trial.id))
+        assert stubs.wait_exp(exp.id, "CANCELED", "COMPLETED", "ERROR", timeout=120)
+    finally:
+        ray_cluster.cluster.remove_node(node)
