@@ -10,7 +10,8 @@ import sys
 import threading
 from types import FrameType
 
-from master_server.app import Master, tune_gc_for_serving
+from master_server.app import RESOURCE_MANAGERS, Master, RaySettings, tune_gc_for_serving
+from master_server.rm.ray import SLOT_TYPES, STRATEGIES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +60,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve the REST API and web UI on this port; 0 picks a free one (default: off)",
     )
     p.add_argument("--http-port-file", default=None, help="write the bound HTTP port here")
+    p.add_argument(
+        "--resource-manager",
+        choices=RESOURCE_MANAGERS,
+        default="local",
+        help="where trials run: 'local' (this machine) or 'ray' (a Ray cluster; the ray extra)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default="auto",
+        help="the Ray cluster (default 'auto': the one on this machine or $RAY_ADDRESS)",
+    )
+    p.add_argument(
+        "--ray-slot-type",
+        choices=SLOT_TYPES,
+        default="cpu",
+        help="what one slot is on Ray: one CPU or one GPU (default cpu)",
+    )
+    p.add_argument(
+        "--ray-placement-strategy",
+        choices=STRATEGIES,
+        default="PACK",
+        help="how a run's ranks are placed over Ray nodes (default PACK)",
+    )
+    p.add_argument(
+        "--ray-run-root",
+        default="/tmp/determined-runs",
+        help="directory on every Ray node where run directories are made",
+    )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs of this machine for the local backend (default: counted; 0: CPU slots)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -78,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.slots is not None and args.slots < 1:
         sys.exit(f"--slots: must be >= 1, got {args.slots}")
+    if args.gpus is not None and args.gpus < 0:
+        sys.exit(f"--gpus: must be >= 0, got {args.gpus}")
+    if args.resource_manager != "ray" and args.ray_address != "auto":
+        sys.exit("--ray-address: only with --resource-manager ray")
     if (args.tls_cert is None) != (args.tls_key is None):
         sys.exit("--tls-cert and --tls-key: give both or neither")
     if args.session_hours <= 0:
@@ -97,6 +136,14 @@ def main(argv: list[str] | None = None) -> None:
         max_model_bytes=args.max_model_mib * 2**20,
         keep_runs_on_stop=not args.stop_trials_on_exit,
         http_port=args.http_port,
+        resource_manager=args.resource_manager,
+        ray=RaySettings(
+            address=args.ray_address,
+            slot_type=args.ray_slot_type,
+            placement_strategy=args.ray_placement_strategy,
+            run_root=args.ray_run_root,
+        ),
+        gpus=args.gpus,
     )
     try:
         master.start()

@@ -1,4 +1,5 @@
-"""The master process: store + services + gRPC server + launcher, started and stopped as one.
+"""The master process: store + services + gRPC server + resource manager, started and stopped
+as one.
 
 The gRPC server is a ``grpc.aio`` server on an event loop of its own thread: waiting callers (long
 polls) are coroutines and cost memory only, while ordinary handlers run on a bounded thread pool.
@@ -14,11 +15,13 @@ import ipaddress
 import logging
 import os
 import pathlib
+import secrets
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -36,6 +39,8 @@ from master_server.experiments import ExperimentService
 from master_server.ingest import MetricIngest
 from master_server.logs import LogService
 from master_server.metrics import MetricService
+from master_server.rm.base import ResourceManager
+from master_server.rm.gpus import count_gpus
 from master_server.rm.local import LocalResourceManager
 from master_server.servicers import register_all
 from master_server.store import open_store
@@ -48,6 +53,25 @@ MAX_MESSAGE_BYTES = 128 * 2**20
 # 3,000 hard) cancel calls when thousands of trials re-arm their long polls at once, e.g. after
 # a master restart; every waiting call costs only memory here, so allow many.
 MAX_PENDING_CALLS = 50_000
+RESOURCE_MANAGERS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Settings of the Ray resource manager.
+
+    Attributes:
+        address: the Ray cluster to use (``auto``: the one on this machine or ``$RAY_ADDRESS``).
+        slot_type: ``cpu`` (a slot is one Ray CPU) or ``gpu`` (one Ray GPU).
+        placement_strategy: Ray placement group strategy for a run's ranks (``PACK``,
+            ``SPREAD``, ``STRICT_PACK``, ``STRICT_SPREAD``).
+        run_root: directory on every node where run directories are made.
+    """
+
+    address: str = "auto"
+    slot_type: str = "cpu"
+    placement_strategy: str = "PACK"
+    run_root: str = "/tmp/determined-runs"
 
 
 class _LoopThread:
@@ -75,7 +99,7 @@ class _LoopThread:
 
 
 class Master:
-    """One master: a database, the services, a gRPC server and the local launcher.
+    """One master: a database, the services, a gRPC server and a resource manager.
 
     Args:
         data_dir: where the SQLite file, checkpoints and run directories live.
@@ -103,6 +127,11 @@ class Master:
         tls_key: PEM private key file of that certificate.
         checkpoint_roots: directories besides ``checkpoint_dir`` where experiments may keep
             checkpoints (the master reads and deletes only inside these).
+        resource_manager: ``local`` (supervisors on this machine) or ``ray`` (an existing Ray
+            cluster; the ``ray`` extra).
+        ray: the Ray backend's settings (default :class:`RaySettings()`: the local cluster).
+        gpus: GPUs of this machine for the local backend (default: counted with
+            ``nvidia-smi``; 0 on a machine without CUDA). With GPUs a slot is one GPU.
     """
 
     def __init__(
@@ -126,13 +155,24 @@ class Master:
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         checkpoint_roots: Sequence[str | os.PathLike[str]] = (),
+        resource_manager: str = "local",
+        ray: RaySettings | None = None,
+        gpus: int | None = None,
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key: give both or neither")
+        if resource_manager not in RESOURCE_MANAGERS:
+            raise ValueError(
+                f"resource_manager: must be one of {RESOURCE_MANAGERS}, got {resource_manager!r}"
+            )
+        self.resource_manager = resource_manager
+        self.ray = ray or RaySettings()
+        self.gpus = gpus
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
         self._requested_port = port
         self.db_url = db_url or f"sqlite:///{self.data_dir / 'master.db'}"
+        self._requested_slots = slots
         self.slots = slots or os.cpu_count() or 1
         self.checkpoint_dir = pathlib.Path(
             checkpoint_dir or self.data_dir / "checkpoints"
@@ -186,13 +226,11 @@ class Master:
         except BaseException:
             store.close()
             raise
-        rm = LocalResourceManager(
-            self.data_dir,
-            self.slots,
-            lambda: self.address,
-            trial_token=auth.trial_token,
-            cert_file=str(self.tls_cert) if self.tls_cert else None,
-        )
+        try:
+            rm = self._resource_manager(auth)
+        except BaseException:
+            store.close()
+            raise
         pool = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc")
         loop = _LoopThread(pool)
         waker, log_waker = Waker(loop.loop), Waker(loop.loop)
@@ -206,6 +244,7 @@ class Master:
         except BaseException:
             loop.close()
             pool.shutdown(wait=False)
+            rm.stop()
             store.close()
             raise
         experiments = ExperimentService(
@@ -235,7 +274,7 @@ class Master:
             "users": UserService(store, auth),
             "metrics": MetricService(store),
             "version": VERSION,
-            "cluster_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir))),
+            "cluster_id": self.cluster_id,
         }
         register_all(server, self.parts)
         rm.start(experiments.on_trial_exit)
@@ -249,13 +288,47 @@ class Master:
             target=self._remove_orphans, name="orphan-checkpoints", daemon=True
         ).start()
         logger.info(
-            "master serving on %s (%s, %d slots, data in %s)",
+            "master serving on %s (%s, %s resource manager, %d slots, data in %s)",
             self.address,
             store.dialect,
-            self.slots,
+            self.resource_manager,
+            rm.total_slots,
             self.data_dir,
         )
         return self
+
+    @property
+    def cluster_id(self) -> str:
+        """This master's cluster id (stable for its data directory)."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, str(self.data_dir)))
+
+    def _resource_manager(self, auth: Authenticator) -> ResourceManager:
+        cert = str(self.tls_cert) if self.tls_cert else None
+        if self.resource_manager == "ray":
+            from master_server.rm.ray import RayResourceManager  # the optional ``ray`` extra
+
+            return RayResourceManager(
+                address=self.ray.address,
+                master_address=lambda: self.address,
+                trial_token=auth.trial_token,
+                namespace=f"determined-{self.cluster_id}",
+                secret=_secret(self.data_dir / "ray-secret"),
+                cert_file=cert,
+                slot_type=self.ray.slot_type,
+                placement_strategy=self.ray.placement_strategy,
+                run_root=self.ray.run_root,
+            )
+        gpus = count_gpus() if self.gpus is None else self.gpus
+        if gpus:
+            self.slots = gpus if self._requested_slots is None else min(gpus, self.slots)
+        return LocalResourceManager(
+            self.data_dir,
+            self.slots,
+            lambda: self.address,
+            trial_token=auth.trial_token,
+            cert_file=cert,
+            gpus=gpus,
+        )
 
     def _auth(self, store: Any) -> Authenticator:
         """The authenticator, with the first admin made; refuses an open admin on a network."""
@@ -447,6 +520,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def _secret(path: pathlib.Path) -> str:
+    """This data directory's secret (made once, readable by its owner only)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    value = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
 
 
 def _empty_pw(user: Any) -> bool:

@@ -40,11 +40,14 @@ _NO_EFFECT: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
-def creation_warnings(config: JSONDict, total_slots: int) -> list[str]:
+def creation_warnings(config: JSONDict, total_slots: int, *, pools: bool = False) -> list[str]:
     """What to tell the user about a validated config: one line per key without effect, and
-    slots beyond this master's capacity."""
+    slots beyond this master's capacity. ``pools``: the resource manager has resource pools
+    (``resources.resource_pool`` has an effect)."""
     out: list[str] = []
     for path, why in _NO_EFFECT:
+        if pools and path == ("resources", "resource_pool"):
+            continue
         node: Any = config
         for key in path:
             node = node.get(key) if isinstance(node, dict) else None

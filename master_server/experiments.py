@@ -273,6 +273,12 @@ class ExperimentService:
                 self.runs.check_idle()
             except Exception:
                 logger.exception("liveness check failed")
+            if self.rm.elastic:  # a cluster's capacity grows without an event of ours
+                try:
+                    with self.state.lock:
+                        self.runs.schedule()
+                except Exception:
+                    logger.exception("scheduling on new capacity failed")
 
     def close(self) -> None:
         """Wake every long poll and start no more runs."""

@@ -24,8 +24,8 @@ class Allocation:
 class Scheduler:
     """FIFO gang scheduler over ``total_slots`` identical slots."""
 
-    def __init__(self, total_slots: int) -> None:
-        if total_slots < 1:
+    def __init__(self, total_slots: int, *, allow_empty: bool = False) -> None:
+        if total_slots < (0 if allow_empty else 1):
             raise ValueError(f"slots: must be >= 1, got {total_slots}")
         self.total_slots = total_slots
         self._queue: OrderedDict[int, int] = OrderedDict()  # trial_id -> slots, in arrival order
@@ -34,6 +34,11 @@ class Scheduler:
     @property
     def free_slots(self) -> int:
         return self.total_slots - sum(self._running.values())
+
+    def resize(self, total_slots: int) -> None:
+        """Change the capacity (a cluster's nodes came or went). Running trials keep their
+        slots; when there are fewer slots than running trials hold, nothing new starts."""
+        self.total_slots = max(0, total_slots)
 
     def enqueue(self, trial_id: int, slots: int) -> None:
         """Queue a trial (no-op when it is already queued or running).

@@ -13,11 +13,18 @@ A supervisor is started for every run, so it is kept cheap: the ranks are starte
 and the generated code are imported (the trial's start-up overlaps the supervisor's), rank exits
 are waited for rather than polled, and the exit is reported on the channel that shipped the logs
 as soon as the last line is shipped.
+
+``launch.json`` may place the supervisor in a larger gang (the Ray backend runs one per rank,
+on any node): ``distributed`` gives its first global rank, the world size, its node rank and the
+chief's ``master_addr``/``master_port``; ``report_exit: false`` leaves the exit report to the
+resource manager (which reports once every part of the gang has ended); ``stop_with_parent``
+makes the supervisor stop its ranks when its parent process dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import pathlib
@@ -72,6 +79,19 @@ def split_rank(text: str, rank: int) -> tuple[int, str]:
     if m is None:
         return rank, text
     return int(m.group(1)), text[m.end() :]
+
+
+def stop_with_parent() -> None:
+    """Get SIGTERM when the parent process dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Used where the supervisor's parent is a Ray actor: a killed actor or a lost node stops the
+    ranks (SIGTERM, then SIGKILL after the grace period) instead of leaving them training
+    unwatched. Set in this process itself: a ``preexec_fn`` in the actor's many-threaded process
+    is not safe between fork and exec.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -211,15 +231,19 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
     procs: list[subprocess.Popen[bytes]] = []
     readers: list[threading.Thread] = []
     base_env = dict(spec["env"])
-    if slots > 1:
+    # A gang spread over several supervisors (one per node or bundle, e.g. on Ray) names its
+    # place in ``distributed``; alone, this supervisor is the whole gang on 127.0.0.1.
+    dist = spec.get("distributed") or {}
+    first_rank = int(dist.get("first_rank", 0))
+    if slots > 1 or dist:
         base_env.update(
             {
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(_free_port()),
-                "WORLD_SIZE": str(slots),
+                "MASTER_ADDR": str(dist.get("master_addr", "127.0.0.1")),
+                "MASTER_PORT": str(dist.get("master_port") or _free_port()),
+                "WORLD_SIZE": str(dist.get("world_size", slots)),
                 "LOCAL_WORLD_SIZE": str(slots),
-                "GROUP_RANK": "0",
-                "NODE_RANK": "0",
+                "GROUP_RANK": str(dist.get("node_rank", 0)),
+                "NODE_RANK": str(dist.get("node_rank", 0)),
             }
         )
     stopping = threading.Event()
@@ -242,8 +266,8 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
     start_error: tuple[int, OSError] | None = None
     for rank in range(slots):
         env = dict(base_env)
-        if slots > 1:
-            env.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
+        if slots > 1 or dist:
+            env.update({"RANK": str(first_rank + rank), "LOCAL_RANK": str(rank)})
         try:
             p = subprocess.Popen(
                 argv,
@@ -275,7 +299,9 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
                 assert stream is not None
                 path = os.path.join(run_dir, f"rank-{rank}.{name}.log")
                 t = threading.Thread(
-                    target=_reader, args=(stream, path, name, rank, spec, shipper), daemon=True
+                    target=_reader,
+                    args=(stream, path, name, first_rank + rank, spec, shipper),
+                    daemon=True,
                 )
                 t.start()
                 readers.append(t)
@@ -285,7 +311,7 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
                 logs_pb2.LogLine(
                     trial_id=spec["trial_id"],
                     timestamp=time.time(),
-                    rank=rank,
+                    rank=first_rank + rank,
                     stream="stderr",
                     level=logs_pb2.LOG_LEVEL_ERROR,
                     run_id=spec["run_id"],
@@ -364,6 +390,11 @@ def report_exit(spec: dict[str, Any], code: int, channel: grpc.Channel | None = 
 def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
+    if spec.get("stop_with_parent"):
+        parent = os.getppid()
+        stop_with_parent()
+        if os.getppid() != parent:  # the parent died before the request took effect
+            sys.exit(128 + signal.SIGTERM)
     # The report goes on the channel that shipped the logs: no second connection to wait for.
     code, channel = _run(spec, None)
     # For a master that adopted this run (it is not our parent and cannot wait for us).
@@ -372,7 +403,10 @@ def main() -> None:
     import grpc
 
     try:
-        report_exit(spec, code, channel)
+        # Where one supervisor is only part of the gang, the resource manager reports the
+        # gang's exit once every part has ended (a part that finished first is not the end).
+        if spec.get("report_exit", True):
+            report_exit(spec, code, channel)
     except grpc.RpcError as e:
         print(f"supervisor: could not report exit code {code}: {e}", file=sys.stderr)
     finally:

@@ -47,18 +47,47 @@ def slots() -> int:
     return n
 
 
-def rank_env(rank: int, size: int, addr: str, port: int) -> dict[str, str]:
-    """torch.distributed's variables for ``rank`` of ``size`` on one node."""
+def rank_env(
+    rank: int,
+    size: int,
+    addr: str,
+    port: int,
+    *,
+    first_rank: int = 0,
+    world: int = 0,
+    node: int = 0,
+) -> dict[str, str]:
+    """torch.distributed's variables for local ``rank`` of ``size`` on this node.
+
+    ``first_rank``, ``world`` and ``node`` place this node's ranks in a gang of several
+    containers (global rank ``first_rank + rank`` of ``world``); by default the node is the gang.
+    """
     return {
-        "RANK": str(rank),
+        "RANK": str(first_rank + rank),
         "LOCAL_RANK": str(rank),
-        "WORLD_SIZE": str(size),
+        "WORLD_SIZE": str(world or size),
         "LOCAL_WORLD_SIZE": str(size),
-        "GROUP_RANK": "0",
-        "NODE_RANK": "0",
+        "GROUP_RANK": str(node),
+        "NODE_RANK": str(node),
         "MASTER_ADDR": addr,
         "MASTER_PORT": str(port),
     }
+
+
+def gang_place() -> tuple[int, int, int, str, int] | None:
+    """``(first_rank, world, node, addr, port)`` when this container is one of several.
+
+    The master's supervisor sets ``MASTER_ADDR``/``MASTER_PORT`` (the chief's node) for a gang
+    spread over containers; the slot counts of every container come from the cluster info.
+    """
+    info = get_cluster_info()
+    if info is None or len(info.container_slot_counts) < 2:
+        return None
+    counts, me = info.container_slot_counts, info.container_rank
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return None
+    return sum(counts[:me]), sum(counts), me, addr, int(port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torch_distributed: {exc}", file=sys.stderr)
         return 2
     addr, port = "127.0.0.1", _free_port()
+    first_rank, world, node = 0, size, 0
+    place = gang_place()
+    if place is not None:
+        first_rank, world, node, addr, port = place
     procs: list[subprocess.Popen[bytes]] = []
     stopping: list[float] = []
 
@@ -86,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
     for rank in range(size):
-        env = {**os.environ, **rank_env(rank, size, addr, port)}
+        env = {
+            **os.environ,
+            **rank_env(rank, size, addr, port, first_rank=first_rank, world=world, node=node),
+        }
         wrapped = [sys.executable, "-m", "core_api.launch.wrap_rank", "RANK", "--", *cmd]
         procs.append(subprocess.Popen(wrapped, env=env, stdin=subprocess.DEVNULL))
     exit_code = 0

@@ -94,7 +94,7 @@ class ExperimentLifecycle:
         check_archive(model_definition, self.max_model_bytes)
         total = self.s.rm.total_slots
         slots = int(config["resources"]["slots_per_trial"])
-        told = compat.creation_warnings(config, total)
+        told = compat.creation_warnings(config, total, pools=self.s.rm.has_pools)
         for line in told:
             logger.warning("experiment config: %s", line)
         if warnings is not None:
@@ -255,7 +255,7 @@ class ExperimentLifecycle:
             for tr in rt.trials.values():
                 if self.s.store.get_trial(tr.trial_id).state == T.PAUSED:
                     self.s.set_trial_state(tr.trial_id, T.QUEUED)
-                    self.s.rm.request(tr.trial_id, rt.slots)
+                    self.s.rm.request(tr.trial_id, rt.slots, rt.pool)
             self.search.start(rt)
             self.s.notify(experiment_id)
             return self.s.store.get_experiment(experiment_id)

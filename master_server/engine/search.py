@@ -127,7 +127,7 @@ class SearchDriver:
         rt.dirty.add(action.request_id)
         self.s.trials[trial.id] = tr
         if store.get_experiment(rt.experiment_id).state == E.ACTIVE:
-            self.s.rm.request(trial.id, rt.slots)
+            self.s.rm.request(trial.id, rt.slots, rt.pool)
         else:
             self.s.set_trial_state(trial.id, T.PAUSED)
         return rt.searcher.on_trial_created(action.request_id)

@@ -85,6 +85,11 @@ class ExperimentRuntime:
     def slots(self) -> int:
         return int(self.config["resources"]["slots_per_trial"])
 
+    @property
+    def pool(self) -> str:
+        """``resources.resource_pool`` ("" for the default pool)."""
+        return str(self.config["resources"].get("resource_pool") or "")
+
 
 class EngineState:
     """State shared by the engine's components (see the module docstring)."""

@@ -177,7 +177,7 @@ class TrialRuns:
         elif reason == "pause":
             if exp.state == E.ACTIVE:  # re-activated while it was stopping
                 self.s.set_trial_state(trial_id, T.QUEUED)
-                self.s.rm.request(trial_id, rt.slots)
+                self.s.rm.request(trial_id, rt.slots, rt.pool)
             else:
                 self.s.set_trial_state(trial_id, T.PAUSED, exit_reason=exit_reasons.PAUSED)
         elif exit_code == 0:
@@ -226,7 +226,7 @@ class TrialRuns:
                 exit_reason=f"{why}; restarting from the latest checkpoint "
                 f"(restart {trial.restarts + 1} of {max_restarts})",
             )
-            self.s.rm.request(trial_id, rt.slots)
+            self.s.rm.request(trial_id, rt.slots, rt.pool)
         elif exp.state == E.PAUSED:
             self.s.set_trial_state(trial_id, T.PAUSED, exit_reason=why)
         else:
@@ -357,7 +357,7 @@ class TrialRuns:
                 self.s.store.update_trial(t.id, state=T.QUEUED)
                 t = self.s.store.get_trial(t.id)
             if exp.state == E.ACTIVE and t.state == T.QUEUED:
-                self.s.rm.request(t.id, rt.slots)
+                self.s.rm.request(t.id, rt.slots, rt.pool)
             elif exp.state == E.PAUSED and t.state == T.QUEUED:
                 self.s.store.update_trial(t.id, state=T.PAUSED)
         return adopted

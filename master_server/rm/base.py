@@ -73,6 +73,12 @@ class ResourceManager(abc.ABC):
         same data adopts kept runs)."""
 
     # -- capacity and allocation -------------------------------------------------------------
+    #: Whether ``resources.resource_pool`` selects capacity (False: one pool, names ignored).
+    has_pools: bool = False
+    #: Whether capacity changes on its own (nodes join a cluster): the engine then retries
+    #: queued trials every second instead of only on its own events.
+    elastic: bool = False
+
     @property
     @abc.abstractmethod
     def total_slots(self) -> int:
@@ -84,8 +90,9 @@ class ResourceManager(abc.ABC):
         """Slots not held by an allocation."""
 
     @abc.abstractmethod
-    def request(self, trial_id: int, slots: int) -> None:
-        """Queue ``trial_id`` for a gang of ``slots`` (no-op when queued or allocated)."""
+    def request(self, trial_id: int, slots: int, pool: str = "") -> None:
+        """Queue ``trial_id`` for a gang of ``slots`` in resource pool ``pool`` ("" is the
+        default pool); no-op when queued or allocated."""
 
     @abc.abstractmethod
     def withdraw(self, trial_id: int) -> bool:

@@ -6,6 +6,8 @@ It wraps :class:`~master_server.scheduler.Scheduler` (capacity, gang allocation)
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import pathlib
 import signal
@@ -13,6 +15,7 @@ from collections.abc import Callable
 
 from master_server.launcher import LocalLauncher, TokenFactory, discard_run, find_live_runs
 from master_server.rm.base import Allocation, ExitCallback, LaunchSpec, LiveRun, ResourceManager
+from master_server.rm.gpus import DeviceSlots, visible_devices
 from master_server.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,8 @@ class LocalResourceManager(ResourceManager):
         master_address: the address trials call back (read when a run starts).
         trial_token: makes each run's trial-scoped token (``DET_SESSION_TOKEN``).
         cert_file: the master's TLS certificate trials must trust, if any.
+        gpus: this machine's GPU count (0: CPU slots, as on a machine without CUDA). With GPUs
+            every slot is one GPU and a run sees only its gang's (``CUDA_VISIBLE_DEVICES``).
     """
 
     def __init__(
@@ -37,9 +42,14 @@ class LocalResourceManager(ResourceManager):
         *,
         trial_token: TokenFactory,
         cert_file: str | None = None,
+        gpus: int = 0,
     ) -> None:
+        if gpus and slots > gpus:
+            raise ValueError(f"slots: {slots} GPU slots asked, this machine has {gpus} GPUs")
         self._data_dir = data_dir
         self._scheduler = Scheduler(slots)
+        self.gpus = gpus
+        self._devices = DeviceSlots(slots if gpus else 0)
         self.launcher = LocalLauncher(
             data_dir, master_address, trial_token=trial_token, cert_file=cert_file
         )
@@ -58,7 +68,8 @@ class LocalResourceManager(ResourceManager):
     def free_slots(self) -> int:
         return self._scheduler.free_slots
 
-    def request(self, trial_id: int, slots: int) -> None:
+    def request(self, trial_id: int, slots: int, pool: str = "") -> None:
+        # One machine is one pool: a pool name is accepted and has no effect (as before).
         self._scheduler.enqueue(trial_id, slots)
 
     def withdraw(self, trial_id: int) -> bool:
@@ -66,11 +77,21 @@ class LocalResourceManager(ResourceManager):
 
     def release(self, trial_id: int) -> None:
         self._scheduler.release(trial_id)
+        self._devices.give_back(trial_id)
 
     def allocate(self) -> list[Allocation]:
-        return [Allocation(a.trial_id, a.slots) for a in self._scheduler.schedule()]
+        out = [Allocation(a.trial_id, a.slots) for a in self._scheduler.schedule()]
+        if self.gpus:
+            for a in out:
+                self._devices.take(a.trial_id, a.slots)
+        return out
 
     def start_run(self, spec: LaunchSpec) -> None:
+        if self.gpus:
+            devices = self._devices.take(spec.trial_id, spec.slots)
+            spec = dataclasses.replace(
+                spec, env={**spec.env, "CUDA_VISIBLE_DEVICES": visible_devices(devices)}
+            )
         self.launcher.launch(spec)
 
     def terminate(self, trial_id: int, run_id: int) -> bool:
@@ -86,7 +107,19 @@ class LocalResourceManager(ResourceManager):
         if not self.launcher.adopt(run):
             return False
         self._scheduler.hold(run.trial_id, slots)
+        if self.gpus:
+            self._devices.hold(run.trial_id, self._adopted_devices(run, slots))
         return True
+
+    def _adopted_devices(self, run: LiveRun, slots: int) -> list[int]:
+        """The GPUs an adopted run was started with (from its ``launch.json``)."""
+        path = self.launcher.run_dir(run.trial_id, run.run_id) / ".det" / "launch.json"
+        try:
+            text = json.loads(path.read_text())["env"].get("CUDA_VISIBLE_DEVICES", "")
+            return [int(d) for d in text.split(",") if d.strip()]
+        except (OSError, ValueError, KeyError, TypeError):
+            logger.warning("trial %d: GPUs of adopted run %d unknown", run.trial_id, run.run_id)
+            return self._devices.take(run.trial_id, slots)
 
     def discard(self, run: LiveRun) -> None:
         discard_run(self._data_dir, run)

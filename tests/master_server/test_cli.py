@@ -89,3 +89,24 @@ def test_bad_slots_is_a_clear_error(tmp_path: pathlib.Path) -> None:
         timeout=60,
     )
     assert out.returncode != 0 and "--slots: must be >= 1" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--resource-manager", "yarn"], "argument --resource-manager: invalid choice: 'yarn'"),
+        (["--ray-address", "127.0.0.1:6379"], "--ray-address: only with --resource-manager ray"),
+        (["--gpus", "-1"], "--gpus: must be >= 0, got -1"),
+        (["--resource-manager", "ray", "--ray-slot-type", "tpu"], "invalid choice: 'tpu'"),
+    ],
+)
+def test_bad_resource_manager_options_are_clear_errors(
+    tmp_path: pathlib.Path, args: list[str], said: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "master_server", "--data-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0 and said in out.stderr, out.stderr
