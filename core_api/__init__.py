@@ -18,13 +18,14 @@ package holds those of ``determined`` (``LOG_FORMAT``, ``get_cluster_info``, ``C
 
 from __future__ import annotations
 
-from core_api._checkpoint import CheckpointContext, DownloadMode, SharedFSStorage
+from core_api._checkpoint import CheckpointContext, DownloadMode
 from core_api._context import Context, TensorboardMode, init
 from core_api._distributed import DistributedContext
 from core_api._info import ClusterInfo, TrialInfo, get_cluster_info
 from core_api._preempt import PreemptContext, PreemptMode
 from core_api._searcher import SearcherContext, SearcherMode, SearcherOperation
 from core_api._train import ContextClosedError, EarlyExitReason, TrainContext
+from determined_sdk.checkpoint_storage import SharedFSStorage
 from determined_sdk.errors import DeterminedError, NotFoundError
 
 LOG_FORMAT = "%(levelname)s: [%(process)s] %(name)s: %(message)s"

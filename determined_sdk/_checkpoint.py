@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import shutil
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from determined_sdk import errors
+from determined_sdk import checkpoint_storage, checkpoint_wire, errors
 from determined_sdk._enums import CheckpointSortBy, CheckpointState, DownloadMode, OrderBy
 from determined_sdk._resource import (
     Resource,
@@ -22,6 +23,8 @@ from determined_sdk._resource import (
 )
 from determined_sdk._session import Session
 from determined_sdk.proto import checkpoint_pb2, experiment_pb2, trial_pb2
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,9 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
 
     @property
     def storage(self) -> dict[str, Any]:
-        """Where the files live: ``{"type": "shared_fs", "path": base}``; bytes in
-        ``base/uuid`` (cached)."""
+        """Where the files live (no secrets): ``{"type": "shared_fs", "path": base}`` with
+        bytes in ``base/uuid``, or ``{"type": "s3", "bucket", "prefix", "endpoint_url"}`` with
+        objects under ``prefix/uuid/`` (cached)."""
         storage: dict[str, Any] = self._json("storage_json")
         return storage
 
@@ -249,8 +253,9 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
     ) -> pathlib.Path:
         """Copy the checkpoint's files into a local directory.
 
-        ``AUTO`` copies straight from the storage directory when it is reachable from here
-        (a shared filesystem) and otherwise streams the files through the master. A progress
+        ``AUTO`` copies straight from the checkpoint storage when it is reachable from here (a
+        shared filesystem mounted here, or an object store this process has the package,
+        credentials and a route for) and otherwise streams the files through the master. A progress
         bar is shown when stdout is a terminal.
 
         Args:
@@ -275,56 +280,72 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
         target = pathlib.Path(path) if path is not None else pathlib.Path("checkpoints", self.uuid)
         if self.state is CheckpointState.DELETED:
             raise errors.FailedPreconditionError(f"checkpoint {self.uuid} is deleted")
-        source = self._local_source()
+        source = self._direct_source() if mode is not DownloadMode.MASTER else None
         if mode is DownloadMode.DIRECT and source is None:
             raise errors.FailedPreconditionError(
                 f"checkpoint {self.uuid}: storage {self.storage!r} is not reachable from here"
             )
         target.mkdir(parents=True, exist_ok=True)
-        if source is not None and mode is not DownloadMode.MASTER:
+        if source is not None:
             self._copy_direct(source, target)
         else:
             self._stream_from_master(target)
         return target
 
-    def _local_source(self) -> pathlib.Path | None:
-        storage = self.storage
-        if storage.get("type", "shared_fs") != "shared_fs" or not storage.get("path"):
+    def _direct_source(self) -> checkpoint_storage.CheckpointStorage | None:
+        """The checkpoint's storage when this process can read the files there, else None
+        (a directory not mounted here, a backend package or credentials missing, no route)."""
+        try:
+            storage = checkpoint_storage.from_config(self.storage)
+        except errors.InvalidArgumentError:
             return None
-        src = pathlib.Path(storage["path"], self.uuid)
-        return src if src.is_dir() else None
+        try:
+            return storage if storage.list_files(self.uuid) else None
+        except Exception:  # any failure to reach it: the master is the way
+            logger.debug("checkpoint %s: storage not reachable directly", self.uuid, exc_info=True)
+            return None
 
-    def _copy_direct(self, source: pathlib.Path, target: pathlib.Path) -> None:
-        files = sorted(p for p in source.rglob("*") if p.is_file())
-        with _Progress(sum(p.stat().st_size for p in files), self.uuid) as bar:
-            for f in files:
-                dst = target / f.relative_to(source)
+    def _copy_direct(
+        self, storage: checkpoint_storage.CheckpointStorage, target: pathlib.Path
+    ) -> None:
+        with _Progress(self.total_bytes, self.uuid) as bar:
+            local = storage.local_dir(self.uuid)
+            if local is None:
+                storage.get(self.uuid, target)
+                bar.advance(self.total_bytes)
+                return
+            files = checkpoint_storage.list_local_files(local)
+            for rel in sorted(files):
+                dst = target / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, dst)
-                bar.advance(f.stat().st_size)
+                shutil.copyfile(local / rel, dst)
+                bar.advance(files[rel])
 
     def _stream_from_master(self, target: pathlib.Path) -> None:
         root = target.resolve()
         req = checkpoint_pb2.DownloadCheckpointRequest(uuid=self.uuid)
-        out = None
+        out: BinaryIO | None = None
         current = ""
         try:
             with _Progress(self.total_bytes, self.uuid) as bar:
-                for chunk in self._session.download_checkpoint(req):
+                for message in self._session.download_checkpoint_raw(req):
+                    chunk = checkpoint_wire.decode_chunk(message)
                     if chunk.path != current or out is None:
                         if out is not None:
                             out.close()
                         current = chunk.path
                         dst = (root / chunk.path).resolve()
-                        if not dst.is_relative_to(root):
+                        if not dst.is_relative_to(root) or dst == root:
                             raise errors.InternalError(
                                 f"checkpoint {self.uuid}: master sent unsafe path {chunk.path!r}"
                             )
                         dst.parent.mkdir(parents=True, exist_ok=True)
-                        out = open(dst, "wb")  # noqa: SIM115 (spans many chunks)
+                        out = open(dst, "wb", buffering=0)  # noqa: SIM115 (spans many chunks)
                     if chunk.offset != out.tell():
                         out.seek(chunk.offset)
-                    out.write(chunk.data)
+                    view = chunk.data
+                    while view:  # an unbuffered write may be partial
+                        view = view[out.write(view) or 0 :]
                     bar.advance(len(chunk.data))
         finally:
             if out is not None:

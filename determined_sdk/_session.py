@@ -32,7 +32,7 @@ import grpc
 import tenacity
 from google.protobuf import message as _message
 
-from determined_sdk import errors
+from determined_sdk import checkpoint_wire, errors
 from determined_sdk._auth import DEFAULT_USER, Credentials
 from determined_sdk._transport import make_channel, parse_master
 from determined_sdk.proto import (
@@ -71,7 +71,7 @@ _RETRYABLE = frozenset(
 )
 
 Req = TypeVar("Req", bound=_message.Message)
-Resp = TypeVar("Resp", bound=_message.Message)
+Resp = TypeVar("Resp", bound=_message.Message | bytes)  # bytes: a raw stream
 
 
 class CallKind(enum.Enum):
@@ -381,6 +381,17 @@ class Session:
         self.download_checkpoint: _Stream[
             checkpoint_pb2.DownloadCheckpointRequest, checkpoint_pb2.CheckpointChunk
         ] = _Stream(self, ckpt.DownloadCheckpoint)
+        # The same stream as raw message bytes, decoded by checkpoint_wire without copies.
+        self.download_checkpoint_raw: _Stream[checkpoint_pb2.DownloadCheckpointRequest, bytes] = (
+            _Stream(
+                self,
+                channel.unary_stream(
+                    checkpoint_wire.DOWNLOAD_METHOD,
+                    request_serializer=checkpoint_pb2.DownloadCheckpointRequest.SerializeToString,
+                    response_deserializer=None,
+                ),
+            )
+        )
 
         self.trial_logs: _Stream[logs_pb2.TrialLogsRequest, logs_pb2.TrialLogsResponse] = _Stream(
             self, logs.TrialLogs

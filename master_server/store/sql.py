@@ -89,6 +89,7 @@ from master_server.domain import (
     NewExperiment,
     PendingJob,
     Project,
+    RemovalTarget,
     Trial,
     TrialState,
     Workspace,
@@ -2201,7 +2202,9 @@ class SQLStore(AuthSQLMixin, Store):
                 f"{row[1]!r}; delete that model version first"
             )
 
-    def begin_checkpoint_deletion(self, uuids: Sequence[str], paths: Sequence[str]) -> PendingJob:
+    def begin_checkpoint_deletion(
+        self, uuids: Sequence[str], paths: Sequence[RemovalTarget]
+    ) -> PendingJob:
         """Mark checkpoints DELETED and record the removal of their files, atomically."""
         uuids = sorted(set(uuids))
         if not uuids:
@@ -2224,7 +2227,9 @@ class SQLStore(AuthSQLMixin, Store):
             key = f"remove_files:checkpoints:{uuids[0]}:{len(uuids)}:{time.time_ns()}"
             return self._add_job(conn, "remove_files", key, {"paths": list(paths)})
 
-    def begin_experiment_deletion(self, experiment_id: int, paths: Sequence[str]) -> PendingJob:
+    def begin_experiment_deletion(
+        self, experiment_id: int, paths: Sequence[RemovalTarget]
+    ) -> PendingJob:
         """Mark a finished experiment DELETING and record its deletion, atomically."""
         with self._write() as conn:
             exp = self._read_experiment(conn, experiment_id)
