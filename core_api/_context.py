@@ -191,9 +191,10 @@ def init(
     Args:
         distributed: the ranks' context (e.g. ``DistributedContext.from_torch_distributed()``);
             None means a single process.
-        checkpoint_storage: a directory (or ``{"type": "shared_fs", "path": ...}``) to store
-            checkpoints in. On-cluster the trial's configured storage is used unless given;
-            off-cluster the default is ``./checkpoints``.
+        checkpoint_storage: a directory (or ``{"type": "shared_fs", "path": ...}``, or an
+            object store such as ``{"type": "s3", "bucket": ..., "prefix": ...,
+            "endpoint_url": ...}``) to store checkpoints in. On-cluster the trial's configured
+            storage is used unless given; off-cluster the default is ``./checkpoints``.
         preempt_mode: see :class:`PreemptMode`.
         tensorboard_mode: Determined's argument, accepted; see :class:`TensorboardMode`.
         async_checkpointing: Determined's argument, accepted; uploads here are synchronous
