@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import pathlib
 import shutil
+import socket
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +28,8 @@ from determined_sdk._session import Session
 from determined_sdk.proto import checkpoint_pb2, experiment_pb2, trial_pb2
 
 logger = logging.getLogger(__name__)
+_F_SETPIPE_SZ = 1031  # Linux fcntl: set a pipe's capacity
+_PIPE_BYTES = 1 << 20  # the default pipe-max-size
 
 
 @dataclass(frozen=True)
@@ -324,6 +329,14 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
     def _stream_from_master(self, target: pathlib.Path) -> None:
         root = target.resolve()
         req = checkpoint_pb2.DownloadCheckpointRequest(uuid=self.uuid)
+        offer = self._session.bulk_download_ticket(req)
+        if offer is not None:
+            try:
+                with _Progress(self.total_bytes, self.uuid) as bar:
+                    _receive_bulk(offer, root, self.uuid, bar)
+                return
+            except (OSError, ValueError) as exc:  # port not reachable from here, cut short
+                logger.info("checkpoint %s: bulk download failed (%s); streaming", self.uuid, exc)
         out: BinaryIO | None = None
         current = ""
         try:
@@ -334,11 +347,7 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
                         if out is not None:
                             out.close()
                         current = chunk.path
-                        dst = (root / chunk.path).resolve()
-                        if not dst.is_relative_to(root) or dst == root:
-                            raise errors.InternalError(
-                                f"checkpoint {self.uuid}: master sent unsafe path {chunk.path!r}"
-                            )
+                        dst = _safe_target(root, chunk.path, self.uuid)
                         dst.parent.mkdir(parents=True, exist_ok=True)
                         out = open(dst, "wb", buffering=0)  # noqa: SIM115 (spans many chunks)
                     if chunk.offset != out.tell():
@@ -353,6 +362,92 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
 
     def __repr__(self) -> str:
         return f"Checkpoint(uuid={self.uuid!r})"
+
+
+def _safe_target(root: pathlib.Path, rel: str, uuid: str) -> pathlib.Path:
+    dst = (root / rel).resolve()
+    if not dst.is_relative_to(root) or dst == root:
+        raise errors.InternalError(f"checkpoint {uuid}: master sent unsafe path {rel!r}")
+    return dst
+
+
+def _receive_bulk(
+    offer: tuple[str, int, str], root: pathlib.Path, uuid: str, bar: _Progress
+) -> None:
+    """Receive a checkpoint on the master's bulk port (``master_server.bulk``) into ``root``.
+
+    Raises:
+        OSError: The port is not reachable, or the connection ended early.
+    """
+    host, port, ticket = offer
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection((host, port), timeout=60))
+        pipe = _open_pipe()
+        if pipe is not None:
+            stack.callback(os.close, pipe[0])
+            stack.callback(os.close, pipe[1])
+            sock.settimeout(None)  # splice needs a blocking socket; the master times out
+        sock.sendall(ticket.encode() + b"\n")
+
+        def read_exact(n: int) -> bytes:
+            got = bytearray()
+            while len(got) < n:
+                data = sock.recv(n - len(got))
+                if not data:
+                    raise ConnectionError("the master closed the bulk connection early")
+                got += data
+            return bytes(got)
+
+        buf = bytearray(0 if pipe is not None else checkpoint_wire.BULK_READ)
+        view = memoryview(buf)
+        while (header := checkpoint_wire.read_bulk_header(read_exact)) is not None:
+            rel, size = header
+            dst = _safe_target(root, rel, uuid)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                if pipe is not None:
+                    _splice_into(sock, pipe, fd, size, bar)
+                    continue
+                left = size
+                while left:
+                    n = sock.recv_into(view[: min(left, len(buf))])
+                    if not n:
+                        raise ConnectionError("the master closed the bulk connection early")
+                    done = 0
+                    while done < n:
+                        done += os.write(fd, view[done:n])
+                    left -= n
+                    bar.advance(n)
+            finally:
+                os.close(fd)
+
+
+def _splice_into(
+    sock: socket.socket, pipe: tuple[int, int], fd: int, size: int, bar: _Progress
+) -> None:
+    """Move ``size`` bytes from ``sock`` to ``fd`` inside the kernel (Linux ``splice``)."""
+    r, w = pipe
+    left = size
+    while left:
+        n = os.splice(sock.fileno(), w, min(left, _PIPE_BYTES))
+        if not n:
+            raise ConnectionError("the master closed the bulk connection early")
+        moved = 0
+        while moved < n:
+            moved += os.splice(r, fd, n - moved)
+        left -= n
+        bar.advance(n)
+
+
+def _open_pipe() -> tuple[int, int] | None:
+    """A pipe for :func:`_splice_into`, or None where ``splice`` is not available."""
+    if not hasattr(os, "splice"):
+        return None
+    r, w = os.pipe()
+    with contextlib.suppress(OSError):  # a bigger pipe moves more per call; optional
+        fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_BYTES)
+    return r, w
 
 
 class _Progress:

@@ -1,4 +1,5 @@
-"""The wire form of ``CheckpointChunk`` messages, encoded and decoded without a message object.
+"""The wire forms of checkpoint downloads: ``CheckpointChunk`` messages encoded and decoded
+without a message object, and the bulk port's framing (``master_server.bulk``).
 
 ``DownloadCheckpoint`` streams a checkpoint's files as ``CheckpointChunk`` messages (``path``,
 ``offset``, ``data``, ``file_size``). Building a message object per chunk copies the data twice
@@ -11,10 +12,22 @@ decodes any protobuf encoder's output (fields in any order, unknown fields skipp
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 #: The full method name, for stubs and handlers that carry raw bytes.
 DOWNLOAD_METHOD = "/detsdk.v1.CheckpointService/DownloadCheckpoint"
+
+#: Request metadata asking ``DownloadCheckpoint`` for a bulk-port ticket instead of messages.
+BULK_REQUEST = "detsdk-bulk"
+#: Initial metadata of the answer: the bulk port and the one-use ticket.
+BULK_PORT = "detsdk-bulk-port"
+BULK_TICKET = "detsdk-bulk-ticket"
+#: Read size on both ends of the bulk port.
+BULK_READ = 8 << 20
+_PATH_LEN = struct.Struct("!H")
+_SIZE = struct.Struct("!Q")
 
 _PATH, _OFFSET, _DATA, _FILE_SIZE = 1, 2, 3, 4
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -122,3 +135,18 @@ def decode_chunk(message: bytes) -> Chunk:
     if pos != end:
         raise ValueError("CheckpointChunk: truncated field")
     return Chunk(path, offset, data, file_size)
+
+
+def pack_bulk_header(path: bytes, size: int) -> bytes:
+    """The bulk port's header of one file (an empty ``path`` ends the transfer)."""
+    return _PATH_LEN.pack(len(path)) + path + (_SIZE.pack(size) if path else b"")
+
+
+def read_bulk_header(read_exact: Callable[[int], bytes]) -> tuple[str, int] | None:
+    """Read one file header with ``read_exact(n)``; None at the end of the transfer."""
+    (n,) = _PATH_LEN.unpack(read_exact(_PATH_LEN.size))
+    if n == 0:
+        return None
+    path = read_exact(n).decode("utf-8")
+    (size,) = _SIZE.unpack(read_exact(_SIZE.size))
+    return path, size

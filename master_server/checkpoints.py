@@ -40,11 +40,13 @@ CHUNK = checkpoint_storage.READ_CHUNK
 
 @dataclass(frozen=True)
 class DownloadFile:
-    """One file of a checkpoint being downloaded: its relative path, size and an opener."""
+    """One file of a checkpoint being downloaded: its relative path, size and an opener;
+    ``local``: it is a regular file on this machine (``sendfile`` can send it)."""
 
     path: str
     size: int
     open: Callable[[], IO[bytes]]
+    local: bool = False
 
 
 SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric", "state")
@@ -379,7 +381,7 @@ class CheckpointService:
             raise FailedPreconditionError(f"checkpoint {uuid!r}: its files are missing from {root}")
         # Every escape is refused before a byte is sent.
         return [
-            DownloadFile(rel, full.stat().st_size, _local_opener(full))
+            DownloadFile(rel, full.stat().st_size, _local_opener(full), local=True)
             for rel, full in iter_files(root)
         ]
 

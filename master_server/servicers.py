@@ -48,6 +48,7 @@ from determined_sdk.proto import (
 )
 from master_server import convert
 from master_server.auth.users import UserService
+from master_server.bulk import BulkServer
 from master_server.checkpoints import CHUNK, CheckpointService
 from master_server.domain import ExperimentFilter, JSONDict, LogQuery
 from master_server.experiments import ExperimentService
@@ -407,8 +408,8 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
 
 
 class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
-    def __init__(self, store: Store, svc: CheckpointService) -> None:
-        self.store, self.svc = store, svc
+    def __init__(self, store: Store, svc: CheckpointService, bulk: BulkServer | None) -> None:
+        self.store, self.svc, self.bulk = store, svc, bulk
 
     @rpc
     def ReportCheckpoint(self, request: Any, context: Any) -> Any:
@@ -469,7 +470,20 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
     def DownloadCheckpoint(self, request: Any, context: Any) -> Iterator[bytes]:  # type: ignore[override]
         # Messages are written as bytes (checkpoint_wire): no message object per chunk.
         # Registered with no response serializer (see _add_checkpoint_servicer).
-        for f in self.svc.download_files(request.uuid):
+        files = self.svc.download_files(request.uuid)  # every check, before any answer
+        wants_bulk = any(
+            k == checkpoint_wire.BULK_REQUEST for k, _v in context.invocation_metadata() or ()
+        )
+        if wants_bulk and self.bulk is not None:
+            ticket = self.bulk.offer(files)
+            context.send_initial_metadata(
+                (
+                    (checkpoint_wire.BULK_PORT, str(self.bulk.port)),
+                    (checkpoint_wire.BULK_TICKET, ticket),
+                )
+            )
+            return
+        for f in files:
             path = f.path.encode()
             with f.open() as src:
                 offset = 0
@@ -872,7 +886,7 @@ def register_all(server: grpc.aio.Server, parts: dict[str, Any]) -> None:
     trial_pb2_grpc.add_TrialServiceServicer_to_server(
         Trials(store, exps, parts["ingest"], parts["metrics"]), server
     )
-    _add_checkpoint_servicer(Checkpoints(store, ckpts), server)
+    _add_checkpoint_servicer(Checkpoints(store, ckpts, parts.get("bulk")), server)
     searcher_pb2_grpc.add_SearcherServiceServicer_to_server(Searcher(exps, waker), server)
     logs_pb2_grpc.add_LogServiceServicer_to_server(Logs(logs, log_waker), server)
     workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(Workspaces(store), server)
