@@ -59,6 +59,25 @@ SECRET_KEYS = (
     "account_key",
     "sas_token",
 )
+#: The standard environment variables holding each remote type's credentials and settings
+#: (names, or prefixes ending in ``_``). The master passes these, for its experiment's storage
+#: type only, from its own environment to its trials.
+CREDENTIAL_ENV = {
+    "s3": (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+        "AWS_CA_BUNDLE",
+    ),
+    "gcs": ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT"),
+    "azure": ("AZURE_STORAGE_", "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET"),
+}
 #: Read size for streaming (large: fewer calls, fewer messages).
 READ_CHUNK = 8 << 20
 
@@ -473,6 +492,17 @@ def from_config(config: Mapping[str, Any]) -> CheckpointStorage:
         endpoint_url=record.get("endpoint_url"),
         account_name=record.get("account_name"),
     )
+
+
+def credential_env(config: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``environ`` that hold credentials for ``config``'s storage type
+    (see :data:`CREDENTIAL_ENV`); ``{}`` for a shared filesystem."""
+    names = CREDENTIAL_ENV.get(str(config.get("type", "shared_fs")), ())
+    return {
+        k: v
+        for k, v in environ.items()
+        if k in names or any(n.endswith("_") and k.startswith(n) for n in names)
+    }
 
 
 def is_remote(config: Mapping[str, Any]) -> bool:

@@ -34,8 +34,9 @@ from master_server.experiments import ExperimentService
 from master_server.store.base import Store
 
 logger = logging.getLogger(__name__)
-#: Bytes per streamed chunk: big, so that per-message costs vanish next to the copy itself.
-CHUNK = checkpoint_storage.READ_CHUNK
+#: Bytes per streamed chunk: big, so that per-message costs vanish next to the copy itself,
+#: and under gRPC's default 4 MiB receive limit, so that any client can read the stream.
+CHUNK = 2 << 20
 
 
 @dataclass(frozen=True)
