@@ -145,16 +145,16 @@ def _read_line(conn: socket.socket, limit: int = 128) -> str:
 
 def _send_file(conn: socket.socket, f: DownloadFile) -> None:
     conn.sendall(checkpoint_wire.pack_bulk_header(f.path.encode(), f.size))
-    with f.open() as src:
-        if f.local:
+    if f.local:
+        with f.open() as src:
             sent = conn.sendfile(src, 0, f.size) if f.size else 0
-        else:
-            sent = 0
-            while sent < f.size:
-                data = src.read(min(checkpoint_wire.BULK_READ, f.size - sent))
-                if not data:
-                    break
-                conn.sendall(data)
-                sent += len(data)
+    else:
+        sent = 0
+        for data in f.chunks(checkpoint_wire.BULK_READ):
+            data = data[: f.size - sent]
+            conn.sendall(data)
+            sent += len(data)
+            if sent >= f.size:
+                break
     if sent != f.size:
         raise ValueError(f"{f.path}: sent {sent} of {f.size} bytes (the file changed)")

@@ -48,6 +48,16 @@ class DownloadFile:
     size: int
     open: Callable[[], IO[bytes]]
     local: bool = False
+    #: The contents in order (object stores prefetch ranges); default: read from ``open``.
+    read: Callable[[int], Iterator[bytes]] | None = None
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """The contents in pieces of up to ``size`` bytes."""
+        if self.read is not None:
+            yield from self.read(size)
+            return
+        with self.open() as f:
+            yield from checkpoint_storage.iter_chunks(f, size)
 
 
 SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric", "state")
@@ -375,7 +385,11 @@ class CheckpointService:
                     raise FailedPreconditionError(
                         f"checkpoint {uuid}: object {rel!r} is not a plain relative path; refused"
                     ) from None
-                out.append(DownloadFile(rel, size, _opener(store, c.uuid, rel)))
+                out.append(
+                    DownloadFile(
+                        rel, size, _opener(store, c.uuid, rel), read=_reader(store, c.uuid, rel)
+                    )
+                )
             return out
         root = self._dir(c)
         if not root.is_dir():
@@ -390,13 +404,12 @@ class CheckpointService:
         """Yield (relative path, offset, data, file size) chunks of every file; an empty file
         is one chunk with no data. The checks run when the first chunk is asked for."""
         for f in self.download_files(uuid):
-            with f.open() as src:
-                offset = 0
-                for data in checkpoint_storage.iter_chunks(src, CHUNK):
-                    yield f.path, offset, data, f.size
-                    offset += len(data)
-                if offset == 0:
-                    yield f.path, 0, b"", f.size
+            offset = 0
+            for data in f.chunks(CHUNK):
+                yield f.path, offset, data, f.size
+                offset += len(data)
+            if offset == 0:
+                yield f.path, 0, b"", f.size
 
     def _removal_or_none(self, c: Checkpoint) -> RemovalTarget | None:
         """What deleting checkpoint ``c`` removes: its object-storage files, or its local
@@ -429,3 +442,9 @@ def _opener(
 
 def _local_opener(path: pathlib.Path) -> Callable[[], IO[bytes]]:
     return lambda: open(path, "rb")
+
+
+def _reader(
+    store: checkpoint_storage.CheckpointStorage, uuid: str, rel: str
+) -> Callable[[int], Iterator[bytes]]:
+    return lambda size: store.iter_file(uuid, rel, size)

@@ -485,16 +485,12 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
             return
         for f in files:
             path = f.path.encode()
-            with f.open() as src:
-                offset = 0
-                while True:
-                    data = src.read(CHUNK)
-                    if not data and offset:
-                        break
-                    yield checkpoint_wire.encode_chunk(path, offset, f.size, data)
-                    offset += len(data)
-                    if not data:
-                        break
+            offset = 0
+            for data in f.chunks(CHUNK):
+                yield checkpoint_wire.encode_chunk(path, offset, f.size, data)
+                offset += len(data)
+            if offset == 0:  # an empty file is one chunk without data
+                yield checkpoint_wire.encode_chunk(path, 0, f.size, b"")
 
 
 class Searcher(searcher_pb2_grpc.SearcherServiceServicer):

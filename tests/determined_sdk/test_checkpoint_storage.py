@@ -58,6 +58,10 @@ def test_put_list_get_open_roundtrip(storage: cs.CheckpointStorage, tmp_path: pa
     assert got == FILES
     with storage.open(sid, "sub/dir/state.json") as f:
         assert f.read() == b'{"step": 3}'
+    pieces = list(storage.iter_file(sid, "model.bin", 3000))  # ranged reads, in order
+    assert [len(p) for p in pieces] == [3000, 3000, 3000, 1000]
+    assert b"".join(pieces) == FILES["model.bin"]
+    assert list(storage.iter_file(sid, "empty.txt")) == []
 
 
 def test_put_some_files_and_get_with_selector(
