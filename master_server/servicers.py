@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import grpc
 
 from determined_sdk import checkpoint_wire
+from determined_sdk.checkpoint_storage import READ_CHUNK
 from determined_sdk.errors import DeterminedError, InvalidArgumentError, NotFoundError
 from determined_sdk.proto import (
     auth_pb2,
@@ -486,9 +487,12 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
         for f in files:
             path = f.path.encode()
             offset = 0
-            for data in f.chunks(CHUNK):
-                yield checkpoint_wire.encode_chunk(path, offset, f.size, data)
-                offset += len(data)
+            # Big reads (fewer storage requests), cut into messages of at most CHUNK bytes.
+            for piece in f.chunks(READ_CHUNK):
+                for start in range(0, len(piece), CHUNK):
+                    data = piece[start : start + CHUNK]
+                    yield checkpoint_wire.encode_chunk(path, offset, f.size, data)
+                    offset += len(data)
             if offset == 0:  # an empty file is one chunk without data
                 yield checkpoint_wire.encode_chunk(path, 0, f.size, b"")
 
