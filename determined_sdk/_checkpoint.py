@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
@@ -332,8 +333,9 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
         offer = self._session.bulk_download_ticket(req)
         if offer is not None:
             try:
+                streams = max(1, min(checkpoint_wire.BULK_STREAMS, len(self.resources)))
                 with _Progress(self.total_bytes, self.uuid) as bar:
-                    _receive_bulk(offer, root, self.uuid, bar)
+                    _receive_bulk_parallel(offer, root, self.uuid, bar, streams)
                 return
             except (OSError, ValueError) as exc:  # port not reachable from here, cut short
                 logger.info("checkpoint %s: bulk download failed (%s); streaming", self.uuid, exc)
@@ -369,6 +371,20 @@ def _safe_target(root: pathlib.Path, rel: str, uuid: str) -> pathlib.Path:
     if not dst.is_relative_to(root) or dst == root:
         raise errors.InternalError(f"checkpoint {uuid}: master sent unsafe path {rel!r}")
     return dst
+
+
+def _receive_bulk_parallel(
+    offer: tuple[str, int, str], root: pathlib.Path, uuid: str, bar: _Progress, streams: int
+) -> None:
+    """:func:`_receive_bulk` on ``streams`` connections at once (the master hands each file to
+    one of them); the first failure is raised once all have ended."""
+    if streams == 1:
+        _receive_bulk(offer, root, uuid, bar)
+        return
+    with concurrent.futures.ThreadPoolExecutor(streams, thread_name_prefix="bulk") as pool:
+        jobs = [pool.submit(_receive_bulk, offer, root, uuid, bar) for _ in range(streams)]
+    for job in jobs:
+        job.result()
 
 
 def _receive_bulk(

@@ -24,6 +24,8 @@ BULK_REQUEST = "detsdk-bulk"
 #: Initial metadata of the answer: the bulk port and the one-use ticket.
 BULK_PORT = "detsdk-bulk-port"
 BULK_TICKET = "detsdk-bulk-ticket"
+#: Connections that may redeem one bulk ticket (files go in parallel, one per connection).
+BULK_STREAMS = 4
 #: Read size on both ends of the bulk port.
 BULK_READ = 8 << 20
 _PATH_LEN = struct.Struct("!H")

@@ -14,9 +14,12 @@ The protocol (``determined_sdk.checkpoint_wire`` holds the shared constants):
 2. The master answers with initial metadata ``detsdk-bulk-port`` and ``detsdk-bulk-ticket``
    (32 random bytes in hex, good for one connection within :data:`TICKET_TTL_S`) and ends the
    call without a message.
-3. The SDK connects to the master's host at that port and sends the ticket and ``\\n``.
-4. The master sends, per file, a header (:func:`checkpoint_wire.pack_bulk_header`: path
-   length, UTF-8 path, size), then exactly ``size`` bytes; then a header with an empty path.
+3. The SDK connects to the master's host at that port and sends the ticket and ``\\n``; up to
+   ``checkpoint_wire.BULK_STREAMS`` connections may redeem one ticket, and the files are handed
+   out one at a time to whichever connection is free.
+4. The master sends on each connection, per file, a header
+   (:func:`checkpoint_wire.pack_bulk_header`: path length, UTF-8 path, size), then exactly
+   ``size`` bytes; then a header with an empty path.
    An unknown or expired ticket, or a file whose size changed, closes the connection (the
    SDK then sees a short read and fails, or falls back to the gRPC stream).
 
@@ -26,6 +29,7 @@ uses the gRPC stream. The port binds the gRPC host.
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 import socket
@@ -60,7 +64,7 @@ class BulkServer:
         self.host = host
         self.port = 0
         self._sock: socket.socket | None = None
-        self._tickets: dict[str, tuple[float, Sequence[DownloadFile]]] = {}
+        self._tickets: dict[str, tuple[float, _Offer]] = {}
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._stopping = threading.Event()
@@ -95,15 +99,20 @@ class BulkServer:
         with self._lock:
             for t in [t for t, (exp, _f) in self._tickets.items() if exp < now]:
                 del self._tickets[t]
-            self._tickets[ticket] = (now + TICKET_TTL_S, files)
+            self._tickets[ticket] = (now + TICKET_TTL_S, _Offer(files))
         return ticket
 
-    def _redeem(self, ticket: str) -> Sequence[DownloadFile] | None:
+    def _redeem(self, ticket: str) -> _Offer | None:
         with self._lock:
-            entry = self._tickets.pop(ticket, None)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
+            entry = self._tickets.get(ticket)
+            if entry is None or entry[0] < time.monotonic():
+                self._tickets.pop(ticket, None)
+                return None
+            offer = entry[1]
+            offer.connections += 1
+            if offer.connections >= checkpoint_wire.BULK_STREAMS:
+                del self._tickets[ticket]
+            return offer
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
@@ -121,16 +130,29 @@ class BulkServer:
         try:
             with conn:
                 conn.settimeout(IO_TIMEOUT_S)
-                files = self._redeem(_read_line(conn))
-                if files is None:
+                offer = self._redeem(_read_line(conn))
+                if offer is None:
                     return  # closing at once is the whole answer
-                for f in files:
+                while (f := offer.next_file()) is not None:
                     _send_file(conn, f)
                 conn.sendall(checkpoint_wire.pack_bulk_header(b"", 0))
         except (OSError, ValueError) as exc:
             logger.info("bulk transfer ended early: %s", exc)
         finally:
             self._slots.release()
+
+
+class _Offer:
+    """The files of one ticket, handed out one at a time to the connections redeeming it."""
+
+    def __init__(self, files: Sequence[DownloadFile]) -> None:
+        self._files = collections.deque(files)
+        self._lock = threading.Lock()
+        self.connections = 0
+
+    def next_file(self) -> DownloadFile | None:
+        with self._lock:
+            return self._files.popleft() if self._files else None
 
 
 def _read_line(conn: socket.socket, limit: int = 128) -> str:
