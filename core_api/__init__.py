@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time they load on first use
     from core_api import core  # noqa: F401  (Determined's det.core names)
-    from core_api._checkpoint import CheckpointContext, DownloadMode, SharedFSStorage
+    from core_api._checkpoint import CheckpointContext, DownloadMode
     from core_api._context import Context, TensorboardMode, init
     from core_api._distributed import DistributedContext
     from core_api._info import ClusterInfo, TrialInfo, get_cluster_info
     from core_api._preempt import PreemptContext, PreemptMode
     from core_api._searcher import SearcherContext, SearcherMode, SearcherOperation
     from core_api._train import ContextClosedError, EarlyExitReason, TrainContext
+    from determined_sdk.checkpoint_storage import SharedFSStorage
     from determined_sdk.errors import DeterminedError, NotFoundError
 
 LOG_FORMAT = "%(levelname)s: [%(process)s] %(name)s: %(message)s"
@@ -66,7 +67,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "CheckpointContext": "core_api._checkpoint",
     "DownloadMode": "core_api._checkpoint",
-    "SharedFSStorage": "core_api._checkpoint",
+    "SharedFSStorage": "determined_sdk.checkpoint_storage",
     "Context": "core_api._context",
     "TensorboardMode": "core_api._context",
     "init": "core_api._context",

@@ -1,8 +1,13 @@
-"""Checkpoints: :class:`CheckpointContext` and the shared-filesystem storage it writes to.
+"""Checkpoints: :class:`CheckpointContext`, over ``determined_sdk.checkpoint_storage``.
 
 Checkpoint bytes go straight from the trial to storage (``<base>/<storage_id>/``); the master
 only records what was written (``ReportCheckpoint`` with the files' sizes and the user's
 metadata). Every checkpoint directory also holds ``metadata.json``.
+
+On a shared filesystem, files are written and read in place. On object storage (s3, gcs,
+azure) :meth:`CheckpointContext.store_path` hands out a local temporary directory whose files
+are uploaded when the ``with`` block exits cleanly (before the checkpoint is reported), and
+:meth:`CheckpointContext.restore_path` downloads into a local temporary directory.
 
 Sharded checkpoints (``shard=True``) are written by every rank: each rank writes into its own
 staging directory, then the shards are merged into one checkpoint. The same relative path
@@ -20,6 +25,7 @@ import logging
 import os
 import pathlib
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -28,6 +34,12 @@ from core_api._channel import MasterSession
 from core_api._distributed import DistributedContext
 from core_api._train import ContextClosedError
 from determined_sdk import errors
+from determined_sdk.checkpoint_storage import (
+    CheckpointStorage,
+    SharedFSStorage,
+    from_config,
+    list_local_files,
+)
 from determined_sdk.proto import checkpoint_pb2
 
 logger = logging.getLogger(__name__)
@@ -41,46 +53,11 @@ class DownloadMode(enum.Enum):
     """How ranks fetch a checkpoint (kept for Determined compatibility).
 
     With shared-filesystem storage every rank reads the files in place, so the modes behave
-    the same; they matter for remote storage.
+    the same; with object storage every rank that restores downloads its own copy.
     """
 
     LocalWorkersShareDownload = "LOCAL_WORKERS_SHARE_DOWNLOAD"
     NoSharedDownload = "NO_SHARED_DOWNLOAD"
-
-
-class SharedFSStorage:
-    """A directory holding one sub-directory per checkpoint.
-
-    Args:
-        base: the directory; created when first written.
-    """
-
-    def __init__(self, base: str | os.PathLike[str]) -> None:
-        self.base = pathlib.Path(base).expanduser().resolve()
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> SharedFSStorage:
-        """Build from a ``checkpoint_storage`` config (``{"type": "shared_fs", "path": ...}``).
-
-        Raises:
-            ValueError: the storage type is not supported here.
-        """
-        kind = config.get("type", "shared_fs")
-        if kind not in ("shared_fs", "directory"):
-            raise ValueError(
-                f"checkpoint_storage.type {kind!r} is not supported by core_api "
-                "(supported: shared_fs, directory)"
-            )
-        path = config.get("path") or config.get("container_path")
-        if not path and config.get("host_path"):
-            path = os.path.join(str(config["host_path"]), str(config.get("storage_path", "")))
-        if not path:
-            raise ValueError("checkpoint_storage.path: required for shared_fs storage")
-        return cls(str(path))
-
-    def path_of(self, storage_id: str) -> pathlib.Path:
-        """Where the checkpoint's files live."""
-        return self.base / storage_id
 
 
 def _check_storage_id(storage_id: Any) -> str:
@@ -111,12 +88,7 @@ def _check_metadata(metadata: Any) -> JSONDict:
 
 def _list_files(root: pathlib.Path) -> dict[str, int]:
     """Relative POSIX path -> size of every regular file under ``root``."""
-    out: dict[str, int] = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            full = pathlib.Path(dirpath) / name
-            out[full.relative_to(root).as_posix()] = full.stat().st_size
-    return out
+    return list_local_files(root)
 
 
 def _digest(path: pathlib.Path) -> str:
@@ -160,7 +132,7 @@ class CheckpointContext:
     def __init__(
         self,
         dist: DistributedContext,
-        storage: SharedFSStorage,
+        storage: CheckpointStorage,
         session: MasterSession | None = None,
         *,
         trial_id: int = 0,
@@ -176,7 +148,7 @@ class CheckpointContext:
         self._closed = False
 
     @property
-    def storage(self) -> SharedFSStorage:
+    def storage(self) -> CheckpointStorage:
         """Where this context writes checkpoints."""
         return self._storage
 
@@ -207,26 +179,40 @@ class CheckpointContext:
                     "use shard=True to have every rank write part of the checkpoint"
                 )
             storage_id = str(uuid.uuid4())
-            path = self._storage.path_of(storage_id)
-            path.mkdir(parents=True)
+            in_place = self._storage.local_dir(storage_id)
+            if in_place is None:  # object storage: a local directory, uploaded on exit
+                with tempfile.TemporaryDirectory(prefix=f"ckpt-{storage_id}-") as tmp:
+                    yield pathlib.Path(tmp), storage_id
+                    self._finish(storage_id, pathlib.Path(tmp), md, _list_files(pathlib.Path(tmp)))
+                return
+            in_place.mkdir(parents=True)
             try:
-                yield path, storage_id
+                yield in_place, storage_id
             except BaseException:
-                shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(in_place, ignore_errors=True)
                 raise
-            self._finish(storage_id, path, md, _list_files(path))
+            self._finish(storage_id, in_place, md, _list_files(in_place))
             return
 
         storage_id = self._dist.broadcast(str(uuid.uuid4()) if self._dist.is_chief else None)
-        staging = self._storage.base / f".staging-{storage_id}-rank{self._dist.rank}"
-        staging.mkdir(parents=True)
+        name = f".staging-{storage_id}-rank{self._dist.rank}"
+        base = self._local_base()
+        staging = base / name if base is not None else pathlib.Path(tempfile.mkdtemp(prefix=name))
+        staging.mkdir(parents=True, exist_ok=base is None)
         try:
             yield staging, storage_id
         except BaseException:
             self._dist.allgather(None)  # tell the other ranks this one failed
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._merge_shards(storage_id, staging, md)
+        try:
+            self._merge_shards(storage_id, staging, md)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _local_base(self) -> pathlib.Path | None:
+        """The shared directory checkpoints live in, or None for object storage."""
+        return self._storage.base if isinstance(self._storage, SharedFSStorage) else None
 
     def upload(
         self,
@@ -287,29 +273,44 @@ class CheckpointContext:
         if problem is not None:
             shutil.rmtree(staging, ignore_errors=True)
             raise ValueError(problem)
-        final = self._storage.path_of(storage_id)
-        final.mkdir(parents=True, exist_ok=True)
-        for rel in files:
-            if holders[rel][0] == dist.rank:
+        owned = [rel for rel in files if holders[rel][0] == dist.rank]
+        final = self._storage.local_dir(storage_id)
+        if final is None:  # object storage: each rank uploads the files it holds first
+            self._storage.put(storage_id, staging, owned)
+            final = staging  # the chief writes metadata.json here and uploads it
+        else:
+            final.mkdir(parents=True, exist_ok=True)
+            for rel in owned:
                 dst = final / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging / rel, dst)
-        shutil.rmtree(staging, ignore_errors=True)
         dist.allgather(None)  # every shard is in place before the chief reports
         if dist.is_chief:
             resources: dict[str, int] = {}
             for rank_files, _md in shards:
                 resources.update(rank_files)
-            self._finish(storage_id, final, merged_md, resources)
+            self._finish(storage_id, final, merged_md, resources, upload=[])
         dist.allgather(None)  # and nobody returns before the checkpoint is reported
 
     def _finish(
-        self, storage_id: str, path: pathlib.Path, md: JSONDict, resources: dict[str, int]
+        self,
+        storage_id: str,
+        path: pathlib.Path,
+        md: JSONDict,
+        resources: dict[str, int],
+        *,
+        upload: list[str] | None = None,
     ) -> None:
+        """Write ``metadata.json``, store the files (``upload``: which of ``path``'s files
+        besides it; default all of ``resources``) and report the checkpoint."""
         meta_path = path / METADATA_FILE
         meta_path.write_text(json.dumps(md, indent=2, sort_keys=True))
         resources = dict(resources)
         resources[METADATA_FILE] = meta_path.stat().st_size
+        # Every byte is in storage before the master hears of the checkpoint (in place on a
+        # shared filesystem: nothing to copy).
+        names = sorted(resources) if upload is None else [*upload, METADATA_FILE]
+        self._storage.put(storage_id, path, names)
         if self._session is None:
             logger.info(
                 "checkpoint %s stored at %s (steps_completed=%s)",
@@ -338,10 +339,11 @@ class CheckpointContext:
             logger.debug("checkpoint %s was already reported", storage_id)
 
     # -- reading --------------------------------------------------------------------------
-    def _locate(self, storage_id: str) -> tuple[pathlib.Path, JSONDict | None]:
+    def _locate(self, storage_id: str) -> tuple[CheckpointStorage, JSONDict | None]:
+        """The storage holding the checkpoint's files, and its master record's metadata."""
         storage_id = _check_storage_id(storage_id)
         record: JSONDict | None = None
-        base = self._storage
+        storage = self._storage
         if self._session is not None:
             session = self._session
             try:
@@ -355,19 +357,18 @@ class CheckpointContext:
             record = json.loads(ckpt.metadata_json) if ckpt.metadata_json else {}
             if ckpt.storage_json:
                 try:
-                    base = SharedFSStorage.from_config(json.loads(ckpt.storage_json))
+                    storage = from_config(json.loads(ckpt.storage_json))
                 except ValueError:
-                    base = self._storage
-        path = base.path_of(storage_id)
-        if not path.is_dir() and base is not self._storage:
-            path = self._storage.path_of(storage_id)  # stored under an overridden base
-        if not path.is_dir():
+                    storage = self._storage
+        if not storage.list_files(storage_id) and storage is not self._storage:
+            storage = self._storage  # stored under an overridden base
+        if not storage.list_files(storage_id):
             if record is None:
                 raise errors.NotFoundError(f"checkpoint {storage_id!r} not found")
             raise errors.NotFoundError(
-                f"checkpoint {storage_id!r} has no files at {str(path)!r} (deleted?)"
+                f"checkpoint {storage_id!r} has no files at {storage.url(storage_id)!r} (deleted?)"
             )
-        return path, record
+        return storage, record
 
     def download(
         self,
@@ -389,15 +390,8 @@ class CheckpointContext:
             NotFoundError: no such checkpoint.
         """
         self._check_open()
-        src, _ = self._locate(storage_id)
-        dst = pathlib.Path(ckpt_dir)
-        dst.mkdir(parents=True, exist_ok=True)
-        for rel in _list_files(src):
-            if selector is not None and not selector(rel):
-                continue
-            target = dst / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, target)
+        storage, _ = self._locate(storage_id)
+        storage.get(storage_id, pathlib.Path(ckpt_dir), selector)
 
     @contextlib.contextmanager
     def restore_path(
@@ -410,20 +404,20 @@ class CheckpointContext:
         """A local directory holding the checkpoint's files, for the ``with`` block.
 
         Shared-filesystem checkpoints are read in place (treat the directory as read-only);
-        with a ``selector`` the accepted files are copied to a temporary directory instead.
+        with a ``selector``, or from object storage, the (accepted) files are downloaded to a
+        temporary directory, removed after the block.
 
         Raises:
             NotFoundError: no such checkpoint.
         """
         self._check_open()
-        src, _ = self._locate(storage_id)
-        if selector is None:
-            yield src
+        storage, _ = self._locate(storage_id)
+        in_place = storage.local_dir(storage_id)
+        if selector is None and in_place is not None:
+            yield in_place
             return
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix=f"ckpt-{storage_id}-") as tmp:
-            self.download(storage_id, tmp, selector=selector)
+            storage.get(storage_id, pathlib.Path(tmp), selector)
             yield pathlib.Path(tmp)
 
     def get_metadata(self, storage_id: str) -> JSONDict:
@@ -445,9 +439,11 @@ class CheckpointContext:
                 raise errors.NotFoundError(f"checkpoint {storage_id!r} not found") from exc
             md = resp.checkpoint.metadata_json
             return dict(json.loads(md)) if md else {}
-        path, _ = self._locate(storage_id)
-        meta = path / METADATA_FILE
-        return dict(json.loads(meta.read_text())) if meta.is_file() else {}
+        storage, _ = self._locate(storage_id)
+        if METADATA_FILE not in storage.list_files(storage_id):
+            return {}
+        with storage.open(storage_id, METADATA_FILE) as f:
+            return dict(json.loads(f.read()))
 
     def delete(self, storage_id: str) -> None:
         """Delete a checkpoint (its record on the master and, off-cluster, its files).
@@ -469,10 +465,9 @@ class CheckpointContext:
             except (errors.NotFoundError, errors.InvalidArgumentError) as exc:
                 raise errors.NotFoundError(f"checkpoint {storage_id!r} not found") from exc
             return
-        path = self._storage.path_of(storage_id)
-        if not path.is_dir():
+        if not self._storage.list_files(storage_id):
             raise errors.NotFoundError(f"checkpoint {storage_id!r} not found")
-        shutil.rmtree(path)
+        self._storage.delete(storage_id)
 
     def close(self) -> None:
         """Refuse further calls."""

@@ -19,13 +19,14 @@ import logging
 import os
 import pathlib
 import sys
+import tempfile
 import types
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from core_api._channel import MasterSession
-from core_api._checkpoint import CheckpointContext, SharedFSStorage
+from core_api._checkpoint import CheckpointContext
 from core_api._distributed import DistributedContext
 from core_api._info import ClusterInfo, TrialInfo, get_cluster_info
 from core_api._output import OutputCapture
@@ -33,6 +34,8 @@ from core_api._preempt import PreemptContext, PreemptMode
 from core_api._searcher import SearcherContext
 from core_api._train import TrainContext
 from determined_sdk import errors
+from determined_sdk.checkpoint_storage import CheckpointStorage, SharedFSStorage
+from determined_sdk.checkpoint_storage import from_config as storage_from_config
 from determined_sdk.proto import experiment_pb2, master_pb2, trial_pb2
 
 logger = logging.getLogger(__name__)
@@ -188,9 +191,10 @@ def init(
     Args:
         distributed: the ranks' context (e.g. ``DistributedContext.from_torch_distributed()``);
             None means a single process.
-        checkpoint_storage: a directory (or ``{"type": "shared_fs", "path": ...}``) to store
-            checkpoints in. On-cluster the trial's configured storage is used unless given;
-            off-cluster the default is ``./checkpoints``.
+        checkpoint_storage: a directory (or ``{"type": "shared_fs", "path": ...}``, or an
+            object store such as ``{"type": "s3", "bucket": ..., "prefix": ...,
+            "endpoint_url": ...}``) to store checkpoints in. On-cluster the trial's configured
+            storage is used unless given; off-cluster the default is ``./checkpoints``.
         preempt_mode: see :class:`PreemptMode`.
         tensorboard_mode: Determined's argument, accepted; see :class:`TensorboardMode`.
         async_checkpointing: Determined's argument, accepted; uploads here are synchronous
@@ -281,12 +285,20 @@ def _config_length(config: Mapping[str, Any]) -> LocalLength:
 
 def _storage(
     given: str | os.PathLike[str] | Mapping[str, Any] | None, fallback: Mapping[str, Any]
-) -> SharedFSStorage:
+) -> CheckpointStorage:
     if given is None:
-        return SharedFSStorage.from_config(fallback)
+        return storage_from_config(fallback)
     if isinstance(given, Mapping):
-        return SharedFSStorage.from_config(given)
+        return storage_from_config(given)
     return SharedFSStorage(given)
+
+
+def _tensorboard_base(storage: CheckpointStorage) -> pathlib.Path:
+    """Where TensorBoard files go: beside the checkpoints on a shared filesystem, else in a
+    local directory (object storage has no directory to write event files into)."""
+    if isinstance(storage, SharedFSStorage):
+        return storage.base / "tensorboard"
+    return pathlib.Path(tempfile.gettempdir(), "detsdk-tensorboard")
 
 
 def _unit_of(config: Mapping[str, Any]) -> str:
@@ -318,7 +330,7 @@ def _init_cluster(
             run_id=info.trial.run_id,
             experiment_id=info.trial.experiment_id,
             is_chief=dist.is_chief,
-            tensorboard_path=storage.base / "tensorboard" / f"trial-{trial_id}",
+            tensorboard_path=_tensorboard_base(storage) / f"trial-{trial_id}",
         )
         preempt = PreemptContext(session, dist, trial_id=trial_id, mode=preempt_mode)
     except BaseException:
@@ -381,7 +393,7 @@ def _init_unmanaged(
             master_url=session.address,
             trial=trial,
             latest_checkpoint=created["latest_checkpoint"],
-            checkpoint_storage={"type": "shared_fs", "path": str(storage.base)},
+            checkpoint_storage=storage.describe(),
             slots_per_trial=dist.size,
         )
         train = TrainContext(
@@ -390,7 +402,7 @@ def _init_unmanaged(
             run_id=trial.run_id,
             experiment_id=trial.experiment_id,
             is_chief=dist.is_chief,
-            tensorboard_path=storage.base / "tensorboard" / f"trial-{trial.trial_id}",
+            tensorboard_path=_tensorboard_base(storage) / f"trial-{trial.trial_id}",
         )
     except BaseException:
         session.close()
@@ -436,8 +448,7 @@ def _create_unmanaged_trial(
     config: dict[str, Any] = {"name": experiment_name or _script_name()}
     if checkpoint_storage is not None:
         # Recorded on the master, so the SDK finds the files where this run puts them.
-        base = _storage(checkpoint_storage, {}).base
-        config["checkpoint_storage"] = {"type": "shared_fs", "path": str(base)}
+        config["checkpoint_storage"] = _storage(checkpoint_storage, {}).describe()
     resp = session.call(
         session.experiments.CreateUnmanagedTrial,
         experiment_pb2.CreateUnmanagedTrialRequest(
@@ -468,9 +479,7 @@ def _init_off_cluster(
     max_length: LocalLength,
 ) -> Context:
     storage = _storage(checkpoint_storage, {"type": "shared_fs", "path": "checkpoints"})
-    train = TrainContext(
-        None, is_chief=dist.is_chief, tensorboard_path=storage.base / "tensorboard"
-    )
+    train = TrainContext(None, is_chief=dist.is_chief, tensorboard_path=_tensorboard_base(storage))
     return Context(
         train=train,
         checkpoint=CheckpointContext(dist, storage, None),

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import fcntl
+import logging
 import os
 import pathlib
 import shutil
+import socket
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from determined_sdk import errors
+from determined_sdk import checkpoint_storage, checkpoint_wire, errors
 from determined_sdk._enums import CheckpointSortBy, CheckpointState, DownloadMode, OrderBy
 from determined_sdk._resource import (
     Resource,
@@ -22,6 +27,10 @@ from determined_sdk._resource import (
 )
 from determined_sdk._session import Session
 from determined_sdk.proto import checkpoint_pb2, experiment_pb2, trial_pb2
+
+logger = logging.getLogger(__name__)
+_F_SETPIPE_SZ = 1031  # Linux fcntl: set a pipe's capacity
+_PIPE_BYTES = 1 << 20  # the default pipe-max-size
 
 
 @dataclass(frozen=True)
@@ -120,8 +129,9 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
 
     @property
     def storage(self) -> dict[str, Any]:
-        """Where the files live: ``{"type": "shared_fs", "path": base}``; bytes in
-        ``base/uuid`` (cached)."""
+        """Where the files live (no secrets): ``{"type": "shared_fs", "path": base}`` with
+        bytes in ``base/uuid``, or ``{"type": "s3", "bucket", "prefix", "endpoint_url"}`` with
+        objects under ``prefix/uuid/`` (cached)."""
         storage: dict[str, Any] = self._json("storage_json")
         return storage
 
@@ -249,8 +259,9 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
     ) -> pathlib.Path:
         """Copy the checkpoint's files into a local directory.
 
-        ``AUTO`` copies straight from the storage directory when it is reachable from here
-        (a shared filesystem) and otherwise streams the files through the master. A progress
+        ``AUTO`` copies straight from the checkpoint storage when it is reachable from here (a
+        shared filesystem mounted here, or an object store this process has the package,
+        credentials and a route for) and otherwise streams the files through the master. A progress
         bar is shown when stdout is a terminal.
 
         Args:
@@ -275,56 +286,77 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
         target = pathlib.Path(path) if path is not None else pathlib.Path("checkpoints", self.uuid)
         if self.state is CheckpointState.DELETED:
             raise errors.FailedPreconditionError(f"checkpoint {self.uuid} is deleted")
-        source = self._local_source()
+        source = self._direct_source() if mode is not DownloadMode.MASTER else None
         if mode is DownloadMode.DIRECT and source is None:
             raise errors.FailedPreconditionError(
                 f"checkpoint {self.uuid}: storage {self.storage!r} is not reachable from here"
             )
         target.mkdir(parents=True, exist_ok=True)
-        if source is not None and mode is not DownloadMode.MASTER:
+        if source is not None:
             self._copy_direct(source, target)
         else:
             self._stream_from_master(target)
         return target
 
-    def _local_source(self) -> pathlib.Path | None:
-        storage = self.storage
-        if storage.get("type", "shared_fs") != "shared_fs" or not storage.get("path"):
+    def _direct_source(self) -> checkpoint_storage.CheckpointStorage | None:
+        """The checkpoint's storage when this process can read the files there, else None
+        (a directory not mounted here, a backend package or credentials missing, no route)."""
+        try:
+            storage = checkpoint_storage.from_config(self.storage)
+        except errors.InvalidArgumentError:
             return None
-        src = pathlib.Path(storage["path"], self.uuid)
-        return src if src.is_dir() else None
+        try:
+            return storage if storage.list_files(self.uuid) else None
+        except Exception:  # any failure to reach it: the master is the way
+            logger.debug("checkpoint %s: storage not reachable directly", self.uuid, exc_info=True)
+            return None
 
-    def _copy_direct(self, source: pathlib.Path, target: pathlib.Path) -> None:
-        files = sorted(p for p in source.rglob("*") if p.is_file())
-        with _Progress(sum(p.stat().st_size for p in files), self.uuid) as bar:
-            for f in files:
-                dst = target / f.relative_to(source)
+    def _copy_direct(
+        self, storage: checkpoint_storage.CheckpointStorage, target: pathlib.Path
+    ) -> None:
+        with _Progress(self.total_bytes, self.uuid) as bar:
+            local = storage.local_dir(self.uuid)
+            if local is None:
+                storage.get(self.uuid, target)
+                bar.advance(self.total_bytes)
+                return
+            files = checkpoint_storage.list_local_files(local)
+            for rel in sorted(files):
+                dst = target / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, dst)
-                bar.advance(f.stat().st_size)
+                shutil.copyfile(local / rel, dst)
+                bar.advance(files[rel])
 
     def _stream_from_master(self, target: pathlib.Path) -> None:
         root = target.resolve()
         req = checkpoint_pb2.DownloadCheckpointRequest(uuid=self.uuid)
-        out = None
+        offer = self._session.bulk_download_ticket(req)
+        if offer is not None:
+            try:
+                streams = max(1, min(checkpoint_wire.BULK_STREAMS, len(self.resources)))
+                with _Progress(self.total_bytes, self.uuid) as bar:
+                    _receive_bulk_parallel(offer, root, self.uuid, bar, streams)
+                return
+            except (OSError, ValueError) as exc:  # port not reachable from here, cut short
+                logger.info("checkpoint %s: bulk download failed (%s); streaming", self.uuid, exc)
+        out: BinaryIO | None = None
         current = ""
         try:
             with _Progress(self.total_bytes, self.uuid) as bar:
-                for chunk in self._session.download_checkpoint(req):
+                for message in self._session.download_checkpoint_raw(req):
+                    chunk = checkpoint_wire.decode_chunk(message)
                     if chunk.path != current or out is None:
                         if out is not None:
                             out.close()
                         current = chunk.path
-                        dst = (root / chunk.path).resolve()
-                        if not dst.is_relative_to(root):
-                            raise errors.InternalError(
-                                f"checkpoint {self.uuid}: master sent unsafe path {chunk.path!r}"
-                            )
+                        dst = _safe_target(root, chunk.path, self.uuid)
                         dst.parent.mkdir(parents=True, exist_ok=True)
-                        out = open(dst, "wb")  # noqa: SIM115 (spans many chunks)
+                        out = open(dst, "wb", buffering=0)  # noqa: SIM115 (spans many chunks)
                     if chunk.offset != out.tell():
                         out.seek(chunk.offset)
-                    out.write(chunk.data)
+                    view = chunk.data
+                    while view:  # an unbuffered write may be partial
+                        view = view[out.write(view) or 0 :]
                     bar.advance(len(chunk.data))
         finally:
             if out is not None:
@@ -332,6 +364,106 @@ class Checkpoint(Resource[checkpoint_pb2.Checkpoint]):
 
     def __repr__(self) -> str:
         return f"Checkpoint(uuid={self.uuid!r})"
+
+
+def _safe_target(root: pathlib.Path, rel: str, uuid: str) -> pathlib.Path:
+    dst = (root / rel).resolve()
+    if not dst.is_relative_to(root) or dst == root:
+        raise errors.InternalError(f"checkpoint {uuid}: master sent unsafe path {rel!r}")
+    return dst
+
+
+def _receive_bulk_parallel(
+    offer: tuple[str, int, str], root: pathlib.Path, uuid: str, bar: _Progress, streams: int
+) -> None:
+    """:func:`_receive_bulk` on ``streams`` connections at once (the master hands each file to
+    one of them); the first failure is raised once all have ended."""
+    if streams == 1:
+        _receive_bulk(offer, root, uuid, bar)
+        return
+    with concurrent.futures.ThreadPoolExecutor(streams, thread_name_prefix="bulk") as pool:
+        jobs = [pool.submit(_receive_bulk, offer, root, uuid, bar) for _ in range(streams)]
+    for job in jobs:
+        job.result()
+
+
+def _receive_bulk(
+    offer: tuple[str, int, str], root: pathlib.Path, uuid: str, bar: _Progress
+) -> None:
+    """Receive a checkpoint on the master's bulk port (``master_server.bulk``) into ``root``.
+
+    Raises:
+        OSError: The port is not reachable, or the connection ended early.
+    """
+    host, port, ticket = offer
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection((host, port), timeout=60))
+        pipe = _open_pipe()
+        if pipe is not None:
+            stack.callback(os.close, pipe[0])
+            stack.callback(os.close, pipe[1])
+            sock.settimeout(None)  # splice needs a blocking socket; the master times out
+        sock.sendall(ticket.encode() + b"\n")
+
+        def read_exact(n: int) -> bytes:
+            got = bytearray()
+            while len(got) < n:
+                data = sock.recv(n - len(got))
+                if not data:
+                    raise ConnectionError("the master closed the bulk connection early")
+                got += data
+            return bytes(got)
+
+        buf = bytearray(0 if pipe is not None else checkpoint_wire.BULK_READ)
+        view = memoryview(buf)
+        while (header := checkpoint_wire.read_bulk_header(read_exact)) is not None:
+            rel, size = header
+            dst = _safe_target(root, rel, uuid)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                if pipe is not None:
+                    _splice_into(sock, pipe, fd, size, bar)
+                    continue
+                left = size
+                while left:
+                    n = sock.recv_into(view[: min(left, len(buf))])
+                    if not n:
+                        raise ConnectionError("the master closed the bulk connection early")
+                    done = 0
+                    while done < n:
+                        done += os.write(fd, view[done:n])
+                    left -= n
+                    bar.advance(n)
+            finally:
+                os.close(fd)
+
+
+def _splice_into(
+    sock: socket.socket, pipe: tuple[int, int], fd: int, size: int, bar: _Progress
+) -> None:
+    """Move ``size`` bytes from ``sock`` to ``fd`` inside the kernel (Linux ``splice``)."""
+    r, w = pipe
+    left = size
+    while left:
+        n = os.splice(sock.fileno(), w, min(left, _PIPE_BYTES))
+        if not n:
+            raise ConnectionError("the master closed the bulk connection early")
+        moved = 0
+        while moved < n:
+            moved += os.splice(r, fd, n - moved)
+        left -= n
+        bar.advance(n)
+
+
+def _open_pipe() -> tuple[int, int] | None:
+    """A pipe for :func:`_splice_into`, or None where ``splice`` is not available."""
+    if not hasattr(os, "splice"):
+        return None
+    r, w = os.pipe()
+    with contextlib.suppress(OSError):  # a bigger pipe moves more per call; optional
+        fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_BYTES)
+    return r, w
 
 
 class _Progress:

@@ -32,7 +32,7 @@ import grpc
 import tenacity
 from google.protobuf import message as _message
 
-from determined_sdk import errors
+from determined_sdk import checkpoint_wire, errors
 from determined_sdk._auth import DEFAULT_USER, Credentials
 from determined_sdk._transport import make_channel, parse_master
 from determined_sdk.proto import (
@@ -71,7 +71,7 @@ _RETRYABLE = frozenset(
 )
 
 Req = TypeVar("Req", bound=_message.Message)
-Resp = TypeVar("Resp", bound=_message.Message)
+Resp = TypeVar("Resp", bound=_message.Message | bytes)  # bytes: a raw stream
 
 
 class CallKind(enum.Enum):
@@ -381,6 +381,15 @@ class Session:
         self.download_checkpoint: _Stream[
             checkpoint_pb2.DownloadCheckpointRequest, checkpoint_pb2.CheckpointChunk
         ] = _Stream(self, ckpt.DownloadCheckpoint)
+        # The same stream as raw message bytes, decoded by checkpoint_wire without copies.
+        self._download_raw = channel.unary_stream(
+            checkpoint_wire.DOWNLOAD_METHOD,
+            request_serializer=checkpoint_pb2.DownloadCheckpointRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        self.download_checkpoint_raw: _Stream[checkpoint_pb2.DownloadCheckpointRequest, bytes] = (
+            _Stream(self, self._download_raw)
+        )
 
         self.trial_logs: _Stream[logs_pb2.TrialLogsRequest, logs_pb2.TrialLogsResponse] = _Stream(
             self, logs.TrialLogs
@@ -495,6 +504,37 @@ class Session:
     def token(self) -> str | None:
         """The token sent with each call, if any."""
         return self._metadata[0][1].removeprefix("Bearer ") if self._metadata else None
+
+    def bulk_download_ticket(
+        self, request: checkpoint_pb2.DownloadCheckpointRequest
+    ) -> tuple[str, int, str] | None:
+        """Ask the master to send a checkpoint on its bulk port (``master_server.bulk``).
+
+        Returns:
+            ``(host, port, ticket)``, or None when the master offers none (TLS, an older
+            master, or any failure: the gRPC stream then reports it).
+        """
+        if self.address.tls:
+            return None
+        self._check_open()
+        call = self._download_raw(
+            request,
+            timeout=self.timeout,
+            metadata=(*self._metadata, (checkpoint_wire.BULK_REQUEST, "1")),
+        )
+        try:
+            md = dict(call.initial_metadata() or ())
+            port, ticket = md.get(checkpoint_wire.BULK_PORT), md.get(checkpoint_wire.BULK_TICKET)
+            if not port or not ticket:
+                return None
+            for _message in call:  # a ticket comes with no message
+                return None
+        except grpc.RpcError:
+            return None
+        finally:
+            call.cancel()
+        host = self.master.rsplit(":", 1)[0].strip("[]")
+        return host, int(port), str(ticket)
 
     def set_token(self, token: str | None) -> None:
         """Send ``authorization: Bearer <token>`` with every later call (None: no header)."""

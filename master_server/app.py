@@ -33,6 +33,7 @@ from master_server.auth.core import DEFAULT_SESSION_TTL_S, Authenticator
 from master_server.auth.interceptor import AuthInterceptor
 from master_server.auth.passwords import verify_password
 from master_server.auth.users import UserService
+from master_server.bulk import BulkServer
 from master_server.checkpoints import CheckpointService
 from master_server.containment import StorageRoots
 from master_server.experiments import ExperimentService
@@ -276,6 +277,9 @@ class Master:
             "version": VERSION,
             "cluster_id": self.cluster_id,
         }
+        # The bulk port carries no TLS: offered only when the master serves without it.
+        if self.tls_cert is None:
+            self.parts["bulk"] = BulkServer(self.host).start()
         register_all(server, self.parts)
         rm.start(experiments.on_trial_exit)
         loop.call(self._serve(server))
@@ -476,6 +480,8 @@ class Master:
         self.parts["metrics"].close()
         loop.call(server.stop(grace_s))
         loop.close()
+        if "bulk" in self.parts:
+            self.parts["bulk"].stop()
         self.parts["ingest"].close()
         self.parts["pool"].shutdown(wait=True)
         self.parts["experiments"].jobs.stop()

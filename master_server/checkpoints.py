@@ -1,7 +1,10 @@
 """Checkpoint records: reporting, sorting, metadata, deletion of files, streaming downloads.
 
-Bytes go straight from the trial to checkpoint storage (a shared directory today); the master
-keeps metadata and, for clients that cannot reach the storage, streams files on request.
+Bytes go straight from the trial to checkpoint storage (a shared directory or an object store,
+``determined_sdk.checkpoint_storage``); the master keeps metadata, removes files there (delete,
+GC) and, for clients that cannot reach the storage, streams files on request. Containment
+(``master_server.containment``) applies to local directories; an object store's keys are
+checked to be plain relative paths.
 """
 
 from __future__ import annotations
@@ -9,12 +12,13 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-import os
 import pathlib
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
 
+from determined_sdk import checkpoint_storage
 from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from master_server.containment import check_resources, iter_files, remove_checkpoint_dir
 from master_server.domain import (
@@ -23,12 +27,39 @@ from master_server.domain import (
     CheckpointState,
     JSONDict,
     PendingJob,
+    RemovalTarget,
 )
+from master_server.engine.jobs import removal_target
 from master_server.experiments import ExperimentService
 from master_server.store.base import Store
 
 logger = logging.getLogger(__name__)
-CHUNK = 1 << 20
+#: Bytes per streamed chunk: big, so that per-message costs vanish next to the copy itself,
+#: and under gRPC's default 4 MiB receive limit, so that any client can read the stream.
+CHUNK = 2 << 20
+
+
+@dataclass(frozen=True)
+class DownloadFile:
+    """One file of a checkpoint being downloaded: its relative path, size and an opener;
+    ``local``: it is a regular file on this machine (``sendfile`` can send it)."""
+
+    path: str
+    size: int
+    open: Callable[[], IO[bytes]]
+    local: bool = False
+    #: The contents in order (object stores prefetch ranges); default: read from ``open``.
+    read: Callable[[int], Iterator[bytes]] | None = None
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """The contents in pieces of up to ``size`` bytes."""
+        if self.read is not None:
+            yield from self.read(size)
+            return
+        with self.open() as f:
+            yield from checkpoint_storage.iter_chunks(f, size)
+
+
 SORT_KEYS = ("uuid", "trial_id", "steps_completed", "report_time", "searcher_metric", "state")
 
 
@@ -85,10 +116,15 @@ class CheckpointService:
         trial = self.store.get_trial(trial_id)
         self.experiments.record_activity(trial_id)
         cfg = self.experiments.experiment_config(trial.experiment_id)
-        roots = self.experiments.storage_roots
-        storage_path = str(cfg["checkpoint_storage"]["path"])
-        if roots.contains(storage_path):  # else an unmanaged run's own files, never read here
-            check_resources(roots.checkpoint_dir(storage_path, uuid), resources)
+        cs = cfg["checkpoint_storage"]
+        if checkpoint_storage.is_remote(cs):
+            storage: JSONDict = checkpoint_storage.normalize_config(cs)
+        else:
+            roots = self.experiments.storage_roots
+            storage_path = str(cs["path"])
+            if roots.contains(storage_path):  # else an unmanaged run's own files, never read
+                check_resources(roots.checkpoint_dir(storage_path, uuid), resources)
+            storage = {"type": "shared_fs", "path": cs["path"]}
         metadata = dict(metadata)
         metadata.setdefault("steps_completed", steps_completed)
         return self.store.add_checkpoint(
@@ -100,7 +136,7 @@ class CheckpointService:
                 steps_completed=steps_completed,
                 resources=dict(resources),
                 metadata=metadata,
-                storage={"type": "shared_fs", "path": cfg["checkpoint_storage"]["path"]},
+                storage=storage,
                 report_time=time.time(),
             )
         )
@@ -186,7 +222,7 @@ class CheckpointService:
         if live:
             # Checked (model versions), marked DELETED and recorded in one transaction, then
             # the files go: a checkpoint is never COMPLETED with its files missing.
-            paths = [str(d) for d in map(self._dir_or_none, live) if d is not None]
+            paths = [t for t in map(self._removal_or_none, live) if t is not None]
             job = self.store.begin_checkpoint_deletion([c.uuid for c in live], paths)
             self.jobs.run_now(job)
         return [self.store.get_checkpoint(c.uuid) for c in ckpts]
@@ -254,17 +290,26 @@ class CheckpointService:
         c = self.store.get_checkpoint(uuid)
         if c.state == CheckpointState.DELETED:
             raise FailedPreconditionError(f"checkpoint {uuid!r} is DELETED; its files are gone")
-        root = self._dir(c)  # inside the storage roots, or FailedPreconditionError
+        remote = checkpoint_storage.is_remote(c.storage)
+        # Inside the storage roots (or FailedPreconditionError), for a local directory.
+        root = None if remote else self._dir(c)
         doomed = {
             rel
             for rel in c.resources
             if any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(rel, g + "/*") for g in globs)
         }
-        for rel in doomed:
-            (root / rel).unlink(missing_ok=True)
         left = {k: v for k, v in c.resources.items() if k not in doomed}
-        if not left:
-            remove_checkpoint_dir(self.experiments.storage_roots, root)
+        if root is None:
+            store = checkpoint_storage.from_config(c.storage)
+            if left:
+                store.delete_files(uuid, sorted(doomed))
+            else:
+                store.delete(uuid)
+        else:
+            for rel in doomed:
+                (root / rel).unlink(missing_ok=True)
+            if not left:
+                remove_checkpoint_dir(self.experiments.storage_roots, root)
         state = CheckpointState.PARTIALLY_DELETED if left else CheckpointState.DELETED
         if not doomed and c.state != CheckpointState.PARTIALLY_DELETED:
             state = c.state
@@ -313,27 +358,66 @@ class CheckpointService:
             self.delete(doomed)
         return doomed
 
-    def download(self, uuid: str) -> Iterator[tuple[str, int, bytes, int]]:
-        """Yield (relative path, offset, data, file size) chunks of every file."""
+    def download_files(self, uuid: str) -> list[DownloadFile]:
+        """The checkpoint's files to stream, every check done before a byte is sent.
+
+        Raises:
+            NotFoundError: no such checkpoint.
+            FailedPreconditionError: it is DELETED, its files are missing, its directory is
+                outside the storage roots, or a file escapes it (a symlink out, a key with
+                ``..``).
+        """
         c = self.store.get_checkpoint(uuid)
         if c.state == CheckpointState.DELETED:
             raise FailedPreconditionError(f"checkpoint {uuid!r} is DELETED; its files are gone")
+        if checkpoint_storage.is_remote(c.storage):
+            store = checkpoint_storage.from_config(c.storage)
+            listed = store.list_files(c.uuid)
+            if not listed:
+                raise FailedPreconditionError(
+                    f"checkpoint {uuid!r}: its files are missing from {store.url(c.uuid)}"
+                )
+            out: list[DownloadFile] = []
+            for rel, size in sorted(listed.items()):
+                try:
+                    checkpoint_storage.check_relative(rel)
+                except InvalidArgumentError:
+                    raise FailedPreconditionError(
+                        f"checkpoint {uuid}: object {rel!r} is not a plain relative path; refused"
+                    ) from None
+                out.append(
+                    DownloadFile(
+                        rel, size, _opener(store, c.uuid, rel), read=_reader(store, c.uuid, rel)
+                    )
+                )
+            return out
         root = self._dir(c)
         if not root.is_dir():
             raise FailedPreconditionError(f"checkpoint {uuid!r}: its files are missing from {root}")
-        files = list(iter_files(root))  # every escape is refused before a byte is sent
-        for rel, full in files:
-            with open(full, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                offset = 0
-                while True:
-                    data = f.read(CHUNK)
-                    if not data and offset > 0:
-                        break
-                    yield rel, offset, data, size
-                    offset += len(data)
-                    if not data:
-                        break
+        # Every escape is refused before a byte is sent.
+        return [
+            DownloadFile(rel, full.stat().st_size, _local_opener(full), local=True)
+            for rel, full in iter_files(root)
+        ]
+
+    def download(self, uuid: str) -> Iterator[tuple[str, int, bytes, int]]:
+        """Yield (relative path, offset, data, file size) chunks of every file; an empty file
+        is one chunk with no data. The checks run when the first chunk is asked for."""
+        for f in self.download_files(uuid):
+            offset = 0
+            for data in f.chunks(CHUNK):
+                yield f.path, offset, data, f.size
+                offset += len(data)
+            if offset == 0:
+                yield f.path, 0, b"", f.size
+
+    def _removal_or_none(self, c: Checkpoint) -> RemovalTarget | None:
+        """What deleting checkpoint ``c`` removes: its object-storage files, or its local
+        directory when the master may delete it (see :meth:`_dir_or_none`)."""
+        if checkpoint_storage.is_remote(c.storage):
+            return removal_target(c.storage, c.uuid)
+        d = self._dir_or_none(c)
+        return None if d is None else str(d)
 
     def _dir_or_none(self, c: Checkpoint) -> pathlib.Path | None:
         """The checkpoint's directory when the master may delete it (inside its storage roots;
@@ -348,3 +432,19 @@ class CheckpointService:
 
     def _dir(self, c: Checkpoint) -> pathlib.Path:
         return self.experiments.storage_roots.checkpoint_dir(str(c.storage.get("path", "")), c.uuid)
+
+
+def _opener(
+    store: checkpoint_storage.CheckpointStorage, uuid: str, rel: str
+) -> Callable[[], IO[bytes]]:
+    return lambda: store.open(uuid, rel)
+
+
+def _local_opener(path: pathlib.Path) -> Callable[[], IO[bytes]]:
+    return lambda: open(path, "rb")
+
+
+def _reader(
+    store: checkpoint_storage.CheckpointStorage, uuid: str, rel: str
+) -> Callable[[int], Iterator[bytes]]:
+    return lambda size: store.iter_file(uuid, rel, size)

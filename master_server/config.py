@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from determined_sdk import checkpoint_storage
 from determined_sdk.errors import InvalidArgumentError
 from master_server.limits import check_value, load_yaml, loads_json
 
@@ -38,7 +39,7 @@ HPARAM_TYPES = ("const", "int", "double", "log", "categorical")
 OPTUNA_SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 OPTUNA_PRUNERS = ("none", "median", "hyperband", "successive_halving")
 ASHA_MODES = ("aggressive", "standard", "conservative")
-CHECKPOINT_STORAGE_TYPES = ("shared_fs", "directory")
+CHECKPOINT_STORAGE_TYPES = checkpoint_storage.STORAGE_TYPES
 #: The grid searcher refuses grids larger than this.
 MAX_GRID_POINTS = 1_000_000
 
@@ -135,6 +136,13 @@ _CHECKPOINT_KEYS = (
     "save_experiment_best",
     "save_trial_best",
     "save_trial_latest",
+    # Object stores (determined_sdk.checkpoint_storage); secrets are named only to be refused.
+    "bucket",
+    "container",
+    "prefix",
+    "endpoint_url",
+    "account_name",
+    *checkpoint_storage.SECRET_KEYS,
 )
 _ENVIRONMENT_KEYS = ("environment_variables",)
 _ENVIRONMENT_PASSTHROUGH = (
@@ -905,13 +913,27 @@ def validate_experiment_config(
     )
     if path is None and host_path is not None:
         path = host_path.rstrip("/") + ("/" + storage_path.strip("/") if storage_path else "")
+    kind = _read_choice(storage, "type", sp, errs, CHECKPOINT_STORAGE_TYPES, default="shared_fs")
     st_out: JSONDict = {
-        "type": _read_choice(
-            storage, "type", sp, errs, CHECKPOINT_STORAGE_TYPES, default="shared_fs"
-        ),
+        "type": kind,
         "path": path,
         "host_path": host_path,
         "storage_path": storage_path,
+    }
+    if kind in checkpoint_storage.REMOTE_PACKAGES:
+        try:
+            st_out = checkpoint_storage.normalize_config(storage, sp)
+        except checkpoint_storage.StorageConfigError as exc:
+            field, _, message = str(exc).partition(": ")
+            errs.add(field, message)
+        for key in ("path", "host_path", "storage_path", "container_path"):
+            if key in storage:
+                errs.add(f"{sp}.{key}", f"is for shared_fs storage, not {kind}")
+    elif kind is not None:
+        for key in (*checkpoint_storage.BUCKET_FIELD.values(), "prefix", "endpoint_url"):
+            if key in storage:
+                errs.add(f"{sp}.{key}", f"is for object storage (s3, gcs, azure), not {kind}")
+    st_out |= {
         "save_experiment_best": _read_int(
             storage, "save_experiment_best", sp, errs, default=0, minimum=0
         ),

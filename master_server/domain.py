@@ -15,6 +15,9 @@ from typing import Any, NamedTuple
 from determined_sdk.metrics_wire import decode_metrics_array, metrics_from_columns
 
 JSONDict = dict[str, Any]
+#: What a removal job removes: a local path, or ``{"storage": <storage record>, "uuid": ...}``
+#: for a checkpoint in object storage (the record holds no secret).
+RemovalTarget = str | JSONDict
 
 
 class ExperimentState(enum.Enum):
@@ -264,7 +267,8 @@ class PendingJob:
     """Side work recorded in the database before it starts (see ``Store.add_job``).
 
     Kinds: ``remove_files`` ({"paths": [...]}), ``delete_experiment`` ({"experiment_id",
-    "paths"}), ``gc_experiment`` ({"experiment_id"}).
+    "paths"}), ``gc_experiment`` ({"experiment_id"}). Each of ``paths`` is a
+    :data:`RemovalTarget`.
     """
 
     id: int

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from determined_sdk import checkpoint_wire
+from determined_sdk.checkpoint_storage import READ_CHUNK
 from determined_sdk.errors import DeterminedError, InvalidArgumentError, NotFoundError
 from determined_sdk.proto import (
     auth_pb2,
@@ -46,7 +48,8 @@ from determined_sdk.proto import (
 )
 from master_server import convert
 from master_server.auth.users import UserService
-from master_server.checkpoints import CheckpointService
+from master_server.bulk import BulkServer
+from master_server.checkpoints import CHUNK, CheckpointService
 from master_server.domain import ExperimentFilter, JSONDict, LogQuery
 from master_server.experiments import ExperimentService
 from master_server.ingest import MetricIngest
@@ -409,8 +412,8 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
 
 
 class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
-    def __init__(self, store: Store, svc: CheckpointService) -> None:
-        self.store, self.svc = store, svc
+    def __init__(self, store: Store, svc: CheckpointService, bulk: BulkServer | None) -> None:
+        self.store, self.svc, self.bulk = store, svc, bulk
 
     @rpc
     def ReportCheckpoint(self, request: Any, context: Any) -> Any:
@@ -468,11 +471,33 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
         )
 
     @rpc_stream
-    def DownloadCheckpoint(self, request: Any, context: Any) -> Iterator[Any]:
-        for path, offset, data, size in self.svc.download(request.uuid):
-            yield checkpoint_pb2.CheckpointChunk(
-                path=path, offset=offset, data=data, file_size=size
+    def DownloadCheckpoint(self, request: Any, context: Any) -> Iterator[bytes]:  # type: ignore[override]
+        # Messages are written as bytes (checkpoint_wire): no message object per chunk.
+        # Registered with no response serializer (see _add_checkpoint_servicer).
+        files = self.svc.download_files(request.uuid)  # every check, before any answer
+        wants_bulk = any(
+            k == checkpoint_wire.BULK_REQUEST for k, _v in context.invocation_metadata() or ()
+        )
+        if wants_bulk and self.bulk is not None:
+            ticket = self.bulk.offer(files)
+            context.send_initial_metadata(
+                (
+                    (checkpoint_wire.BULK_PORT, str(self.bulk.port)),
+                    (checkpoint_wire.BULK_TICKET, ticket),
+                )
             )
+            return
+        for f in files:
+            path = f.path.encode()
+            offset = 0
+            # Big reads (fewer storage requests), cut into messages of at most CHUNK bytes.
+            for piece in f.chunks(READ_CHUNK):
+                for start in range(0, len(piece), CHUNK):
+                    data = piece[start : start + CHUNK]
+                    yield checkpoint_wire.encode_chunk(path, offset, f.size, data)
+                    offset += len(data)
+            if offset == 0:  # an empty file is one chunk without data
+                yield checkpoint_wire.encode_chunk(path, 0, f.size, b"")
 
 
 class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
@@ -866,7 +891,7 @@ def register_all(server: grpc.aio.Server, parts: dict[str, Any]) -> None:
     trial_pb2_grpc.add_TrialServiceServicer_to_server(
         Trials(store, exps, parts["ingest"], parts["metrics"]), server
     )
-    checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(Checkpoints(store, ckpts), server)
+    _add_checkpoint_servicer(Checkpoints(store, ckpts, parts.get("bulk")), server)
     searcher_pb2_grpc.add_SearcherServiceServicer_to_server(Searcher(exps, waker), server)
     logs_pb2_grpc.add_LogServiceServicer_to_server(Logs(logs, log_waker), server)
     workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(Workspaces(store), server)
@@ -875,3 +900,33 @@ def register_all(server: grpc.aio.Server, parts: dict[str, Any]) -> None:
         Master(store, exps, parts["version"], parts["cluster_id"], parts["users"]), server
     )
     auth_pb2_grpc.add_UserServiceServicer_to_server(Users(parts["users"]), server)
+
+
+class _CaptureHandlers:
+    """Stands in for a server to read the handlers a generated ``add_*`` function registers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def _add_checkpoint_servicer(servicer: Checkpoints, server: Any) -> None:
+    """The generated registration, except that ``DownloadCheckpoint`` sends the bytes its
+    handler yields as they are (already ``CheckpointChunk`` messages)."""
+    cap = _CaptureHandlers()
+    checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(servicer, cap)
+    cap.handlers["DownloadCheckpoint"] = grpc.unary_stream_rpc_method_handler(
+        servicer.DownloadCheckpoint,
+        request_deserializer=checkpoint_pb2.DownloadCheckpointRequest.FromString,
+        response_serializer=None,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(cap.service, cap.handlers),)
+    )
+    server.add_registered_method_handlers(cap.service, cap.handlers)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from master_server.app import Master
+from tests.s3_server import MotoServer
 from tests.support import Stubs
 
 PG_URL = os.environ.get("DETSDK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -89,3 +90,20 @@ def pg_schema_url(pg_admin: Any) -> Iterator[str]:
         yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
     finally:
         pg_admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1, stopped after the run;
+    dummy credentials are set in the environment (children inherit them)."""
+    pytest.importorskip("s3fs", reason="the s3 extra is not installed")
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer) -> str:
+    """A new, empty bucket on :func:`s3_server`."""
+    name = f"ckpt-{uuid.uuid4().hex[:12]}"
+    s3_server.make_bucket(name)
+    return name

@@ -16,8 +16,9 @@ import shutil
 import threading
 from collections.abc import Callable
 
+from determined_sdk import checkpoint_storage
 from determined_sdk.errors import NotFoundError
-from master_server.domain import PendingJob
+from master_server.domain import JSONDict, PendingJob, RemovalTarget
 from master_server.store.base import Store
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,12 @@ class JobRunner:
     @staticmethod
     def _remove_files(job: PendingJob) -> bool:
         for p in job.payload.get("paths", []):
+            if isinstance(p, dict):  # a checkpoint in object storage
+                storage = checkpoint_storage.from_config(p["storage"])
+                storage.delete(str(p["uuid"]))
+                if storage.list_files(str(p["uuid"])):
+                    raise OSError(f"could not remove {storage.url(str(p['uuid']))}")
+                continue
             shutil.rmtree(str(p), ignore_errors=True)
             if os.path.lexists(str(p)):
                 raise OSError(f"could not remove {p}")
@@ -124,3 +131,13 @@ class JobRunner:
         with contextlib.suppress(NotFoundError):
             self.store.delete_experiment(int(job.payload["experiment_id"]))
         return self._remove_files(job)
+
+
+def removal_target(storage: JSONDict, uuid: str) -> RemovalTarget | None:
+    """What a removal job removes for checkpoint ``uuid`` stored as ``storage`` (its record):
+    the object-storage checkpoint, or its local directory (None: no location recorded)."""
+    if checkpoint_storage.is_remote(storage):
+        return {"storage": dict(storage), "uuid": uuid}
+    if not storage.get("path"):
+        return None
+    return os.path.join(str(storage["path"]), uuid)

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from determined_sdk import checkpoint_storage
 from determined_sdk.errors import FailedPreconditionError, InvalidArgumentError
 from determined_sdk.model_dir import check_archive
 from master_server import compat
@@ -27,10 +28,12 @@ from master_server.domain import (
     ExperimentFilter,
     JSONDict,
     NewExperiment,
+    RemovalTarget,
     Trial,
 )
 from master_server.domain import ExperimentState as E
 from master_server.domain import TrialState as T
+from master_server.engine.jobs import removal_target
 from master_server.engine.search_log import full_state
 from master_server.engine.state import EngineState, ExperimentRuntime, TrialRuntime
 from master_server.rm.base import LiveRun
@@ -188,8 +191,17 @@ class ExperimentLifecycle:
 
         Unmanaged runs write their checkpoints themselves, wherever they run; the master only
         records that path and never reads or deletes there unless it is inside a root.
+        Object storage (s3, gcs, azure) has no path to confine; its backend package must be
+        installed here, since the master deletes and streams checkpoints there.
+
+        Raises:
+            InvalidArgumentError: the path is outside the roots, or the backend is missing
+                (the message names the field and the package).
         """
         cs = config.setdefault("checkpoint_storage", {})
+        if checkpoint_storage.is_remote(cs):
+            checkpoint_storage.require_backend(str(cs["type"]))
+            return
         path = cs.get("host_path") or cs.get("storage_path") or cs.get("path")
         cs["type"] = "shared_fs"
         field = "checkpoint_storage." + next(
@@ -329,10 +341,10 @@ class ExperimentLifecycle:
         store = self.s.store
         with self.s.lock:
             store.get_experiment(experiment_id)
-            paths = [
-                str(pathlib.Path(str(c.storage.get("path", ""))) / c.uuid)
+            paths: list[RemovalTarget] = [
+                target
                 for c in store.list_checkpoints(experiment_id=experiment_id)
-                if c.storage.get("path")
+                if (target := removal_target(c.storage, c.uuid)) is not None
             ]
             trials, _ = store.list_trials(experiment_id)
             for t in trials:

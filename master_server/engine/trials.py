@@ -9,10 +9,12 @@ engine lock.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from determined_sdk import checkpoint_storage
 from master_server import exit_reasons
 from master_server.domain import TERMINAL_TRIAL_STATES, Experiment, LogLine, Trial
 from master_server.domain import ExperimentState as E
@@ -93,7 +95,10 @@ class TrialRuns:
             "experiment_config": cfg,
         }
         entry = cfg["entrypoint"]
-        env = {
+        # The storage's credentials from the master's environment (never from a config),
+        # then the experiment's own variables, which may override them.
+        env = checkpoint_storage.credential_env(cfg["checkpoint_storage"], os.environ)
+        env |= {
             str(k): str(v)
             for k, v in (cfg.get("environment", {}).get("environment_variables") or {}).items()
         }

@@ -80,6 +80,7 @@ from master_server.domain import (
     NewExperiment,
     PendingJob,
     Project,
+    RemovalTarget,
     SearcherLog,
     Trial,
     TrialState,
@@ -434,7 +435,9 @@ class Store(abc.ABC):
         """The job's work is done: forget it (finishing a finished job is a no-op)."""
 
     @abc.abstractmethod
-    def begin_checkpoint_deletion(self, uuids: Sequence[str], paths: Sequence[str]) -> PendingJob:
+    def begin_checkpoint_deletion(
+        self, uuids: Sequence[str], paths: Sequence[RemovalTarget]
+    ) -> PendingJob:
         """Mark checkpoints DELETED and record a ``remove_files`` job for ``paths``, atomically.
 
         Raises:
@@ -444,7 +447,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def begin_experiment_deletion(self, experiment_id: int, paths: Sequence[str]) -> PendingJob:
+    def begin_experiment_deletion(
+        self, experiment_id: int, paths: Sequence[RemovalTarget]
+    ) -> PendingJob:
         """Mark a finished experiment DELETING and record its ``delete_experiment`` job.
 
         Raises:

@@ -91,6 +91,7 @@ from master_server.domain import (
     NewExperiment,
     PendingJob,
     Project,
+    RemovalTarget,
     SearcherLog,
     Trial,
     TrialState,
@@ -2350,7 +2351,9 @@ class SQLStore(AuthSQLMixin, Store):
                 f"{row[1]!r}; delete that model version first"
             )
 
-    def begin_checkpoint_deletion(self, uuids: Sequence[str], paths: Sequence[str]) -> PendingJob:
+    def begin_checkpoint_deletion(
+        self, uuids: Sequence[str], paths: Sequence[RemovalTarget]
+    ) -> PendingJob:
         """Mark checkpoints DELETED and record the removal of their files, atomically."""
         uuids = sorted(set(uuids))
         if not uuids:
@@ -2373,7 +2376,9 @@ class SQLStore(AuthSQLMixin, Store):
             key = f"remove_files:checkpoints:{uuids[0]}:{len(uuids)}:{time.time_ns()}"
             return self._add_job(conn, "remove_files", key, {"paths": list(paths)})
 
-    def begin_experiment_deletion(self, experiment_id: int, paths: Sequence[str]) -> PendingJob:
+    def begin_experiment_deletion(
+        self, experiment_id: int, paths: Sequence[RemovalTarget]
+    ) -> PendingJob:
         """Mark a finished experiment DELETING and record its deletion, atomically."""
         with self._write() as conn:
             exp = self._read_experiment(conn, experiment_id)

@@ -202,5 +202,7 @@ def test_init_rejects_bad_max_length(tmp_path: pathlib.Path) -> None:
 
 
 def test_unknown_storage_type_is_clear() -> None:
-    with pytest.raises(ValueError, match="s3"):
-        core_api.init(checkpoint_storage={"type": "s3", "bucket": "b"})
+    with pytest.raises(ValueError, match=r"checkpoint_storage\.type: must be one of .*'hdfs'"):
+        core_api.init(checkpoint_storage={"type": "hdfs", "path": "/x"})
+    with pytest.raises(ValueError, match=r"checkpoint_storage\.bucket: required for s3"):
+        core_api.init(checkpoint_storage={"type": "s3"})

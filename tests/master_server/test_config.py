@@ -409,8 +409,38 @@ BAD_CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "storage-type",
+        {"checkpoint_storage": {"type": "hdfs"}},
+        'checkpoint_storage.type: must be one of shared_fs, directory, s3, gcs, azure, got "hdfs"',
+    ),
+    (
+        "storage-s3-no-bucket",
         {"checkpoint_storage": {"type": "s3"}},
-        'checkpoint_storage.type: must be one of shared_fs, directory, got "s3"',
+        "checkpoint_storage.bucket: required for s3 storage",
+    ),
+    (
+        "storage-s3-secret",
+        {"checkpoint_storage": {"type": "s3", "bucket": "b", "secret_key": "x"}},
+        "checkpoint_storage.secret_key: credentials are never stored in a config",
+    ),
+    (
+        "storage-s3-endpoint",
+        {"checkpoint_storage": {"type": "s3", "bucket": "b", "endpoint_url": "localhost:9000"}},
+        "checkpoint_storage.endpoint_url: must be an http:// or https:// URL",
+    ),
+    (
+        "storage-s3-path",
+        {"checkpoint_storage": {"type": "s3", "bucket": "b", "path": "/x"}},
+        "checkpoint_storage.path: is for shared_fs storage, not s3",
+    ),
+    (
+        "storage-fs-bucket",
+        {"checkpoint_storage": {"type": "shared_fs", "bucket": "b"}},
+        "checkpoint_storage.bucket: is for object storage",
+    ),
+    (
+        "storage-azure-container",
+        {"checkpoint_storage": {"type": "azure", "bucket": "b"}},
+        "checkpoint_storage.container: required for azure storage",
     ),
     (
         "storage-save",
@@ -419,8 +449,8 @@ BAD_CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "storage-unknown",
-        {"checkpoint_storage": {"bucket": "b"}},
-        "checkpoint_storage.bucket: unknown key",
+        {"checkpoint_storage": {"bukcet": "b"}},
+        "checkpoint_storage.bukcet: unknown key",
     ),
     (
         "env-item",
