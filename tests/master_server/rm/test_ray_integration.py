@@ -1,13 +1,16 @@
 """The Ray backend end to end: a real master on a real two-node Ray cluster on loopback.
 
-Trials are real processes placed by Ray (one rank actor per slot); checkpoints go to the
-master's shared directory (every node of the test cluster is on this machine). Where a rank ran
-is read from what it printed: its cluster info names its Ray node (``agent_id``).
+Trials are real processes placed by Ray (one rank actor per slot). The node-loss test keeps its
+checkpoints on a real S3-compatible server on loopback (moto), as a multi-node cluster would;
+the others use the master's shared directory (every node of the test cluster is on this
+machine). Where a rank ran is read from what it printed: its cluster info names its Ray node
+(``agent_id``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 import signal
 import socket
@@ -19,9 +22,11 @@ from typing import Any
 import grpc
 import pytest
 
-from determined_sdk.proto import logs_pb2, trial_pb2
+from determined_sdk import checkpoint_storage as cs
+from determined_sdk.proto import checkpoint_pb2, logs_pb2, trial_pb2
 from master_server.app import Master, RaySettings
 from tests.master_server.rm.conftest import RayCluster
+from tests.s3_server import MotoServer
 from tests.support import Stubs, trial_state, wait_for, write_model_dir
 
 pytestmark = pytest.mark.slow
@@ -214,7 +219,11 @@ def test_a_two_slot_trial_has_one_rank_on_each_node_and_its_all_reduce_is_right(
 
 
 def test_losing_the_node_restarts_the_trial_from_its_latest_checkpoint(
-    ray_master: Callable[..., Master], ray_cluster: RayCluster, tmp_path: pathlib.Path
+    ray_master: Callable[..., Master],
+    ray_cluster: RayCluster,
+    tmp_path: pathlib.Path,
+    s3_server: MotoServer,
+    s3_bucket: str,
 ) -> None:
     # Its own worker nodes in pool "flaky", so the session's two nodes stay as they are.
     doomed = ray_cluster.add_node(**{"det-pool-flaky": 1})
@@ -223,7 +232,13 @@ def test_losing_the_node_restarts_the_trial_from_its_latest_checkpoint(
         master = ray_master()
         md = write_model_dir(tmp_path / "model", {"train.py": RESUME_TRIAL})
         stubs = Stubs.connect(master.address)
-        exp = stubs.create(_single(resources={"resource_pool": "flaky"}, max_restarts=2), md)
+        storage = {"type": "s3", "bucket": s3_bucket, "endpoint_url": s3_server.endpoint_url}
+        exp = stubs.create(
+            _single(
+                resources={"resource_pool": "flaky"}, max_restarts=2, checkpoint_storage=storage
+            ),
+            md,
+        )
         (trial,) = wait_for(lambda: stubs.trials_of(exp.id), 60, "the trial")
         wait_for(lambda: "waiting at step 3" in _lines(stubs, trial.id), 180, "three steps trained")
         assert f"node {doomed.node_id} run 1" in _lines(stubs, trial.id)
@@ -236,6 +251,14 @@ def test_losing_the_node_restarts_the_trial_from_its_latest_checkpoint(
         lines = _lines(stubs, trial.id)
         assert f"node {spare.node_id} run 2" in lines
         assert "resumed at step 3" in lines
+        # The checkpoint it resumed from came from the bucket, where every checkpoint is.
+        ckpts = stubs.checkpoints.ListCheckpoints(
+            checkpoint_pb2.ListCheckpointsRequest(trial_id=trial.id)
+        ).checkpoints
+        assert ckpts
+        for c in ckpts:
+            assert json.loads(c.storage_json)["type"] == "s3", c.storage_json
+            assert "state.json" in cs.from_config(json.loads(c.storage_json)).list_files(c.uuid)
     finally:
         for node in (doomed, spare):
             if node is not None:
