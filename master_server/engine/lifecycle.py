@@ -128,6 +128,7 @@ class ExperimentLifecycle:
         # registered nothing in the engine knows the new id; an action that finds the row
         # first waits for it (_await_runtime), and a master that stops in between starts the
         # search on recovery (the row is ACTIVE and not started).
+        snapshot = None if activate else full_state(rt)
         with self._create_gate:
             exp = store.create_experiment(
                 NewExperiment(
@@ -140,10 +141,12 @@ class ExperimentLifecycle:
                     searcher_name=str(config["searcher"]["name"]),
                     state=E.ACTIVE if activate else E.PAUSED,
                     model_definition=model_definition,
-                    searcher_state=None if activate else full_state(rt),
+                    searcher_state=snapshot,
                 )
             )
             rt.experiment_id = exp.id
+            if snapshot is not None:
+                rt.log.snapshot_stored(snapshot)
             with self.s.lock:
                 self.s.exps[exp.id] = rt
                 self.s.config_cache[exp.id] = config

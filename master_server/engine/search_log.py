@@ -95,6 +95,14 @@ class SearchLog:
         self.log_bytes += size
         self.records += 1
 
+    def snapshot_stored(self, state: JSONDict) -> None:
+        """``state`` (:func:`full_state`) was stored by someone else (with the experiment's
+        row at creation): the next events are records on top of it."""
+        self.has_snapshot = True
+        self.snapshot_bytes = len(_ENCODE(state))
+        self.log_bytes = 0
+        self.records = 0
+
     def write_snapshot(self, store: Store, rt: ExperimentRuntime) -> None:
         """Write the whole state; the log records before it are deleted with it."""
         t0 = time.perf_counter()
