@@ -303,9 +303,19 @@ def test_a_restarted_master_adopts_the_ray_placed_runs(
     log = (tmp_path / "master.log").open("ab")
     procs: list[subprocess.Popen[bytes]] = []
 
+    def connect() -> Stubs | None:
+        assert procs[-1].poll() is None, "the master exited; see master.log"
+        try:
+            return Stubs.connect(f"127.0.0.1:{port}")
+        except grpc.RpcError as e:
+            # Just after a kill -9 a connection can land on the dead master's closing socket.
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            return None
+
     def start() -> Stubs:
         procs.append(subprocess.Popen(argv, stderr=log))
-        stubs = Stubs.connect(f"127.0.0.1:{port}")
+        stubs: Stubs = wait_for(connect, 120, "the master to accept a login")
         wait_for(lambda: _serving(stubs), 120, "the master to serve")
         return stubs
 
