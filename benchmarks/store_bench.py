@@ -60,8 +60,14 @@ def make_reports(points: int) -> list[MetricReport]:
     return out
 
 
-def bench_baseline(path: Path, reports: list[MetricReport], batch: int) -> float:
-    """Seconds to insert ``reports`` with plain sqlite3 (WAL, executemany, indexed table)."""
+RAW_INSERT = (
+    "INSERT INTO metrics (trial_id, metric_group, steps_completed, timestamp, payload) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _raw_db(path: Path) -> sqlite3.Connection:
+    """A fresh sqlite3 baseline database: WAL, a table of one row per report, indexed."""
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
@@ -71,10 +77,13 @@ def bench_baseline(path: Path, reports: list[MetricReport], batch: int) -> float
         "timestamp REAL NOT NULL, payload TEXT NOT NULL)"
     )
     db.execute("CREATE INDEX ix_m ON metrics (trial_id, metric_group, steps_completed)")
-    sql = (
-        "INSERT INTO metrics (trial_id, metric_group, steps_completed, timestamp, payload) "
-        "VALUES (?, ?, ?, ?, ?)"
-    )
+    return db
+
+
+def bench_baseline(path: Path, reports: list[MetricReport], batch: int) -> float:
+    """Seconds to insert ``reports`` with plain sqlite3 (WAL, executemany, indexed table)."""
+    db = _raw_db(path)
+    sql = RAW_INSERT
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     start = time.perf_counter()
     for lo in range(0, len(reports), batch):
@@ -119,19 +128,8 @@ def bench_store(store: SQLStore, reports: list[MetricReport], batch: int) -> flo
 
 def bench_group_baseline(path: Path, trials: int, rounds: int) -> float:
     """Seconds for raw sqlite3 to insert ``rounds`` rounds of one report per trial."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute(
-        "CREATE TABLE metrics (id INTEGER PRIMARY KEY, trial_id INTEGER NOT NULL, "
-        "metric_group TEXT NOT NULL, steps_completed INTEGER NOT NULL, "
-        "timestamp REAL NOT NULL, payload TEXT NOT NULL)"
-    )
-    db.execute("CREATE INDEX ix_m ON metrics (trial_id, metric_group, steps_completed)")
-    sql = (
-        "INSERT INTO metrics (trial_id, metric_group, steps_completed, timestamp, payload) "
-        "VALUES (?, ?, ?, ?, ?)"
-    )
+    db = _raw_db(path)
+    sql = RAW_INSERT
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     start = time.perf_counter()
     for step in range(rounds):
