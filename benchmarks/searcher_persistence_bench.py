@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from master_server.domain import ExperimentState, NewExperiment
-from master_server.engine.search_log import _full_state
+from master_server.engine.search_log import full_state
 from master_server.engine.state import ExperimentRuntime, TrialRuntime
 from master_server.searcher.asha import AdaptiveASHASearch
 from master_server.searcher.base import (
@@ -131,7 +131,7 @@ def run(
         row.after.append(clock() - t0)
         if row.events % every == 0:
             t0 = clock()
-            store.save_searcher_state(exp_before, _full_state(rt))
+            store.save_searcher_state(exp_before, full_state(rt))
             row.before.append(clock() - t0)
         row.events += 1
 
