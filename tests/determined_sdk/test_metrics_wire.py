@@ -9,13 +9,19 @@ import datetime
 import json
 import math
 import pickle
+import re
 
 import pytest
 
 from determined_sdk import TrialMetrics
 from determined_sdk._trial import _new_trial_metrics
 from determined_sdk.errors import InvalidArgumentError
-from determined_sdk.metrics_wire import iter_columns, pack_value_columns, page_columns
+from determined_sdk.metrics_wire import (
+    decode_metrics_json,
+    iter_columns,
+    pack_value_columns,
+    page_columns,
+)
 from determined_sdk.proto import metrics_pb2
 
 
@@ -56,6 +62,20 @@ def test_json_page_and_bad_value_columns() -> None:
         page_columns(_page(2, value_names=["a"], values=[1.0, 2.0], absent=[9]))
     with pytest.raises(InvalidArgumentError, match="timestamps: 1 entries for 2 points"):
         page_columns(_page(2, value_names=["a"], values=[1.0, 2.0], timestamps=[0.0]))
+
+
+def test_decode_metrics_json_reads_what_the_fast_decoder_refuses() -> None:
+    # Non-finite values travel as strings; a bare NaN literal and an integer past 64 bits are
+    # not what the master stores, but a page that holds them still decodes.
+    got = decode_metrics_json(
+        '[{"a": 1.5, "b": "NaN", "c": "-Infinity"}, {"a": NaN}, {"big": 123456789012345678901}]'
+    )
+    assert got[0]["a"] == 1.5 and math.isnan(got[0]["b"]) and got[0]["c"] == -math.inf
+    assert math.isnan(got[1]["a"]) and got[2]["big"] == pytest.approx(1.2345678901234568e20)
+    assert decode_metrics_json("") == [] and decode_metrics_json("[]") == []
+    for bad, why in (('[{"a": 1', "not a JSON array ("), ('{"a": 1}', "not a JSON array")):
+        with pytest.raises(InvalidArgumentError, match="metrics_json: " + re.escape(why)):
+            decode_metrics_json(bad)
 
 
 def test_trial_metrics_is_an_immutable_value() -> None:
