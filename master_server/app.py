@@ -234,10 +234,10 @@ class Master:
             raise
         pool = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="rpc")
         loop = _LoopThread(pool)
-        waker, log_waker = Waker(loop.loop), Waker(loop.loop)
+        waker, log_waker, metric_waker = Waker(loop.loop), Waker(loop.loop), Waker(loop.loop)
         admission = Admission(
             pool,
-            lambda: waker.waiting + log_waker.waiting,
+            lambda: waker.waiting + log_waker.waiting + metric_waker.waiting,
             max_queued_calls=self.max_queued_calls,
         )
         try:
@@ -273,7 +273,7 @@ class Master:
             "admission": admission,
             "auth": auth,
             "users": UserService(store, auth),
-            "metrics": MetricService(store),
+            "metrics": MetricService(store, waker=metric_waker),
             "version": VERSION,
             "cluster_id": self.cluster_id,
         }

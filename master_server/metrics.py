@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 
 from determined_sdk.errors import InvalidArgumentError
 from master_server.domain import (
@@ -19,6 +19,7 @@ from master_server.domain import (
     MetricQuery,
 )
 from master_server.store.base import Store
+from master_server.waiting import Waker
 
 DEFAULT_PAGE_SIZE = 10_000
 MAX_PAGE_SIZE = 100_000
@@ -33,24 +34,36 @@ class MetricService:
             new points arrive (new points wake it at once).
     """
 
-    def __init__(self, store: Store, *, follow_poll_s: float = 0.5) -> None:
+    def __init__(
+        self, store: Store, *, follow_poll_s: float = 0.5, waker: Waker | None = None
+    ) -> None:
         self.store = store
+        self.waker = waker
+        self.poll_s = follow_poll_s
         self._cond = threading.Condition()
         self._version = 0
         self._closed = False
-        self._poll_s = follow_poll_s
 
-    def notify(self) -> None:
-        """Wake followers (new points may have been stored)."""
+    def notify(self, trial_id: int | None = None) -> None:
+        """Wake followers: new points of ``trial_id`` (None: of any trial) may have been stored."""
         with self._cond:
             self._version += 1
             self._cond.notify_all()
+        if self.waker is not None:
+            self.waker.notify(trial_id)
 
     def close(self) -> None:
         """End every follow (the master is stopping)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self.waker is not None:
+            self.waker.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
 
     def read(
         self,
@@ -82,6 +95,34 @@ class MetricService:
             InvalidArgumentError: No trials, a bad page size, name or steps range.
             NotFoundError: A trial does not exist.
         """
+        q = self.checked_query(
+            trial_ids,
+            group=group,
+            names=names,
+            min_steps=min_steps,
+            max_steps=max_steps,
+            page_size=page_size,
+            include_superseded=include_superseded,
+        )
+        return self._read(q, follow)
+
+    def checked_query(
+        self,
+        trial_ids: Sequence[int],
+        *,
+        group: str | None = None,
+        names: Sequence[str] = (),
+        min_steps: int | None = None,
+        max_steps: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        include_superseded: bool = False,
+    ) -> MetricQuery:
+        """The query :meth:`read` answers, checked, its trials found (arguments as there).
+
+        Raises:
+            InvalidArgumentError: No trials, a bad page size, name or steps range.
+            NotFoundError: A trial does not exist.
+        """
         q = self.query(
             trial_ids,
             group=group,
@@ -93,7 +134,7 @@ class MetricService:
         q = dataclasses.replace(q, include_superseded=include_superseded)
         for tid in q.trial_ids:
             self.store.get_trial(tid)  # NotFound before the stream starts
-        return self._read(q, follow)
+        return q
 
     @staticmethod
     def query(
@@ -137,30 +178,71 @@ class MetricService:
             page_size=page_size,
         )
 
+    def follow_backlog(self, q: MetricQuery) -> tuple[Follow, Iterator[MetricColumns]]:
+        """The first part of a follow: the points stored so far, in (trial, steps) order, and
+        the position :meth:`follow_step` goes on from."""
+        upto = self.store.last_metric_id()
+        backlog = self.store.read_metrics(dataclasses.replace(q, until_id=upto))
+        return Follow(q, dict.fromkeys(q.trial_ids, upto)), backlog
+
+    def follow_step(self, f: Follow) -> MetricColumns | None:
+        """The next page of points stored since ``f``'s position (None: none yet), in the
+        order they were stored; moves the position on. ``f.more`` says whether more are
+        stored already; ``f.done``, whether every trial had ended before the read and all
+        its points were given (so nothing can follow)."""
+        after = f.after
+        live = [t for t in after if self.store.get_trial(t).state not in TERMINAL_TRIAL_STATES]
+        page_q = dataclasses.replace(
+            f.query, trial_ids=tuple(after), after_ids=tuple(after.items())
+        )
+        page = next(self.store.read_metrics(page_q), None)  # one page: a laggard costs one
+        if page is not None:
+            for t, last in zip(page.trial_ids, page.last_ids, strict=True):
+                after[t] = max(after[t], last)
+        f.more = page is not None and len(page) >= page_q.page_size
+        if not f.more:  # a trial that had ended before this read has nothing more to give
+            f.after = {t: after[t] for t in live}
+        return page
+
     def _read(self, q: MetricQuery, follow: bool) -> Iterator[MetricColumns]:
         if not follow:
             yield from self.store.read_metrics(q)
             return
         # The backlog in (trial, steps) order up to the last stored point; then whatever is
-        # stored after it, page by page, until every trial has ended.
-        upto = self.store.last_metric_id()
-        after = dict.fromkeys(q.trial_ids, upto)
-        yield from self.store.read_metrics(dataclasses.replace(q, until_id=upto))
+        # stored after it, page by page, until every trial has ended. (The gRPC servicer
+        # drives the same steps from a coroutine, so that a follower holds no thread.)
+        f, backlog = self.follow_backlog(q)
+        yield from backlog
         while True:
             with self._cond:
                 version = self._version
-            live = [t for t in after if self.store.get_trial(t).state not in TERMINAL_TRIAL_STATES]
-            page_q = dataclasses.replace(q, trial_ids=tuple(after), after_ids=tuple(after.items()))
-            for page in self.store.read_metrics(page_q):
-                for t, last in zip(page.trial_ids, page.last_ids, strict=True):
-                    after[t] = max(after[t], last)
+            page = self.follow_step(f)
+            if page is not None:
                 yield page
-            # A trial that had ended before this read has nothing more to give.
-            after = {t: after[t] for t in live}
-            if not after:
+            if f.done:
                 return
             with self._cond:
                 if self._closed:
                     return
-                if self._version == version:
-                    self._cond.wait(timeout=self._poll_s)
+                if self._version == version and not f.more:
+                    self._cond.wait(timeout=self.poll_s)
+
+
+@dataclasses.dataclass
+class Follow:
+    """Where a follow of metric points stands: per trial still live, the storage id of the
+    last point it has been given."""
+
+    query: MetricQuery
+    after: dict[int, int]
+    more: bool = False  # the last step left points to give: take the next one at once
+
+    @property
+    def done(self) -> bool:
+        """True once every followed trial has ended and its last points were given."""
+        return not self.after
+
+    @property
+    def key(self) -> Hashable:
+        """What to wait on for new points: the trial when one is followed, else any."""
+        return next(iter(self.after)) if len(self.after) == 1 else None

@@ -50,11 +50,11 @@ from master_server import convert
 from master_server.auth.users import UserService
 from master_server.bulk import BulkServer
 from master_server.checkpoints import CHUNK, CheckpointService
-from master_server.domain import ExperimentFilter, JSONDict, LogQuery
+from master_server.domain import ExperimentFilter, JSONDict, LogQuery, MetricColumns
 from master_server.experiments import ExperimentService
 from master_server.ingest import MetricIngest
 from master_server.logs import LogService
-from master_server.metrics import DEFAULT_PAGE_SIZE, MetricService
+from master_server.metrics import DEFAULT_PAGE_SIZE, Follow, MetricService
 from master_server.searcher.factory import searcher_length_unit
 from master_server.store.base import Store
 from master_server.waiting import Waker, long_poll
@@ -358,7 +358,7 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         self.svc.record_activity(request.trial_id)  # lock-free: safe on the event loop
         stored = await asyncio.wrap_future(fut)
         if stored:
-            self.metrics.notify()  # wake followers of this trial's metrics
+            self.metrics.notify(request.trial_id)  # wake followers of this trial's metrics
         validations = [r for r in reports if r.group == "validation"] if stored else []
         if validations:
 
@@ -369,25 +369,60 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
             await _in_thread(feed)
         return trial_pb2.ReportMetricsResponse(duplicate=not stored)
 
-    @rpc_stream
-    def StreamMetrics(self, request: Any, context: Any) -> Iterator[Any]:
-        pages = self.metrics.read(
-            list(request.trial_ids),
-            group=request.group or None,
-            names=list(request.names),
-            min_steps=request.min_steps if request.HasField("min_steps") else None,
-            max_steps=request.max_steps if request.HasField("max_steps") else None,
-            page_size=request.page_size or DEFAULT_PAGE_SIZE,
-            follow=request.follow,
-            include_superseded=request.include_superseded,
-        )
-        for page in pages:
+    @rpc_async_stream
+    async def StreamMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        # A coroutine: a follower waits for new points on the metrics waker, not in a thread
+        # (a notebook plotting a live run holds its stream for hours). Each page is read and
+        # converted on the thread pool.
+        def response(page: MetricColumns) -> Any:
             if request.columnar:
-                yield trial_pb2.StreamMetricsResponse(columns=convert.metric_columns_to_proto(page))
-            else:
-                yield trial_pb2.StreamMetricsResponse(
-                    points=[convert.metric_point_to_proto(p) for p in page.points()]
+                return trial_pb2.StreamMetricsResponse(
+                    columns=convert.metric_columns_to_proto(page)
                 )
+            return trial_pb2.StreamMetricsResponse(
+                points=[convert.metric_point_to_proto(p) for p in page.points()]
+            )
+
+        def next_response(pages: Iterator[MetricColumns]) -> Any:
+            page = next(pages, None)
+            return None if page is None else response(page)
+
+        def step(f: Follow) -> Any:
+            page = self.metrics.follow_step(f)
+            return None if page is None else response(page)
+
+        def read() -> tuple[Follow | None, Iterator[MetricColumns]]:
+            q = self.metrics.checked_query(
+                list(request.trial_ids),
+                group=request.group or None,
+                names=list(request.names),
+                min_steps=request.min_steps if request.HasField("min_steps") else None,
+                max_steps=request.max_steps if request.HasField("max_steps") else None,
+                page_size=request.page_size or DEFAULT_PAGE_SIZE,
+                include_superseded=request.include_superseded,
+            )
+            if not request.follow:
+                return None, self.store.read_metrics(q)
+            return self.metrics.follow_backlog(q)
+
+        follow, pages = await _in_thread(read)
+        while (resp := await _in_thread(next_response, pages)) is not None:
+            yield resp
+        if follow is None:
+            return
+        waker = self.metrics.waker
+        assert waker is not None
+        with waker.watching(follow.key):
+            while True:
+                # New points of the trial wake us at once; its end is noticed within poll_s.
+                event = waker.current(follow.key)
+                resp = await _in_thread(step, follow)
+                if resp is not None:
+                    yield resp
+                if follow.done or self.metrics.closed:
+                    return
+                if not follow.more:
+                    await waker.wait(event, self.metrics.poll_s)
 
     @rpc
     def ReportProgress(self, request: Any, context: Any) -> Any:

@@ -220,3 +220,80 @@ def test_a_cancelled_report_does_not_stop_the_metric_writer(master: Master) -> N
         p.steps_completed for page in master.parts["store"].iter_metrics([trial.id]) for p in page
     ]
     assert steps == [1, 2]  # the cancelled caller's batch is stored too (its retry is a no-op)
+
+
+_FOLLOWERS_SCRIPT = """
+import asyncio, sys
+import grpc
+from determined_sdk.proto import trial_pb2, trial_pb2_grpc
+
+async def main(address, token, trial_id, n):
+    auth = (("authorization", "Bearer " + token),)
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = trial_pb2_grpc.TrialServiceStub(ch)
+
+        async def follow():
+            req = trial_pb2.StreamMetricsRequest(
+                trial_ids=[trial_id], follow=True, columnar=True, page_size=1
+            )
+            steps = []
+            async for page in stub.StreamMetrics(req, timeout=120, metadata=auth):
+                steps.extend(page.columns.steps_completed)
+            return steps
+
+        for steps in await asyncio.gather(*(follow() for _ in range(n))):
+            print(",".join(map(str, steps)), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+def test_metric_followers_hold_no_thread(master_factory: Callable[..., Master]) -> None:
+    # Four threads for ordinary calls and four times as many followers of a live trial: with a
+    # thread per follower, the SDK call below would wait for the trial to end.
+    master = master_factory(max_workers=4)
+    followers = 16
+    stubs = Stubs.connect(master.address)
+    try:
+        exps = master.parts["experiments"]
+        _, trial = exps.create_unmanaged_trial("name: followed", {}, 0, 0)
+        stubs.trials.ReportMetrics(
+            pack_reports(trial.id, "b-1", [("training", 1, {"loss": 1.0}, time.time())])
+        )
+        token = stubs.master.Login(master_pb2.LoginRequest(username="admin", password="")).token
+        args = [master.address, token, str(trial.id), str(followers)]
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _FOLLOWERS_SCRIPT, *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        try:
+            waker = master.parts["metrics"].waker
+            wait_for(lambda: waker.waiting >= followers, 60, f"{followers} followers parked")
+            t0 = time.perf_counter()
+            got = stubs.trials.GetTrial(trial_pb2.GetTrialRequest(trial_id=trial.id), timeout=5)
+            assert got.trial.id == trial.id
+            assert time.perf_counter() - t0 < 1.0, "a call waited behind the followers"
+
+            # New points reach every follower (a page of one point each: the page size is
+            # 1); the trial's end ends every stream.
+            stubs.trials.ReportMetrics(
+                pack_reports(
+                    trial.id,
+                    "b-2",
+                    [("training", s, {"loss": 1.0 / s}, time.time()) for s in (2, 3, 4)],
+                )
+            )
+            stubs.master.ReportTrialExit(
+                master_pb2.ReportTrialExitRequest(trial_id=trial.id, run_id=1, exit_code=0)
+            )
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait(30)
+        assert proc.returncode == 0
+        assert out.splitlines() == ["1,2,3,4"] * followers
+        assert waker.waiting == 0
+    finally:
+        stubs.channel.close()
