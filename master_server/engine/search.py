@@ -51,6 +51,9 @@ class SearchDriver:
         snapshot: :mod:`master_server.engine.search_log`), and the experiment's progress."""
         # Progress first: asking moves the method's monotone floor, which the record keeps.
         progress = 1.0 if rt.shutdown is not None else rt.searcher.progress()
+        # A record rolled back with the transaction it was part of leaves inputs in no record:
+        # only a whole snapshot covers them then.
+        self.s.on_rollback(rt.log.forget_snapshot)
         rt.log.save(self.s.store, rt)
         self.s.store.update_experiment(rt.experiment_id, progress=min(1.0, max(0.0, progress)))
 
@@ -62,17 +65,25 @@ class SearchDriver:
     # -- events and actions ------------------------------------------------------------------
     def start(self, rt: ExperimentRuntime) -> None:
         """Start the search (once) and schedule what it asked for."""
-        if not rt.started:
-            rt.started = True
-            self.apply(rt, rt.searcher.initial_operations())
-        self.save(rt)
+        with self.s.atomic():
+            if not rt.started:
+                rt.started = True
+                self.apply(rt, rt.searcher.initial_operations())
+            self.save(rt)
         self.runs.schedule()
 
     def event(self, rt: ExperimentRuntime, actions: list[Action]) -> None:
-        """Carry out the actions a searcher event returned, persist, and move things on."""
-        self.apply(rt, actions)
-        self.save(rt)
-        self.lifecycle.maybe_finish(rt.experiment_id)
+        """Carry out the actions a searcher event returned, persist, and move things on.
+
+        The trials it creates or finishes, the event's search log record and the experiment's
+        end are one transaction (with what the caller wrote in its own
+        :meth:`~master_server.engine.state.EngineState.atomic` block, such as the trial's end
+        state that caused the event).
+        """
+        with self.s.atomic():
+            self.apply(rt, actions)
+            self.save(rt)
+            self.lifecycle.maybe_finish(rt.experiment_id)
         self.runs.schedule()
 
     def apply(self, rt: ExperimentRuntime, actions: list[Action]) -> None:

@@ -47,8 +47,13 @@ class TrialRuns:
 
     # -- allocation and start ----------------------------------------------------------------
     def schedule(self) -> None:
-        """Start a run for every trial the resource manager now has slots for."""
+        """Start a run for every trial the resource manager now has slots for (inside an
+        :meth:`~master_server.engine.state.EngineState.atomic` block: once it is committed,
+        so no run is started for a trial whose row a rollback would undo)."""
         if self.s.closed:
+            return
+        if self.s.in_atomic:
+            self.s.after_commit(self.schedule)
             return
         for alloc in self.s.rm.allocate():
             try:
@@ -120,7 +125,18 @@ class TrialRuns:
 
     # -- exits -------------------------------------------------------------------------------
     def on_exit(self, trial_id: int, run_id: int, exit_code: int) -> None:
-        """A run ended (reported by its supervisor or the resource manager); idempotent."""
+        """A run ended (reported by its supervisor or the resource manager); idempotent.
+
+        The trial's new state, what the searcher did on hearing of it (trials created, the
+        search log record) and the experiment's end are one transaction
+        (:meth:`~master_server.engine.state.EngineState.atomic`): a master killed half way
+        has stored none of it, the trial is still RUNNING with this run, and the next master
+        handles the exit when the run's supervisor reports it again (it retries while the
+        master is unreachable) or when it adopts the run and reads its exit code.
+        """
+        # A report that comes before this master has recovered its trials waits for them:
+        # answered "unknown run, nothing to do", the supervisor would stop reporting.
+        self.s.recovered.wait(timeout=120.0)
         with self.s.lock:
             tr = self.s.trials.get(trial_id)
             if tr is None or not tr.running or tr.run_id != run_id:
@@ -128,7 +144,6 @@ class TrialRuns:
             tr.running = False
             self.s.rm.release(trial_id)
             rt = self.s.exps.get(tr.experiment_id)
-            exp = self.s.store.get_experiment(tr.experiment_id)
             logger.info(
                 "trial %d run %d exited with %d (preempt=%s closed=%s)",
                 trial_id,
@@ -137,13 +152,15 @@ class TrialRuns:
                 tr.preempt_reason,
                 tr.closed,
             )
-            if rt is None:
-                self._unmanaged_exit(tr, exp, exit_code)
-            else:
-                self._managed_exit(tr, rt, exp, exit_code)
-                self.lifecycle.maybe_finish(exp.id)
-                self.schedule()
-            self.s.notify(tr.experiment_id)
+            with self.s.atomic():
+                exp = self.s.store.get_experiment(tr.experiment_id)
+                if rt is None:
+                    self._unmanaged_exit(tr, exp, exit_code)
+                else:
+                    self._managed_exit(tr, rt, exp, exit_code)
+                    self.lifecycle.maybe_finish(exp.id)
+                    self.schedule()
+                self.s.notify(tr.experiment_id)
 
     def _unmanaged_exit(self, tr: TrialRuntime, exp: Experiment, exit_code: int) -> None:
         self.s.set_trial_state(
@@ -210,7 +227,12 @@ class TrialRuns:
             self.failed(trial_id, why_exit(exit_code))
 
     def failed(self, trial_id: int, why: str) -> None:
-        """A run failed: restart from the latest checkpoint while restarts are left, else ERROR."""
+        """A run failed: restart from the latest checkpoint while restarts are left, else ERROR
+        (the state and the searcher's event in one transaction)."""
+        with self.s.atomic():
+            self._failed(trial_id, why)
+
+    def _failed(self, trial_id: int, why: str) -> None:
         tr = self.s.trials[trial_id]
         rt = self.s.exps[tr.experiment_id]
         trial = self.s.store.get_trial(trial_id)
@@ -293,20 +315,24 @@ class TrialRuns:
             if tr.running and rt is not None:
                 self.preemption.preempt(tr, "kill")
             else:
-                self.s.rm.withdraw(trial_id)
-                self.s.set_trial_state(trial_id, T.CANCELED)
-                self.s.trials.pop(trial_id, None)
-                if rt is not None:
-                    self.search.event(
-                        rt,
-                        rt.searcher.on_trial_exited_early(
-                            tr.request_id, ExitedReason.USER_CANCELED
-                        ),
-                    )
-                else:
-                    self.lifecycle.maybe_finish(trial.experiment_id)
+                self._kill_waiting(tr, trial, rt)
             self.s.notify(trial.experiment_id)
             return self.s.store.get_trial(trial_id)
+
+    def _kill_waiting(self, tr: TrialRuntime, trial: Trial, rt: ExperimentRuntime | None) -> None:
+        """Cancel a trial that has no run (its state and the searcher's event: one
+        transaction)."""
+        trial_id = trial.id
+        with self.s.atomic():
+            self.s.rm.withdraw(trial_id)
+            self.s.set_trial_state(trial_id, T.CANCELED)
+            self.s.trials.pop(trial_id, None)
+            if rt is not None:
+                self.search.event(
+                    rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
+                )
+            else:
+                self.lifecycle.maybe_finish(trial.experiment_id)
 
     # -- recovery ----------------------------------------------------------------------------
     def recover(
