@@ -53,6 +53,8 @@ class TrialRuntime:
     run_id: int = 0
     last_activity: float = field(default_factory=time.monotonic)  # for ``max_idle``
     idle_killed: bool = False
+    # An unmanaged run's last sign of life (a preemption poll or any report), monotonic.
+    last_heartbeat: float = field(default_factory=time.monotonic)
 
     def current_op(self) -> int | None:
         """The first operation length not completed yet, if any."""
@@ -195,7 +197,14 @@ class EngineState:
         """The trial made progress (a report reached the master); lock-free on purpose."""
         tr = self.trials.get(trial_id)
         if tr is not None:
-            tr.last_activity = time.monotonic()
+            tr.last_activity = tr.last_heartbeat = time.monotonic()
+
+    def heartbeat(self, trial_id: int) -> None:
+        """The trial's run is alive (it polls): not progress, so ``max_idle`` does not hear
+        it; lock-free on purpose (called on the event loop)."""
+        tr = self.trials.get(trial_id)
+        if tr is not None:
+            tr.last_heartbeat = time.monotonic()
 
     def live_trials_of(self, experiment_id: int) -> list[TrialRuntime]:
         return [t for t in self.trials.values() if t.experiment_id == experiment_id]

@@ -41,9 +41,17 @@ class TrialRuns:
     search: SearchDriver
     preemption: Preemption
 
-    def __init__(self, state: EngineState, master_address: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        state: EngineState,
+        master_address: Callable[[], str],
+        *,
+        unmanaged_timeout_s: float = 60.0,
+    ) -> None:
         self.s = state
         self._master_address = master_address
+        #: An unmanaged run with no sign of life for this long is presumed dead (ERROR).
+        self.unmanaged_timeout_s = unmanaged_timeout_s
 
     # -- allocation and start ----------------------------------------------------------------
     def schedule(self) -> None:
@@ -162,11 +170,13 @@ class TrialRuns:
                     self.schedule()
                 self.s.notify(tr.experiment_id)
 
-    def _unmanaged_exit(self, tr: TrialRuntime, exp: Experiment, exit_code: int) -> None:
+    def _unmanaged_exit(
+        self, tr: TrialRuntime, exp: Experiment, exit_code: int, why: str | None = None
+    ) -> None:
         self.s.set_trial_state(
             tr.trial_id,
             T.COMPLETED if exit_code == 0 else T.ERROR,
-            exit_reason="exited normally" if exit_code == 0 else why_exit(exit_code),
+            exit_reason=why or ("exited normally" if exit_code == 0 else why_exit(exit_code)),
         )
         self.s.trials.pop(tr.trial_id, None)
         live = self.s.store.list_trials(exp.id, states=[T.RUNNING, T.QUEUED])[1]
@@ -303,6 +313,52 @@ class TrialRuns:
                 tr.idle_killed = True
                 self.s.rm.kill(tr.trial_id, tr.run_id)
 
+    def unmanaged_poll_s(self, trial_id: int) -> float | None:
+        """How long a preemption poll of an unmanaged run may wait at most (its polls are its
+        heartbeat: a third of the timeout keeps two beats inside it); None for other trials
+        (lock-free: called on the event loop)."""
+        tr = self.s.trials.get(trial_id)
+        if tr is None or tr.experiment_id in self.s.exps:
+            return None
+        return self.unmanaged_timeout_s / 3
+
+    def check_heartbeats(self) -> None:
+        """End unmanaged runs (scripts run by hand; no supervisor watches them) that showed
+        no sign of life (``core_api`` polls preemption from a background thread, reports
+        count too) for :attr:`unmanaged_timeout_s`: ERROR, with the reason in the trial's
+        logs and exit reason."""
+        now = time.monotonic()
+        limit = self.unmanaged_timeout_s
+        with self.s.lock:
+            for tr in list(self.s.trials.values()):
+                if tr.experiment_id in self.s.exps or not tr.running:
+                    continue
+                silent = now - tr.last_heartbeat
+                if silent < limit:
+                    continue
+                why = (
+                    f"no heartbeat for {silent:.0f} s (unmanaged run; timeout {limit:g} s): "
+                    "the process running it is presumed dead"
+                )
+                logger.warning("trial %d run %d: %s", tr.trial_id, tr.run_id, why)
+                with self.s.atomic():
+                    self.s.store.add_logs(
+                        [
+                            LogLine(
+                                trial_id=tr.trial_id,
+                                timestamp=time.time(),
+                                message=why,
+                                stream="stderr",
+                                level="ERROR",
+                                run_id=tr.run_id,
+                            )
+                        ]
+                    )
+                    tr.running = False
+                    exp = self.s.store.get_experiment(tr.experiment_id)
+                    self._unmanaged_exit(tr, exp, 1, why)
+                    self.s.notify(tr.experiment_id)
+
     # -- kill ---------------------------------------------------------------------------------
     def kill(self, trial_id: int) -> Trial:
         """Kill a trial now. Killing a trial that already ended changes nothing."""
@@ -397,6 +453,7 @@ class TrialRuns:
         """Unmanaged trials run outside the master: just remember the running ones."""
         trials, _ = self.s.store.list_trials(exp.id, states=[T.RUNNING])
         for t in trials:
+            # Its heartbeat clock starts now: the run gets a whole timeout to reach this master.
             self.s.trials[t.id] = TrialRuntime(
                 t.id, exp.id, t.request_id, running=True, run_id=t.run_id
             )
