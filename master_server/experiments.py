@@ -278,7 +278,7 @@ class ExperimentService:
     # -- startup and shutdown ----------------------------------------------------------------
     def recover(self) -> None:
         """Rebuild runtimes of unfinished experiments after a master (re)start, then start
-        the liveness watchdog (``max_idle``, unmanaged runs' heartbeats)."""
+        the liveness watchdog (``max_idle``, unmanaged runs' heartbeats, progress saves)."""
         self.lifecycle.recover()
         threading.Thread(target=self._watchdog, name="trial-liveness", daemon=True).start()
 
@@ -288,6 +288,7 @@ class ExperimentService:
             try:
                 self.runs.check_idle()
                 self.runs.check_heartbeats()
+                self.search.save_progress()
             except Exception:
                 logger.exception("liveness check failed")
             if self.rm.elastic:  # a cluster's capacity grows without an event of ours

@@ -478,6 +478,7 @@ class ExperimentLifecycle:
 
     def _recover_experiment(self, exp: Experiment, live: dict[int, LiveRun]) -> set[int]:
         rt = ExperimentRuntime(exp.id, exp.config, JournaledSearch(make_search_method(exp.config)))
+        rt.progress_floor = exp.progress
         self.s.exps[exp.id] = rt
         self.s.config_cache[exp.id] = exp.config
         saved = self.search.restore(rt)

@@ -83,6 +83,10 @@ class ExperimentRuntime:
     # Request ids whose runtime changed since the last save (saved with the next log record).
     dirty: set[str] = field(default_factory=set)
     log: SearchLog = field(default_factory=SearchLog)
+    # When the oldest input not yet in the search log (a progress report) was recorded.
+    unsaved_since: float | None = None
+    # The experiment's progress as a previous master stored it: never shown lower again.
+    progress_floor: float = 0.0
 
     @property
     def slots(self) -> int:

@@ -51,7 +51,6 @@ class _MasterProcess:
         self.db_url: str | None = None
         self.slots = 2
         self.main = ["-m", "master_server"]  # how the master is started (a test may wrap it)
-        self.extra: list[str] = []  # more command-line options
 
     def start(self) -> Stubs:
         with self.log.open("ab") as err:
@@ -66,7 +65,6 @@ class _MasterProcess:
                     "--slots",
                     str(self.slots),
                     *(["--db", self.db_url] if self.db_url else []),
-                    *self.extra,
                 ],
                 stderr=err,
             )
