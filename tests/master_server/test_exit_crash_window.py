@@ -58,10 +58,13 @@ def _outcome(stubs: Stubs, exp_id: int) -> list[tuple[Any, ...]]:
     ]
 
 
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_master_killed_between_trial_end_and_search_record_resumes_exactly(
     master_factory: Callable[..., Master],
     master_proc: _MasterProcess,  # noqa: F811
     tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+    db: str,
 ) -> None:
     md = write_model_dir(tmp_path / "m", {"main.py": OPS_TRIAL})
     cfg = _config("python main.py", SEARCHER, HPARAMS)
@@ -79,6 +82,8 @@ def test_master_killed_between_trial_end_and_search_record_resumes_exactly(
     wrapper = tmp_path / "crashing_master.py"
     wrapper.write_text(textwrap.dedent(CRASHING_MASTER))
     master_proc.main = [str(wrapper), str(gate)]
+    if db == "postgresql":
+        master_proc.db_url = request.getfixturevalue("pg_schema_url")
     stubs = master_proc.start()
     exp = stubs.create(cfg, md)
     assert master_proc.proc is not None
