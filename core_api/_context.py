@@ -4,7 +4,9 @@
   trial id, hparams, latest checkpoint and checkpoint storage come from it.
 * **unmanaged**: no cluster info, but a master address (``master=`` or ``DET_MASTER``): a new
   unmanaged trial is created on the master (``CreateUnmanagedTrial``) and everything is
-  recorded against it; ``close()`` reports the trial's exit.
+  recorded against it; ``close()`` reports the trial's exit. The preemption long poll runs
+  as on the cluster and is the run's heartbeat: a run that stops polling (killed) has its
+  trial ended in ERROR by the master after its unmanaged timeout.
 * **off-cluster**: neither: metrics go to the log, checkpoints to ``./checkpoints`` (or
   ``checkpoint_storage``), the searcher yields one op and nothing is ever preempted.
 """
@@ -237,6 +239,7 @@ def init(
             hparams,
             length,
             capture_output,
+            preempt_mode,
         )
     return _init_off_cluster(dist, checkpoint_storage, length)
 
@@ -365,6 +368,7 @@ def _init_unmanaged(
     hparams: Mapping[str, Any] | None,
     max_length: LocalLength,
     capture_output: bool,
+    preempt_mode: PreemptMode,
 ) -> Context:
     session = MasterSession(address)
     try:
@@ -404,6 +408,10 @@ def _init_unmanaged(
             is_chief=dist.is_chief,
             tensorboard_path=_tensorboard_base(storage) / f"trial-{trial.trial_id}",
         )
+        # Its long poll is the run's heartbeat: no supervisor watches this process, so the
+        # master ends the trial (ERROR) when the polls stop (kill -9, a lost machine). It also
+        # tells the script when the trial was canceled or ended.
+        preempt = PreemptContext(session, dist, trial_id=trial.trial_id, mode=preempt_mode)
     except BaseException:
         session.close()
         raise
@@ -428,9 +436,9 @@ def _init_unmanaged(
             before_report=train.flush,
             send_report=train.report_checkpoint,
         ),
-        # No master searcher drives an unmanaged trial, and nobody preempts it.
+        # No master searcher drives an unmanaged trial.
         searcher=_local_searcher(dist, train, max_length or _config_length(trial.config)),
-        preempt=PreemptContext(None, dist),
+        preempt=preempt,
         distributed=dist,
         info=info,
         mode="unmanaged",

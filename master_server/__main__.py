@@ -94,6 +94,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="GPUs of this machine for the local backend (default: counted; 0: CPU slots)",
     )
+    p.add_argument(
+        "--unmanaged-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a script run by hand against this master (an unmanaged trial) that shows no "
+        "sign of life for this long is presumed dead: its trial ends in ERROR (default 60)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--tls-cert and --tls-key: give both or neither")
     if args.session_hours <= 0:
         sys.exit(f"--session-hours: must be > 0, got {args.session_hours}")
+    if not args.unmanaged_timeout > 0:
+        sys.exit(f"--unmanaged-timeout: must be > 0 seconds, got {args.unmanaged_timeout}")
     master = Master(
         args.data_dir,
         initial_admin_password=args.initial_admin_password,
@@ -144,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             run_root=args.ray_run_root,
         ),
         gpus=args.gpus,
+        unmanaged_timeout_s=args.unmanaged_timeout,
     )
     try:
         master.start()

@@ -133,6 +133,8 @@ class Master:
         ray: the Ray backend's settings (default :class:`RaySettings()`: the local cluster).
         gpus: GPUs of this machine for the local backend (default: counted with
             ``nvidia-smi``; 0 on a machine without CUDA). With GPUs a slot is one GPU.
+        unmanaged_timeout_s: an unmanaged trial (a script run by hand with ``core_api``) whose
+            run shows no sign of life (preemption polls, reports) for this long ends in ERROR.
     """
 
     def __init__(
@@ -159,7 +161,10 @@ class Master:
         resource_manager: str = "local",
         ray: RaySettings | None = None,
         gpus: int | None = None,
+        unmanaged_timeout_s: float = 60.0,
     ) -> None:
+        if not unmanaged_timeout_s > 0:
+            raise ValueError(f"unmanaged_timeout_s: must be > 0 seconds, got {unmanaged_timeout_s}")
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key: give both or neither")
         if resource_manager not in RESOURCE_MANAGERS:
@@ -169,6 +174,7 @@ class Master:
         self.resource_manager = resource_manager
         self.ray = ray or RaySettings()
         self.gpus = gpus
+        self.unmanaged_timeout_s = unmanaged_timeout_s
         self.data_dir = pathlib.Path(data_dir).resolve()
         self.host = host
         self._requested_port = port
@@ -255,6 +261,7 @@ class Master:
             master_address=lambda: self.address,
             max_model_bytes=self.max_model_bytes,
             preempt_grace_s=self.preempt_grace_s,
+            unmanaged_timeout_s=self.unmanaged_timeout_s,
             storage_roots=StorageRoots([self.checkpoint_dir, *self.checkpoint_roots]),
         )
         logs = LogService(store)

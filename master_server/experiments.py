@@ -42,6 +42,8 @@ class ExperimentService:
         max_model_bytes: size limit of an experiment's model directory.
         preempt_grace_s: how long a trial may take to stop after a pause/cancel before it is
             terminated.
+        unmanaged_timeout_s: an unmanaged run (a script run by hand) that showed no sign of
+            life for this long ends its trial in ERROR (its process is presumed dead).
     """
 
     def __init__(
@@ -54,7 +56,12 @@ class ExperimentService:
         max_model_bytes: int = 64 * 2**20,
         preempt_grace_s: float = 30.0,
         storage_roots: StorageRoots | None = None,
+        unmanaged_timeout_s: float = 60.0,
     ) -> None:
+        if not unmanaged_timeout_s > 0:
+            raise InvalidArgumentError(
+                f"unmanaged_timeout_s: must be > 0 seconds, got {unmanaged_timeout_s}"
+            )
         self.store = store
         self.rm = rm
         # Where checkpoints may live: the master reads and deletes only inside these.
@@ -68,7 +75,7 @@ class ExperimentService:
             storage_roots=self.storage_roots,
         )
         self.search = SearchDriver(self.state)
-        self.runs = TrialRuns(self.state, master_address)
+        self.runs = TrialRuns(self.state, master_address, unmanaged_timeout_s=unmanaged_timeout_s)
         self.preemption = Preemption(self.state, grace_s=preempt_grace_s)
         # The components call each other (an exit feeds the searcher, whose actions start or
         # stop runs and may end the experiment); they are wired here, once.
@@ -208,6 +215,14 @@ class ExperimentService:
         call back into the engine."""
         self.state.listeners.append(fn)
 
+    def heartbeat(self, trial_id: int) -> None:
+        """The trial's run polled: it is alive (lock-free; see :meth:`EngineState.heartbeat`)."""
+        self.state.heartbeat(trial_id)
+
+    def preemption_poll_cap(self, trial_id: int) -> float | None:
+        """The longest a preemption poll of this trial may wait (unmanaged runs), else None."""
+        return self.runs.unmanaged_poll_s(trial_id)
+
     def live_experiment_of(self, trial_id: int) -> int | None:
         """The experiment of a trial live in this engine, None if it is not (lock-free)."""
         tr = self.state.trials.get(trial_id)
@@ -263,14 +278,17 @@ class ExperimentService:
     # -- startup and shutdown ----------------------------------------------------------------
     def recover(self) -> None:
         """Rebuild runtimes of unfinished experiments after a master (re)start, then start
-        the liveness watchdog (``max_idle``)."""
+        the liveness watchdog (``max_idle``, unmanaged runs' heartbeats, progress saves)."""
         self.lifecycle.recover()
         threading.Thread(target=self._watchdog, name="trial-liveness", daemon=True).start()
 
     def _watchdog(self) -> None:
-        while not self._stop_watchdog.wait(1.0):
+        every = min(1.0, self.runs.unmanaged_timeout_s / 4)
+        while not self._stop_watchdog.wait(every):
             try:
                 self.runs.check_idle()
+                self.runs.check_heartbeats()
+                self.search.save_progress()
             except Exception:
                 logger.exception("liveness check failed")
             if self.rm.elastic:  # a cluster's capacity grows without an event of ours

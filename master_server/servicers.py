@@ -575,8 +575,15 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
                 return True, await _in_thread(self.svc.watch_preemption_reason, tid, 0.0)
             return state
 
+        # Each poll is a heartbeat of the run; an unmanaged run's polls are kept short enough
+        # that a live one beats well within the master's timeout.
+        self.svc.heartbeat(tid)
+        timeout = request.timeout_seconds
+        cap = self.svc.preemption_poll_cap(tid)
+        if cap is not None:
+            timeout = min(timeout, cap)
         key = self.svc.live_experiment_of(tid)
-        why = await long_poll(self.waker, check, request.timeout_seconds, key)
+        why = await long_poll(self.waker, check, timeout, key)
         return searcher_pb2.WatchPreemptionResponse(preempt=why is not None, reason=why or "")
 
     @rpc

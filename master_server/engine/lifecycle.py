@@ -398,7 +398,12 @@ class ExperimentLifecycle:
 
     # -- ending --------------------------------------------------------------------------------
     def maybe_finish(self, experiment_id: int) -> None:
-        """End the experiment if nothing is left to do (call with the lock held)."""
+        """End the experiment if nothing is left to do (call with the lock held); its end
+        state and its search's last record are one transaction."""
+        with self.s.atomic():
+            self._maybe_finish(experiment_id)
+
+    def _maybe_finish(self, experiment_id: int) -> None:
         store = self.s.store
         exp = store.get_experiment(experiment_id)
         rt = self.s.exps.get(experiment_id)
@@ -440,33 +445,40 @@ class ExperimentLifecycle:
         the others (unverifiable, or of trials that ended meanwhile) are killed.
         """
         with self.s.lock:
-            live = {r.trial_id: r for r in self.s.rm.live_runs()}
-            adopted: set[int] = set()
-            exps, _ = self.s.store.list_experiments(_unfinished_filter())
-            for exp in sorted(exps, key=lambda e: e.id):
-                if exp.unmanaged:
-                    self.runs.recover_unmanaged(exp)
-                    continue
-                try:
-                    adopted |= self._recover_experiment(exp, live)
-                except Exception as e:
-                    logger.exception("experiment %d: could not recover its search", exp.id)
-                    self.s.store.update_experiment(
-                        exp.id, state=E.ERROR, error=f"recovery failed: {e}", end_time=time.time()
-                    )
-            stale = [r for r in live.values() if r.trial_id not in adopted]
-            for r in stale:
-                self.s.rm.discard(r)
-            if stale:
-                logger.warning(
-                    "killed %d runs a previous master left that no trial expects", len(stale)
+            try:
+                self._recover()
+            finally:
+                self.s.recovered.set()
+
+    def _recover(self) -> None:
+        live = {r.trial_id: r for r in self.s.rm.live_runs()}
+        adopted: set[int] = set()
+        exps, _ = self.s.store.list_experiments(_unfinished_filter())
+        for exp in sorted(exps, key=lambda e: e.id):
+            if exp.unmanaged:
+                self.runs.recover_unmanaged(exp)
+                continue
+            try:
+                adopted |= self._recover_experiment(exp, live)
+            except Exception as e:
+                logger.exception("experiment %d: could not recover its search", exp.id)
+                self.s.store.update_experiment(
+                    exp.id, state=E.ERROR, error=f"recovery failed: {e}", end_time=time.time()
                 )
-            if adopted:
-                logger.info("adopted %d live runs", len(adopted))
-            self.runs.schedule()
+        stale = [r for r in live.values() if r.trial_id not in adopted]
+        for r in stale:
+            self.s.rm.discard(r)
+        if stale:
+            logger.warning(
+                "killed %d runs a previous master left that no trial expects", len(stale)
+            )
+        if adopted:
+            logger.info("adopted %d live runs", len(adopted))
+        self.runs.schedule()
 
     def _recover_experiment(self, exp: Experiment, live: dict[int, LiveRun]) -> set[int]:
         rt = ExperimentRuntime(exp.id, exp.config, JournaledSearch(make_search_method(exp.config)))
+        rt.progress_floor = exp.progress
         self.s.exps[exp.id] = rt
         self.s.config_cache[exp.id] = exp.config
         saved = self.search.restore(rt)

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 #: Inputs recorded without an event (trial progress) that make a progress report save them.
 _MAX_PENDING_ENTRIES = 256
+#: Progress inputs are saved (one search log record) at most this long after they came, by the
+#: next progress report or the liveness watchdog: a master killed meanwhile loses only these.
+PROGRESS_SAVE_S = 1.0
 
 
 class SearchDriver:
@@ -50,9 +53,29 @@ class SearchDriver:
         """Persist what the last event changed (one small record, or now and then a
         snapshot: :mod:`master_server.engine.search_log`), and the experiment's progress."""
         # Progress first: asking moves the method's monotone floor, which the record keeps.
-        progress = 1.0 if rt.shutdown is not None else rt.searcher.progress()
+        progress = self._progress(rt)
+        # A record rolled back with the transaction it was part of leaves inputs in no record:
+        # only a whole snapshot covers them then.
+        self.s.on_rollback(rt.log.forget_snapshot)
         rt.log.save(self.s.store, rt)
-        self.s.store.update_experiment(rt.experiment_id, progress=min(1.0, max(0.0, progress)))
+        rt.unsaved_since = None
+        self.s.store.update_experiment(rt.experiment_id, progress=progress)
+
+    @staticmethod
+    def _progress(rt: ExperimentRuntime) -> float:
+        """The experiment's progress in [0, 1], never below what a previous master stored."""
+        p = 1.0 if rt.shutdown is not None else rt.searcher.progress()
+        return min(1.0, max(0.0, rt.progress_floor, p))
+
+    def save_progress(self) -> None:
+        """Save the progress inputs of every search that has held some for
+        :data:`PROGRESS_SAVE_S` (the liveness watchdog calls this every second or so)."""
+        now = time.monotonic()
+        with self.s.lock:
+            for rt in list(self.s.exps.values()):
+                if rt.unsaved_since is not None and now - rt.unsaved_since >= PROGRESS_SAVE_S:
+                    with self.s.atomic():
+                        self.save(rt)
 
     def restore(self, rt: ExperimentRuntime) -> dict[str, Any]:
         """Load ``rt``'s searcher (snapshot + replayed log); returns the saved trial runtimes
@@ -62,17 +85,25 @@ class SearchDriver:
     # -- events and actions ------------------------------------------------------------------
     def start(self, rt: ExperimentRuntime) -> None:
         """Start the search (once) and schedule what it asked for."""
-        if not rt.started:
-            rt.started = True
-            self.apply(rt, rt.searcher.initial_operations())
-        self.save(rt)
+        with self.s.atomic():
+            if not rt.started:
+                rt.started = True
+                self.apply(rt, rt.searcher.initial_operations())
+            self.save(rt)
         self.runs.schedule()
 
     def event(self, rt: ExperimentRuntime, actions: list[Action]) -> None:
-        """Carry out the actions a searcher event returned, persist, and move things on."""
-        self.apply(rt, actions)
-        self.save(rt)
-        self.lifecycle.maybe_finish(rt.experiment_id)
+        """Carry out the actions a searcher event returned, persist, and move things on.
+
+        The trials it creates or finishes, the event's search log record and the experiment's
+        end are one transaction (with what the caller wrote in its own
+        :meth:`~master_server.engine.state.EngineState.atomic` block, such as the trial's end
+        state that caused the event).
+        """
+        with self.s.atomic():
+            self.apply(rt, actions)
+            self.save(rt)
+            self.lifecycle.maybe_finish(rt.experiment_id)
         self.runs.schedule()
 
     def apply(self, rt: ExperimentRuntime, actions: list[Action]) -> None:
@@ -251,7 +282,7 @@ class SearchDriver:
     def report_progress(self, trial_id: int, progress: float) -> None:
         if not (0.0 <= progress <= 1.0) or math.isnan(progress):
             raise InvalidArgumentError(f"progress: must be within [0, 1], got {progress}")
-        with self.s.lock:
+        with self.s.lock, self.s.atomic():  # the trial's and the experiment's progress
             tr, rt = self.live(trial_id)
             self.s.touch(trial_id)
             self.s.store.update_trial(trial_id, progress=progress)
@@ -259,11 +290,17 @@ class SearchDriver:
                 op = tr.current_op()
                 if op is not None:
                     rt.searcher.on_trial_progress(tr.request_id, progress * op)
-                if rt.searcher.pending_entries >= _MAX_PENDING_ENTRIES:
-                    self.save(rt)  # progress reports between events: memory stays bounded
+                    if rt.unsaved_since is None:
+                        rt.unsaved_since = time.monotonic()
+                # Saved in batches (the searcher's inputs and the trial runtimes they changed),
+                # so memory stays bounded and a master killed loses at most PROGRESS_SAVE_S.
+                if rt.searcher.pending_entries >= _MAX_PENDING_ENTRIES or (
+                    rt.unsaved_since is not None
+                    and time.monotonic() - rt.unsaved_since >= PROGRESS_SAVE_S
+                ):
+                    self.save(rt)
                     return
-                p = 1.0 if rt.shutdown is not None else rt.searcher.progress()
-                self.s.store.update_experiment(rt.experiment_id, progress=min(1.0, max(0.0, p)))
+                self.s.store.update_experiment(rt.experiment_id, progress=self._progress(rt))
 
     def report_early_exit(self, trial_id: int, reason: str) -> None:
         if reason not in ("INVALID_HP", "ERRORED", "USER_CANCELED"):

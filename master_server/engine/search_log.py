@@ -95,6 +95,11 @@ class SearchLog:
         self.log_bytes += size
         self.records += 1
 
+    def forget_snapshot(self) -> None:
+        """What was saved since the last snapshot was lost (a rolled-back transaction): the
+        next save writes a whole snapshot."""
+        self.has_snapshot = False
+
     def snapshot_stored(self, state: JSONDict) -> None:
         """``state`` (:func:`full_state`) was stored by someone else (with the experiment's
         row at creation): the next events are records on top of it."""

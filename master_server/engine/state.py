@@ -9,10 +9,11 @@ condition of that lock. Every state change goes through :meth:`EngineState.set_t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,8 @@ class TrialRuntime:
     run_id: int = 0
     last_activity: float = field(default_factory=time.monotonic)  # for ``max_idle``
     idle_killed: bool = False
+    # An unmanaged run's last sign of life (a preemption poll or any report), monotonic.
+    last_heartbeat: float = field(default_factory=time.monotonic)
 
     def current_op(self) -> int | None:
         """The first operation length not completed yet, if any."""
@@ -80,6 +83,10 @@ class ExperimentRuntime:
     # Request ids whose runtime changed since the last save (saved with the next log record).
     dirty: set[str] = field(default_factory=set)
     log: SearchLog = field(default_factory=SearchLog)
+    # When the oldest input not yet in the search log (a progress report) was recorded.
+    unsaved_since: float | None = None
+    # The experiment's progress as a previous master stored it: never shown lower again.
+    progress_floor: float = 0.0
 
     @property
     def slots(self) -> int:
@@ -105,12 +112,81 @@ class EngineState:
         self.closed = False
         self.jobs = JobRunner(store)
         self.listeners: list[Callable[[int | None], None]] = []
+        self.recovered = threading.Event()  # set once recovery after start has run
+        self._atomic_depth = 0
+        self._after_commit: list[Callable[[], None]] = []
+        self._on_rollback: list[Callable[[], None]] = []
+        self._notify_later: list[int | None] = []
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Make everything the engine writes inside one store transaction (call with the lock
+        held; nesting joins the outer block).
+
+        What the engine does on an event (a trial's end state, the trials the searcher
+        created, the search log record of the event, the experiment's end) then happens
+        together or not at all: a master killed half way leaves the state before the event,
+        and the event comes again (the run's exit is reported again to the next master).
+        What others would see or act on (long-poll wake-ups of the asyncio server, new runs
+        started, the job runner) waits for the commit (:meth:`after_commit`).
+        """
+        if self._atomic_depth:
+            self._atomic_depth += 1
+            try:
+                yield
+            finally:
+                self._atomic_depth -= 1
+            return
+        self._atomic_depth = 1
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            undo, self._on_rollback = self._on_rollback, []
+            for fn in undo:
+                fn()
+            raise
+        finally:
+            self._atomic_depth = 0
+            self._on_rollback = []
+            todo, self._after_commit = self._after_commit, []
+            woken, self._notify_later = self._notify_later, []
+            for experiment_id in woken:  # after a rollback too: a wake-up is harmless
+                self._tell_listeners(experiment_id)
+            for fn in todo:  # as is starting runs or jobs
+                fn()
+
+    @property
+    def in_atomic(self) -> bool:
+        """Whether an :meth:`atomic` block is open (on the thread holding the lock)."""
+        return self._atomic_depth > 0
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` when the open :meth:`atomic` block ends (now when none is open); the
+        same function is queued once."""
+        if not self._atomic_depth:
+            fn()
+        elif fn not in self._after_commit:
+            self._after_commit.append(fn)
+
+    def on_rollback(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` if the open :meth:`atomic` block is rolled back (nothing when none is
+        open: each write then commits on its own)."""
+        if self._atomic_depth:
+            self._on_rollback.append(fn)
 
     def notify(self, experiment_id: int | None) -> None:
         """Wake the long polls of ``experiment_id`` (None: of every experiment); call with the
-        lock held. Threads waiting on :attr:`changed` all wake; listeners (the asyncio server's
-        waker) hear which experiment changed."""
+        lock held. Threads waiting on :attr:`changed` all wake (they read after the lock is
+        released, so after any commit); listeners (the asyncio server's waker, which reads
+        without the lock) hear which experiment changed once it is committed."""
         self.changed.notify_all()
+        if not self._atomic_depth:
+            self._tell_listeners(experiment_id)
+        elif experiment_id not in self._notify_later:
+            self._notify_later.append(experiment_id)
+
+    def _tell_listeners(self, experiment_id: int | None) -> None:
         for fn in self.listeners:
             fn(experiment_id)
 
@@ -125,7 +201,14 @@ class EngineState:
         """The trial made progress (a report reached the master); lock-free on purpose."""
         tr = self.trials.get(trial_id)
         if tr is not None:
-            tr.last_activity = time.monotonic()
+            tr.last_activity = tr.last_heartbeat = time.monotonic()
+
+    def heartbeat(self, trial_id: int) -> None:
+        """The trial's run is alive (it polls): not progress, so ``max_idle`` does not hear
+        it; lock-free on purpose (called on the event loop)."""
+        tr = self.trials.get(trial_id)
+        if tr is not None:
+            tr.last_heartbeat = time.monotonic()
 
     def live_trials_of(self, experiment_id: int) -> list[TrialRuntime]:
         return [t for t in self.trials.values() if t.experiment_id == experiment_id]
@@ -151,5 +234,5 @@ class EngineState:
             )
         exp = self.store.update_experiment(experiment_id, **kw)
         if gc:
-            self.jobs.kick()
+            self.after_commit(self.jobs.kick)
         return exp

@@ -41,14 +41,27 @@ class TrialRuns:
     search: SearchDriver
     preemption: Preemption
 
-    def __init__(self, state: EngineState, master_address: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        state: EngineState,
+        master_address: Callable[[], str],
+        *,
+        unmanaged_timeout_s: float = 60.0,
+    ) -> None:
         self.s = state
         self._master_address = master_address
+        #: An unmanaged run with no sign of life for this long is presumed dead (ERROR).
+        self.unmanaged_timeout_s = unmanaged_timeout_s
 
     # -- allocation and start ----------------------------------------------------------------
     def schedule(self) -> None:
-        """Start a run for every trial the resource manager now has slots for."""
+        """Start a run for every trial the resource manager now has slots for (inside an
+        :meth:`~master_server.engine.state.EngineState.atomic` block: once it is committed,
+        so no run is started for a trial whose row a rollback would undo)."""
         if self.s.closed:
+            return
+        if self.s.in_atomic:
+            self.s.after_commit(self.schedule)
             return
         for alloc in self.s.rm.allocate():
             try:
@@ -120,7 +133,18 @@ class TrialRuns:
 
     # -- exits -------------------------------------------------------------------------------
     def on_exit(self, trial_id: int, run_id: int, exit_code: int) -> None:
-        """A run ended (reported by its supervisor or the resource manager); idempotent."""
+        """A run ended (reported by its supervisor or the resource manager); idempotent.
+
+        The trial's new state, what the searcher did on hearing of it (trials created, the
+        search log record) and the experiment's end are one transaction
+        (:meth:`~master_server.engine.state.EngineState.atomic`): a master killed half way
+        has stored none of it, the trial is still RUNNING with this run, and the next master
+        handles the exit when the run's supervisor reports it again (it retries while the
+        master is unreachable) or when it adopts the run and reads its exit code.
+        """
+        # A report that comes before this master has recovered its trials waits for them:
+        # answered "unknown run, nothing to do", the supervisor would stop reporting.
+        self.s.recovered.wait(timeout=120.0)
         with self.s.lock:
             tr = self.s.trials.get(trial_id)
             if tr is None or not tr.running or tr.run_id != run_id:
@@ -128,7 +152,6 @@ class TrialRuns:
             tr.running = False
             self.s.rm.release(trial_id)
             rt = self.s.exps.get(tr.experiment_id)
-            exp = self.s.store.get_experiment(tr.experiment_id)
             logger.info(
                 "trial %d run %d exited with %d (preempt=%s closed=%s)",
                 trial_id,
@@ -137,19 +160,23 @@ class TrialRuns:
                 tr.preempt_reason,
                 tr.closed,
             )
-            if rt is None:
-                self._unmanaged_exit(tr, exp, exit_code)
-            else:
-                self._managed_exit(tr, rt, exp, exit_code)
-                self.lifecycle.maybe_finish(exp.id)
-                self.schedule()
-            self.s.notify(tr.experiment_id)
+            with self.s.atomic():
+                exp = self.s.store.get_experiment(tr.experiment_id)
+                if rt is None:
+                    self._unmanaged_exit(tr, exp, exit_code)
+                else:
+                    self._managed_exit(tr, rt, exp, exit_code)
+                    self.lifecycle.maybe_finish(exp.id)
+                    self.schedule()
+                self.s.notify(tr.experiment_id)
 
-    def _unmanaged_exit(self, tr: TrialRuntime, exp: Experiment, exit_code: int) -> None:
+    def _unmanaged_exit(
+        self, tr: TrialRuntime, exp: Experiment, exit_code: int, why: str | None = None
+    ) -> None:
         self.s.set_trial_state(
             tr.trial_id,
             T.COMPLETED if exit_code == 0 else T.ERROR,
-            exit_reason="exited normally" if exit_code == 0 else why_exit(exit_code),
+            exit_reason=why or ("exited normally" if exit_code == 0 else why_exit(exit_code)),
         )
         self.s.trials.pop(tr.trial_id, None)
         live = self.s.store.list_trials(exp.id, states=[T.RUNNING, T.QUEUED])[1]
@@ -210,7 +237,12 @@ class TrialRuns:
             self.failed(trial_id, why_exit(exit_code))
 
     def failed(self, trial_id: int, why: str) -> None:
-        """A run failed: restart from the latest checkpoint while restarts are left, else ERROR."""
+        """A run failed: restart from the latest checkpoint while restarts are left, else ERROR
+        (the state and the searcher's event in one transaction)."""
+        with self.s.atomic():
+            self._failed(trial_id, why)
+
+    def _failed(self, trial_id: int, why: str) -> None:
         tr = self.s.trials[trial_id]
         rt = self.s.exps[tr.experiment_id]
         trial = self.s.store.get_trial(trial_id)
@@ -281,6 +313,52 @@ class TrialRuns:
                 tr.idle_killed = True
                 self.s.rm.kill(tr.trial_id, tr.run_id)
 
+    def unmanaged_poll_s(self, trial_id: int) -> float | None:
+        """How long a preemption poll of an unmanaged run may wait at most (its polls are its
+        heartbeat: a third of the timeout keeps two beats inside it); None for other trials
+        (lock-free: called on the event loop)."""
+        tr = self.s.trials.get(trial_id)
+        if tr is None or tr.experiment_id in self.s.exps:
+            return None
+        return self.unmanaged_timeout_s / 3
+
+    def check_heartbeats(self) -> None:
+        """End unmanaged runs (scripts run by hand; no supervisor watches them) that showed
+        no sign of life (``core_api`` polls preemption from a background thread, reports
+        count too) for :attr:`unmanaged_timeout_s`: ERROR, with the reason in the trial's
+        logs and exit reason."""
+        now = time.monotonic()
+        limit = self.unmanaged_timeout_s
+        with self.s.lock:
+            for tr in list(self.s.trials.values()):
+                if tr.experiment_id in self.s.exps or not tr.running:
+                    continue
+                silent = now - tr.last_heartbeat
+                if silent < limit:
+                    continue
+                why = (
+                    f"no heartbeat for {silent:.0f} s (unmanaged run; timeout {limit:g} s): "
+                    "the process running it is presumed dead"
+                )
+                logger.warning("trial %d run %d: %s", tr.trial_id, tr.run_id, why)
+                with self.s.atomic():
+                    self.s.store.add_logs(
+                        [
+                            LogLine(
+                                trial_id=tr.trial_id,
+                                timestamp=time.time(),
+                                message=why,
+                                stream="stderr",
+                                level="ERROR",
+                                run_id=tr.run_id,
+                            )
+                        ]
+                    )
+                    tr.running = False
+                    exp = self.s.store.get_experiment(tr.experiment_id)
+                    self._unmanaged_exit(tr, exp, 1, why)
+                    self.s.notify(tr.experiment_id)
+
     # -- kill ---------------------------------------------------------------------------------
     def kill(self, trial_id: int) -> Trial:
         """Kill a trial now. Killing a trial that already ended changes nothing."""
@@ -293,20 +371,24 @@ class TrialRuns:
             if tr.running and rt is not None:
                 self.preemption.preempt(tr, "kill")
             else:
-                self.s.rm.withdraw(trial_id)
-                self.s.set_trial_state(trial_id, T.CANCELED)
-                self.s.trials.pop(trial_id, None)
-                if rt is not None:
-                    self.search.event(
-                        rt,
-                        rt.searcher.on_trial_exited_early(
-                            tr.request_id, ExitedReason.USER_CANCELED
-                        ),
-                    )
-                else:
-                    self.lifecycle.maybe_finish(trial.experiment_id)
+                self._kill_waiting(tr, trial, rt)
             self.s.notify(trial.experiment_id)
             return self.s.store.get_trial(trial_id)
+
+    def _kill_waiting(self, tr: TrialRuntime, trial: Trial, rt: ExperimentRuntime | None) -> None:
+        """Cancel a trial that has no run (its state and the searcher's event: one
+        transaction)."""
+        trial_id = trial.id
+        with self.s.atomic():
+            self.s.rm.withdraw(trial_id)
+            self.s.set_trial_state(trial_id, T.CANCELED)
+            self.s.trials.pop(trial_id, None)
+            if rt is not None:
+                self.search.event(
+                    rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
+                )
+            else:
+                self.lifecycle.maybe_finish(trial.experiment_id)
 
     # -- recovery ----------------------------------------------------------------------------
     def recover(
@@ -371,6 +453,7 @@ class TrialRuns:
         """Unmanaged trials run outside the master: just remember the running ones."""
         trials, _ = self.s.store.list_trials(exp.id, states=[T.RUNNING])
         for t in trials:
+            # Its heartbeat clock starts now: the run gets a whole timeout to reach this master.
             self.s.trials[t.id] = TrialRuntime(
                 t.id, exp.id, t.request_id, running=True, run_id=t.run_id
             )

@@ -4,6 +4,10 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
 
 * **Thread safety.** Every method may be called from any thread at any time; each call is one
   transaction and either fully happens or not at all.
+* **Transactions.** Inside ``with store.transaction():`` every call the same thread makes joins
+  one transaction (reads see its writes; a call that fails undoes only its own part), committed
+  when the block ends and rolled back when it raises: several calls either all happen or none.
+  Other threads see nothing of it before the commit. Nesting joins the outer block.
 * **Errors.** A missing id raises :class:`~determined_sdk.errors.NotFoundError` naming the kind
   and the id (``"experiment 7 not found"``); a duplicate unique name raises
   :class:`~determined_sdk.errors.AlreadyExistsError`; bad values raise
@@ -58,6 +62,7 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -105,6 +110,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """One transaction for every store call this thread makes inside the block.
+
+        Committed when the block ends, rolled back when it raises; a block inside another
+        joins it. On SQLite the block holds the database's one writer slot throughout: keep it
+        short.
+        """
 
     @property
     @abc.abstractmethod

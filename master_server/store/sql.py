@@ -6,6 +6,8 @@ Design notes (the contract itself is in :mod:`master_server.store.base`):
 * **Connections.** One SQLAlchemy :class:`~sqlalchemy.engine.Engine` with a connection pool;
   every store call checks out a connection, runs one transaction and returns it. Statements
   are SQLAlchemy 2.0 Core statements over the tables of :mod:`master_server.store.models`.
+  Inside :meth:`SQLStore.transaction` a thread's calls share that block's connection and
+  transaction instead (each write in a savepoint of it).
 * **SQLite.** Each new DB-API connection is put in WAL mode with ``synchronous=NORMAL``,
   foreign keys on and a busy timeout. The store issues ``BEGIN`` itself: reads run in a
   deferred transaction (WAL readers never block), writes in ``BEGIN IMMEDIATE`` while holding
@@ -781,6 +783,8 @@ class SQLStore(AuthSQLMixin, Store):
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self._sqlite else contextlib.nullcontext()
         )
+        # The connection of the calling thread's open transaction(), if any.
+        self._tx = threading.local()
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -795,16 +799,41 @@ class SQLStore(AuthSQLMixin, Store):
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
+        joined: Connection | None = getattr(self._tx, "conn", None)
+        if joined is not None:  # inside this thread's transaction(): see its writes
+            yield joined
+            return
         with self._engine.connect() as conn, conn.begin():
             yield conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
+        joined: Connection | None = getattr(self._tx, "conn", None)
+        if joined is not None:
+            # Part of this thread's transaction(): a savepoint, so a call that fails undoes
+            # only its own part (and PostgreSQL's transaction stays usable).
+            with joined.begin_nested():
+                yield joined
+            return
         with self._write_lock, self._engine.connect() as conn:
             if self._sqlite:
                 conn.execution_options(sqlite_immediate=True)
             with conn.begin():
                 yield conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction for every store call this thread makes inside the block (see
+        :meth:`Store.transaction`)."""
+        if getattr(self._tx, "conn", None) is not None:
+            yield  # joins the outer block
+            return
+        with self._write() as conn:
+            self._tx.conn = conn
+            try:
+                yield
+            finally:
+                self._tx.conn = None
 
     def _upsert(self, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
         ins = sqlite_insert(table) if self._sqlite else pg_insert(table)

@@ -50,14 +50,14 @@ class _MasterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.db_url: str | None = None
         self.slots = 2
+        self.main = ["-m", "master_server"]  # how the master is started (a test may wrap it)
 
     def start(self) -> Stubs:
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "master_server",
+                    *self.main,
                     "--data-dir",
                     str(self.data_dir),
                     "--port",

@@ -557,6 +557,37 @@ def test_create_experiment_stores_its_searcher_state_with_the_row(store: SQLStor
     assert store.load_searcher_state(new_exp(store).id) is None  # none given: none stored
 
 
+def test_transaction_is_all_or_nothing(store: SQLStore) -> None:
+    """Calls inside ``transaction()`` commit together; a raise undoes every one of them."""
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+    with pytest.raises(RuntimeError, match="crash"), store.transaction():
+        store.update_trial(trial.id, state=TrialState.COMPLETED)
+        assert store.get_trial(trial.id).state == TrialState.COMPLETED  # sees its writes
+        new_trial(store, exp.id, "r2")
+        with store.transaction():  # nested: joins the outer one
+            store.append_searcher_event(exp.id, {"in": [["exited", "r1"]]})
+        raise RuntimeError("crash")
+    assert store.get_trial(trial.id).state == TrialState.QUEUED
+    assert store.list_trials(exp.id)[1] == 1
+    assert store.load_searcher_log(exp.id).events == []
+
+    seen: list[TrialState] = []
+    with store.transaction():
+        store.update_trial(trial.id, state=TrialState.RUNNING)
+        # Another thread does not see the transaction before its commit.
+        reader = threading.Thread(target=lambda: seen.append(store.get_trial(trial.id).state))
+        reader.start()
+        reader.join(timeout=30)
+        # A call that fails undoes its own part only; the transaction goes on.
+        with pytest.raises(AlreadyExistsError):
+            new_trial(store, exp.id, "r1")
+        store.append_searcher_event(exp.id, {"in": [["created", "r1"]]})
+    assert seen == [TrialState.QUEUED]
+    assert store.get_trial(trial.id).state == TrialState.RUNNING
+    assert [e for _, e in store.load_searcher_log(exp.id).events] == [{"in": [["created", "r1"]]}]
+
+
 def test_searcher_state(store: SQLStore) -> None:
     exp = new_exp(store)
     assert store.load_searcher_state(exp.id) is None
