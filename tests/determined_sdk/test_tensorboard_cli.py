@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import signal
+import socket
+import subprocess
 import sys
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -12,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from determined_sdk import Experiment
 from determined_sdk.cli import cli
 from master_server.app import Master
+from tests.support import REPO, wait_for
 
 
 def test_export_only(finished: Experiment, sdk_master: Master, tmp_path: pathlib.Path) -> None:
@@ -26,6 +32,45 @@ def test_export_only(finished: Experiment, sdk_master: Master, tmp_path: pathlib
         want = [(m.steps_completed, m.metrics["loss"]) for m in t.iter_metrics("validation")]
         assert [s for s, _ in loss] == [s for s, _ in want]
         assert [v for _, v in loss] == pytest.approx([v for _, v in want])
+
+
+def test_starts_tensorboard_on_the_exported_trials(
+    finished: Experiment, sdk_master: Master, tmp_path: pathlib.Path
+) -> None:
+    with socket.socket() as s:  # a free loopback port for TensorBoard
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-c", "from determined_sdk.cli import main; main()"]
+    cmd += ["-m", sdk_master.address, "tensorboard", str(finished.id), "--dir", str(tmp_path)]
+    cmd += ["--port", str(port), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # TensorBoard runs as its child: stop both together
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+
+    def scalar_tags() -> dict[str, list[str]] | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"detsdk tensorboard exited {proc.returncode}")
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5)
+        except httpx.TransportError:
+            return None  # not listening yet
+        tags = {run: sorted(t) for run, t in r.json().items()} if r.status_code == 200 else {}
+        return tags if len(tags) == 2 else None  # both trials loaded
+
+    try:
+        tags = wait_for(scalar_tags, 120, "TensorBoard to serve both trials' scalars")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    runs = {f"experiment-{finished.id}/trial-{t.id}" for t in finished.list_trials()}
+    assert set(tags) == runs, out
+    assert all("validation/loss" in t and "training/loss" in t for t in tags.values()), tags
+    assert f"TensorBoard on http://127.0.0.1:{port}/" in out
 
 
 def test_errors(
