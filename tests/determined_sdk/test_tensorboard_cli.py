@@ -67,6 +67,7 @@ def test_starts_tensorboard_on_the_exported_trials(
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
+    assert tags is not None
     runs = {f"experiment-{finished.id}/trial-{t.id}" for t in finished.list_trials()}
     assert set(tags) == runs, out
     assert all("validation/loss" in t and "training/loss" in t for t in tags.values()), tags
