@@ -97,8 +97,8 @@ def main() -> None:
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 part")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="ckpt-bench-") as t:
-        tmp = pathlib.Path(t)
+    with tempfile.TemporaryDirectory(prefix="ckpt-bench-") as tmp_name:
+        tmp = pathlib.Path(tmp_name)
         src = tmp / "src"
         (src / "shards").mkdir(parents=True)
         block = os.urandom(MiB)

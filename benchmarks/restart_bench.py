@@ -194,6 +194,7 @@ def bench_outage(outage_s: float, root: pathlib.Path) -> dict[str, float]:
     try:
         with core_api.init(master=m.address, experiment_name="outage-bench") as ctx:
             report = ctx.train.report_training_metrics
+            assert ctx.info is not None
             trial_id = ctx.info.trial.trial_id
             end = time.monotonic() + 5
             while time.monotonic() < end:

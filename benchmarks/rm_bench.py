@@ -17,6 +17,7 @@ ratios go to stdout.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pathlib
 import statistics
@@ -63,7 +64,7 @@ def measure(master: Master, tmp: pathlib.Path, launches: int, trials: int) -> tu
     for _ in range(launches):
         t0 = time.time()
         exp = stubs.create(_config(single), md)
-        (trial,) = wait_for(lambda e=exp.id: stubs.trials_of(e), 60, "the trial")
+        (trial,) = wait_for(functools.partial(stubs.trials_of, exp.id), 60, "the trial")
         f = starts / str(trial.id)
         wait_for(f.exists, 120, "the trial to start")
         latencies.append(float(wait_for(f.read_text, 10, "its start time")) - t0)
@@ -90,7 +91,11 @@ def main() -> None:
     args = p.parse_args()
     from ray.cluster_utils import Cluster
 
-    node = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 80 * 2**20}
+    node: dict[str, Any] = {
+        "num_cpus": 2,
+        "node_ip_address": "127.0.0.1",
+        "object_store_memory": 80 * 2**20,
+    }
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     cluster.add_node(**node)
     results: dict[str, tuple[float, float]] = {}
@@ -111,7 +116,7 @@ def main() -> None:
                 finally:
                     m.stop()
     finally:
-        cluster.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]  # ray leaves it untyped
     (l_lat, l_rate), (r_lat, r_rate) = results["local"], results["ray"]
     print(f"{'backend':<8} {'launch latency (median)':>24} {'trials/s':>10}")
     print(f"{'local':<8} {l_lat * 1000:>21.0f} ms {l_rate:>10.2f}")

@@ -76,7 +76,7 @@ def pytorch_plain(out: pathlib.Path, master: str) -> None:
     while step < BATCHES:
         for x, y in loader:
             loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1

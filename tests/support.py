@@ -41,11 +41,11 @@ def wait_for(cond: Callable[[], T], timeout: float = 60.0, what: str = "conditio
     """Poll ``cond`` until it returns a truthy value; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     delay = 0.01
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
+        got = last = cond()
+        if got:
+            return got
         time.sleep(delay)  # polling interval of a deadline-bounded wait, not synchronization
         delay = min(delay * 2, 0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
@@ -104,16 +104,18 @@ class Stubs:
     ) -> experiment_pb2.Experiment:
         text = config if isinstance(config, str) else yaml.safe_dump(config)
         data = pack_model_dir(model_dir) if model_dir is not None else b""
-        return self.experiments.CreateExperiment(
+        exp: experiment_pb2.Experiment = self.experiments.CreateExperiment(
             experiment_pb2.CreateExperimentRequest(
                 config=text, model_definition=data, activate=activate
             )
         ).experiment
+        return exp
 
     def experiment(self, exp_id: int) -> experiment_pb2.Experiment:
-        return self.experiments.GetExperiment(
+        exp: experiment_pb2.Experiment = self.experiments.GetExperiment(
             experiment_pb2.GetExperimentRequest(experiment_id=exp_id)
         ).experiment
+        return exp
 
     def exp_state(self, exp_id: int) -> str:
         return common_pb2.ExperimentState.Name(self.experiment(exp_id).state).removeprefix(
@@ -128,20 +130,26 @@ class Stubs:
         )
 
     def trial(self, trial_id: int) -> trial_pb2.Trial:
-        return self.trials.GetTrial(trial_pb2.GetTrialRequest(trial_id=trial_id)).trial
+        t: trial_pb2.Trial = self.trials.GetTrial(
+            trial_pb2.GetTrialRequest(trial_id=trial_id)
+        ).trial
+        return t
 
     def action(self, exp_id: int, action: str) -> experiment_pb2.Experiment:
         a = experiment_pb2.ExperimentAction.Value(f"EXPERIMENT_ACTION_{action.upper()}")
-        return self.experiments.ExperimentAction(
+        exp: experiment_pb2.Experiment = self.experiments.ExperimentAction(
             experiment_pb2.ExperimentActionRequest(experiment_id=exp_id, action=a)
         ).experiment
+        return exp
 
     def wait_exp(self, exp_id: int, *states: str, timeout: float = 120.0) -> str:
-        return wait_for(
-            lambda: (s := self.exp_state(exp_id)) in states and s,
-            timeout,
-            f"experiment {exp_id} to reach {states}",
-        )
+        def reached() -> str | None:
+            s = self.exp_state(exp_id)
+            return s if s in states else None
+
+        state = wait_for(reached, timeout, f"experiment {exp_id} to reach {states}")
+        assert state is not None  # wait_for returns only a truthy value
+        return state
 
 
 def trial_state(t: trial_pb2.Trial) -> str:
