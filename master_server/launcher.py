@@ -122,9 +122,12 @@ class _Run:
     pid: int
     run_dir: pathlib.Path
     proc: subprocess.Popen[bytes] | None  # None: adopted from a previous master
+    ended: int | None = None  # the exit code of a run that ended before it was adopted
 
     def exit_code(self) -> int | None:
         """The run's exit code once its supervisor is gone, else None."""
+        if self.ended is not None:
+            return self.ended
         if self.proc is not None:
             return self.proc.poll()
         if _alive(self.pid):
@@ -305,6 +308,18 @@ class LocalLauncher:
     def adopt(self, run: LiveRun) -> bool:
         """Watch a supervisor a previous master started; False if it is not that supervisor."""
         run_dir = self.run_dir(run.trial_id, run.run_id)
+        if run.exit_code is not None:  # it ended during the outage: its exit is handled now
+            with self._lock:
+                self._runs[run.trial_id] = _Run(
+                    run.trial_id, run.run_id, run.pid, run_dir, None, run.exit_code
+                )
+            logger.info(
+                "trial %d run %d: ended with exit code %d while no master ran",
+                run.trial_id,
+                run.run_id,
+                run.exit_code,
+            )
+            return True
         if not (_alive(run.pid) and _is_supervisor_of(run.pid, run_dir)):
             return False
         with self._lock:
@@ -319,9 +334,13 @@ class LocalLauncher:
                 for r, _ in done:
                     del self._runs[r.trial_id]
             for r, code in done:
-                # Kill leftovers of the gang (ranks whose supervisor was SIGKILLed).
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(r.pid, signal.SIGKILL)
+                # Kill leftovers of the gang (ranks whose supervisor was SIGKILLed); not for a
+                # run that ended long ago (its process group id may belong to others now).
+                if r.ended is None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(r.pid, signal.SIGKILL)
+                # Handled: a later master must not find this run again.
+                (r.run_dir / ".det" / "supervisor.pid").unlink(missing_ok=True)
                 if self._on_exit is not None:
                     try:
                         self._on_exit(r.trial_id, r.run_id, code)
@@ -369,15 +388,31 @@ def find_live_runs(data_dir: pathlib.Path) -> list[LiveRun]:
         except (OSError, ValueError):
             continue
         if not (_alive(pid) and _is_supervisor_of(pid, run_dir)):
-            pid_file.unlink(missing_ok=True)
+            # Its supervisor is gone. If it left the run's exit code (it could not report it
+            # to any master: the outage outlasted its retries), the run ended during the
+            # outage and the exit is still to be handled; else the run is lost.
+            code = _exit_code_file(run_dir)
+            if code is not None:
+                out.append(LiveRun(trial_id=trial_id, run_id=run_id, pid=pid, exit_code=code))
+            else:
+                pid_file.unlink(missing_ok=True)
             continue
         out.append(LiveRun(trial_id=trial_id, run_id=run_id, pid=pid))
     return out
 
 
+def _exit_code_file(run_dir: pathlib.Path) -> int | None:
+    try:
+        return int((run_dir / ".det" / "exit_code").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def discard_run(data_dir: pathlib.Path, run: LiveRun) -> None:
-    """Kill a run left by a previous master (its whole process group) and forget its pid."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(run.pid, signal.SIGKILL)
+    """Kill a run left by a previous master (its whole process group) and forget its pid (a
+    run that had already ended is only forgotten)."""
+    if run.exit_code is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.pid, signal.SIGKILL)
     pid_file = data_dir / "runs" / f"trial-{run.trial_id}" / f"run-{run.run_id}" / ".det"
     (pid_file / "supervisor.pid").unlink(missing_ok=True)

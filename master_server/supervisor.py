@@ -320,6 +320,7 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
             )
             for p in procs:
                 p.wait()
+            _leave_exit_code(spec, 127)
             return 127, channel
         exit_code = 0
         grace_deadline: float | None = None
@@ -342,12 +343,22 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
             changed.wait(timeout=min(1.0, timeout) + 0.01)
         if exit_code == 0:
             exit_code = next((c for c in (p.returncode for p in procs) if c), 0)
+        # At once, not after the last log lines were shipped (which waits out an outage of
+        # the master): the run has ended, whatever happens to this process now.
+        _leave_exit_code(spec, exit_code)
         return exit_code, channel
     finally:
         for t in readers:
             t.join(timeout=10)
         shipper.q.put(None)
         shipper.join(timeout=70)
+
+
+def _leave_exit_code(spec: dict[str, Any], code: int) -> None:
+    """Write the run's exit code into its ``.det`` directory, for a master that adopted this
+    run (it is not our parent and cannot wait for us) or finds it ended after an outage."""
+    with contextlib.suppress(OSError):
+        (pathlib.Path(spec["run_dir"]) / ".det" / "exit_code").write_text(str(code))
 
 
 def report_exit(spec: dict[str, Any], code: int, channel: grpc.Channel | None = None) -> None:
@@ -397,9 +408,7 @@ def main() -> None:
             sys.exit(128 + signal.SIGTERM)
     # The report goes on the channel that shipped the logs: no second connection to wait for.
     code, channel = _run(spec, None)
-    # For a master that adopted this run (it is not our parent and cannot wait for us).
-    with contextlib.suppress(OSError):
-        (pathlib.Path(spec["run_dir"]) / ".det" / "exit_code").write_text(str(code))
+    _leave_exit_code(spec, code)  # (written already when the ranks ended; this is the same)
     import grpc
 
     try:

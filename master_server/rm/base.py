@@ -57,6 +57,9 @@ class LiveRun:
     run_id: int
     pid: int
     secret: str = ""
+    # Set when the run had already ended while no master watched it (its supervisor left its
+    # exit code in the run directory): adopting it hands that exit on, and nothing is killed.
+    exit_code: int | None = None
 
 
 class ResourceManager(abc.ABC):

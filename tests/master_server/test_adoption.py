@@ -285,3 +285,33 @@ def test_unmanaged_run_trains_through_a_master_kill9(
     req = trial_pb2.StreamMetricsRequest(trial_ids=[1], group="training")
     stored = [p.steps_completed for page in stubs.trials.StreamMetrics(req) for p in page.points]
     assert stored == steps == list(range(1, len(steps) + 1))
+
+
+def test_a_run_that_ended_during_a_long_outage_is_not_rerun(
+    master_proc: _MasterProcess, tmp_path: pathlib.Path
+) -> None:
+    truth, gate = tmp_path / "truth.txt", tmp_path / "gate"
+    body = TRIAL.replace("TRUTH", repr(str(truth))).replace("GATE", repr(str(gate)))
+    md = write_model_dir(tmp_path / "model", {"main.py": body})
+    stubs = master_proc.start()
+    exp = stubs.create(single_config("python main.py"), md)
+    wait_for(lambda: len(_truth(truth)) >= 5, 60, "the trial to train")
+    master_proc.signal(signal.SIGKILL)
+
+    # The trial finishes while no master runs. Its supervisor leaves the exit code in the run
+    # directory and retries the report; here it is killed, as if the outage had outlasted
+    # its retries (two minutes).
+    gate.touch()
+    det = master_proc.data_dir / "runs" / "trial-1" / "run-1" / ".det"
+    wait_for((det / "exit_code").exists, 60, "the run to end and leave its exit code")
+    assert (det / "exit_code").read_text() == "0"
+    os.kill(int((det / "supervisor.pid").read_text()), signal.SIGKILL)
+    steps = _truth(truth)
+
+    # The next master hands that exit on: the trial completes with its one run, not rerun.
+    stubs = master_proc.start()
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR", timeout=120) == "COMPLETED"
+    t = stubs.trial(1)
+    assert (trial_state(t), t.run_id, t.restarts) == ("COMPLETED", 1, 0)
+    assert _truth(truth) == steps == list(range(1, len(steps) + 1))
+    assert not (det / "supervisor.pid").exists()  # handled: a later master will not see it
