@@ -225,6 +225,7 @@ class Master:
 
     def start(self) -> Master:
         """Open the database (migrating it), recover unfinished work, and start serving."""
+        _quiet_cancelled_writes()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(self.db_url)
@@ -506,6 +507,21 @@ class Master:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _CancelledWrites(logging.Filter):
+    """Drops gRPC's error record for a streaming reply written after its caller went away
+    (a download the user stopped): the stream ends as it should, and the record says nothing
+    a master operator can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("ExecuteBatchError raised in core by servicer")
+
+
+def _quiet_cancelled_writes() -> None:
+    log = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _CancelledWrites) for f in log.filters):
+        log.addFilter(_CancelledWrites())
 
 
 def tune_gc_for_serving() -> None:

@@ -14,7 +14,7 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -51,8 +51,8 @@ class DownloadFile:
     #: The contents in order (object stores prefetch ranges); default: read from ``open``.
     read: Callable[[int], Iterator[bytes]] | None = None
 
-    def chunks(self, size: int) -> Iterator[bytes]:
-        """The contents in pieces of up to ``size`` bytes."""
+    def chunks(self, size: int) -> Generator[bytes, None, None]:
+        """The contents in pieces of up to ``size`` bytes (close it to stop early)."""
         if self.read is not None:
             yield from self.read(size)
             return

@@ -505,17 +505,20 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
             checkpoint=convert.checkpoint_to_proto(c)
         )
 
-    @rpc_stream
-    def DownloadCheckpoint(self, request: Any, context: Any) -> Iterator[bytes]:  # type: ignore[override]
+    @rpc_async_stream
+    async def DownloadCheckpoint(self, request: Any, context: Any) -> AsyncIterator[bytes]:  # type: ignore[override]
         # Messages are written as bytes (checkpoint_wire): no message object per chunk.
-        # Registered with no response serializer (see _add_checkpoint_servicer).
-        files = self.svc.download_files(request.uuid)  # every check, before any answer
+        # Registered with no response serializer (see _add_checkpoint_servicer). A coroutine:
+        # storage is read on the thread pool, and a caller that goes away cancels the stream
+        # at once (a thread-pool generator went on writing to the cancelled call, and gRPC
+        # logged an error for it).
+        files = await _in_thread(self.svc.download_files, request.uuid)  # every check first
         wants_bulk = any(
             k == checkpoint_wire.BULK_REQUEST for k, _v in context.invocation_metadata() or ()
         )
         if wants_bulk and self.bulk is not None:
             ticket = self.bulk.offer(files)
-            context.send_initial_metadata(
+            await context.send_initial_metadata(
                 (
                     (checkpoint_wire.BULK_PORT, str(self.bulk.port)),
                     (checkpoint_wire.BULK_TICKET, ticket),
@@ -526,11 +529,15 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
             path = f.path.encode()
             offset = 0
             # Big reads (fewer storage requests), cut into messages of at most CHUNK bytes.
-            for piece in f.chunks(READ_CHUNK):
-                for start in range(0, len(piece), CHUNK):
-                    data = piece[start : start + CHUNK]
-                    yield checkpoint_wire.encode_chunk(path, offset, f.size, data)
-                    offset += len(data)
+            pieces = f.chunks(READ_CHUNK)
+            try:
+                while (piece := await _in_thread(next, pieces, None)) is not None:
+                    for start in range(0, len(piece), CHUNK):
+                        data = piece[start : start + CHUNK]
+                        yield checkpoint_wire.encode_chunk(path, offset, f.size, data)
+                        offset += len(data)
+            finally:
+                pieces.close()
             if offset == 0:  # an empty file is one chunk without data
                 yield checkpoint_wire.encode_chunk(path, 0, f.size, b"")
 

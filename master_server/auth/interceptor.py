@@ -179,8 +179,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 p = self._principal(method, metadata, request, context)
-                with acting_as(p):
-                    yield from inner_stream(request, context)
+                # The server advances (and, when the caller goes away, closes) this generator
+                # from whichever pool thread is free: each step runs in one context of the
+                # call's own, so the principal needs no reset (a reset in another thread's
+                # context raised, and was logged, on every cancelled download).
+                ctx = contextvars.copy_context()
+                ctx.run(set_principal, p)
+                steps = ctx.run(inner_stream, request, context)
+                try:
+                    while True:
+                        try:
+                            item = ctx.run(next, steps)
+                        except StopIteration:
+                            return
+                        yield item
+                finally:
+                    ctx.run(steps.close)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,

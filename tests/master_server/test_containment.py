@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Callable
@@ -152,3 +153,32 @@ def test_unmanaged_storage_outside_the_roots_is_never_read(
     assert "outside this master's checkpoint roots" in info.value.details()
     stubs.checkpoints.DeleteCheckpoints(checkpoint_pb2.DeleteCheckpointsRequest(uuids=["c1"]))
     assert (mine / "c1" / "w.bin").read_bytes() == b"weights"  # the record goes, the files stay
+
+
+def test_a_download_cancelled_by_the_caller_ends_quietly(
+    master: Master, stubs: Stubs, caplog: pytest.LogCaptureFixture
+) -> None:
+    tid = _unmanaged(stubs)
+    (master.checkpoint_dir / "big").mkdir()
+    (master.checkpoint_dir / "big" / "w.bin").write_bytes(os.urandom(8 * 2**20))
+    _report(stubs, tid, "big", {"w.bin": 8 * 2**20})
+    call = stubs.checkpoints.DownloadCheckpoint(
+        checkpoint_pb2.DownloadCheckpointRequest(uuid="big")
+    )
+    assert next(call).data  # the stream is going; the caller gives up on it
+    call.cancel()
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    # The master ends its side at once, without an error of its own (a thread-pool handler
+    # went on writing to the cancelled call: gRPC logged an ExecuteBatchError), and goes on
+    # answering. Another full download shows the server has passed the cancellation.
+    got = b"".join(
+        c.data
+        for c in stubs.checkpoints.DownloadCheckpoint(
+            checkpoint_pb2.DownloadCheckpointRequest(uuid="big")
+        )
+    )
+    assert len(got) == 8 * 2**20
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not errors, [r.getMessage() for r in errors]
