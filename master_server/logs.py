@@ -19,12 +19,23 @@ class LogService:
         self._cond = threading.Condition()
         self._version = 0
         self._closed = False
-        self._listeners: list[Callable[[int], None]] = []
+        # Replaced, never changed in place: ship() iterates a snapshot without the lock.
+        self._listeners: tuple[Callable[[int | None], None], ...] = ()
 
-    def add_listener(self, fn: Callable[[int], None]) -> None:
+    def add_listener(self, fn: Callable[[int | None], None]) -> None:
         """Call ``fn(trial_id)`` (from the shipping thread) after new lines of that trial are
-        stored; it must be cheap."""
-        self._listeners.append(fn)
+        stored, and ``fn(None)`` once when the service closes (every follower should stop);
+        it must be cheap."""
+        with self._cond:
+            self._listeners = (*self._listeners, fn)
+
+    def remove_listener(self, fn: Callable[[int | None], None]) -> None:
+        """Stop calling ``fn`` (one registration of it; unknown listeners are ignored)."""
+        with self._cond:
+            rest = list(self._listeners)
+            if fn in rest:
+                rest.remove(fn)
+            self._listeners = tuple(rest)
 
     def ship(self, lines: Sequence[LogLine], batch_id: str = "") -> bool:
         """Store shipped lines; False when ``batch_id`` was stored before (a retry)."""
@@ -48,9 +59,18 @@ class LogService:
         return True
 
     def close(self) -> None:
+        """End every follow: blocking queries return, listeners hear ``None``."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            listeners = self._listeners
+        for fn in listeners:
+            fn(None)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called (a follow should end)."""
+        return self._closed
 
     @staticmethod
     def check(q: LogQuery) -> None:

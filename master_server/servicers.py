@@ -644,7 +644,7 @@ class Logs(logs_pb2_grpc.LogServiceServicer):
                         yield resp
                 elif after is None:
                     after = q.after_id
-                if done or self.waker.closed:
+                if done or self.waker.closed or self.svc.closed:
                     return
                 if not lines:
                     await self.waker.wait(event, 0.5)

@@ -8,7 +8,9 @@ one place, :func:`_error_response`: a :class:`DeterminedError` becomes the HTTP 
 logged and answered 500, and the master keeps serving.
 
 Handlers are plain ``def`` functions: FastAPI runs them in its thread pool, so the blocking store
-and service calls never stall the event loop.
+and service calls never stall the event loop. That pool is small (anyio's 40 threads) and shared,
+so nothing may wait in it: a log follow (``?follow=true``) streams from a coroutine that reads
+each page on the pool and waits for new lines on :class:`LogFollowers`, holding no thread.
 
 Authentication: every ``/api`` route depends on :data:`AuthHook` passed to :func:`create_app`
 (``None`` today: no check). The token check of the auth issue plugs in there and raises
@@ -17,18 +19,22 @@ Authentication: every ``/api`` route depends on :data:`AuthHook` passed to :func
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import pathlib
 import re
 import tarfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, Response, StreamingResponse
 
@@ -52,6 +58,7 @@ from master_server.domain import (
 from master_server.experiments import ExperimentService
 from master_server.logs import LogService
 from master_server.store.base import Store
+from master_server.waiting import Waker
 from master_server.web import metrics as metrics_mod
 from master_server.web import serialize as ser
 from master_server.web.serialize import JSON
@@ -291,7 +298,17 @@ def create_app(
             authenticate(request)
             _check_owner(p.store, request)
 
+    followers = LogFollowers(p.logs)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            followers.close()  # the server stops: no more waits on its loop
+
     app = FastAPI(
+        lifespan=lifespan,
         title="determined_sdk master",
         version=p.version,
         description="REST API of the determined_sdk master (the same services as its gRPC API).",
@@ -303,9 +320,10 @@ def create_app(
     for exc_type in (DeterminedError, RequestValidationError, StarletteHTTPException):
         app.add_exception_handler(exc_type, _error_response)
     app.add_middleware(_CatchAll)
+    app.state.log_followers = followers
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(auth)])
     app.state.series_reader = reader = metrics_mod.SeriesReader(p.store)
-    _add_api_routes(api, p, reader)
+    _add_api_routes(api, p, reader, followers)
     app.include_router(api)
     if sessions is not None:
         app.include_router(_session_routes(sessions))
@@ -416,7 +434,9 @@ def _add_ui_routes(app: FastAPI) -> None:
     app.add_api_route("/static/{path:path}", static, methods=["GET"], include_in_schema=False)
 
 
-def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader) -> None:
+def _add_api_routes(
+    api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader, followers: LogFollowers
+) -> None:
     store, svc = p.store, p.experiments
 
     def shown(request: Request, exps: list[Experiment], best: bool = True) -> list[Any]:
@@ -737,7 +757,7 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
             lines = [ser.log_line(x) for page in p.logs.query(q, follow=False) for x in page]
             return {"logs": lines}
         return StreamingResponse(
-            _sse_logs(p.logs, q),
+            _sse_logs(p.logs, followers, q),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -799,12 +819,96 @@ def _add_api_routes(api: APIRouter, p: _Parts, reader: metrics_mod.SeriesReader)
 # -- streams -----------------------------------------------------------------------------------
 
 
-def _sse_logs(logs: LogService, q: LogQuery) -> Iterator[bytes]:
+class LogFollowers:
+    """What the REST log follows of one HTTP server wait on: a :class:`Waker` bound to that
+    server's event loop, woken by the log service with the id of the trial that got new lines.
+
+    The waker is made at the first follow (on the loop: uvicorn makes its loop on the server's
+    own thread) and registered as a :class:`LogService` listener; :meth:`close` (the app's
+    lifespan ends) unregisters and closes it. A closing log service wakes every follow too.
+
+    Args:
+        logs: the master's log service.
+    """
+
+    def __init__(self, logs: LogService) -> None:
+        self.logs = logs
+        self._waker: Waker | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.streams = 0  # follow streams open now (touched on the loop; read by tests)
+
+    def waker(self) -> Waker:
+        """The waker of the running loop's follows (call on the server's loop)."""
+        with self._lock:
+            if self._waker is None:
+                self._waker = Waker(asyncio.get_running_loop())
+                if self._closed:
+                    self._waker.close()
+                else:
+                    self.logs.add_listener(self._waker.notify)
+            return self._waker
+
+    @property
+    def waiting(self) -> int:
+        """Follows parked waiting for new lines now (they hold no thread)."""
+        w = self._waker
+        return w.waiting if w is not None else 0
+
+    def close(self) -> None:
+        """Stop listening to the log service and wake every follow to end (any thread; safe
+        twice)."""
+        with self._lock:
+            self._closed = True
+            waker = self._waker
+        if waker is not None and not waker.closed:
+            self.logs.remove_listener(waker.notify)
+            waker.close()
+
+
+_END_EVENT = b"event: end\ndata: {}\n\n"
+
+
+def _logs_event(page: list[Any]) -> bytes:
+    data = json.dumps([ser.log_line(x) for x in page], separators=(",", ":"))
+    return f"id: {page[-1].id}\nevent: logs\ndata: {data}\n\n".encode()
+
+
+async def _sse_logs(logs: LogService, followers: LogFollowers, q: LogQuery) -> AsyncIterator[bytes]:
+    """The event stream of a log follow: a coroutine on the server's loop that reads each page
+    on the thread pool and waits for the trial's next lines without a thread. A client that
+    goes away cancels it (Starlette listens for the disconnect while it streams)."""
     yield b": following\n\n"  # sends the headers and tells the browser the stream is open
-    for page in logs.query(q, follow=True):
-        data = json.dumps([ser.log_line(x) for x in page], separators=(",", ":"))
-        yield f"id: {page[-1].id}\nevent: logs\ndata: {data}\n\n".encode()
-    yield b"event: end\ndata: {}\n\n"
+    if q.head is not None:  # the first lines only: one page, then the end
+        pages = await run_in_threadpool(lambda: list(logs.query(q, follow=False)))
+        for page in pages:
+            if page:
+                yield _logs_event(page)
+        yield _END_EVENT
+        return
+    waker = followers.waker()
+    followers.streams += 1
+    after: int | None = None
+    try:
+        with waker.watching(q.trial_id):
+            while True:
+                # New lines of this trial wake us at once; its end is noticed within 0.5 s.
+                event = waker.current(q.trial_id)
+                lines, done = await run_in_threadpool(logs.page, q, after)
+                if lines:
+                    after = lines[-1].id
+                    yield _logs_event(lines)
+                elif after is None:
+                    after = q.after_id
+                if done:
+                    yield _END_EVENT
+                    return
+                if waker.closed or logs.closed:
+                    return  # the server or the master stops: not the trial's end
+                if not lines:
+                    await waker.wait(event, 0.5)
+    finally:
+        followers.streams -= 1
 
 
 def _tar_stream(

@@ -52,7 +52,7 @@ class HttpServer:
             self.app,
             log_config=None,  # the master configures logging; uvicorn must not
             access_log=False,
-            lifespan="off",
+            lifespan="on",  # the app's lifespan closes what its log follows wait on
             timeout_graceful_shutdown=2,
             ws="none",
         )
