@@ -66,8 +66,8 @@ class Experiment(Resource[experiment_pb2.Experiment]):
 
     @classmethod
     def _from_proto(cls, msg: experiment_pb2.Experiment, session: Session) -> Experiment:
-        e = cls(msg.id, session)
-        e._set(msg)
+        e = cls._adopt(msg, session)
+        e.id = msg.id
         return e
 
     def _fetch(self) -> experiment_pb2.Experiment:

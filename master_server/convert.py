@@ -5,10 +5,13 @@ Servicers only deserialize a request, call a service, and serialize the answer w
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable
 from typing import Any
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from determined_sdk.errors import InvalidArgumentError
 from determined_sdk.metrics_wire import (
@@ -170,6 +173,66 @@ def _experiment_summary(e: domain.Experiment) -> experiment_pb2.Experiment:
     if e.notes:
         m.notes = e.notes
     return m
+
+
+_STATE_OF_VALUE = {s.value: v for s, v in _EXPERIMENT_STATES.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _labels(text: str) -> tuple[str, ...]:
+    # Lists repeat the same few label sets over thousands of rows: decode each set once.
+    return tuple(json.loads(text))
+
+
+def add_experiment_summaries(
+    out: RepeatedCompositeFieldContainer[experiment_pb2.Experiment],
+    rows: Iterable[domain.ExperimentSummaryRow],
+) -> None:
+    """Append a summary message (as :func:`experiment_to_proto` with ``summary``, and the
+    owner's ``username``) for each row to ``out``, built in place: the hot path of a list of
+    10,000 experiments."""
+    add, states = out.add, _STATE_OF_VALUE
+    for (
+        i,
+        name,
+        desc,
+        labels,
+        state,
+        arch,
+        prog,
+        proj,
+        ws,
+        start,
+        end,
+        srch,
+        n,
+        unm,
+        err,
+        notes,
+        user,
+    ) in rows:
+        # A None (end_time while not terminal, no owner) leaves its field unset: 0 or "".
+        m = add(
+            summary=True,
+            id=i,
+            name=name,
+            labels=_labels(labels),
+            state=states[state],
+            progress=prog,
+            project_id=proj,
+            workspace_id=ws,
+            start_time=start,
+            end_time=end,
+            searcher_name=srch,
+            num_trials=n,
+            username=user,
+        )
+        if desc or arch or unm or err or notes:  # usually empty: not passed to every add
+            m.description = desc
+            m.archived = arch
+            m.unmanaged = unm
+            m.parent_error = err
+            m.notes = notes or ""
 
 
 def trial_to_proto(t: domain.Trial, searcher_metric: float | None = None) -> trial_pb2.Trial:

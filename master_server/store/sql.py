@@ -79,6 +79,7 @@ from master_server.domain import (
     Experiment,
     ExperimentFilter,
     ExperimentState,
+    ExperimentSummaryRow,
     JSONDict,
     LogLine,
     LogQuery,
@@ -98,7 +99,7 @@ from master_server.domain import (
     Workspace,
 )
 from master_server.store.base import _UNSET, Store
-from master_server.store.metrics_read import read_metric_columns
+from master_server.store.metrics_read import fetch_rows, read_metric_columns
 from master_server.store.models import (
     CheckpointRow,
     ExperimentLabelRow,
@@ -111,9 +112,11 @@ from master_server.store.models import (
     ModelVersionRow,
     PendingJobRow,
     ProjectRow,
+    ResourceOwnerRow,
     SearcherEventRow,
     SearcherStateRow,
     TrialRow,
+    UserRow,
     WorkspaceRow,
 )
 from master_server.store.sql_auth import AuthSQLMixin
@@ -466,6 +469,21 @@ _EXP_SUMMARY_COLS: tuple[Any, ...] = tuple(
     if c is E.original_config
     else c
     for c in _EXP_COLS
+)
+
+
+_OWNER = ResourceOwnerRow.__table__.c
+_OWNER_NAME = (
+    select(UserRow.username)
+    .join(ResourceOwnerRow, _OWNER.user_id == UserRow.id)
+    .where(_OWNER.kind == "experiment", _OWNER.resource_id == E.id)
+    .correlate(E)
+    .scalar_subquery()
+)
+# The columns of an ``ExperimentSummaryRow``: the same without the two configs, and the owner.
+_EXP_ROW_COLS = (
+    *(c for c in _EXP_COLS if c is not E.config and c is not E.original_config),
+    _OWNER_NAME.label("username"),
 )
 
 
@@ -1120,6 +1138,73 @@ class SQLStore(AuthSQLMixin, Store):
         Raises:
             InvalidArgumentError: Unknown ``sort_by`` or a negative offset/limit.
         """
+        conds, order = self._experiment_query(flt)
+        # Sort and cut on narrow rows (ids) first, then fetch the page's wide rows (config).
+        page = self._page_by_ids(
+            _exp_select() if flt.full else _exp_summary_select(), flt, conds, order
+        )
+        with self._read() as conn:
+            rows = conn.execute(page).all() if flt.limit != 0 else []
+            total = self._experiment_total(conn, flt, conds, len(rows))
+        decode = _to_experiment if flt.full else _to_experiment_summary
+        return [decode(r) for r in rows], total
+
+    def list_experiment_summaries(
+        self, flt: ExperimentFilter
+    ) -> tuple[list[ExperimentSummaryRow], int]:
+        """:meth:`list_experiments` without configs, as the driver's plain tuples.
+
+        Raises:
+            InvalidArgumentError: Unknown ``sort_by`` or a negative offset/limit.
+        """
+        conds, order = self._experiment_query(flt)
+        base = select(*_EXP_ROW_COLS).join(ProjectRow, ProjectRow.id == E.project_id)
+        if self._sqlite and flt.sort_by == "id":
+            # A scan in rowid order: SQLite skips the offset's rows before it computes their
+            # columns, so cutting on ids first would only add a join and a sort.
+            page = base.where(*conds).order_by(*order).offset(flt.offset)
+            if flt.limit is not None:
+                page = page.limit(flt.limit)
+        else:
+            page = self._page_by_ids(base, flt, conds, order)
+        with self._read() as conn:
+            rows = fetch_rows(conn, page) if flt.limit != 0 else []
+            total = self._experiment_total(conn, flt, conds, len(rows))
+        return cast("list[ExperimentSummaryRow]", rows), total
+
+    @staticmethod
+    def _experiment_total(
+        conn: Connection, flt: ExperimentFilter, conds: list[ColumnElement[bool]], n: int
+    ) -> int:
+        """The number of matches of a list whose page (read in this transaction) has ``n``
+        rows: a page short of its limit ends the list, so only a full one (or an empty one
+        past the start) needs a count."""
+        if (flt.limit is None or n < flt.limit) and (n or not flt.offset):
+            return flt.offset + n
+        return conn.scalar(select(func.count()).select_from(E).where(*conds)) or 0
+
+    @staticmethod
+    def _page_by_ids(
+        base: Select[Any],
+        flt: ExperimentFilter,
+        conds: list[ColumnElement[bool]],
+        order: list[Any],
+    ) -> Select[Any]:
+        """``base`` limited to the page's experiments, found by sorting and cutting ids."""
+        page_ids = select(E.id).where(*conds).order_by(*order).offset(flt.offset)
+        if flt.limit is not None:
+            page_ids = page_ids.limit(flt.limit)
+        ids_sq = page_ids.subquery()
+        return base.join(ids_sq, ids_sq.c.id == E.id).order_by(*order)
+
+    def _experiment_query(
+        self, flt: ExperimentFilter
+    ) -> tuple[list[ColumnElement[bool]], list[Any]]:
+        """The WHERE conditions and the ORDER BY keys of a list of experiments.
+
+        Raises:
+            InvalidArgumentError: Unknown ``sort_by`` or a negative offset/limit.
+        """
         sort_col = _SORT_KEYS.get(flt.sort_by)
         if sort_col is None:
             raise InvalidArgumentError(
@@ -1161,22 +1246,7 @@ class SQLStore(AuthSQLMixin, Store):
             order = [key.asc(), E.id.asc()]
             if flt.sort_by == "end_time":
                 order[0] = order[0].nulls_last()
-        # Sort and cut on narrow rows (ids) first, then fetch the page's wide rows (config).
-        page_ids = select(E.id).where(*conds).order_by(*order).offset(flt.offset)
-        if flt.limit is not None:
-            page_ids = page_ids.limit(flt.limit)
-        ids_sq = page_ids.subquery()
-        page = (
-            (_exp_select() if flt.full else _exp_summary_select())
-            .join(ids_sq, ids_sq.c.id == E.id)
-            .order_by(*order)
-        )
-        count = select(func.count()).select_from(E).where(*conds)
-        with self._read() as conn:
-            total = conn.scalar(count) or 0
-            rows = conn.execute(page).all() if flt.limit != 0 else []
-        decode = _to_experiment if flt.full else _to_experiment_summary
-        return [decode(r) for r in rows], total
+        return conds, order
 
     def update_experiment(
         self,

@@ -158,6 +158,29 @@ def test_lists_send_summaries_and_the_sdk_fetches_a_config_when_read(
         experiment_pb2.ListExperimentsRequest(full=True)
     ).experiments
     assert full == exp  # every field, configs included
+    # A summary is the full message without its configs, every other field alike, including
+    # the rarely set ones.
+    other = stubs.create(single_config("python main.py", name="other"), activate=False)
+    stubs.experiments.PatchExperiment(
+        experiment_pb2.PatchExperimentRequest(
+            experiment_id=other.id, description="d", notes="n", add_labels=["x", "y"]
+        )
+    )
+    stubs.action(other.id, "cancel")
+    stubs.wait_exp(other.id, "CANCELED")  # ended: an end_time, and it may be archived
+    stubs.action(other.id, "archive")
+    req = experiment_pb2.ListExperimentsRequest(include_archived=True, sort_by="name")
+    summaries = stubs.experiments.ListExperiments(req).experiments
+    req.full = True
+    fulls = stubs.experiments.ListExperiments(req).experiments
+    assert [e.name for e in fulls] == ["listed", "other"]
+    assert fulls[1].archived and fulls[1].notes == "n" and list(fulls[1].labels) == ["x", "y"]
+    assert fulls[1].end_time > 0 and fulls[1].description == "d" and fulls[1].username
+    for s, f in zip(summaries, fulls, strict=True):
+        stripped = experiment_pb2.Experiment()
+        stripped.CopyFrom(f)
+        stripped.config_json, stripped.original_config, stripped.summary = "", "", True
+        assert s == stripped
 
     client = determined_sdk.Determined(master=master.address)
     (listed,) = client.list_experiments()
