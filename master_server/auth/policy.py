@@ -413,11 +413,13 @@ def after(
     if principal is None or not isinstance(response, Message):
         return
     create = _CREATES.get(method)
+    made_by_caller: tuple[str, int] | None = None  # known owner: no need to look it up
     if create is not None and principal.user_id and not principal.is_trial:
         kind, field = create
         made = getattr(response, field)
         if not (method.endswith("CreateUnmanagedTrial") and request.experiment_id):
             store.set_owner(kind, made.id, principal.user_id)
+            made_by_caller = (kind, made.id)
     if method in _SUMMARY_LISTS and not request.full:
         return
     by_kind: dict[str, list[Any]] = {}
@@ -426,7 +428,10 @@ def after(
     for kind, msgs in by_kind.items():
         # A list reply carries thousands: one query, and per message only what it needs.
         ids = [m.id for m in msgs]
-        names = store.owner_names(kind, ids)
+        if made_by_caller is not None and all((kind, i) == made_by_caller for i in ids):
+            names = {made_by_caller[1]: principal.username}
+        else:
+            names = store.owner_names(kind, ids)
         redact = kind == "experiment" and not principal.admin
         if not names and not redact:
             continue  # every username stays "" (no owners), nothing to hide

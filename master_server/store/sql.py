@@ -472,6 +472,10 @@ _EXP_SUMMARY_COLS: tuple[Any, ...] = tuple(
 )
 
 
+_EXP_INSERT = insert(E)
+_LABEL_INSERT = insert(ExperimentLabelRow)
+_SEARCHER_STATE_INSERT = insert(SearcherStateRow)
+_PROJECT_WORKSPACE = select(ProjectRow.workspace_id).where(ProjectRow.id == bindparam("project_id"))
 _OWNER = ResourceOwnerRow.__table__.c
 _OWNER_NAME = (
     select(UserRow.username)
@@ -1084,40 +1088,61 @@ class SQLStore(AuthSQLMixin, Store):
         labels = _dedup(new.labels)
         config = _dumps(new.config)
         searcher_state = None if new.searcher_state is None else _dumps(new.searcher_state)
+        state = ExperimentState(new.state)
+        start_time = time.time()
+        row: dict[str, Any] = {
+            "project_id": new.project_id,
+            "name": new.name,
+            "description": new.description,
+            "labels": _dumps(list(labels)),
+            "config": config,
+            "original_config": new.original_config,
+            "model_definition": bytes(new.model_definition),
+            "state": state.value,
+            "archived": False,
+            "progress": 0.0,
+            "start_time": start_time,
+            "end_time": None,
+            "searcher_name": new.searcher_name,
+            "unmanaged": bool(new.unmanaged),
+            "error": "",
+            "notes": "",
+        }
         with self._write() as conn:
-            self._need_project(conn, new.project_id)
-            res = conn.execute(
-                insert(E).values(
-                    project_id=new.project_id,
-                    name=new.name,
-                    description=new.description,
-                    labels=_dumps(list(labels)),
-                    config=config,
-                    original_config=new.original_config,
-                    model_definition=bytes(new.model_definition),
-                    state=ExperimentState(new.state).value,
-                    archived=False,
-                    progress=0.0,
-                    start_time=time.time(),
-                    end_time=None,
-                    searcher_name=new.searcher_name,
-                    unmanaged=bool(new.unmanaged),
-                    error="",
-                )
-            )
-            exp_id: int = _pk(res)
+            workspace_id = conn.scalar(_PROJECT_WORKSPACE, {"project_id": new.project_id})
+            if workspace_id is None:
+                raise NotFoundError(f"project {new.project_id} not found")
+            # Statements built once (their compiled form is cached), values bound per call.
+            exp_id: int = _pk(conn.execute(_EXP_INSERT, row))
             if labels:
                 conn.execute(
-                    insert(ExperimentLabelRow),
-                    [{"experiment_id": exp_id, "label": lb} for lb in labels],
+                    _LABEL_INSERT, [{"experiment_id": exp_id, "label": lb} for lb in labels]
                 )
             if searcher_state is not None:
                 conn.execute(
-                    insert(SearcherStateRow).values(
-                        experiment_id=exp_id, state=searcher_state, update_time=time.time()
-                    )
+                    _SEARCHER_STATE_INSERT,
+                    {"experiment_id": exp_id, "state": searcher_state, "update_time": time.time()},
                 )
-            return self._read_experiment(conn, exp_id)
+        # What reading the row back would give, without the read: a new experiment has no
+        # trials, and the config is decoded from the text stored (the same round trip).
+        return Experiment(
+            id=exp_id,
+            name=new.name,
+            description=new.description,
+            labels=labels,
+            config=json.loads(config),
+            original_config=new.original_config,
+            state=state,
+            archived=False,
+            progress=0.0,
+            project_id=new.project_id,
+            workspace_id=int(workspace_id),
+            start_time=start_time,
+            end_time=None,
+            searcher_name=new.searcher_name,
+            num_trials=0,
+            unmanaged=bool(new.unmanaged),
+        )
 
     def get_experiment(self, experiment_id: int) -> Experiment:
         """The experiment with this id."""

@@ -596,15 +596,19 @@ def test_create_experiment_stores_its_searcher_state_with_the_row(store: SQLStor
     exp = store.create_experiment(
         NewExperiment(
             name="with-state",
-            config={"searcher": {"name": "single"}},
+            config={"searcher": {"name": "single"}, "pair": (1, 2)},
             original_config="searcher:\n  name: single\n",
             project_id=1,
             searcher_name="single",
             state=ExperimentState.PAUSED,
             searcher_state={"method": {"rng": "abc"}, "started": False},
+            unmanaged=True,
         )
     )
     assert store.load_searcher_state(exp.id) == {"method": {"rng": "abc"}, "started": False}
+    # The value returned is the row as stored (a tuple comes back a list, as JSON has it).
+    assert store.get_experiment(exp.id) == exp and exp.config["pair"] == [1, 2]
+    assert exp.unmanaged and exp.state is ExperimentState.PAUSED
     assert store.load_searcher_state(new_exp(store).id) is None  # none given: none stored
 
 
