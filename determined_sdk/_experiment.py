@@ -27,6 +27,7 @@ from determined_sdk._resource import (
     check_id,
     check_limit,
     deprecated,
+    loads,
     str_list,
 )
 from determined_sdk._session import Session
@@ -38,6 +39,65 @@ if TYPE_CHECKING:
 
 _A = experiment_pb2.ExperimentAction
 TRIALS_PAGE_SIZE = 1000
+
+#: One experiment of a columnar list, in the field order of ``ExperimentSummaryColumns``.
+SummaryRow = tuple[Any, ...]
+_COLUMNS = (
+    ("id", None),
+    ("name", None),
+    ("description", ""),
+    ("labels_json", None),
+    ("state", None),
+    ("archived", False),
+    ("progress", None),
+    ("project_id", None),
+    ("workspace_id", None),
+    ("start_time", None),
+    ("end_time", 0.0),
+    ("searcher_name", None),
+    ("num_trials", None),
+    ("unmanaged", False),
+    ("parent_error", ""),
+    ("notes", ""),
+    ("username", ""),
+)
+
+
+def summary_rows(cols: experiment_pb2.ExperimentSummaryColumns) -> Iterator[SummaryRow]:
+    """The rows of a columnar list reply (a field with no entries: every row's default)."""
+    n = len(cols.id)
+    return zip(
+        *(
+            values if (values := getattr(cols, name)) or default is None else (default,) * n
+            for name, default in _COLUMNS
+        ),
+        strict=True,
+    )
+
+
+def _summary_message(row: SummaryRow) -> experiment_pb2.Experiment:
+    (i, name, desc, labels, state, arch, prog, proj, ws, start, end, srch, n, unm, err, notes,
+     user) = row  # fmt: skip
+    return experiment_pb2.Experiment(
+        summary=True,
+        id=i,
+        name=name,
+        description=desc,
+        labels=loads(labels, []),
+        state=state,
+        archived=arch,
+        progress=prog,
+        project_id=proj,
+        workspace_id=ws,
+        start_time=start,
+        end_time=end,
+        searcher_name=srch,
+        num_trials=n,
+        unmanaged=unm,
+        parent_error=err,
+        notes=notes,
+        username=user,
+    )
 
 
 class Experiment(Resource[experiment_pb2.Experiment]):
@@ -64,11 +124,36 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         super().__init__(session)
         self.id = check_id(experiment_id, "experiment_id")
 
+    #: A listed summary not yet turned into its message (see :meth:`_from_summary_row`).
+    _row: SummaryRow | None = None
+
     @classmethod
     def _from_proto(cls, msg: experiment_pb2.Experiment, session: Session) -> Experiment:
         e = cls._adopt(msg, session)
         e.id = msg.id
         return e
+
+    @classmethod
+    def _from_summary_row(cls, row: SummaryRow, session: Session) -> Experiment:
+        """A hydrated object from one row of a columnar list (:func:`summary_rows`); its
+        message is built from the row the first time an attribute is read."""
+        e = cls._adopt(None, session)
+        e.id = row[0]
+        e._row = row
+        return e
+
+    def _m(self) -> experiment_pb2.Experiment:
+        row = self._row
+        if row is not None:
+            self._row = None
+            if self._msg is None:
+                self._msg = _summary_message(row)
+        return super()._m()
+
+    @property
+    def hydrated(self) -> bool:
+        """True once this object holds the master's data (fetched or given at creation)."""
+        return self._msg is not None or self._row is not None
 
     def _fetch(self) -> experiment_pb2.Experiment:
         req = experiment_pb2.GetExperimentRequest(experiment_id=self.id)
@@ -185,9 +270,9 @@ class Experiment(Resource[experiment_pb2.Experiment]):
 
     def _take(self, fresh: experiment_pb2.Experiment, fields: Iterable[str]) -> None:
         """Copy ``fields`` of a message the master returned into the cache (if hydrated)."""
-        msg = self._msg
-        if msg is None:
+        if not self.hydrated:
             return
+        msg = self._m()
         for f in fields:
             if f == "labels":
                 del msg.labels[:]

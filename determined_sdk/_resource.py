@@ -52,8 +52,8 @@ class Resource(Generic[M]):
         self._parsed: dict[str, Any] = {}
 
     @classmethod
-    def _adopt(cls, msg: M, session: Session) -> Self:
-        """An object hydrated from ``msg``, built without ``__init__`` and its checks (a list
+    def _adopt(cls, msg: M | None, session: Session) -> Self:
+        """An object holding ``msg``, built without ``__init__`` and its checks (a list
         builds thousands; the master's ids are valid): the caller sets the id attributes."""
         obj = cls.__new__(cls)
         obj._session = session

@@ -247,6 +247,11 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
             )
         rows, pagination.total = self.store.list_experiment_summaries(flt)
         reply = experiment_pb2.ListExperimentsResponse(pagination=pagination)
+        if request.columnar:
+            convert.fill_experiment_columns(reply.columns, rows)
+            if reply.ByteSize() <= MAX_PAGE_BYTES:
+                return reply
+            reply.ClearField("columns")  # too big at once: as rows, cut (the client pages on)
         convert.add_experiment_summaries(reply.experiments, rows)
         _fit_in_place(reply.experiments, reply.ByteSize())
         return reply

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import determined_sdk
 from determined_sdk import RetryPolicy
+from determined_sdk._experiment import _summary_message, summary_rows
 from determined_sdk.errors import ResourceExhaustedError
 from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import experiment_pb2, master_pb2, searcher_pb2, trial_pb2
@@ -181,10 +182,25 @@ def test_lists_send_summaries_and_the_sdk_fetches_a_config_when_read(
         stripped.CopyFrom(f)
         stripped.config_json, stripped.original_config, stripped.summary = "", "", True
         assert s == stripped
+    # Columns (what the SDK asks for) carry the same summaries; a field that every row has
+    # at its default comes with no entries.
+    req.full, req.columnar = False, True
+    reply = stubs.experiments.ListExperiments(req)
+    assert not reply.experiments and len(reply.columns.notes) == 2
+    assert [_summary_message(r) for r in summary_rows(reply.columns)] == list(summaries)
+    req.name = "listed"
+    cols = stubs.experiments.ListExperiments(req).columns
+    assert len(cols.id) == 1 and not (cols.notes or cols.description or cols.end_time)
+    assert [_summary_message(r) for r in summary_rows(cols)] == [summaries[0]]
 
     client = determined_sdk.Determined(master=master.address)
     (listed,) = client.list_experiments()
-    assert listed.name == "listed"
+    assert listed.hydrated  # its message is built from its row when first read
+    assert listed.name == "listed" and listed.labels == set() and listed.end_time is None
+    assert listed.username == summaries[0].username and listed.state.value == "PAUSED"
+    (again,) = client.list_experiments()
+    again.set_description("new")  # a setter on a listed object updates what it reads next
+    assert (again.description, again.name) == ("new", "listed")
     assert listed.config["name"] == "listed"  # fetched on first read
     assert listed.original_config == exp.original_config
     assert client.get_experiment(exp.id).config == listed.config
