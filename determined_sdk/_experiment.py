@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -10,7 +11,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from determined_sdk import errors
 from determined_sdk._checkpoint import Checkpoint, list_checkpoints
@@ -62,6 +63,8 @@ _COLUMNS = (
     ("username", ""),
 )
 
+_AT = {name: i for i, (name, _) in enumerate(_COLUMNS)}  # a field's place in a SummaryRow
+
 
 def summary_rows(cols: experiment_pb2.ExperimentSummaryColumns) -> Iterator[SummaryRow]:
     """The rows of a columnar list reply (a field with no entries: every row's default)."""
@@ -75,6 +78,12 @@ def summary_rows(cols: experiment_pb2.ExperimentSummaryColumns) -> Iterator[Summ
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _labels(text: str) -> tuple[str, ...]:
+    # A list repeats the same few label sets over thousands of rows: decode each set once.
+    return tuple(loads(text, []))
+
+
 def _summary_message(row: SummaryRow) -> experiment_pb2.Experiment:
     (i, name, desc, labels, state, arch, prog, proj, ws, start, end, srch, n, unm, err, notes,
      user) = row  # fmt: skip
@@ -83,7 +92,7 @@ def _summary_message(row: SummaryRow) -> experiment_pb2.Experiment:
         id=i,
         name=name,
         description=desc,
-        labels=loads(labels, []),
+        labels=_labels(labels),
         state=state,
         archived=arch,
         progress=prog,
@@ -150,6 +159,11 @@ class Experiment(Resource[experiment_pb2.Experiment]):
                 self._msg = _summary_message(row)
         return super()._m()
 
+    def _get(self, field: str) -> Any:
+        """A summary field: from the listed row while there is one (no message built)."""
+        row = self._row
+        return row[_AT[field]] if row is not None else getattr(self._m(), field)
+
     @property
     def hydrated(self) -> bool:
         """True once this object holds the master's data (fetched or given at creation)."""
@@ -163,28 +177,29 @@ class Experiment(Resource[experiment_pb2.Experiment]):
     @property
     def name(self) -> str:
         """Name (cached; :meth:`set_name` updates it)."""
-        return self._m().name
+        return cast("str", self._get("name"))
 
     @property
     def username(self) -> str:
         """The owner: who created it ("" if made before users existed) (cached)."""
-        return self._m().username
+        return cast("str", self._get("username"))
 
     @property
     def description(self) -> str:
         """Description (cached; :meth:`set_description` updates it)."""
-        return self._m().description
+        return cast("str", self._get("description"))
 
     @property
     def labels(self) -> set[str]:
         """Labels, a set as in Determined (cached; :meth:`add_label`, :meth:`remove_label`
         and :meth:`set_labels` update them)."""
-        return set(self._m().labels)
+        row = self._row
+        return set(_labels(row[_AT["labels_json"]]) if row is not None else self._m().labels)
 
     @property
     def notes(self) -> str:
         """Free-text notes (cached; :meth:`set_notes` updates them)."""
-        return self._m().notes
+        return cast("str", self._get("notes"))
 
     def _full(self) -> experiment_pb2.Experiment:
         """The cached message with its configs: objects from a list hold a summary without
@@ -210,57 +225,57 @@ class Experiment(Resource[experiment_pb2.Experiment]):
     @property
     def state(self) -> ExperimentState:
         """State (cached: call :meth:`reload` to see a change)."""
-        return ExperimentState._from_proto(self._m().state)
+        return ExperimentState._from_proto(self._get("state"))
 
     @property
     def progress(self) -> float:
         """0..1, aggregated over its trials by the searcher (cached)."""
-        return self._m().progress
+        return cast("float", self._get("progress"))
 
     @property
     def archived(self) -> bool:
         """Whether it is archived (cached; :meth:`archive`/:meth:`unarchive` update it)."""
-        return self._m().archived
+        return cast("bool", self._get("archived"))
 
     @property
     def project_id(self) -> int:
         """Its project's id (cached; :meth:`move_to_project` updates it)."""
-        return self._m().project_id
+        return cast("int", self._get("project_id"))
 
     @property
     def workspace_id(self) -> int:
         """Its workspace's id (cached; :meth:`move_to_project` updates it)."""
-        return self._m().workspace_id
+        return cast("int", self._get("workspace_id"))
 
     @property
     def start_time(self) -> float:
         """Unix time it was created (cached)."""
-        return self._m().start_time
+        return cast("float", self._get("start_time"))
 
     @property
     def end_time(self) -> float | None:
         """Unix time it ended, None while it is not terminal (cached)."""
-        return self._m().end_time or None
+        return cast("float", self._get("end_time")) or None
 
     @property
     def searcher_name(self) -> str:
         """Its searcher (``single``, ``grid``, ``adaptive_asha``, ...) (cached)."""
-        return self._m().searcher_name
+        return cast("str", self._get("searcher_name"))
 
     @property
     def num_trials(self) -> int:
         """How many trials it has created (cached)."""
-        return self._m().num_trials
+        return cast("int", self._get("num_trials"))
 
     @property
     def unmanaged(self) -> bool:
         """True for an experiment registered by a script run outside the master (cached)."""
-        return self._m().unmanaged
+        return cast("bool", self._get("unmanaged"))
 
     @property
     def error(self) -> str:
         """Why it is in ERROR, empty otherwise (cached)."""
-        return self._m().parent_error
+        return cast("str", self._get("parent_error"))
 
     # -- setters ----------------------------------------------------------------------------
     def _patch(self, req: experiment_pb2.PatchExperimentRequest, fields: Iterable[str]) -> None:

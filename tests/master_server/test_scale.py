@@ -201,6 +201,15 @@ def test_lists_send_summaries_and_the_sdk_fetches_a_config_when_read(
     (again,) = client.list_experiments()
     again.set_description("new")  # a setter on a listed object updates what it reads next
     assert (again.description, again.name) == ("new", "listed")
+    # Every attribute read from a listed row is what a fetched experiment says.
+    attrs = (
+        *("name", "username", "description", "labels", "notes", "state", "progress"),
+        *("archived", "project_id", "workspace_id", "start_time", "end_time"),
+        *("searcher_name", "num_trials", "unmanaged", "error"),
+    )
+    for e in client.list_experiments(include_archived=True):
+        got = client.get_experiment(e.id)
+        assert {a: getattr(e, a) for a in attrs} == {a: getattr(got, a) for a in attrs}
     assert listed.config["name"] == "listed"  # fetched on first read
     assert listed.original_config == exp.original_config
     assert client.get_experiment(exp.id).config == listed.config
