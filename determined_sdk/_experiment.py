@@ -43,6 +43,7 @@ TRIALS_PAGE_SIZE = 1000
 
 #: One experiment of a columnar list, in the field order of ``ExperimentSummaryColumns``.
 SummaryRow = tuple[Any, ...]
+#: Each field of ``ExperimentSummaryColumns`` and its default (None: always sent).
 _COLUMNS = (
     ("id", None),
     ("name", None),
@@ -62,20 +63,33 @@ _COLUMNS = (
     ("notes", ""),
     ("username", ""),
 )
+_DEFAULTS = dict(_COLUMNS)
 
-_AT = {name: i for i, (name, _) in enumerate(_COLUMNS)}  # a field's place in a SummaryRow
 
+class SummaryPage:
+    """One columnar list reply; each column becomes a Python list the first time one of its
+    experiments reads that field (listing alone converts only the ids)."""
 
-def summary_rows(cols: experiment_pb2.ExperimentSummaryColumns) -> Iterator[SummaryRow]:
-    """The rows of a columnar list reply (a field with no entries: every row's default)."""
-    n = len(cols.id)
-    return zip(
-        *(
-            values if (values := getattr(cols, name)) or default is None else (default,) * n
-            for name, default in _COLUMNS
-        ),
-        strict=True,
-    )
+    __slots__ = ("_cols", "_lists", "size")
+
+    def __init__(self, cols: experiment_pb2.ExperimentSummaryColumns) -> None:
+        self._cols = cols
+        self._lists: dict[str, list[Any]] = {}
+        self.size = len(cols.id)
+
+    def column(self, field: str) -> list[Any]:
+        """Every experiment's value of ``field`` (a field sent with no entries: defaults)."""
+        got = self._lists.get(field)
+        if got is None:
+            values = getattr(self._cols, field)
+            default = _DEFAULTS[field]
+            got = list(values) if len(values) or default is None else [default] * self.size
+            self._lists[field] = got
+        return got
+
+    def row(self, i: int) -> SummaryRow:
+        """The ``i``-th experiment's fields, in :data:`_COLUMNS` order."""
+        return tuple(self.column(name)[i] for name, _ in _COLUMNS)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -133,8 +147,10 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         super().__init__(session)
         self.id = check_id(experiment_id, "experiment_id")
 
-    #: A listed summary not yet turned into its message (see :meth:`_from_summary_row`).
-    _row: SummaryRow | None = None
+    #: The columnar list reply this listed summary came from and its place there, until
+    #: something needs its message (see :meth:`_listed`).
+    _page: SummaryPage | None = None
+    _i = 0
 
     @classmethod
     def _from_proto(cls, msg: experiment_pb2.Experiment, session: Session) -> Experiment:
@@ -143,31 +159,32 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         return e
 
     @classmethod
-    def _from_summary_row(cls, row: SummaryRow, session: Session) -> Experiment:
-        """A hydrated object from one row of a columnar list (:func:`summary_rows`); its
-        message is built from the row the first time an attribute is read."""
+    def _listed(cls, page: SummaryPage, i: int, experiment_id: int, session: Session) -> Experiment:
+        """A hydrated object for the ``i``-th experiment of a columnar list reply: its
+        attributes read the page's columns; its message is built when one is needed."""
         e = cls._adopt(None, session)
-        e.id = row[0]
-        e._row = row
+        e.id = experiment_id
+        e._page = page
+        e._i = i
         return e
 
     def _m(self) -> experiment_pb2.Experiment:
-        row = self._row
-        if row is not None:
-            self._row = None
+        page = self._page
+        if page is not None:
+            self._page = None
             if self._msg is None:
-                self._msg = _summary_message(row)
+                self._msg = _summary_message(page.row(self._i))
         return super()._m()
 
     def _get(self, field: str) -> Any:
-        """A summary field: from the listed row while there is one (no message built)."""
-        row = self._row
-        return row[_AT[field]] if row is not None else getattr(self._m(), field)
+        """A summary field: from the listed page while there is one (no message built)."""
+        page = self._page
+        return page.column(field)[self._i] if page is not None else getattr(self._m(), field)
 
     @property
     def hydrated(self) -> bool:
         """True once this object holds the master's data (fetched or given at creation)."""
-        return self._msg is not None or self._row is not None
+        return self._msg is not None or self._page is not None
 
     def _fetch(self) -> experiment_pb2.Experiment:
         req = experiment_pb2.GetExperimentRequest(experiment_id=self.id)
@@ -193,8 +210,10 @@ class Experiment(Resource[experiment_pb2.Experiment]):
     def labels(self) -> set[str]:
         """Labels, a set as in Determined (cached; :meth:`add_label`, :meth:`remove_label`
         and :meth:`set_labels` update them)."""
-        row = self._row
-        return set(_labels(row[_AT["labels_json"]]) if row is not None else self._m().labels)
+        page = self._page
+        if page is not None:
+            return set(_labels(page.column("labels_json")[self._i]))
+        return set(self._m().labels)
 
     @property
     def notes(self) -> str:

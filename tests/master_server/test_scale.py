@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import determined_sdk
 from determined_sdk import RetryPolicy
-from determined_sdk._experiment import _summary_message, summary_rows
+from determined_sdk._experiment import SummaryPage, _summary_message
 from determined_sdk.errors import ResourceExhaustedError
 from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import experiment_pb2, master_pb2, searcher_pb2, trial_pb2
@@ -187,11 +187,12 @@ def test_lists_send_summaries_and_the_sdk_fetches_a_config_when_read(
     req.full, req.columnar = False, True
     reply = stubs.experiments.ListExperiments(req)
     assert not reply.experiments and len(reply.columns.notes) == 2
-    assert [_summary_message(r) for r in summary_rows(reply.columns)] == list(summaries)
+    page = SummaryPage(reply.columns)
+    assert [_summary_message(page.row(i)) for i in range(page.size)] == list(summaries)
     req.name = "listed"
     cols = stubs.experiments.ListExperiments(req).columns
     assert len(cols.id) == 1 and not (cols.notes or cols.description or cols.end_time)
-    assert [_summary_message(r) for r in summary_rows(cols)] == [summaries[0]]
+    assert _summary_message(SummaryPage(cols).row(0)) == summaries[0]
 
     client = determined_sdk.Determined(master=master.address)
     (listed,) = client.list_experiments()
