@@ -118,12 +118,9 @@ def loads_dict(text: str, field: str, *, default: dict[str, Any] | None = None) 
 # -- resources ---------------------------------------------------------------------------------
 
 
-def experiment_to_proto(
-    e: domain.Experiment, *, summary: bool = False
-) -> experiment_pb2.Experiment:
-    """The experiment's message; a ``summary`` leaves out both configs (lists stay small)."""
-    if summary:
-        return _experiment_summary(e)
+def experiment_to_proto(e: domain.Experiment) -> experiment_pb2.Experiment:
+    """The experiment's message, configs included (lists send summaries: see
+    :func:`add_experiment_summaries` and :func:`fill_experiment_columns`)."""
     return experiment_pb2.Experiment(
         id=e.id,
         name=e.name,
@@ -146,35 +143,6 @@ def experiment_to_proto(
     )
 
 
-def _experiment_summary(e: domain.Experiment) -> experiment_pb2.Experiment:
-    # The hot path of a big list: fields that are usually empty are set only when they are not.
-    m = experiment_pb2.Experiment(
-        summary=True,
-        id=e.id,
-        name=e.name,
-        labels=e.labels,
-        state=_EXPERIMENT_STATES[e.state],
-        progress=e.progress,
-        project_id=e.project_id,
-        workspace_id=e.workspace_id,
-        start_time=e.start_time,
-        end_time=e.end_time or 0.0,
-        searcher_name=e.searcher_name,
-        num_trials=e.num_trials,
-    )
-    if e.description:
-        m.description = e.description
-    if e.archived:
-        m.archived = True
-    if e.unmanaged:
-        m.unmanaged = True
-    if e.error:
-        m.parent_error = e.error
-    if e.notes:
-        m.notes = e.notes
-    return m
-
-
 _STATE_OF_VALUE = {s.value: v for s, v in _EXPERIMENT_STATES.items()}
 
 
@@ -192,25 +160,8 @@ def add_experiment_summaries(
     owner's ``username``) for each row to ``out``, built in place: the hot path of a list of
     10,000 experiments."""
     add, states = out.add, _STATE_OF_VALUE
-    for (
-        i,
-        name,
-        desc,
-        labels,
-        state,
-        arch,
-        prog,
-        proj,
-        ws,
-        start,
-        end,
-        srch,
-        n,
-        unm,
-        err,
-        notes,
-        user,
-    ) in rows:
+    for (i, name, desc, labels, state, arch, prog, proj, ws, start, end, srch, n, unm, err, notes,
+         user) in rows:  # fmt: skip
         # A None (end_time while not terminal, no owner) leaves its field unset: 0 or "".
         m = add(
             summary=True,
