@@ -176,6 +176,10 @@ class Experiment(Resource[experiment_pb2.Experiment]):
                 self._msg = _summary_message(page.row(self._i))
         return super()._m()
 
+    def _set(self, msg: experiment_pb2.Experiment) -> None:
+        self._page = None  # a fetched message replaces what the list said
+        super()._set(msg)
+
     def _get(self, field: str) -> Any:
         """A summary field: from the listed page while there is one (no message built)."""
         page = self._page

@@ -202,6 +202,13 @@ def test_lists_send_summaries_and_the_sdk_fetches_a_config_when_read(
     (again,) = client.list_experiments()
     again.set_description("new")  # a setter on a listed object updates what it reads next
     assert (again.description, again.name) == ("new", "listed")
+    (third,) = client.list_experiments()
+    stubs.experiments.PatchExperiment(
+        experiment_pb2.PatchExperimentRequest(experiment_id=exp.id, description="changed")
+    )
+    assert third.description == "new"  # cached, as listed
+    third.reload()
+    assert third.description == "changed" and third.name == "listed"
     # Every attribute read from a listed row is what a fetched experiment says.
     attrs = (
         *("name", "username", "description", "labels", "notes", "state", "progress"),
