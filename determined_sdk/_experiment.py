@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -10,7 +11,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from determined_sdk import errors
 from determined_sdk._checkpoint import Checkpoint, list_checkpoints
@@ -27,6 +28,7 @@ from determined_sdk._resource import (
     check_id,
     check_limit,
     deprecated,
+    loads,
     str_list,
 )
 from determined_sdk._session import Session
@@ -38,6 +40,87 @@ if TYPE_CHECKING:
 
 _A = experiment_pb2.ExperimentAction
 TRIALS_PAGE_SIZE = 1000
+
+#: One experiment of a columnar list, in the field order of ``ExperimentSummaryColumns``.
+SummaryRow = tuple[Any, ...]
+#: Each field of ``ExperimentSummaryColumns`` and its default (None: always sent).
+_COLUMNS = (
+    ("id", None),
+    ("name", None),
+    ("description", ""),
+    ("labels_json", None),
+    ("state", None),
+    ("archived", False),
+    ("progress", None),
+    ("project_id", None),
+    ("workspace_id", None),
+    ("start_time", None),
+    ("end_time", 0.0),
+    ("searcher_name", None),
+    ("num_trials", None),
+    ("unmanaged", False),
+    ("parent_error", ""),
+    ("notes", ""),
+    ("username", ""),
+)
+_DEFAULTS = dict(_COLUMNS)
+
+
+class SummaryPage:
+    """One columnar list reply; each column becomes a Python list the first time one of its
+    experiments reads that field (listing alone converts only the ids)."""
+
+    __slots__ = ("_cols", "_lists", "size")
+
+    def __init__(self, cols: experiment_pb2.ExperimentSummaryColumns) -> None:
+        self._cols = cols
+        self._lists: dict[str, list[Any]] = {}
+        self.size = len(cols.id)
+
+    def column(self, field: str) -> list[Any]:
+        """Every experiment's value of ``field`` (a field sent with no entries: defaults)."""
+        got = self._lists.get(field)
+        if got is None:
+            values = getattr(self._cols, field)
+            default = _DEFAULTS[field]
+            got = list(values) if len(values) or default is None else [default] * self.size
+            self._lists[field] = got
+        return got
+
+    def row(self, i: int) -> SummaryRow:
+        """The ``i``-th experiment's fields, in :data:`_COLUMNS` order."""
+        return tuple(self.column(name)[i] for name, _ in _COLUMNS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _labels(text: str) -> tuple[str, ...]:
+    # A list repeats the same few label sets over thousands of rows: decode each set once.
+    return tuple(loads(text, []))
+
+
+def _summary_message(row: SummaryRow) -> experiment_pb2.Experiment:
+    (i, name, desc, labels, state, arch, prog, proj, ws, start, end, srch, n, unm, err, notes,
+     user) = row  # fmt: skip
+    return experiment_pb2.Experiment(
+        summary=True,
+        id=i,
+        name=name,
+        description=desc,
+        labels=_labels(labels),
+        state=state,
+        archived=arch,
+        progress=prog,
+        project_id=proj,
+        workspace_id=ws,
+        start_time=start,
+        end_time=end,
+        searcher_name=srch,
+        num_trials=n,
+        unmanaged=unm,
+        parent_error=err,
+        notes=notes,
+        username=user,
+    )
 
 
 class Experiment(Resource[experiment_pb2.Experiment]):
@@ -64,11 +147,48 @@ class Experiment(Resource[experiment_pb2.Experiment]):
         super().__init__(session)
         self.id = check_id(experiment_id, "experiment_id")
 
+    #: The columnar list reply this listed summary came from and its place there, until
+    #: something needs its message (see :meth:`_listed`).
+    _page: SummaryPage | None = None
+    _i = 0
+
     @classmethod
     def _from_proto(cls, msg: experiment_pb2.Experiment, session: Session) -> Experiment:
-        e = cls(msg.id, session)
-        e._set(msg)
+        e = cls._adopt(msg, session)
+        e.id = msg.id
         return e
+
+    @classmethod
+    def _listed(cls, page: SummaryPage, i: int, experiment_id: int, session: Session) -> Experiment:
+        """A hydrated object for the ``i``-th experiment of a columnar list reply: its
+        attributes read the page's columns; its message is built when one is needed."""
+        e = cls._adopt(None, session)
+        e.id = experiment_id
+        e._page = page
+        e._i = i
+        return e
+
+    def _m(self) -> experiment_pb2.Experiment:
+        page = self._page
+        if page is not None:
+            self._page = None
+            if self._msg is None:
+                self._msg = _summary_message(page.row(self._i))
+        return super()._m()
+
+    def _set(self, msg: experiment_pb2.Experiment) -> None:
+        self._page = None  # a fetched message replaces what the list said
+        super()._set(msg)
+
+    def _get(self, field: str) -> Any:
+        """A summary field: from the listed page while there is one (no message built)."""
+        page = self._page
+        return page.column(field)[self._i] if page is not None else getattr(self._m(), field)
+
+    @property
+    def hydrated(self) -> bool:
+        """True once this object holds the master's data (fetched or given at creation)."""
+        return self._msg is not None or self._page is not None
 
     def _fetch(self) -> experiment_pb2.Experiment:
         req = experiment_pb2.GetExperimentRequest(experiment_id=self.id)
@@ -78,28 +198,31 @@ class Experiment(Resource[experiment_pb2.Experiment]):
     @property
     def name(self) -> str:
         """Name (cached; :meth:`set_name` updates it)."""
-        return self._m().name
+        return cast("str", self._get("name"))
 
     @property
     def username(self) -> str:
         """The owner: who created it ("" if made before users existed) (cached)."""
-        return self._m().username
+        return cast("str", self._get("username"))
 
     @property
     def description(self) -> str:
         """Description (cached; :meth:`set_description` updates it)."""
-        return self._m().description
+        return cast("str", self._get("description"))
 
     @property
     def labels(self) -> set[str]:
         """Labels, a set as in Determined (cached; :meth:`add_label`, :meth:`remove_label`
         and :meth:`set_labels` update them)."""
+        page = self._page
+        if page is not None:
+            return set(_labels(page.column("labels_json")[self._i]))
         return set(self._m().labels)
 
     @property
     def notes(self) -> str:
         """Free-text notes (cached; :meth:`set_notes` updates them)."""
-        return self._m().notes
+        return cast("str", self._get("notes"))
 
     def _full(self) -> experiment_pb2.Experiment:
         """The cached message with its configs: objects from a list hold a summary without
@@ -125,57 +248,57 @@ class Experiment(Resource[experiment_pb2.Experiment]):
     @property
     def state(self) -> ExperimentState:
         """State (cached: call :meth:`reload` to see a change)."""
-        return ExperimentState._from_proto(self._m().state)
+        return ExperimentState._from_proto(self._get("state"))
 
     @property
     def progress(self) -> float:
         """0..1, aggregated over its trials by the searcher (cached)."""
-        return self._m().progress
+        return cast("float", self._get("progress"))
 
     @property
     def archived(self) -> bool:
         """Whether it is archived (cached; :meth:`archive`/:meth:`unarchive` update it)."""
-        return self._m().archived
+        return cast("bool", self._get("archived"))
 
     @property
     def project_id(self) -> int:
         """Its project's id (cached; :meth:`move_to_project` updates it)."""
-        return self._m().project_id
+        return cast("int", self._get("project_id"))
 
     @property
     def workspace_id(self) -> int:
         """Its workspace's id (cached; :meth:`move_to_project` updates it)."""
-        return self._m().workspace_id
+        return cast("int", self._get("workspace_id"))
 
     @property
     def start_time(self) -> float:
         """Unix time it was created (cached)."""
-        return self._m().start_time
+        return cast("float", self._get("start_time"))
 
     @property
     def end_time(self) -> float | None:
         """Unix time it ended, None while it is not terminal (cached)."""
-        return self._m().end_time or None
+        return cast("float", self._get("end_time")) or None
 
     @property
     def searcher_name(self) -> str:
         """Its searcher (``single``, ``grid``, ``adaptive_asha``, ...) (cached)."""
-        return self._m().searcher_name
+        return cast("str", self._get("searcher_name"))
 
     @property
     def num_trials(self) -> int:
         """How many trials it has created (cached)."""
-        return self._m().num_trials
+        return cast("int", self._get("num_trials"))
 
     @property
     def unmanaged(self) -> bool:
         """True for an experiment registered by a script run outside the master (cached)."""
-        return self._m().unmanaged
+        return cast("bool", self._get("unmanaged"))
 
     @property
     def error(self) -> str:
         """Why it is in ERROR, empty otherwise (cached)."""
-        return self._m().parent_error
+        return cast("str", self._get("parent_error"))
 
     # -- setters ----------------------------------------------------------------------------
     def _patch(self, req: experiment_pb2.PatchExperimentRequest, fields: Iterable[str]) -> None:
@@ -185,9 +308,9 @@ class Experiment(Resource[experiment_pb2.Experiment]):
 
     def _take(self, fresh: experiment_pb2.Experiment, fields: Iterable[str]) -> None:
         """Copy ``fields`` of a message the master returned into the cache (if hydrated)."""
-        msg = self._msg
-        if msg is None:
+        if not self.hydrated:
             return
+        msg = self._m()
         for f in fields:
             if f == "labels":
                 del msg.labels[:]

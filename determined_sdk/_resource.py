@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from google.protobuf import message as _message
 
@@ -50,6 +50,16 @@ class Resource(Generic[M]):
         self._session = resolve_session(session)
         self._msg = None
         self._parsed: dict[str, Any] = {}
+
+    @classmethod
+    def _adopt(cls, msg: M | None, session: Session) -> Self:
+        """An object holding ``msg``, built without ``__init__`` and its checks (a list
+        builds thousands; the master's ids are valid): the caller sets the id attributes."""
+        obj = cls.__new__(cls)
+        obj._session = session
+        obj._msg = msg
+        obj._parsed = {}
+        return obj
 
     def _fetch(self) -> M:
         raise NotImplementedError

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 
 from determined_sdk import errors
 from determined_sdk._enums import ExperimentSortBy, ExperimentState, OrderBy
-from determined_sdk._experiment import Experiment
+from determined_sdk._experiment import Experiment, SummaryPage
 from determined_sdk._resource import Resource, SessionLike, check_id, str_list
 from determined_sdk._session import Session
 from determined_sdk.proto import common_pb2, experiment_pb2, workspace_pb2
@@ -72,11 +72,19 @@ def _pages(
         req = experiment_pb2.ListExperimentsRequest()
         req.CopyFrom(base)
         req.pagination.CopyFrom(common_pb2.Pagination(offset=offset, limit=want))
+        req.columnar = True  # summaries as columns: no message per row on either side
         resp = session.list_experiments(req)
-        for e in resp.experiments:
-            yield Experiment._from_proto(e, session)
-        offset += len(resp.experiments)
-        if not resp.experiments or offset >= resp.pagination.total:
+        if resp.HasField("columns"):
+            page = SummaryPage(resp.columns)
+            got = page.size
+            for i, experiment_id in enumerate(page.column("id")):
+                yield Experiment._listed(page, i, experiment_id, session)
+        else:  # a master that predates columns, or a page too big for them
+            got = len(resp.experiments)
+            for e in resp.experiments:
+                yield Experiment._from_proto(e, session)
+        offset += got
+        if not got or offset >= resp.pagination.total:
             return
 
 

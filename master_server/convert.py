@@ -5,10 +5,13 @@ Servicers only deserialize a request, call a service, and serialize the answer w
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from determined_sdk.errors import InvalidArgumentError
 from determined_sdk.metrics_wire import (
@@ -115,12 +118,9 @@ def loads_dict(text: str, field: str, *, default: dict[str, Any] | None = None) 
 # -- resources ---------------------------------------------------------------------------------
 
 
-def experiment_to_proto(
-    e: domain.Experiment, *, summary: bool = False
-) -> experiment_pb2.Experiment:
-    """The experiment's message; a ``summary`` leaves out both configs (lists stay small)."""
-    if summary:
-        return _experiment_summary(e)
+def experiment_to_proto(e: domain.Experiment) -> experiment_pb2.Experiment:
+    """The experiment's message, configs included (lists send summaries: see
+    :func:`add_experiment_summaries` and :func:`fill_experiment_columns`)."""
     return experiment_pb2.Experiment(
         id=e.id,
         name=e.name,
@@ -143,33 +143,85 @@ def experiment_to_proto(
     )
 
 
-def _experiment_summary(e: domain.Experiment) -> experiment_pb2.Experiment:
-    # The hot path of a big list: fields that are usually empty are set only when they are not.
-    m = experiment_pb2.Experiment(
-        summary=True,
-        id=e.id,
-        name=e.name,
-        labels=e.labels,
-        state=_EXPERIMENT_STATES[e.state],
-        progress=e.progress,
-        project_id=e.project_id,
-        workspace_id=e.workspace_id,
-        start_time=e.start_time,
-        end_time=e.end_time or 0.0,
-        searcher_name=e.searcher_name,
-        num_trials=e.num_trials,
-    )
-    if e.description:
-        m.description = e.description
-    if e.archived:
-        m.archived = True
-    if e.unmanaged:
-        m.unmanaged = True
-    if e.error:
-        m.parent_error = e.error
-    if e.notes:
-        m.notes = e.notes
-    return m
+_STATE_OF_VALUE = {s.value: v for s, v in _EXPERIMENT_STATES.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _labels(text: str) -> tuple[str, ...]:
+    # Lists repeat the same few label sets over thousands of rows: decode each set once.
+    return tuple(json.loads(text))
+
+
+def add_experiment_summaries(
+    out: RepeatedCompositeFieldContainer[experiment_pb2.Experiment],
+    rows: Iterable[domain.ExperimentSummaryRow],
+) -> None:
+    """Append a summary message (as :func:`experiment_to_proto` with ``summary``, and the
+    owner's ``username``) for each row to ``out``, built in place: the hot path of a list of
+    10,000 experiments."""
+    add, states = out.add, _STATE_OF_VALUE
+    for (i, name, desc, labels, state, arch, prog, proj, ws, start, end, srch, n, unm, err, notes,
+         user) in rows:  # fmt: skip
+        # A None (end_time while not terminal, no owner) leaves its field unset: 0 or "".
+        m = add(
+            summary=True,
+            id=i,
+            name=name,
+            labels=_labels(labels),
+            state=states[state],
+            progress=prog,
+            project_id=proj,
+            workspace_id=ws,
+            start_time=start,
+            end_time=end,
+            searcher_name=srch,
+            num_trials=n,
+            username=user,
+        )
+        if desc or arch or unm or err or notes:  # usually empty: not passed to every add
+            m.description = desc
+            m.archived = arch
+            m.unmanaged = unm
+            m.parent_error = err
+            m.notes = notes or ""
+
+
+def fill_experiment_columns(
+    out: experiment_pb2.ExperimentSummaryColumns, rows: Sequence[domain.ExperimentSummaryRow]
+) -> None:
+    """Set ``out`` to the summaries of ``rows``, column by column (the same values as
+    :func:`add_experiment_summaries`): a C-level extend per field, no message per row. A
+    usually empty field (description, archived, end_time, unmanaged, parent_error, notes,
+    username) is left with no entries when every row has its default, as the message says."""
+    if not rows:
+        return
+    (ids, names, desc, labels, states, arch, prog, proj, ws, start, end, srch, n, unm, err, notes,
+     users) = zip(*rows, strict=True)  # fmt: skip
+    out.id.extend(ids)
+    out.name.extend(names)
+    out.labels_json.extend(labels)
+    state_of = _STATE_OF_VALUE
+    out.state.extend([state_of[s] for s in states])
+    out.progress.extend(prog)
+    out.project_id.extend(proj)
+    out.workspace_id.extend(ws)
+    out.start_time.extend(start)
+    out.searcher_name.extend(srch)
+    out.num_trials.extend(n)
+    if any(desc):
+        out.description.extend(desc)
+    if any(arch):
+        out.archived.extend(map(bool, arch))
+    if any(end):
+        out.end_time.extend([t or 0.0 for t in end])  # None while not terminal
+    if any(unm):
+        out.unmanaged.extend(map(bool, unm))
+    if any(err):
+        out.parent_error.extend(err)
+    if any(notes):
+        out.notes.extend([x or "" for x in notes])
+    if any(users):
+        out.username.extend([u or "" for u in users])  # None: no owner
 
 
 def trial_to_proto(t: domain.Trial, searcher_metric: float | None = None) -> trial_pb2.Trial:

@@ -10,7 +10,7 @@ import enum
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from determined_sdk.metrics_wire import decode_metrics_array, metrics_from_columns
 
@@ -116,6 +116,35 @@ class Experiment:
     unmanaged: bool
     error: str = ""
     notes: str = ""
+
+
+#: One experiment of a list reply as the store reads it, undecoded: the fields of an
+#: :class:`Experiment` without its configs, in this order: id, name, description, labels (the
+#: stored JSON array text), state (an :class:`ExperimentState` value), archived, progress,
+#: project_id, workspace_id, start_time, end_time (None while not terminal), searcher_name,
+#: num_trials, unmanaged, error, notes, and the owner's username (None if it has no owner:
+#: made before users). A plain tuple from the database driver (archived and
+#: unmanaged may come as 0/1): a list of 10,000 rows goes straight into the reply without an
+#: object per row (see ``Store.list_experiment_summaries``).
+ExperimentSummaryRow: TypeAlias = tuple[
+    int,
+    str,
+    str,
+    str,
+    str,
+    bool,
+    float,
+    int,
+    int,
+    float,
+    float | None,
+    str,
+    int,
+    bool,
+    str,
+    str,
+    str | None,
+]
 
 
 @dataclass(frozen=True)

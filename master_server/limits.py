@@ -67,7 +67,12 @@ def _expanded_size(root: yaml.Node, field: str) -> None:
     visit(root, 0)
 
 
-class _BoundedLoader(yaml.SafeLoader):
+# libyaml's parser (when PyYAML was built with it) parses ~6x faster than the pure-Python one,
+# with the same constructors (same values). It refuses nesting deeper than 1,000 levels itself.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _BoundedLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """SafeLoader that checks the composed document before constructing Python values."""
 
     field = "config"
@@ -94,6 +99,10 @@ def load_yaml(text: str, field: str = "config") -> Any:
         return loader.get_single_data()
     except RecursionError:
         raise InvalidArgumentError(f"{field}: nested too deeply") from None
+    except yaml.YAMLError as e:
+        if "maximum nesting depth" in str(e):  # libyaml's own bound (pure Python: recursion)
+            raise InvalidArgumentError(f"{field}: nested too deeply") from None
+        raise
     except (ValueError, OverflowError) as e:  # e.g. an integer of more than 4300 digits
         raise InvalidArgumentError(f"{field}: {str(e)[:200]}") from None
     finally:

@@ -161,6 +161,19 @@ def _fit(rows: Iterable[Any]) -> list[Any]:
     return out
 
 
+def _fit_in_place(rows: Any, reply_size: int) -> None:
+    """Cut a reply's repeated ``rows`` as :func:`_fit` would; ``reply_size`` (the whole reply's
+    size, an upper bound of the rows' sum) spares the per-row sizes when they fit anyway."""
+    if reply_size <= MAX_PAGE_BYTES:
+        return
+    size = 0
+    for n, r in enumerate(rows):
+        size += r.ByteSize()
+        if n and size > MAX_PAGE_BYTES:
+            del rows[n:]
+            return
+
+
 def _page(p: Any, most: int | None = None) -> tuple[int, int]:
     if p.offset < 0 or p.limit < 0:
         raise InvalidArgumentError("pagination: offset and limit must be >= 0")
@@ -225,12 +238,23 @@ class Experiments(experiment_pb2_grpc.ExperimentServiceServicer):
             limit=limit,
             full=request.full,
         )
-        exps, total = self.store.list_experiments(flt)
-        summary = not request.full
-        return experiment_pb2.ListExperimentsResponse(
-            experiments=_fit(convert.experiment_to_proto(e, summary=summary) for e in exps),
-            pagination=common_pb2.Pagination(offset=offset, limit=limit or 0, total=total),
-        )
+        pagination = common_pb2.Pagination(offset=offset, limit=limit or 0)
+        if request.full:
+            exps, pagination.total = self.store.list_experiments(flt)
+            return experiment_pb2.ListExperimentsResponse(
+                experiments=_fit(convert.experiment_to_proto(e) for e in exps),
+                pagination=pagination,
+            )
+        rows, pagination.total = self.store.list_experiment_summaries(flt)
+        reply = experiment_pb2.ListExperimentsResponse(pagination=pagination)
+        if request.columnar:
+            convert.fill_experiment_columns(reply.columns, rows)
+            if reply.ByteSize() <= MAX_PAGE_BYTES:
+                return reply
+            reply.ClearField("columns")  # too big at once: as rows, cut (the client pages on)
+        convert.add_experiment_summaries(reply.experiments, rows)
+        _fit_in_place(reply.experiments, reply.ByteSize())
+        return reply
 
     @rpc
     def PatchExperiment(self, request: Any, context: Any) -> Any:

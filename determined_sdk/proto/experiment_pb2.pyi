@@ -303,6 +303,7 @@ class ListExperimentsRequest(_message.Message):
     ORDER_BY_FIELD_NUMBER: _builtins.int
     PAGINATION_FIELD_NUMBER: _builtins.int
     FULL_FIELD_NUMBER: _builtins.int
+    COLUMNAR_FIELD_NUMBER: _builtins.int
     project_id: _builtins.int
     """0 = any"""
     workspace_id: _builtins.int
@@ -316,6 +317,10 @@ class ListExperimentsRequest(_message.Message):
     order_by: _common_pb2.OrderBy.ValueType
     full: _builtins.bool
     """also send both configs (default: summaries)"""
+    columnar: _builtins.bool
+    """Send the summaries as `columns` instead of `experiments` (ignored with `full`; a master
+    that predates it sends `experiments`).
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.ExperimentState.ValueType]:
         """empty = any"""
@@ -340,10 +345,11 @@ class ListExperimentsRequest(_message.Message):
         order_by: _common_pb2.OrderBy.ValueType = ...,
         pagination: _common_pb2.Pagination | None = ...,
         full: _builtins.bool = ...,
+        columnar: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pagination", b"pagination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_only", b"archived_only", "full", b"full", "include_archived", b"include_archived", "labels", b"labels", "name", b"name", "order_by", b"order_by", "pagination", b"pagination", "project_id", b"project_id", "sort_by", b"sort_by", "states", b"states", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_only", b"archived_only", "columnar", b"columnar", "full", b"full", "include_archived", b"include_archived", "labels", b"labels", "name", b"name", "order_by", b"order_by", "pagination", b"pagination", "project_id", b"project_id", "sort_by", b"sort_by", "states", b"states", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,23 +361,119 @@ class ListExperimentsResponse(_message.Message):
 
     EXPERIMENTS_FIELD_NUMBER: _builtins.int
     PAGINATION_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def experiments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Experiment]: ...
     @_builtins.property
     def pagination(self) -> _common_pb2.Pagination: ...
+    @_builtins.property
+    def columns(self) -> Global___ExperimentSummaryColumns:
+        """set instead of experiments when asked `columnar`"""
+
     def __init__(
         self,
         *,
         experiments: _abc.Iterable[Global___Experiment] | None = ...,
         pagination: _common_pb2.Pagination | None = ...,
+        columns: Global___ExperimentSummaryColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["pagination", b"pagination"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "pagination", b"pagination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiments", b"experiments", "pagination", b"pagination"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "experiments", b"experiments", "pagination", b"pagination"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListExperimentsResponse: _TypeAlias = ListExperimentsResponse  # noqa: Y015
+
+@_typing.final
+class ExperimentSummaryColumns(_message.Message):
+    """A page of experiment summaries column by column: entry i of every field belongs to the
+    i-th experiment of the page. The fields of an Experiment with `summary` set (no configs);
+    `labels_json` holds each experiment's labels as a JSON array, `end_time` 0 while not
+    terminal, `username` "" without an owner. Built and read without a message per row.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    LABELS_JSON_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    SEARCHER_NAME_FIELD_NUMBER: _builtins.int
+    NUM_TRIALS_FIELD_NUMBER: _builtins.int
+    UNMANAGED_FIELD_NUMBER: _builtins.int
+    PARENT_ERROR_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def name(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def description(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def labels_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def state(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.ExperimentState.ValueType]: ...
+    @_builtins.property
+    def archived(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    @_builtins.property
+    def progress(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def project_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def workspace_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def start_time(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def end_time(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def searcher_name(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def num_trials(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def unmanaged(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    @_builtins.property
+    def parent_error(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def username(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        id: _abc.Iterable[_builtins.int] | None = ...,
+        name: _abc.Iterable[_builtins.str] | None = ...,
+        description: _abc.Iterable[_builtins.str] | None = ...,
+        labels_json: _abc.Iterable[_builtins.str] | None = ...,
+        state: _abc.Iterable[_common_pb2.ExperimentState.ValueType] | None = ...,
+        archived: _abc.Iterable[_builtins.bool] | None = ...,
+        progress: _abc.Iterable[_builtins.float] | None = ...,
+        project_id: _abc.Iterable[_builtins.int] | None = ...,
+        workspace_id: _abc.Iterable[_builtins.int] | None = ...,
+        start_time: _abc.Iterable[_builtins.float] | None = ...,
+        end_time: _abc.Iterable[_builtins.float] | None = ...,
+        searcher_name: _abc.Iterable[_builtins.str] | None = ...,
+        num_trials: _abc.Iterable[_builtins.int] | None = ...,
+        unmanaged: _abc.Iterable[_builtins.bool] | None = ...,
+        parent_error: _abc.Iterable[_builtins.str] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+        username: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "description", b"description", "end_time", b"end_time", "id", b"id", "labels_json", b"labels_json", "name", b"name", "notes", b"notes", "num_trials", b"num_trials", "parent_error", b"parent_error", "progress", b"progress", "project_id", b"project_id", "searcher_name", b"searcher_name", "start_time", b"start_time", "state", b"state", "unmanaged", b"unmanaged", "username", b"username", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExperimentSummaryColumns: _TypeAlias = ExperimentSummaryColumns  # noqa: Y015
 
 @_typing.final
 class PatchExperimentRequest(_message.Message):

@@ -17,7 +17,8 @@ all and checks the ids in the request against the caller:
 After a successful call, :func:`after` records the owner of what a create call made, fills the
 ``username`` of every experiment, model, workspace and project in the answer, and hides an
 experiment's ``environment_variables`` (config and original text) from callers who are neither
-its owner nor an admin. The functions take the method name and proto messages, so any transport
+its owner nor an admin (a summary list reply comes with its usernames and no configs, and is
+left as it is). The functions take the method name and proto messages, so any transport
 that maps its routes to these methods can call them.
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -384,20 +385,25 @@ _KINDS = {
     "detsdk.v1.Model": "model",
 }
 _HIDDEN = "<hidden: visible to the owner and admins>"
+#: Calls whose reply, unless the request asks ``full``, holds experiment summaries built
+#: with their owners' usernames (read with the rows, ``convert.add_experiment_summaries``):
+#: nothing to add to them, and a summary has no config to hide.
+_SUMMARY_LISTS = frozenset({f"{_SVC}ExperimentService/ListExperiments"})
 
 
-def _owned_messages(msg: Message, depth: int = 0) -> Iterable[Message]:
-    """Experiment / Workspace / Project / Model messages inside ``msg`` (two levels deep)."""
+def _owned_groups(msg: Message, depth: int = 0) -> Iterable[tuple[str, Sequence[Any]]]:
+    """(kind, messages) for each field of ``msg`` holding Experiment / Workspace / Project /
+    Model messages (two levels deep); a repeated field comes as its container, uncopied."""
     for fd, value in msg.ListFields():
         if fd.message_type is None:
             continue
-        items = list(value) if fd.is_repeated else [value]
-        if fd.message_type.full_name in _KINDS:
-            yield from items
+        kind = _KINDS.get(fd.message_type.full_name)
+        if kind is not None:
+            yield kind, value if fd.is_repeated else (value,)
         elif depth < 1 and fd.message_type.full_name.startswith("detsdk.v1."):
-            for item in items:
+            for item in value if fd.is_repeated else (value,):
                 if isinstance(item, Message):
-                    yield from _owned_messages(item, depth + 1)
+                    yield from _owned_groups(item, depth + 1)
 
 
 def after(
@@ -407,20 +413,33 @@ def after(
     if principal is None or not isinstance(response, Message):
         return
     create = _CREATES.get(method)
+    made_by_caller: tuple[str, int] | None = None  # known owner: no need to look it up
     if create is not None and principal.user_id and not principal.is_trial:
         kind, field = create
         made = getattr(response, field)
         if not (method.endswith("CreateUnmanagedTrial") and request.experiment_id):
             store.set_owner(kind, made.id, principal.user_id)
-    by_kind: dict[str, list[Message]] = {}
-    for m in _owned_messages(response):
-        by_kind.setdefault(_KINDS[m.DESCRIPTOR.full_name], []).append(m)
+            made_by_caller = (kind, made.id)
+    if method in _SUMMARY_LISTS and not request.full:
+        return
+    by_kind: dict[str, list[Any]] = {}
+    for kind, msgs in _owned_groups(response):
+        by_kind.setdefault(kind, []).extend(msgs)
     for kind, msgs in by_kind.items():
-        names = store.owner_names(kind, [int(getattr(m, "id", 0)) for m in msgs])
-        for m in msgs:
-            owner = names.get(int(getattr(m, "id", 0)), "")
-            m.username = owner  # type: ignore[attr-defined]
-            if kind == "experiment":
+        # A list reply carries thousands: one query, and per message only what it needs.
+        ids = [m.id for m in msgs]
+        if made_by_caller is not None and all((kind, i) == made_by_caller for i in ids):
+            names = {made_by_caller[1]: principal.username}
+        else:
+            names = store.owner_names(kind, ids)
+        redact = kind == "experiment" and not principal.admin
+        if not names and not redact:
+            continue  # every username stays "" (no owners), nothing to hide
+        for m, i in zip(msgs, ids, strict=True):
+            owner = names.get(i, "")
+            if owner:
+                m.username = owner
+            if redact and m.config_json:  # a summary has no config to hide
                 _redact(m, principal, owner)
 
 

@@ -73,6 +73,7 @@ from master_server.domain import (
     Experiment,
     ExperimentFilter,
     ExperimentState,
+    ExperimentSummaryRow,
     JSONDict,
     LogLine,
     LogQuery,
@@ -180,6 +181,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_experiments(self, flt: ExperimentFilter) -> tuple[list[Experiment], int]:
         """Matching experiments (one page, as ``flt`` asks) and the total count of matches."""
+
+    @abc.abstractmethod
+    def list_experiment_summaries(
+        self, flt: ExperimentFilter
+    ) -> tuple[list[ExperimentSummaryRow], int]:
+        """:meth:`list_experiments` without configs (``flt.full`` is ignored), each
+        experiment an undecoded :data:`~master_server.domain.ExperimentSummaryRow`: the same
+        experiments, order and count, for the list replies of the API."""
 
     @abc.abstractmethod
     def update_experiment(

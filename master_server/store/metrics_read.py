@@ -131,7 +131,7 @@ class _Prepared:
             cursor.close()
 
 
-def _fetch(conn: Connection, stmt: Select[Any]) -> list[Row]:
+def fetch_rows(conn: Connection, stmt: Select[Any]) -> list[Row]:
     """The statement's rows as the driver's plain tuples."""
     return _Prepared(conn, stmt).rows(conn)
 
@@ -184,7 +184,7 @@ def _new_rows(read: ReadConn, plan: _Plan) -> Iterator[Chunk]:
             .limit(q.page_size)
         )
         with read() as conn:
-            rows = _fetch(conn, stmt)
+            rows = fetch_rows(conn, stmt)
         if not rows:
             return
         lo = rows[-1][i_id]

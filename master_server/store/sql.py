@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -81,6 +81,7 @@ from master_server.domain import (
     Experiment,
     ExperimentFilter,
     ExperimentState,
+    ExperimentSummaryRow,
     JSONDict,
     LogLine,
     LogQuery,
@@ -100,7 +101,7 @@ from master_server.domain import (
     Workspace,
 )
 from master_server.store.base import _UNSET, Store
-from master_server.store.metrics_read import read_metric_columns
+from master_server.store.metrics_read import fetch_rows, read_metric_columns
 from master_server.store.models import (
     CheckpointRow,
     ExperimentLabelRow,
@@ -113,9 +114,11 @@ from master_server.store.models import (
     ModelVersionRow,
     PendingJobRow,
     ProjectRow,
+    ResourceOwnerRow,
     SearcherEventRow,
     SearcherStateRow,
     TrialRow,
+    UserRow,
     WorkspaceRow,
 )
 from master_server.store.sql_auth import AuthSQLMixin
@@ -130,6 +133,7 @@ _MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 #: A result row of any shape (rows are mapped to domain values by position).
 _AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
+_R = TypeVar("_R")
 
 # -- JSON helpers ------------------------------------------------------------------------------
 
@@ -469,6 +473,28 @@ _EXP_SUMMARY_COLS: tuple[Any, ...] = tuple(
     else c
     for c in _EXP_COLS
 )
+
+
+_EXP_INSERT = insert(E)
+_LABEL_INSERT = insert(ExperimentLabelRow)
+_SEARCHER_STATE_INSERT = insert(SearcherStateRow)
+_PROJECT_WORKSPACE = select(ProjectRow.workspace_id).where(ProjectRow.id == bindparam("project_id"))
+_OWNER = ResourceOwnerRow.__table__.c
+# The columns of an ``ExperimentSummaryRow``: the same without the two configs, and the owner.
+_EXP_ROW_COLS = (
+    *(c for c in _EXP_COLS if c is not E.config and c is not E.original_config),
+    UserRow.username,
+)
+
+
+def _exp_rows_select() -> Select[Any]:
+    # The owner by outer joins: a correlated subquery per row costs SQLite ~3x as much.
+    return (
+        select(*_EXP_ROW_COLS)
+        .join(ProjectRow, ProjectRow.id == E.project_id)
+        .outerjoin(ResourceOwnerRow, and_(_OWNER.kind == "experiment", _OWNER.resource_id == E.id))
+        .outerjoin(UserRow, UserRow.id == _OWNER.user_id)
+    )
 
 
 def _exp_summary_select() -> Select[Any]:
@@ -1095,40 +1121,61 @@ class SQLStore(AuthSQLMixin, Store):
         labels = _dedup(new.labels)
         config = _dumps(new.config)
         searcher_state = None if new.searcher_state is None else _dumps(new.searcher_state)
+        state = ExperimentState(new.state)
+        start_time = time.time()
+        row: dict[str, Any] = {
+            "project_id": new.project_id,
+            "name": new.name,
+            "description": new.description,
+            "labels": _dumps(list(labels)),
+            "config": config,
+            "original_config": new.original_config,
+            "model_definition": bytes(new.model_definition),
+            "state": state.value,
+            "archived": False,
+            "progress": 0.0,
+            "start_time": start_time,
+            "end_time": None,
+            "searcher_name": new.searcher_name,
+            "unmanaged": bool(new.unmanaged),
+            "error": "",
+            "notes": "",
+        }
         with self._write() as conn:
-            self._need_project(conn, new.project_id)
-            res = conn.execute(
-                insert(E).values(
-                    project_id=new.project_id,
-                    name=new.name,
-                    description=new.description,
-                    labels=_dumps(list(labels)),
-                    config=config,
-                    original_config=new.original_config,
-                    model_definition=bytes(new.model_definition),
-                    state=ExperimentState(new.state).value,
-                    archived=False,
-                    progress=0.0,
-                    start_time=time.time(),
-                    end_time=None,
-                    searcher_name=new.searcher_name,
-                    unmanaged=bool(new.unmanaged),
-                    error="",
-                )
-            )
-            exp_id: int = _pk(res)
+            workspace_id = conn.scalar(_PROJECT_WORKSPACE, {"project_id": new.project_id})
+            if workspace_id is None:
+                raise NotFoundError(f"project {new.project_id} not found")
+            # Statements built once (their compiled form is cached), values bound per call.
+            exp_id: int = _pk(conn.execute(_EXP_INSERT, row))
             if labels:
                 conn.execute(
-                    insert(ExperimentLabelRow),
-                    [{"experiment_id": exp_id, "label": lb} for lb in labels],
+                    _LABEL_INSERT, [{"experiment_id": exp_id, "label": lb} for lb in labels]
                 )
             if searcher_state is not None:
                 conn.execute(
-                    insert(SearcherStateRow).values(
-                        experiment_id=exp_id, state=searcher_state, update_time=time.time()
-                    )
+                    _SEARCHER_STATE_INSERT,
+                    {"experiment_id": exp_id, "state": searcher_state, "update_time": time.time()},
                 )
-            return self._read_experiment(conn, exp_id)
+        # What reading the row back would give, without the read: a new experiment has no
+        # trials, and the config is decoded from the text stored (the same round trip).
+        return Experiment(
+            id=exp_id,
+            name=new.name,
+            description=new.description,
+            labels=labels,
+            config=json.loads(config),
+            original_config=new.original_config,
+            state=state,
+            archived=False,
+            progress=0.0,
+            project_id=new.project_id,
+            workspace_id=int(workspace_id),
+            start_time=start_time,
+            end_time=None,
+            searcher_name=new.searcher_name,
+            num_trials=0,
+            unmanaged=bool(new.unmanaged),
+        )
 
     def get_experiment(self, experiment_id: int) -> Experiment:
         """The experiment with this id."""
@@ -1145,6 +1192,79 @@ class SQLStore(AuthSQLMixin, Store):
 
     def list_experiments(self, flt: ExperimentFilter) -> tuple[list[Experiment], int]:
         """One page of matching experiments and the number of matches (see ``ExperimentFilter``).
+
+        Raises:
+            InvalidArgumentError: Unknown ``sort_by`` or a negative offset/limit.
+        """
+        conds, order = self._experiment_query(flt)
+        # Sort and cut on narrow rows (ids) first, then fetch the page's wide rows (config).
+        page = self._page_by_ids(
+            _exp_select() if flt.full else _exp_summary_select(), flt, conds, order
+        )
+        with self._read() as conn:
+            read: list[_AnyRow] = list(conn.execute(page).all()) if flt.limit != 0 else []
+            rows, total = self._page_and_total(conn, flt, conds, read)
+        decode = _to_experiment if flt.full else _to_experiment_summary
+        return [decode(r) for r in rows], total
+
+    def list_experiment_summaries(
+        self, flt: ExperimentFilter
+    ) -> tuple[list[ExperimentSummaryRow], int]:
+        """:meth:`list_experiments` without configs, as the driver's plain tuples.
+
+        Raises:
+            InvalidArgumentError: Unknown ``sort_by`` or a negative offset/limit.
+        """
+        conds, order = self._experiment_query(flt)
+        base = _exp_rows_select()
+        if self._sqlite and flt.sort_by == "id":
+            # A scan in rowid order: SQLite skips the offset's rows before it computes their
+            # columns, so cutting on ids first would only add a join and a sort.
+            page = base.where(*conds).order_by(*order).offset(flt.offset)
+            if flt.limit is not None:
+                page = page.limit(flt.limit + 1)  # one past the page: is there more?
+        else:
+            page = self._page_by_ids(base, flt, conds, order)
+        with self._read() as conn:
+            rows, total = self._page_and_total(
+                conn, flt, conds, fetch_rows(conn, page) if flt.limit != 0 else []
+            )
+        return cast("list[ExperimentSummaryRow]", rows), total
+
+    @staticmethod
+    def _page_and_total(
+        conn: Connection, flt: ExperimentFilter, conds: list[ColumnElement[bool]], rows: list[_R]
+    ) -> tuple[list[_R], int]:
+        """The page and the number of matches, from the rows of a page query that reads one
+        row past the limit (in this transaction): when no row follows the page, the page
+        ends the list and no count is needed (unless it is empty past the start, or the
+        limit is 0)."""
+        n = len(rows)
+        if flt.limit is not None and n > flt.limit:
+            rows = rows[: flt.limit]
+        elif flt.limit != 0 and (n or not flt.offset):
+            return rows, flt.offset + n
+        return rows, conn.scalar(select(func.count()).select_from(E).where(*conds)) or 0
+
+    @staticmethod
+    def _page_by_ids(
+        base: Select[Any],
+        flt: ExperimentFilter,
+        conds: list[ColumnElement[bool]],
+        order: list[Any],
+    ) -> Select[Any]:
+        """``base`` limited to the page's experiments (and the one after), found by sorting
+        and cutting ids."""
+        page_ids = select(E.id).where(*conds).order_by(*order).offset(flt.offset)
+        if flt.limit is not None:
+            page_ids = page_ids.limit(flt.limit + 1)  # one past the page: is there more?
+        ids_sq = page_ids.subquery()
+        return base.join(ids_sq, ids_sq.c.id == E.id).order_by(*order)
+
+    def _experiment_query(
+        self, flt: ExperimentFilter
+    ) -> tuple[list[ColumnElement[bool]], list[Any]]:
+        """The WHERE conditions and the ORDER BY keys of a list of experiments.
 
         Raises:
             InvalidArgumentError: Unknown ``sort_by`` or a negative offset/limit.
@@ -1190,22 +1310,7 @@ class SQLStore(AuthSQLMixin, Store):
             order = [key.asc(), E.id.asc()]
             if flt.sort_by == "end_time":
                 order[0] = order[0].nulls_last()
-        # Sort and cut on narrow rows (ids) first, then fetch the page's wide rows (config).
-        page_ids = select(E.id).where(*conds).order_by(*order).offset(flt.offset)
-        if flt.limit is not None:
-            page_ids = page_ids.limit(flt.limit)
-        ids_sq = page_ids.subquery()
-        page = (
-            (_exp_select() if flt.full else _exp_summary_select())
-            .join(ids_sq, ids_sq.c.id == E.id)
-            .order_by(*order)
-        )
-        count = select(func.count()).select_from(E).where(*conds)
-        with self._read() as conn:
-            total = conn.scalar(count) or 0
-            rows = conn.execute(page).all() if flt.limit != 0 else []
-        decode = _to_experiment if flt.full else _to_experiment_summary
-        return [decode(r) for r in rows], total
+        return conds, order
 
     def update_experiment(
         self,

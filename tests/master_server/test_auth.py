@@ -205,6 +205,15 @@ def test_owner_name_shown_and_environment_hidden(two_users: Any, master: Master)
                 assert "TOKEN" in got.config_json  # the names stay, the values go
         listed = m.experiments.ListExperiments(experiment_pb2.ListExperimentsRequest())
         assert all("hunter2" not in e.config_json for e in listed.experiments)
+        assert {e.id: e.username for e in listed.experiments}[exp.id] == "alice"
+        for who, stubs in (("alice", a), ("mallory", m)):
+            full = stubs.experiments.ListExperiments(
+                experiment_pb2.ListExperimentsRequest(full=True)
+            )
+            (got,) = [e for e in full.experiments if e.id == exp.id]
+            assert got.username == "alice", who
+            shown = "hunter2" in got.config_json and "hunter2" in got.original_config
+            assert shown == (who == "alice"), who
         ws = a.workspaces.CreateWorkspace(
             workspace_pb2.CreateWorkspaceRequest(name="shown")
         ).workspace

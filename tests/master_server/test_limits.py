@@ -100,3 +100,13 @@ def test_lists_are_paged_by_the_server(
     assert len(resp.experiments) == 2 and resp.pagination.total == 5  # with configs
     with Determined(master.address, "admin", "") as d:
         assert len(d.list_experiments()) == 5  # the SDK pages on
+    # Columns of summaries too big for one reply come as rows, cut by size (at least one).
+    resp = stubs.experiments.ListExperiments(experiment_pb2.ListExperimentsRequest(columnar=True))
+    assert resp.HasField("columns") and len(resp.columns.id) == 3
+    monkeypatch.setattr(servicers, "MAX_PAGE_BYTES", 1)
+    resp = stubs.experiments.ListExperiments(experiment_pb2.ListExperimentsRequest(columnar=True))
+    assert not resp.HasField("columns") and len(resp.experiments) == 1
+    assert resp.pagination.total == 5
+    with Determined(master.address, "admin", "") as d:
+        listed = d.list_experiments()
+    assert [e.id for e in listed] == sorted(e.id for e in listed) and len(listed) == 5

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import determined_sdk
 from determined_sdk import RetryPolicy
+from determined_sdk._experiment import SummaryPage, _summary_message
 from determined_sdk.errors import ResourceExhaustedError
 from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import experiment_pb2, master_pb2, searcher_pb2, trial_pb2
@@ -158,10 +159,65 @@ def test_lists_send_summaries_and_the_sdk_fetches_a_config_when_read(
         experiment_pb2.ListExperimentsRequest(full=True)
     ).experiments
     assert full == exp  # every field, configs included
+    # A summary is the full message without its configs, every other field alike, including
+    # the rarely set ones.
+    other = stubs.create(single_config("python main.py", name="other"), activate=False)
+    stubs.experiments.PatchExperiment(
+        experiment_pb2.PatchExperimentRequest(
+            experiment_id=other.id, description="d", notes="n", add_labels=["x", "y"]
+        )
+    )
+    stubs.action(other.id, "cancel")
+    stubs.wait_exp(other.id, "CANCELED")  # ended: an end_time, and it may be archived
+    stubs.action(other.id, "archive")
+    req = experiment_pb2.ListExperimentsRequest(include_archived=True, sort_by="name")
+    summaries = stubs.experiments.ListExperiments(req).experiments
+    req.full = True
+    fulls = stubs.experiments.ListExperiments(req).experiments
+    assert [e.name for e in fulls] == ["listed", "other"]
+    assert fulls[1].archived and fulls[1].notes == "n" and list(fulls[1].labels) == ["x", "y"]
+    assert fulls[1].end_time > 0 and fulls[1].description == "d" and fulls[1].username
+    for s, f in zip(summaries, fulls, strict=True):
+        stripped = experiment_pb2.Experiment()
+        stripped.CopyFrom(f)
+        stripped.config_json, stripped.original_config, stripped.summary = "", "", True
+        assert s == stripped
+    # Columns (what the SDK asks for) carry the same summaries; a field that every row has
+    # at its default comes with no entries.
+    req.full, req.columnar = False, True
+    reply = stubs.experiments.ListExperiments(req)
+    assert not reply.experiments and len(reply.columns.notes) == 2
+    page = SummaryPage(reply.columns)
+    assert [_summary_message(page.row(i)) for i in range(page.size)] == list(summaries)
+    req.name = "listed"
+    cols = stubs.experiments.ListExperiments(req).columns
+    assert len(cols.id) == 1 and not (cols.notes or cols.description or cols.end_time)
+    assert _summary_message(SummaryPage(cols).row(0)) == summaries[0]
 
     client = determined_sdk.Determined(master=master.address)
     (listed,) = client.list_experiments()
-    assert listed.name == "listed"
+    assert listed.hydrated  # its message is built from its row when first read
+    assert listed.name == "listed" and listed.labels == set() and listed.end_time is None
+    assert listed.username == summaries[0].username and listed.state.value == "PAUSED"
+    (again,) = client.list_experiments()
+    again.set_description("new")  # a setter on a listed object updates what it reads next
+    assert (again.description, again.name) == ("new", "listed")
+    (third,) = client.list_experiments()
+    stubs.experiments.PatchExperiment(
+        experiment_pb2.PatchExperimentRequest(experiment_id=exp.id, description="changed")
+    )
+    assert third.description == "new"  # cached, as listed
+    third.reload()
+    assert third.description == "changed" and third.name == "listed"
+    # Every attribute read from a listed row is what a fetched experiment says.
+    attrs = (
+        *("name", "username", "description", "labels", "notes", "state", "progress"),
+        *("archived", "project_id", "workspace_id", "start_time", "end_time"),
+        *("searcher_name", "num_trials", "unmanaged", "error"),
+    )
+    for e in client.list_experiments(include_archived=True):
+        got = client.get_experiment(e.id)
+        assert {a: getattr(e, a) for a in attrs} == {a: getattr(got, a) for a in attrs}
     assert listed.config["name"] == "listed"  # fetched on first read
     assert listed.original_config == exp.original_config
     assert client.get_experiment(exp.id).config == listed.config

@@ -379,6 +379,48 @@ def catalog(store: SQLStore) -> dict[str, Experiment]:
     return e
 
 
+def summaries(
+    store: SQLStore, flt: ExperimentFilter, owners: dict[int, str] | None = None
+) -> tuple[list[Experiment], int]:
+    """``list_experiment_summaries`` decoded into summary experiments (configs left empty),
+    after checking each row's owner against ``owners`` (experiment id -> username)."""
+    rows, total = store.list_experiment_summaries(flt)
+    out = []
+    for r in rows:
+        assert len(r) == 17 and r[16] == (owners or {}).get(r[0])
+        out.append(
+            Experiment(
+                id=r[0],
+                name=r[1],
+                description=r[2],
+                labels=tuple(json.loads(r[3])),
+                config={},
+                original_config="",
+                state=ExperimentState(r[4]),
+                archived=bool(r[5]),
+                progress=r[6],
+                project_id=r[7],
+                workspace_id=r[8],
+                start_time=r[9],
+                end_time=r[10],
+                searcher_name=r[11],
+                num_trials=r[12],
+                unmanaged=bool(r[13]),
+                error=r[14],
+                notes=r[15],
+            )
+        )
+    return out, total
+
+
+def checked_list(store: SQLStore, flt: ExperimentFilter) -> tuple[list[Experiment], int]:
+    """``list_experiments(flt)``, checking that the summaries list the same (sans configs)."""
+    page, total = store.list_experiments(flt)
+    stripped = [dataclasses.replace(x, config={}, original_config="") for x in page]
+    assert summaries(store, flt) == (stripped, total)
+    return page, total
+
+
 def ids(result: tuple[list[Experiment], int]) -> tuple[list[str], int]:
     page, total = result
     return [x.name for x in page], total
@@ -389,7 +431,7 @@ def test_list_experiments_filters(store: SQLStore, catalog: dict[str, Experiment
     names = {v.name: k for k, v in c.items()}
 
     def run(**kw: Any) -> tuple[list[str], int]:
-        page, total = store.list_experiments(ExperimentFilter(**kw))
+        page, total = checked_list(store, ExperimentFilter(**kw))
         return [names[x.name] for x in page], total
 
     assert run() == (["a", "b", "c", "d"], 4)  # archived=False by default
@@ -410,6 +452,11 @@ def test_list_experiments_filters(store: SQLStore, catalog: dict[str, Experiment
     # Summaries leave out both configs and nothing else.
     summary = store.list_experiments(ExperimentFilter(project_id=1, full=False))[0][0]
     assert summary == dataclasses.replace(full, config={}, original_config="")
+    # The summary rows carry each experiment's owner (None: no owner recorded).
+    ann = store.create_user("ann", "hash")
+    store.set_owner("experiment", c["b"].id, ann.id)
+    rows, total = summaries(store, ExperimentFilter(), owners={c["b"].id: "ann"})
+    assert [x.id for x in rows] == [c[k].id for k in "abcd"] and total == 4
 
 
 def test_list_experiments_sort_and_paging(store: SQLStore, catalog: dict[str, Experiment]) -> None:
@@ -417,7 +464,7 @@ def test_list_experiments_sort_and_paging(store: SQLStore, catalog: dict[str, Ex
     names = {v.name: k for k, v in c.items()}
 
     def run(**kw: Any) -> tuple[list[str], int]:
-        page, total = store.list_experiments(ExperimentFilter(archived=None, **kw))
+        page, total = checked_list(store, ExperimentFilter(archived=None, **kw))
         return [names[x.name] for x in page], total
 
     assert run(sort_by="id") == (["a", "b", "c", "d", "e"], 5)
@@ -442,6 +489,10 @@ def test_list_experiments_sort_and_paging(store: SQLStore, catalog: dict[str, Ex
         run(sort_by="config")
     with pytest.raises(InvalidArgumentError):
         run(offset=-1)
+    with pytest.raises(InvalidArgumentError, match="sort_by"):
+        store.list_experiment_summaries(ExperimentFilter(sort_by="config"))
+    with pytest.raises(InvalidArgumentError, match="offset"):
+        store.list_experiment_summaries(ExperimentFilter(offset=-1))
 
 
 def test_list_experiments_ten_thousand(store: SQLStore) -> None:
@@ -545,15 +596,19 @@ def test_create_experiment_stores_its_searcher_state_with_the_row(store: SQLStor
     exp = store.create_experiment(
         NewExperiment(
             name="with-state",
-            config={"searcher": {"name": "single"}},
+            config={"searcher": {"name": "single"}, "pair": (1, 2)},
             original_config="searcher:\n  name: single\n",
             project_id=1,
             searcher_name="single",
             state=ExperimentState.PAUSED,
             searcher_state={"method": {"rng": "abc"}, "started": False},
+            unmanaged=True,
         )
     )
     assert store.load_searcher_state(exp.id) == {"method": {"rng": "abc"}, "started": False}
+    # The value returned is the row as stored (a tuple comes back a list, as JSON has it).
+    assert store.get_experiment(exp.id) == exp and exp.config["pair"] == [1, 2]
+    assert exp.unmanaged and exp.state is ExperimentState.PAUSED
     assert store.load_searcher_state(new_exp(store).id) is None  # none given: none stored
 
 
