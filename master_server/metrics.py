@@ -95,7 +95,7 @@ class MetricService:
             InvalidArgumentError: No trials, a bad page size, name or steps range.
             NotFoundError: A trial does not exist.
         """
-        q = self.checked_query(
+        q = self.query(
             trial_ids,
             group=group,
             names=names,
@@ -104,37 +104,14 @@ class MetricService:
             page_size=page_size,
             include_superseded=include_superseded,
         )
+        self.check_trials(q)
         return self._read(q, follow)
 
-    def checked_query(
-        self,
-        trial_ids: Sequence[int],
-        *,
-        group: str | None = None,
-        names: Sequence[str] = (),
-        min_steps: int | None = None,
-        max_steps: int | None = None,
-        page_size: int = DEFAULT_PAGE_SIZE,
-        include_superseded: bool = False,
-    ) -> MetricQuery:
-        """The query :meth:`read` answers, checked, its trials found (arguments as there).
-
-        Raises:
-            InvalidArgumentError: No trials, a bad page size, name or steps range.
-            NotFoundError: A trial does not exist.
-        """
-        q = self.query(
-            trial_ids,
-            group=group,
-            names=names,
-            min_steps=min_steps,
-            max_steps=max_steps,
-            page_size=page_size,
-        )
-        q = dataclasses.replace(q, include_superseded=include_superseded)
+    def check_trials(self, q: MetricQuery) -> None:
+        """Raise NotFoundError for the first trial of ``q`` that does not exist (before a
+        stream starts)."""
         for tid in q.trial_ids:
-            self.store.get_trial(tid)  # NotFound before the stream starts
-        return q
+            self.store.get_trial(tid)
 
     @staticmethod
     def query(
@@ -145,8 +122,10 @@ class MetricService:
         min_steps: int | None = None,
         max_steps: int | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
+        include_superseded: bool = False,
     ) -> MetricQuery:
-        """A checked :class:`MetricQuery` (the errors name the argument at fault)."""
+        """A checked :class:`MetricQuery` (the errors name the argument at fault; arguments
+        as :meth:`read`'s)."""
         ids = tuple(trial_ids)
         if not ids:
             raise InvalidArgumentError("trial_ids: give at least one trial id")
@@ -176,6 +155,7 @@ class MetricService:
             min_steps=min_steps,
             max_steps=max_steps,
             page_size=page_size,
+            include_superseded=include_superseded,
         )
 
     def follow_backlog(self, q: MetricQuery) -> tuple[Follow, Iterator[MetricColumns]]:

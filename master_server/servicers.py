@@ -416,7 +416,7 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
             return None if page is None else response(page)
 
         def read() -> tuple[Follow | None, Iterator[MetricColumns]]:
-            q = self.metrics.checked_query(
+            q = self.metrics.query(
                 list(request.trial_ids),
                 group=request.group or None,
                 names=list(request.names),
@@ -425,6 +425,7 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
                 page_size=request.page_size or DEFAULT_PAGE_SIZE,
                 include_superseded=request.include_superseded,
             )
+            self.metrics.check_trials(q)
             if not request.follow:
                 return None, self.store.read_metrics(q)
             return self.metrics.follow_backlog(q)
