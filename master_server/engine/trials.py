@@ -298,20 +298,21 @@ class TrialRuns:
                     "checkpoint"
                 )
                 logger.warning("%s", why)
-                self.s.store.add_logs(
-                    [
-                        LogLine(
-                            trial_id=tr.trial_id,
-                            timestamp=time.time(),
-                            message=why,
-                            stream="stderr",
-                            level="ERROR",
-                            run_id=tr.run_id,
-                        )
-                    ]
-                )
+                self._log_error(tr, why)
                 tr.idle_killed = True
                 self.s.rm.kill(tr.trial_id, tr.run_id)
+
+    def _log_error(self, tr: TrialRuntime, why: str) -> None:
+        """Put why the master ended or killed a run in the trial's logs, as an error line."""
+        line = LogLine(
+            trial_id=tr.trial_id,
+            timestamp=time.time(),
+            message=why,
+            stream="stderr",
+            level="ERROR",
+            run_id=tr.run_id,
+        )
+        self.s.store.add_logs([line])
 
     def unmanaged_poll_s(self, trial_id: int) -> float | None:
         """How long a preemption poll of an unmanaged run may wait at most (its polls are its
@@ -342,18 +343,7 @@ class TrialRuns:
                 )
                 logger.warning("trial %d run %d: %s", tr.trial_id, tr.run_id, why)
                 with self.s.atomic():
-                    self.s.store.add_logs(
-                        [
-                            LogLine(
-                                trial_id=tr.trial_id,
-                                timestamp=time.time(),
-                                message=why,
-                                stream="stderr",
-                                level="ERROR",
-                                run_id=tr.run_id,
-                            )
-                        ]
-                    )
+                    self._log_error(tr, why)
                     tr.running = False
                     exp = self.s.store.get_experiment(tr.experiment_id)
                     self._unmanaged_exit(tr, exp, 1, why)
