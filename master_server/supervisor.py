@@ -289,6 +289,9 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
         if channel is None:
             channel = _channel(spec)
         from determined_sdk.proto import logs_pb2, logs_pb2_grpc
+
+        if spec.get("report_exit", True):  # loaded while the ranks start, not once they exit
+            from determined_sdk.proto import master_pb2, master_pb2_grpc  # noqa: F401
     except BaseException:
         for p in procs:  # no way to ship their output or report: stop them rather than orphan
             p.kill()
