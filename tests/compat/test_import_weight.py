@@ -62,18 +62,25 @@ print("ok")
 
 def test_the_supervisor_starts_ranks_before_loading_grpc_and_never_loads_the_master() -> None:
     """Before the ranks start: no gRPC, protobuf, ctypes, socket or uuid. After (the channel,
-    the generated code of logs and exit reports, the level parser): still nothing of the
-    master's stack."""
+    the log and exit messages, the level parser): no protobuf (the supervisor encodes its
+    messages itself) and nothing of the master's stack."""
     _run(
         f"""
 import master_server.supervisor as s
 early = ("grpc", "google", "ctypes", "socket", "uuid", "determined_sdk")
 check("before the ranks", {_NEVER!r} + early, ("master_server.supervisor",))
-s._channel({{"master": "127.0.0.1:1", "env": {{}}}}).close()
+channel = s._channel({{"master": "127.0.0.1:1", "env": {{}}}})
+s._Shipper(channel)._send  # its imports: uuid, grpc
 import uuid
-from determined_sdk import log_levels
-from determined_sdk.proto import logs_pb2, logs_pb2_grpc, master_pb2, master_pb2_grpc
-check("after the ranks", {_NEVER!r}, ("master_server.supervisor",))
+from determined_sdk.log_levels import LevelParser
+line = s.log_line(
+    trial_id=1, timestamp=1.5, rank=0, stream="stdout", level="INFO", text="x", run_id=1
+)
+s.ship_logs_request([line], uuid.uuid4().hex), s.report_trial_exit_request(1, 1, 0)
+s._unary(channel, s.REPORT_TRIAL_EXIT)
+channel.close()
+check("after the ranks", {_NEVER!r} + ("google",), ("master_server.supervisor",))
+assert "grpc" in sys.modules
 print("ok")
 """
     )
