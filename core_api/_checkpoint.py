@@ -25,7 +25,6 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -181,6 +180,8 @@ class CheckpointContext:
             storage_id = str(uuid.uuid4())
             in_place = self._storage.local_dir(storage_id)
             if in_place is None:  # object storage: a local directory, uploaded on exit
+                import tempfile  # not loaded by a trial that stores no checkpoint
+
                 with tempfile.TemporaryDirectory(prefix=f"ckpt-{storage_id}-") as tmp:
                     yield pathlib.Path(tmp), storage_id
                     self._finish(storage_id, pathlib.Path(tmp), md, _list_files(pathlib.Path(tmp)))
@@ -197,6 +198,8 @@ class CheckpointContext:
         storage_id = self._dist.broadcast(str(uuid.uuid4()) if self._dist.is_chief else None)
         name = f".staging-{storage_id}-rank{self._dist.rank}"
         base = self._local_base()
+        import tempfile  # not loaded by a trial that stores no checkpoint
+
         staging = base / name if base is not None else pathlib.Path(tempfile.mkdtemp(prefix=name))
         staging.mkdir(parents=True, exist_ok=base is None)
         try:
@@ -416,6 +419,8 @@ class CheckpointContext:
         if selector is None and in_place is not None:
             yield in_place
             return
+        import tempfile  # not loaded by a trial that stores no checkpoint
+
         with tempfile.TemporaryDirectory(prefix=f"ckpt-{storage_id}-") as tmp:
             storage.get(storage_id, pathlib.Path(tmp), selector)
             yield pathlib.Path(tmp)

@@ -21,7 +21,6 @@ import logging
 import os
 import pathlib
 import sys
-import tempfile
 import types
 import weakref
 from collections.abc import Mapping
@@ -301,6 +300,8 @@ def _tensorboard_base(storage: CheckpointStorage) -> pathlib.Path:
     local directory (object storage has no directory to write event files into)."""
     if isinstance(storage, SharedFSStorage):
         return storage.base / "tensorboard"
+    import tempfile  # only for object storage
+
     return pathlib.Path(tempfile.gettempdir(), "detsdk-tensorboard")
 
 

@@ -21,8 +21,10 @@ import abc
 import logging
 import os
 import time
-from multiprocessing.connection import Client, Connection, Listener
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # loaded by the first multi-rank context (a single rank needs no sockets)
+    from multiprocessing.connection import Connection, Listener
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ class _Tcp(_Transport):
     ) -> None:
         self._rank = rank
         self._size = size
+        from multiprocessing.connection import Client, Listener
+
         authkey = os.environ.get(_AUTHKEY_ENV, "core_api").encode()
         self._listener: Listener | None = None
         self._peers: list[Connection] = []

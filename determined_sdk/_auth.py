@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass
 
 AUTH_FILE_ENV = "DETSDK_AUTH_FILE"
@@ -53,6 +52,8 @@ def _read() -> dict[str, dict[str, str]]:
 def _write(data: dict[str, dict[str, str]]) -> None:
     path = auth_file()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import tempfile  # only when a token is cached (never in a trial)
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth-")  # made 0600
     try:
         with os.fdopen(fd, "w") as f:
