@@ -407,15 +407,19 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
                 points=[convert.metric_point_to_proto(p) for p in page.points()]
             )
 
-        def next_response(pages: Iterator[MetricColumns]) -> Any:
+        def next_response(pages: Iterator[MetricColumns], size: int) -> tuple[Any, bool]:
+            """The next page's response (None: no more), and whether it was the last (only
+            the last page of a read is short)."""
             page = next(pages, None)
-            return None if page is None else response(page)
+            if page is None:
+                return None, True
+            return response(page), len(page) < size
 
         def step(f: Follow) -> Any:
             page = self.metrics.follow_step(f)
             return None if page is None else response(page)
 
-        def read() -> tuple[Follow | None, Iterator[MetricColumns]]:
+        def read() -> tuple[Follow | None, Iterator[MetricColumns], int, tuple[Any, bool]]:
             q = self.metrics.query(
                 list(request.trial_ids),
                 group=request.group or None,
@@ -426,13 +430,20 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
                 include_superseded=request.include_superseded,
             )
             self.metrics.check_trials(q)
-            if not request.follow:
-                return None, self.store.read_metrics(q)
-            return self.metrics.follow_backlog(q)
+            follow: Follow | None = None
+            if request.follow:
+                follow, pages = self.metrics.follow_backlog(q)
+            else:
+                pages = self.store.read_metrics(q)
+            # The first page in the same trip to the pool: a short read takes one trip.
+            return follow, pages, q.page_size, next_response(pages, q.page_size)
 
-        follow, pages = await _in_thread(read)
-        while (resp := await _in_thread(next_response, pages)) is not None:
+        follow, pages, size, (resp, last) = await _in_thread(read)
+        while resp is not None:
             yield resp
+            if last:
+                break
+            resp, last = await _in_thread(next_response, pages, size)
         if follow is None:
             return
         waker = self.metrics.waker
