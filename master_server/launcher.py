@@ -361,6 +361,9 @@ class LocalLauncher:
         if keep_runs:
             return
         for r in runs:
+            # Stopped by the master, not ended on its own: the next master must not take its
+            # exit code (SIGTERM) for the run's end (see find_live_runs), but rerun the trial.
+            (r.run_dir / ".det" / "supervisor.pid").unlink(missing_ok=True)
             try:
                 os.killpg(r.pid, signal.SIGTERM)
             except ProcessLookupError:
