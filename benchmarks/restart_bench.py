@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -43,6 +44,34 @@ from determined_sdk.proto import (  # noqa: E402
     trial_pb2,
     trial_pb2_grpc,
 )
+
+_TOKENS: dict[str, str] = {}
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds the loopback quick start admin's session token (every RPC but Login needs one)."""
+
+    def __init__(self, token: str) -> None:
+        self.md = (("authorization", f"Bearer {token}"),)
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self.md))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+
+def _channel(address: str) -> grpc.Channel:
+    """A channel to the master that logs in once per address (the admin's empty password; the
+    session is stored, so it outlives a restart of the master)."""
+    if address not in _TOKENS:
+        with grpc.insecure_channel(address) as ch:
+            login = master_pb2_grpc.MasterServiceStub(ch).Login
+            _TOKENS[address] = login(master_pb2.LoginRequest(username="admin"), timeout=30).token
+    return grpc.intercept_channel(grpc.insecure_channel(address), _Bearer(_TOKENS[address]))
 
 
 def _free_port() -> int:
@@ -85,7 +114,9 @@ class Master:
                 try:
                     stub.GetMasterInfo(master_pb2.GetMasterInfoRequest(), timeout=1)
                     return time.perf_counter() - t0
-                except grpc.RpcError:
+                except grpc.RpcError as e:
+                    if e.code() == grpc.StatusCode.UNAUTHENTICATED:  # it answers: serving
+                        return time.perf_counter() - t0
                     if time.monotonic() > deadline or self.proc.poll() is not None:
                         raise SystemExit("the master did not start") from None
                     time.sleep(0.01)  # polling for the server, bounded by the deadline
@@ -105,7 +136,7 @@ class Master:
 
 
 def _trials(address: str, exp_id: int) -> list[trial_pb2.Trial]:
-    with grpc.insecure_channel(address) as ch:
+    with _channel(address) as ch:
         stub = experiment_pb2_grpc.ExperimentServiceStub(ch)
         req = experiment_pb2.ListExperimentTrialsRequest(experiment_id=exp_id)
         return list(stub.ListExperimentTrials(req, timeout=30).trials)
@@ -114,7 +145,7 @@ def _trials(address: str, exp_id: int) -> list[trial_pb2.Trial]:
 def _all_adopted(address: str, exp_id: int, n: int) -> bool:
     try:
         ts = _trials(address, exp_id)
-        with grpc.insecure_channel(address) as ch:
+        with _channel(address) as ch:
             info = master_pb2_grpc.MasterServiceStub(ch).GetMasterInfo(
                 master_pb2.GetMasterInfoRequest(), timeout=30
             )
@@ -152,7 +183,7 @@ def bench_adoption(runs: int, root: pathlib.Path) -> dict[str, float]:
         "max_restarts": 0,
     }
     try:
-        with grpc.insecure_channel(m.address) as ch:
+        with _channel(m.address) as ch:
             exp = (
                 experiment_pb2_grpc.ExperimentServiceStub(ch)
                 .CreateExperiment(
@@ -212,7 +243,7 @@ def bench_outage(outage_s: float, root: pathlib.Path) -> dict[str, float]:
                 down.append(clock() - t0)
                 time.sleep(0.001)
             m.start()
-        with grpc.insecure_channel(m.address) as ch:
+        with _channel(m.address) as ch:
             stub = trial_pb2_grpc.TrialServiceStub(ch)
             req = trial_pb2.StreamMetricsRequest(trial_ids=[trial_id])
             stored = [p.steps_completed for page in stub.StreamMetrics(req) for p in page.points]
