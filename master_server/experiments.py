@@ -84,6 +84,7 @@ class ExperimentService:
         self.runs.lifecycle, self.runs.search = self.lifecycle, self.search
         for part in (self.lifecycle, self.search, self.runs):
             part.preemption = self.preemption
+        self.state.resync = self.lifecycle.resync
 
     @property
     def jobs(self) -> JobRunner:
@@ -289,6 +290,9 @@ class ExperimentService:
                 self.runs.check_idle()
                 self.runs.check_heartbeats()
                 self.search.save_progress()
+                if self.state.needs_resync:
+                    with self.state.lock:
+                        self.state.resync_pending()
             except Exception:
                 logger.exception("liveness check failed")
             if self.rm.elastic:  # a cluster's capacity grows without an event of ours

@@ -57,6 +57,7 @@ from master_server.logs import LogService
 from master_server.metrics import DEFAULT_PAGE_SIZE, Follow, MetricService
 from master_server.searcher.factory import searcher_length_unit
 from master_server.store.base import Store
+from master_server.store.errors import database_unavailable
 from master_server.waiting import Waker, long_poll
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ A = experiment_pb2.ExperimentAction
 def _status(e: Exception, name: str) -> tuple[grpc.StatusCode, str]:
     if isinstance(e, DeterminedError):
         return e.code, str(e)
+    if (down := database_unavailable(e)) is not None:
+        logger.warning("%s: %s", name, down)
+        return down.code, str(down)
     logger.exception("%s failed", name)
     return grpc.StatusCode.INTERNAL, f"internal error in {name}: {type(e).__name__}: {e}"
 

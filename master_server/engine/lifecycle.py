@@ -476,18 +476,58 @@ class ExperimentLifecycle:
             logger.info("adopted %d live runs", len(adopted))
         self.runs.schedule()
 
-    def _recover_experiment(self, exp: Experiment, live: dict[int, LiveRun]) -> set[int]:
+    def _recover_experiment(
+        self,
+        exp: Experiment,
+        live: dict[int, LiveRun],
+        own: dict[int, TrialRuntime] | None = None,
+    ) -> set[int]:
         rt = ExperimentRuntime(exp.id, exp.config, JournaledSearch(make_search_method(exp.config)))
         rt.progress_floor = exp.progress
         self.s.exps[exp.id] = rt
         self.s.config_cache[exp.id] = exp.config
         saved = self.search.restore(rt)
-        adopted = self.runs.recover(rt, exp, saved, live)
+        adopted = self.runs.recover(rt, exp, saved, live, own)
         if exp.state == E.ACTIVE and not rt.started:
             self.search.start(rt)
         else:
             self.maybe_finish(exp.id)
         return adopted
+
+    def resync(self, experiment_id: int) -> None:
+        """Rebuild one experiment's runtime from the database (call with the lock held).
+
+        After a transaction of the engine is rolled back (the database refused a write), the
+        engine's memory is ahead of what is stored: a trial it ended is still RUNNING there,
+        trials the searcher created do not exist, the searcher's decision is not in its log.
+        This drops that memory and rebuilds it the way a restart does: the search from its
+        snapshot and log, the trials from their rows. Runs this master is running keep running
+        (same run id); a trial stored as running whose run has ended starts again from its
+        latest checkpoint.
+        """
+        old = self.s.exps.pop(experiment_id, None)
+        known = {t.trial_id: t for t in self.s.trials.values() if t.experiment_id == experiment_id}
+        if old is not None:
+            known |= {t.trial_id: t for t in old.trials.values()}
+        own = {tid: t for tid, t in known.items() if t.running}
+        for tid, t in known.items():
+            self.s.trials.pop(tid, None)
+            if not t.running:
+                self.s.rm.withdraw(tid)  # queued in memory, maybe for a row that was undone
+        exp = self.s.store.get_experiment(experiment_id)
+        logger.warning(
+            "experiment %d: a write failed and was rolled back; rebuilding its state from the "
+            "database (%d running trials keep running)",
+            experiment_id,
+            len(own),
+        )
+        if exp.state in TERMINAL_EXPERIMENT_STATES:
+            return
+        if exp.unmanaged:
+            self.runs.recover_unmanaged(exp)
+            return
+        self._recover_experiment(exp, {}, own)
+        self.runs.schedule()
 
 
 def tensorboard_root(config: JSONDict) -> pathlib.Path | None:

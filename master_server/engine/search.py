@@ -57,6 +57,7 @@ class SearchDriver:
         # A record rolled back with the transaction it was part of leaves inputs in no record:
         # only a whole snapshot covers them then.
         self.s.on_rollback(rt.log.forget_snapshot)
+        self.s.touch_experiment(rt.experiment_id)
         rt.log.save(self.s.store, rt)
         rt.unsaved_since = None
         self.s.store.update_experiment(rt.experiment_id, progress=progress)

@@ -117,6 +117,14 @@ class EngineState:
         self._after_commit: list[Callable[[], None]] = []
         self._on_rollback: list[Callable[[], None]] = []
         self._notify_later: list[int | None] = []
+        # Experiments whose runtime the open atomic block changed: rebuilt from the database
+        # when the block is rolled back (see :meth:`atomic`).
+        self._touched: set[int] = set()
+        #: Rebuilds one experiment's runtime from the database (set by the lifecycle).
+        self.resync: Callable[[int], None] | None = None
+        #: Experiments whose rebuild failed too: retried by the liveness watchdog.
+        self.needs_resync: set[int] = set()
+        self._resyncing = False
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
@@ -138,10 +146,12 @@ class EngineState:
                 self._atomic_depth -= 1
             return
         self._atomic_depth = 1
+        rolled_back = False
         try:
             with self.store.transaction():
                 yield
         except BaseException:
+            rolled_back = True
             undo, self._on_rollback = self._on_rollback, []
             for fn in undo:
                 fn()
@@ -149,12 +159,46 @@ class EngineState:
         finally:
             self._atomic_depth = 0
             self._on_rollback = []
+            touched, self._touched = self._touched, set()
             todo, self._after_commit = self._after_commit, []
             woken, self._notify_later = self._notify_later, []
+            if rolled_back:
+                # Memory moved on with the writes the database just undid (a trial ended, the
+                # searcher decided, trials were queued): rebuild those experiments from what
+                # is stored, as a restart would, before anything else acts on them.
+                self.needs_resync |= touched
+                self.resync_pending()
             for experiment_id in woken:  # after a rollback too: a wake-up is harmless
                 self._tell_listeners(experiment_id)
             for fn in todo:  # as is starting runs or jobs
                 fn()
+
+    def touch_experiment(self, experiment_id: int) -> None:
+        """The open :meth:`atomic` block changes ``experiment_id``'s runtime: rebuild it from
+        the database if the block is rolled back."""
+        if self._atomic_depth:
+            self._touched.add(experiment_id)
+
+    def resync_pending(self) -> None:
+        """Rebuild the runtimes of experiments a rolled-back block left ahead of the database
+        (call with the lock held); one whose rebuild fails too stays pending and is tried
+        again by the liveness watchdog."""
+        if self.resync is None or self._atomic_depth or self._resyncing:
+            return  # a rebuild's own failed block leaves its experiment pending
+        self._resyncing = True
+        try:
+            for experiment_id in sorted(self.needs_resync):
+                try:
+                    self.resync(experiment_id)
+                except Exception:
+                    logger.exception(
+                        "experiment %d: could not rebuild its state after a failed write; retrying",
+                        experiment_id,
+                    )
+                else:
+                    self.needs_resync.discard(experiment_id)
+        finally:
+            self._resyncing = False
 
     @property
     def in_atomic(self) -> bool:
@@ -216,6 +260,7 @@ class EngineState:
     def set_trial_state(self, trial_id: int, state: TrialState, **fields: Any) -> Trial:
         cur = self.store.get_trial(trial_id)
         check_trial_transition(trial_id, cur.state, state)
+        self.touch_experiment(cur.experiment_id)
         if state in TERMINAL_TRIAL_STATES:
             fields.setdefault("end_time", time.time())
         return self.store.update_trial(trial_id, state=state, **fields)
@@ -223,6 +268,7 @@ class EngineState:
     def set_exp_state(self, experiment_id: int, state: ExperimentState, action: str) -> Experiment:
         cur = self.store.get_experiment(experiment_id)
         check_experiment_transition(experiment_id, cur.state, state, action)
+        self.touch_experiment(experiment_id)
         kw: dict[str, Any] = {"state": state}
         gc = state in TERMINAL_EXPERIMENT_STATES and not cur.unmanaged
         if state in TERMINAL_EXPERIMENT_STATES:

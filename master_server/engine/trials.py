@@ -387,13 +387,16 @@ class TrialRuns:
         exp: Experiment,
         saved: dict[str, dict[str, object]],
         live: dict[int, LiveRun],
+        own: dict[int, TrialRuntime] | None = None,
     ) -> set[int]:
         """Rebuild the runtimes of ``exp``'s unfinished trials after a master (re)start.
 
         A trial that was running keeps running when its run is still alive and the resource
         manager verifies it (the run is adopted: same run id, no work lost). Otherwise it is
         requeued and starts again from its latest checkpoint (not counted as a restart).
-        Returns the ids of the trials whose runs were adopted.
+        ``own`` holds the runtimes of runs this master is running (a rebuild after a rolled
+        back write): those keep running as they are. Returns the ids of the trials whose runs
+        were adopted.
         """
         adopted: set[int] = set()
         trials, _ = self.s.store.list_trials(exp.id)
@@ -412,6 +415,13 @@ class TrialRuns:
             )
             rt.trials[t.request_id] = tr
             self.s.trials[t.id] = tr
+            mine = (own or {}).get(t.id)
+            if t.state in _WAS_RUNNING and mine is not None and mine.run_id == t.run_id:
+                tr.running, tr.run_id = True, t.run_id
+                tr.preempt_reason, tr.early_exit = mine.preempt_reason, mine.early_exit
+                tr.last_activity, tr.last_heartbeat = mine.last_activity, mine.last_heartbeat
+                tr.idle_killed = mine.idle_killed
+                continue
             run = live.get(t.id)
             if (
                 t.state in _WAS_RUNNING

@@ -58,6 +58,7 @@ from master_server.domain import (
 from master_server.experiments import ExperimentService
 from master_server.logs import LogService
 from master_server.store.base import Store
+from master_server.store.errors import database_unavailable
 from master_server.waiting import Waker
 from master_server.web import metrics as metrics_mod
 from master_server.web import serialize as ser
@@ -117,6 +118,9 @@ def _error_body(code: str, status: int, message: str, field: str | None) -> JSON
 
 
 def _error_response(request: Request, exc: Exception) -> Response:
+    if (down := database_unavailable(exc)) is not None:
+        logger.warning("%s %s: %s", request.method, request.url.path, down)
+        exc = down
     if isinstance(exc, DeterminedError):
         status = to_http_status(exc)
         m = _FIELD_RE.match(str(exc))
