@@ -11,6 +11,7 @@ reporting (killed) and reports for them; the service ignores a second report for
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -306,8 +307,22 @@ class LocalLauncher:
         return True
 
     def adopt(self, run: LiveRun) -> bool:
-        """Watch a supervisor a previous master started; False if it is not that supervisor."""
+        """Watch a supervisor a previous master started; False if it is not that supervisor.
+
+        A run is this master's when its run directory holds the run's trial token, which only
+        a master with this database's signing key can make (the secret is in the run directory
+        and the database): a run directory some other master wrote (another database on the
+        same data directory, a restored backup) is never adopted, nor its exit code taken.
+        """
         run_dir = self.run_dir(run.trial_id, run.run_id)
+        if not self._signed_by_us(run_dir, run.trial_id, run.run_id):
+            logger.warning(
+                "trial %d run %d: its run directory does not hold this master's token for it; "
+                "not adopted",
+                run.trial_id,
+                run.run_id,
+            )
+            return False
         if run.exit_code is not None:  # it ended during the outage: its exit is handled now
             with self._lock:
                 self._runs[run.trial_id] = _Run(
@@ -326,6 +341,14 @@ class LocalLauncher:
             self._runs[run.trial_id] = _Run(run.trial_id, run.run_id, run.pid, run_dir, None)
         logger.info("trial %d run %d: adopted supervisor pid %d", run.trial_id, run.run_id, run.pid)
         return True
+
+    def _signed_by_us(self, run_dir: pathlib.Path, trial_id: int, run_id: int) -> bool:
+        try:
+            launch = json.loads((run_dir / ".det" / "launch.json").read_text())
+            token = str(launch["env"]["DET_SESSION_TOKEN"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return hmac.compare_digest(token, self._trial_token(trial_id, run_id))
 
     def _reap_loop(self) -> None:
         while not self._stop.wait(0.2):

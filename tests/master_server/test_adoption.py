@@ -5,6 +5,7 @@ line it printed during the outages reaches the trial's logs."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import signal
@@ -315,3 +316,41 @@ def test_a_run_that_ended_during_a_long_outage_is_not_rerun(
     assert (trial_state(t), t.run_id, t.restarts) == ("COMPLETED", 1, 0)
     assert _truth(truth) == steps == list(range(1, len(steps) + 1))
     assert not (det / "supervisor.pid").exists()  # handled: a later master will not see it
+
+
+def test_a_run_without_this_masters_token_is_not_adopted(
+    master_proc: _MasterProcess, tmp_path: pathlib.Path
+) -> None:
+    truth, gate = tmp_path / "truth.txt", tmp_path / "gate"
+    body = TRIAL.replace("TRUTH", repr(str(truth))).replace("GATE", repr(str(gate)))
+    md = write_model_dir(tmp_path / "model", {"main.py": body})
+    stubs = master_proc.start()
+    exp = stubs.create(single_config("python main.py"), md)
+    wait_for(lambda: len(_truth(truth)) >= 5, 60, "the trial to train")
+    master_proc.signal(signal.SIGKILL)
+
+    # The run directory now holds a token this database's key did not sign (as if another
+    # master, with another database, had written it): its process is alive and is the
+    # supervisor of that directory, but it is not this master's run.
+    det = master_proc.data_dir / "runs" / "trial-1" / "run-1" / ".det"
+    launch = json.loads((det / "launch.json").read_text())
+    launch["env"]["DET_SESSION_TOKEN"] = "dettrial.1.1." + "0" * 64
+    (det / "launch.json").write_text(json.dumps(launch))
+    pid = int((det / "supervisor.pid").read_text())
+
+    stubs = master_proc.start()
+    wait_for(lambda: stubs.trial(1).run_id == 2, 60, "the trial to start run 2")
+    wait_for(lambda: not _process_alive(pid), 30, "the unverified run to be killed")
+    assert "its run directory does not hold this master's token" in master_proc.log.read_text()
+    gate.touch()
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR", timeout=120) == "COMPLETED"
+    t = stubs.trial(1)
+    assert (t.run_id, t.restarts) == (2, 0)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
