@@ -188,15 +188,19 @@ class TrialRuns:
     ) -> None:
         trial_id, reason = tr.trial_id, tr.preempt_reason
         restarts = self.s.store.get_trial(trial_id).restarts
+        # The searcher decides before the first write of the transaction: on SQLite the write
+        # lock is taken at the first write, so a slow choice (Optuna's TPE) does not hold it.
         if reason in ("cancel", "kill") or exp.state in (E.STOPPING_CANCELED, E.CANCELED):
+            event = None
+            if reason == "kill" and exp.state not in (E.STOPPING_CANCELED, E.CANCELED):
+                event = rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
             self.s.set_trial_state(trial_id, T.CANCELED, exit_reason=exit_reasons.canceled(reason))
             self.s.trials.pop(trial_id, None)
-            if reason == "kill" and exp.state not in (E.STOPPING_CANCELED, E.CANCELED):
-                self.search.event(
-                    rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
-                )
+            if event is not None:
+                self.search.event(rt, event)
         elif tr.closed and (exit_code == 0 or reason == "searcher"):
             done = tr.current_op() is None  # it trained as far as it was asked to
+            actions = rt.searcher.on_trial_exited(tr.request_id)
             self.s.set_trial_state(
                 trial_id,
                 T.COMPLETED,
@@ -205,7 +209,7 @@ class TrialRuns:
                 else exit_reasons.stopped_by_searcher(restarts),
             )
             self.s.trials.pop(trial_id, None)
-            self.search.event(rt, rt.searcher.on_trial_exited(tr.request_id))
+            self.search.event(rt, actions)
         elif reason == "pause":
             if exp.state == E.ACTIVE:  # re-activated while it was stopping
                 self.s.set_trial_state(trial_id, T.QUEUED)
@@ -214,23 +218,25 @@ class TrialRuns:
                 self.s.set_trial_state(trial_id, T.PAUSED, exit_reason=exit_reasons.PAUSED)
         elif exit_code == 0:
             if tr.early_exit is not None:
-                self.s.set_trial_state(
-                    trial_id, T.COMPLETED, exit_reason=exit_reasons.early_exit(tr.early_exit)
-                )
-                self.s.trials.pop(trial_id, None)
                 why = (
                     ExitedReason.INVALID_HP
                     if tr.early_exit == "INVALID_HP"
                     else ExitedReason.ERRORED
                 )
-                self.search.event(rt, rt.searcher.on_trial_exited_early(tr.request_id, why))
+                actions = rt.searcher.on_trial_exited_early(tr.request_id, why)
+                self.s.set_trial_state(
+                    trial_id, T.COMPLETED, exit_reason=exit_reasons.early_exit(tr.early_exit)
+                )
+                self.s.trials.pop(trial_id, None)
+                self.search.event(rt, actions)
             else:
                 tr.closed = True
+                actions = rt.searcher.on_trial_exited(tr.request_id)
                 self.s.set_trial_state(
                     trial_id, T.COMPLETED, exit_reason=exit_reasons.finished(restarts)
                 )
                 self.s.trials.pop(trial_id, None)
-                self.search.event(rt, rt.searcher.on_trial_exited(tr.request_id))
+                self.search.event(rt, actions)
         elif tr.idle_killed:
             self.failed(trial_id, f"no progress for {rt.config.get('max_idle')} s (max_idle)")
         else:
@@ -273,11 +279,10 @@ class TrialRuns:
                 if max_restarts
                 else "no restarts allowed (max_restarts: 0)"
             )
+            actions = rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.ERRORED)
             self.s.set_trial_state(trial_id, T.ERROR, exit_reason=f"{why}; {left}")
             self.s.trials.pop(trial_id, None)
-            self.search.event(
-                rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.ERRORED)
-            )
+            self.search.event(rt, actions)
 
     # -- liveness ---------------------------------------------------------------------------
     def check_idle(self) -> None:
@@ -370,13 +375,16 @@ class TrialRuns:
         transaction)."""
         trial_id = trial.id
         with self.s.atomic():
+            actions = (
+                rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
+                if rt is not None
+                else None
+            )
             self.s.rm.withdraw(trial_id)
             self.s.set_trial_state(trial_id, T.CANCELED)
             self.s.trials.pop(trial_id, None)
-            if rt is not None:
-                self.search.event(
-                    rt, rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
-                )
+            if rt is not None and actions is not None:
+                self.search.event(rt, actions)
             else:
                 self.lifecycle.maybe_finish(trial.experiment_id)
 

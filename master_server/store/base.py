@@ -7,7 +7,9 @@ Contract (every implementation, SQLite and PostgreSQL alike, passes ``tests/mast
 * **Transactions.** Inside ``with store.transaction():`` every call the same thread makes joins
   one transaction (reads see its writes; a call that fails undoes only its own part), committed
   when the block ends and rolled back when it raises: several calls either all happen or none.
-  Other threads see nothing of it before the commit. Nesting joins the outer block.
+  Other threads see nothing of it before the commit. Nesting joins the outer block. The write
+  transaction begins at the block's first write: reads before it are ordinary reads and hold
+  no write lock, so a block that reads and decides before it writes does not stop other writers.
 * **Errors.** A missing id raises :class:`~determined_sdk.errors.NotFoundError` naming the kind
   and the id (``"experiment 7 not found"``); a duplicate unique name raises
   :class:`~determined_sdk.errors.AlreadyExistsError`; bad values raise
@@ -117,8 +119,8 @@ class Store(abc.ABC):
         """One transaction for every store call this thread makes inside the block.
 
         Committed when the block ends, rolled back when it raises; a block inside another
-        joins it. On SQLite the block holds the database's one writer slot throughout: keep it
-        short.
+        joins it. The write transaction begins at the block's first write; from then on, on
+        SQLite, the block holds the database's one writer slot: decide first, then write.
         """
 
     @property

@@ -835,6 +835,8 @@ class SQLStore(AuthSQLMixin, Store):
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         joined: Connection | None = getattr(self._tx, "conn", None)
+        if joined is None and getattr(self._tx, "stack", None) is not None:
+            joined = self._begin_joined()
         if joined is not None:
             # Part of this thread's transaction(): a savepoint, so a call that fails undoes
             # only its own part (and PostgreSQL's transaction stays usable).
@@ -847,19 +849,45 @@ class SQLStore(AuthSQLMixin, Store):
             with conn.begin():
                 yield conn
 
+    def _begin_joined(self) -> Connection:
+        """Begin the open :meth:`transaction`'s write transaction (at its first write)."""
+        stack: contextlib.ExitStack = self._tx.stack
+        stack.enter_context(self._write_lock)
+        conn = stack.enter_context(self._engine.connect())
+        if self._sqlite:
+            conn.execution_options(sqlite_immediate=True)
+        stack.enter_context(conn.begin())
+        self._tx.conn = conn
+        return conn
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One transaction for every store call this thread makes inside the block (see
-        :meth:`Store.transaction`)."""
-        if getattr(self._tx, "conn", None) is not None:
+        :meth:`Store.transaction`).
+
+        It begins at the block's first write, not at its start: until then the block's reads
+        are ordinary reads and no write lock is held, so an engine event that only reads, or
+        that reads and decides (a searcher's choice) before it writes, keeps SQLite's one
+        writer free for metric ingestion meanwhile.
+        """
+        if getattr(self._tx, "stack", None) is not None:
             yield  # joins the outer block
             return
-        with self._write() as conn:
-            self._tx.conn = conn
+        stack = contextlib.ExitStack()
+        self._tx.stack = stack
+        try:
             try:
                 yield
-            finally:
+            except BaseException as e:
                 self._tx.conn = None
+                if not stack.__exit__(type(e), e, e.__traceback__):
+                    raise
+            else:
+                self._tx.conn = None
+                stack.close()  # commits, if anything was written
+        finally:
+            self._tx.conn = None
+            self._tx.stack = None
 
     def _upsert(self, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
         ins = sqlite_insert(table) if self._sqlite else pg_insert(table)

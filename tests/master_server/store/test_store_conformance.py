@@ -643,6 +643,38 @@ def test_transaction_is_all_or_nothing(store: SQLStore) -> None:
     assert [e for _, e in store.load_searcher_log(exp.id).events] == [{"in": [["created", "r1"]]}]
 
 
+def test_transaction_holds_no_write_lock_before_its_first_write(store: SQLStore) -> None:
+    """An engine event reads and decides before it writes: until its first write, others
+    write freely (on SQLite, the one writer is not held); from then on, its reads see its
+    writes and a raise undoes them."""
+    exp = new_exp(store)
+    trial = new_trial(store, exp.id)
+
+    def write_elsewhere() -> None:
+        done: list[bool] = []
+        t = threading.Thread(
+            target=lambda: done.append(bool(store.update_trial(trial.id, progress=0.5)))
+        )
+        t.start()
+        t.join(timeout=5)  # a held write lock would keep it waiting past this
+        assert done == [True]
+
+    with store.transaction():
+        assert store.get_trial(trial.id).state == TrialState.QUEUED
+        write_elsewhere()  # not blocked: nothing is written in this block yet
+        assert store.get_trial(trial.id).progress == 0.5  # and seen: no snapshot taken yet
+        store.update_trial(trial.id, state=TrialState.RUNNING)
+        assert store.get_trial(trial.id).state == TrialState.RUNNING
+    with pytest.raises(RuntimeError, match="crash"), store.transaction():
+        store.get_experiment(exp.id)
+        store.update_trial(trial.id, state=TrialState.COMPLETED)
+        raise RuntimeError("crash")
+    assert store.get_trial(trial.id).state == TrialState.RUNNING
+    with store.transaction():  # only reads: commits nothing and never waits for the writer
+        store.get_trial(trial.id)
+    write_elsewhere()  # the lock of no block is left behind
+
+
 def test_searcher_state(store: SQLStore) -> None:
     exp = new_exp(store)
     assert store.load_searcher_state(exp.id) is None
