@@ -266,6 +266,7 @@ class Master:
             unmanaged_timeout_s=self.unmanaged_timeout_s,
             storage_roots=StorageRoots([self.checkpoint_dir, *self.checkpoint_roots]),
         )
+        auth.live_run = experiments.live_run
         logs = LogService(store)
         experiments.add_change_listener(waker.notify)
         logs.add_listener(log_waker.notify)

@@ -239,6 +239,14 @@ class ExperimentService:
         """See :meth:`SearchDriver.operation_nowait`."""
         return self.search.operation_nowait(trial_id)
 
+    def live_run(self, trial_id: int, run_id: int) -> int | None:
+        """The experiment id of ``trial_id`` while this master runs its run ``run_id`` (the
+        run has not ended), else None; lock-free (read on every trial call's token check)."""
+        tr = self.state.trials.get(trial_id)
+        if tr is None or not tr.running or tr.run_id != run_id:
+            return None
+        return tr.experiment_id
+
     # -- searcher ----------------------------------------------------------------------------
     def get_searcher_operation(self, trial_id: int, timeout_s: float) -> tuple[int | None, bool]:
         """Long poll for the trial's current op: (length, False), or (None, True) when done."""

@@ -376,3 +376,45 @@ def test_initial_admin_password_and_non_loopback_refusal(tmp_path: pathlib.Path)
     m.stop()
     with pytest.raises(PermissionError, match="empty password"):
         Master(tmp_path / "c", host="0.0.0.0", slots=1, initial_admin_password="late").start()
+
+
+def test_a_runs_token_works_while_it_runs_and_never_after(
+    master: Master, tmp_path: pathlib.Path
+) -> None:
+    """The engine vouches for a running run (no database read per call); once the run ended,
+    or a newer run of the trial started, its token is refused."""
+    gate = tmp_path / "gate"
+    trial = (
+        "import pathlib, time\n"
+        f"gate = pathlib.Path({str(gate)!r})\n"
+        "deadline = time.monotonic() + 120\n"
+        "while not gate.exists() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+    )
+    md = write_model_dir(tmp_path / "m", {"main.py": trial})
+    stubs = Stubs.connect(master.address)
+    exp = stubs.create(single_config(f"{PYTHON} main.py", max_restarts=0), md)
+    wait_for(lambda: trial_state(stubs.trial(1)) == "RUNNING", 60, "the trial to run")
+    auth = master.parts["auth"]
+    run1 = auth.trial_token(1, 1)
+
+    def get_trial(token: str) -> Any:
+        with grpc.insecure_channel(master.address) as ch:
+            req = trial_pb2.GetTrialRequest(trial_id=1)
+            return _call(ch, "/detsdk.v1.TrialService/GetTrial", req, False, token)
+
+    assert trial_pb2.GetTrialResponse.FromString(get_trial(run1)).trial.id == 1
+    with pytest.raises(grpc.RpcError) as info:
+        get_trial(auth.trial_token(1, 2))  # not started yet
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "run 2 of trial 1 has ended (current run 1" in (info.value.details() or "")
+
+    gate.touch()
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    with pytest.raises(grpc.RpcError) as info:
+        get_trial(run1)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "run 1 of trial 1 has ended (current run 1, state COMPLETED)" in (
+        info.value.details() or ""
+    )
+    stubs.channel.close()
