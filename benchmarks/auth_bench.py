@@ -8,6 +8,8 @@ channel, ``--calls`` sequential calls (default 2,000; best of ``--repeat`` runs)
   looked up, rule checked);
 * **trial token**: ``TrialService/GetTrial`` of a live trial with that run's token (signature,
   trial, owner looked up, scope checked);
+* **ReportMetrics** (one point) with the trial token and with a user token: a coroutine handler
+  (as the long polls are), whose check of a running trial's token runs on the event loop;
 * **login**: ``MasterService/Login`` (an argon2id verification; per login, not per call).
 
 Run: ``python benchmarks/auth_bench.py``. Figures and ratios against the baseline go to stdout.
@@ -16,6 +18,7 @@ Run: ``python benchmarks/auth_bench.py``. Figures and ratios against the baselin
 from __future__ import annotations
 
 import argparse
+import itertools
 import pathlib
 import sys
 import tempfile
@@ -28,6 +31,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from determined_sdk.metrics_wire import pack_reports  # noqa: E402
 from determined_sdk.proto import (  # noqa: E402
     experiment_pb2,
     experiment_pb2_grpc,
@@ -72,6 +76,12 @@ def main() -> None:
                     .trial
                 )
                 trial_md = [("authorization", f"Bearer {m.parts['auth'].trial_token(trial.id, 1)}")]
+                batches = itertools.count()
+
+                def report() -> trial_pb2.ReportMetricsRequest:
+                    n = next(batches)
+                    return pack_reports(trial.id, f"b{n}", [("training", n, {"loss": 1.0}, 0.0)])
+
                 health = health_pb2_grpc.HealthStub(ch)
                 trials = trial_pb2_grpc.TrialServiceStub(ch)
                 rows = {
@@ -86,6 +96,13 @@ def main() -> None:
                     ),
                     "GetTrial, user token": lambda: trials.GetTrial(
                         trial_pb2.GetTrialRequest(trial_id=trial.id), metadata=md
+                    ),
+                    # A coroutine handler: a running trial's token is checked on the loop.
+                    "ReportMetrics, trial token": lambda: trials.ReportMetrics(
+                        report(), metadata=trial_md
+                    ),
+                    "ReportMetrics, user token": lambda: trials.ReportMetrics(
+                        report(), metadata=md
                     ),
                 }
                 base = None

@@ -235,6 +235,33 @@ class Authenticator:
         )
 
     # -- the check -----------------------------------------------------------------------------
+    def authenticate_running_trial(
+        self, metadata: Iterable[tuple[str, str | bytes]]
+    ) -> Principal | None:
+        """The principal of a valid trial token of a run the engine is running, found without
+        touching the database (safe on the event loop); None when that cannot be told so
+        (any other token, or a bad one): then :meth:`authenticate` decides."""
+        token = bearer_token(metadata)
+        if token is None or not token.startswith(_TRIAL_PREFIX) or self.live_run is None:
+            return None
+        parts = token[len(_TRIAL_PREFIX) :].split(".")
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts[:2]):
+            return None
+        trial_id, run_id = int(parts[0]), int(parts[1])
+        if not hmac.compare_digest(parts[2], self._sign(trial_id, run_id)):
+            return None
+        experiment_id = self.live_run(trial_id, run_id)
+        known = self._owner_names.get(experiment_id) if experiment_id is not None else None
+        if experiment_id is None or known is None:
+            return None
+        return Principal(
+            user_id=known[0],
+            username=known[1],
+            trial_id=trial_id,
+            run_id=run_id,
+            experiment_id=experiment_id,
+        )
+
     def authenticate(
         self, method: str, metadata: Iterable[tuple[str, str | bytes]]
     ) -> Principal | None:

@@ -92,6 +92,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _check_async(
         self, method: str, metadata: Any, request: Any, context: Any
     ) -> Principal | None:
+        # A running trial's own calls (reports, long polls) are checked right here: its token
+        # and the request's trial id need no database, and a trip through the busy thread pool
+        # would cost each report a queue wait behind every SDK client's work.
+        p = self.auth.authenticate_running_trial(metadata or ())
+        if (
+            p is not None
+            and not isinstance(request, _Undecodable)
+            and policy.authorize_trial_inline(method, p, request)
+        ):
+            try:
+                check_request(request)
+            except DeterminedError as e:
+                await context.abort(e.code, str(e))
+            return p
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(None, self._check, method, metadata, request)
@@ -120,6 +134,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 p = await self._check_async(method, metadata, request, context)
                 with acting_as(p):
                     response = await inner_async(request, context)
+                    if policy.after_is_trivial(method, p, response):
+                        return response
                     try:
                         await asyncio.get_running_loop().run_in_executor(
                             None,

@@ -48,10 +48,14 @@ class Rule:
     Attributes:
         check: Raises PermissionDeniedError (or NotFoundError for a missing id) to refuse.
         trial: Whether a trial token may call it at all (``check`` then scopes the ids).
+        trial_scoped: See the attribute.
     """
 
     check: Check
     trial: bool = False
+    #: For a trial token, ``check`` only compares the request's trial id with the token's
+    #: (no database read): such calls of a running trial are authorized on the event loop.
+    trial_scoped: bool = False
 
 
 class Access:
@@ -130,6 +134,11 @@ def _trial_field(field: str, *, write: bool, what: str) -> Check:
         a.need_trial(p, int(getattr(r, field)), write=write, what=what)
 
     return check
+
+
+def _trial_call(what: str, *, write: bool = True) -> Rule:
+    """A call about the trial in the request's ``trial_id``: for a trial token, its own only."""
+    return Rule(_trial_field("trial_id", write=write, what=what), trial=True, trial_scoped=True)
 
 
 def _experiment(field: str, what: str, *, write: bool = True) -> Check:
@@ -274,28 +283,16 @@ RULES: dict[str, Rule] = {
         _experiment("experiment_id", "drive the search of")
     ),
     # TrialService
-    f"{_SVC}TrialService/GetTrial": Rule(
-        _trial_field("trial_id", write=False, what="read"), trial=True
-    ),
+    f"{_SVC}TrialService/GetTrial": _trial_call("read", write=False),
     f"{_SVC}TrialService/KillTrial": Rule(_trial_field("trial_id", write=True, what="kill")),
-    f"{_SVC}TrialService/ReportMetrics": Rule(
-        _trial_field("trial_id", write=True, what="report metrics for"), trial=True
-    ),
+    f"{_SVC}TrialService/ReportMetrics": _trial_call("report metrics for"),
     f"{_SVC}TrialService/StreamMetrics": Rule(_stream_metrics, trial=True),
-    f"{_SVC}TrialService/ReportProgress": Rule(
-        _trial_field("trial_id", write=True, what="report progress for"), trial=True
-    ),
-    f"{_SVC}TrialService/ReportEarlyExit": Rule(
-        _trial_field("trial_id", write=True, what="report an early exit for"), trial=True
-    ),
+    f"{_SVC}TrialService/ReportProgress": _trial_call("report progress for"),
+    f"{_SVC}TrialService/ReportEarlyExit": _trial_call("report an early exit for"),
     # Carries the experiment config, environment_variables included: owner, admin or the trial.
-    f"{_SVC}TrialService/GetTrialContext": Rule(
-        _trial_field("trial_id", write=True, what="read the context of"), trial=True
-    ),
+    f"{_SVC}TrialService/GetTrialContext": _trial_call("read the context of"),
     # CheckpointService
-    f"{_SVC}CheckpointService/ReportCheckpoint": Rule(
-        _trial_field("trial_id", write=True, what="report a checkpoint for"), trial=True
-    ),
+    f"{_SVC}CheckpointService/ReportCheckpoint": _trial_call("report a checkpoint for"),
     f"{_SVC}CheckpointService/GetCheckpoint": Rule(
         _checkpoint("uuid", write=False, what="read"), trial=True
     ),
@@ -311,18 +308,12 @@ RULES: dict[str, Rule] = {
         _checkpoint("uuid", write=False, what="download"), trial=True
     ),
     # SearcherService
-    f"{_SVC}SearcherService/GetSearcherOperation": Rule(
-        _trial_field("trial_id", write=True, what="take searcher operations of"), trial=True
+    f"{_SVC}SearcherService/GetSearcherOperation": _trial_call("take searcher operations of"),
+    f"{_SVC}SearcherService/CompleteSearcherOperation": _trial_call(
+        "complete searcher operations of"
     ),
-    f"{_SVC}SearcherService/CompleteSearcherOperation": Rule(
-        _trial_field("trial_id", write=True, what="complete searcher operations of"), trial=True
-    ),
-    f"{_SVC}SearcherService/WatchPreemption": Rule(
-        _trial_field("trial_id", write=True, what="watch preemption of"), trial=True
-    ),
-    f"{_SVC}SearcherService/AckPreemption": Rule(
-        _trial_field("trial_id", write=True, what="acknowledge preemption of"), trial=True
-    ),
+    f"{_SVC}SearcherService/WatchPreemption": _trial_call("watch preemption of"),
+    f"{_SVC}SearcherService/AckPreemption": _trial_call("acknowledge preemption of"),
     # LogService
     f"{_SVC}LogService/ShipLogs": Rule(_ship_logs, trial=True),
     f"{_SVC}LogService/TrialLogs": Rule(_read),
@@ -348,6 +339,16 @@ RULES: dict[str, Rule] = {
     f"{_SVC}ModelService/DeleteModelVersion": Rule(_model("model_name", "delete a version of")),
     f"{_SVC}ModelService/PatchModelVersion": Rule(_model("model_name", "change a version of")),
 }
+
+
+def authorize_trial_inline(method: str, principal: Principal, request: Any) -> bool:
+    """Authorize a trial token's call without the database when its rule allows it (see
+    :attr:`Rule.trial_scoped`): True when allowed so, False when :func:`authorize` must
+    decide (which it does for a refusal too, with its error)."""
+    rule = RULES.get(method)
+    if rule is None or not rule.trial_scoped or not principal.is_trial:
+        return False
+    return getattr(request, "trial_id", None) == principal.trial_id
 
 
 def authorize(store: Store, method: str, principal: Principal | None, request: Any) -> None:
@@ -404,6 +405,16 @@ def _owned_groups(msg: Message, depth: int = 0) -> Iterable[tuple[str, Sequence[
             for item in value if fd.is_repeated else (value,):
                 if isinstance(item, Message):
                     yield from _owned_groups(item, depth + 1)
+
+
+def after_is_trivial(method: str, principal: Principal | None, response: Any) -> bool:
+    """Whether :func:`after` has nothing to do for this answer (no owner to record, no
+    owned resource in it to name or redact), so it need not be called."""
+    if principal is None or not isinstance(response, Message):
+        return True
+    if method in _CREATES:
+        return False
+    return next(iter(_owned_groups(response)), None) is None
 
 
 def after(

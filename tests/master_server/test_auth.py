@@ -19,12 +19,14 @@ from determined_sdk.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
+from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import (
     auth_pb2,
     checkpoint_pb2,
     experiment_pb2,
     logs_pb2,
     master_pb2,
+    searcher_pb2,
     trial_pb2,
     workspace_pb2,
 )
@@ -278,10 +280,21 @@ def test_trial_token_is_scoped_and_exit_reports_need_their_run(
     try:
         # Its own trial: fine. Another trial: PERMISSION_DENIED, for every kind of call.
         bad.trials.GetTrialContext(trial_pb2.GetTrialContextRequest(trial_id=t1))
+        bad.trials.ReportMetrics(pack_reports(t1, "b-1", [("training", 1, {"loss": 0.5}, 1.0)]))
         attempts = [
             lambda: bad.trials.GetTrialContext(trial_pb2.GetTrialContextRequest(trial_id=t2)),
             lambda: bad.trials.ReportProgress(
                 trial_pb2.ReportProgressRequest(trial_id=t2, progress=0.5)
+            ),
+            # Calls a running trial's token passes on the event loop, without the database.
+            lambda: bad.trials.ReportMetrics(
+                pack_reports(t2, "b-1", [("training", 1, {"loss": 0.5}, 1.0)])
+            ),
+            lambda: bad.searcher.WatchPreemption(
+                searcher_pb2.WatchPreemptionRequest(trial_id=t2, timeout_seconds=0.1)
+            ),
+            lambda: bad.searcher.GetSearcherOperation(
+                searcher_pb2.GetSearcherOperationRequest(trial_id=t2, timeout_seconds=0.1)
             ),
             lambda: bad.logs.ShipLogs(
                 logs_pb2.ShipLogsRequest(lines=[logs_pb2.LogLine(trial_id=t2, message="x")])
