@@ -41,13 +41,33 @@ GATED_TRIAL = """
             op.report_completed(1.0 / op.length)
 """
 
-REFUSE = (
-    "CREATE TRIGGER refuse_new_trials BEFORE INSERT ON trials "
-    "BEGIN SELECT RAISE(ABORT, 'injected by the test: the database refuses new trials'); END"
-)
+REFUSE = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_new_trials BEFORE INSERT ON trials "
+        "BEGIN SELECT RAISE(ABORT, 'injected by the test: the database refuses new trials'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'injected by the test: the database refuses new trials'; END $$",
+        "CREATE TRIGGER refuse_new_trials BEFORE INSERT ON trials "
+        "FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+}
+ALLOW = {
+    "sqlite": ["DROP TRIGGER refuse_new_trials"],
+    "postgresql": ["DROP TRIGGER refuse_new_trials ON trials"],
+}
 
 
-def _sql(db: pathlib.Path, statement: str) -> None:
+def _sql(db: pathlib.Path | str, statement: str) -> None:
+    """Run one statement on the master's database (a SQLite file or a PostgreSQL URL)."""
+    if isinstance(db, str):
+        import psycopg
+
+        url = db.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url, autocommit=True) as pg:
+            pg.execute(statement)  # type: ignore[arg-type]  # the test's own literal SQL
+        return
     conn = sqlite3.connect(db, timeout=30)
     try:
         conn.execute(statement)
@@ -56,8 +76,12 @@ def _sql(db: pathlib.Path, statement: str) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_a_rolled_back_exit_is_rebuilt_from_the_database(
-    master_factory: Callable[..., Master], tmp_path: pathlib.Path
+    master_factory: Callable[..., Master],
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+    db: str,
 ) -> None:
     gates = tmp_path / "gates"
     gates.mkdir()
@@ -66,8 +90,12 @@ def test_a_rolled_back_exit_is_rebuilt_from_the_database(
     )
     searcher = {"name": "random", "max_trials": 3, "max_length": 1, "max_concurrent_trials": 2}
     cfg = _config("python main.py", searcher, {"x": {"type": "double", "minval": 0, "maxval": 1}})
-    master = master_factory(data_dir=tmp_path / "d")
-    db = tmp_path / "d" / "master.db"
+    where: pathlib.Path | str = tmp_path / "d" / "master.db"
+    if db == "postgresql":
+        where = request.getfixturevalue("pg_schema_url")
+        master = master_factory(data_dir=tmp_path / "d", db_url=where)
+    else:
+        master = master_factory(data_dir=tmp_path / "d")
     stubs = Stubs.connect(master.address)
     exp = stubs.create(cfg, md)
 
@@ -75,7 +103,8 @@ def test_a_rolled_back_exit_is_rebuilt_from_the_database(
         return [t.id for t in stubs.trials_of(exp.id) if trial_state(t) == "RUNNING"]
 
     first, second = wait_for(lambda: r if len(r := running()) == 2 else None, 60, "2 running")
-    _sql(db, REFUSE)
+    for statement in REFUSE[db]:
+        _sql(where, statement)
     # The first trial ends; the searcher answers with a third trial, whose row is refused.
     (gates / f"gate-{first}").touch()
 
@@ -86,7 +115,8 @@ def test_a_rolled_back_exit_is_rebuilt_from_the_database(
     assert trial_state(stubs.trial(second)) == "RUNNING"
     assert len(stubs.trials_of(exp.id)) == 2
 
-    _sql(db, "DROP TRIGGER refuse_new_trials")
+    for statement in ALLOW[db]:
+        _sql(where, statement)
     for i in range(1, 10):
         (gates / f"gate-{i}").touch()
     assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR", timeout=120) == "COMPLETED"
