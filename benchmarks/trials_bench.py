@@ -74,11 +74,35 @@ def _own_cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _tree_cpu(pid: int) -> float:
+def _cpu(pid: int) -> float:
     """CPU seconds of process ``pid`` and of its waited-for descendants (from /proc)."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread or process ended meanwhile
+            continue
+    return out
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and every descendant: the live ones (a long-lived zygote
+    and what it forked) and those already waited for (counted in their parent's)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += _cpu(p)
+            todo += _children(p)
+        except OSError:  # ended meanwhile: counted in its parent once waited for
+            continue
+    return total
 
 
 def _env() -> dict[str, str]:
