@@ -264,7 +264,7 @@ def _print_exception(e: BaseException) -> None:
     tb = e.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
-    sys.excepthook(type(e), e, tb)
+    sys.excepthook(type(e), e.with_traceback(tb), tb)
 
 
 def _exit_code(code: object) -> int:
