@@ -141,11 +141,11 @@ class _Run:
         if self.proc is not None:
             return self.proc.poll()
         if self.zygote is not None:
-            code = self.zygote.exit_code(self.pid)
+            if self.zygote.is_parent_of(self.pid):  # it reports the exit; until then it runs
+                return self.zygote.exit_code(self.pid)
+            code = self.zygote.exit_code(self.pid)  # read before it ended, or lost with it
             if code is not None:
                 return code
-            if self.zygote.running:  # its parent reports its exit; until then it runs
-                return None
         if _alive(self.pid):
             return None
         # Not our child: the supervisor wrote its code before exiting (-1 when it could not).

@@ -221,6 +221,7 @@ class Zygote:
         self._proc: subprocess.Popen[bytes] | None = None
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._exits: dict[int, int] = {}
+        self._children: set[int] = set()  # forked by the zygote that runs now
         self._lock = threading.Lock()  # one request at a time; guards _proc
         self._exit_lock = threading.Lock()
         self._reader: threading.Thread | None = None
@@ -231,10 +232,11 @@ class Zygote:
         """The zygote's pid while it runs."""
         return self._proc.pid if self._proc is not None and self._running else None
 
-    @property
-    def running(self) -> bool:
-        """Whether the zygote runs (False once every exit it saw has been read)."""
-        return self._running
+    def is_parent_of(self, pid: int) -> bool:
+        """Whether the zygote that runs now forked supervisor ``pid`` (and so will report its
+        exit); False once it has ended and every exit it saw has been read."""
+        with self._exit_lock:
+            return self._running and pid in self._children
 
     def _start(self) -> None:
         import master_server
@@ -255,14 +257,18 @@ class Zygote:
                 stderr=log,
             )
         self._replies = queue.Queue()
-        self._running = True
+        with self._exit_lock:
+            self._running = True
+            self._children = set()
         self._reader = threading.Thread(
-            target=self._read, args=(self._proc,), name="zygote-reader", daemon=True
+            target=self._read, args=(self._proc, self._replies), name="zygote-reader", daemon=True
         )
         self._reader.start()
         logger.info("started zygote pid %d", self._proc.pid)
 
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+    def _read(
+        self, proc: subprocess.Popen[bytes], replies: queue.Queue[dict[str, Any] | None]
+    ) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             msg = json.loads(line)
@@ -270,9 +276,10 @@ class Zygote:
                 with self._exit_lock:
                     self._exits[int(msg["exit"])] = int(msg["code"])
             else:
-                self._replies.put(msg)
-        self._running = False  # after every exit it reported has been recorded
-        self._replies.put(None)
+                replies.put(msg)
+        with self._exit_lock:
+            self._running = False  # after every exit it reported has been recorded
+        replies.put(None)
 
     def launch(self, launch_path: pathlib.Path, timeout: float = 60.0) -> int:
         """Fork the supervisor of the run ``launch_path`` describes; returns its pid (the run's
@@ -298,7 +305,10 @@ class Zygote:
                 )
             if "error" in reply:
                 raise ZygoteError(f"zygote could not fork the run: {reply['error']}")
-            return int(reply["pid"])
+            pid = int(reply["pid"])
+            with self._exit_lock:
+                self._children.add(pid)
+            return pid
 
     def exit_code(self, pid: int) -> int | None:
         """The exit code of supervisor ``pid``, if the zygote saw it exit."""
@@ -309,6 +319,7 @@ class Zygote:
         """Drop what is known of supervisor ``pid`` (its exit has been handled)."""
         with self._exit_lock:
             self._exits.pop(pid, None)
+            self._children.discard(pid)
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the zygote (its runs go on running)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -221,3 +222,24 @@ def test_a_bad_entrypoint_says_why_in_the_trial_logs(
     assert lines
     # The traceback starts in the user's code, as python's own would.
     assert not any("inprocess.py" in x for x in _lines(stubs, 1))
+
+
+def test_runs_outlive_a_killed_zygote_and_the_next_launch_starts_a_new_one(
+    stubs: Stubs, master: Master, tmp_path: pathlib.Path
+) -> None:
+    md, progress, gate = _loop_model(tmp_path, "m")
+    exp = stubs.create(single_config("python main.py"), md)
+    wait_for(lambda: _progress(progress) > 5, 60, "the trial to run")
+    zygote = _launcher(master).zygote_pid
+    assert zygote is not None
+    os.kill(zygote, signal.SIGKILL)
+    wait_for(lambda: _launcher(master).zygote_pid is None, 60, "the launcher to see it gone")
+    now = _progress(progress)
+    wait_for(lambda: _progress(progress) > now + 5, 60, "the run to go on without its zygote")
+    gate.touch()
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    md2 = write_model_dir(tmp_path / "model2", {"main.py": REPORT})
+    exp2 = stubs.create(single_config("python main.py"), md2)
+    assert stubs.wait_exp(exp2.id, "COMPLETED", "ERROR") == "COMPLETED"
+    (r,) = _reports(stubs, 2)
+    assert r["zygote"] == _launcher(master).zygote_pid != zygote
