@@ -159,6 +159,7 @@ def fork_rank(
         raise
     if pid == 0:  # the rank
         try:
+            _default_signals()  # first: the supervisor's handlers act on its ranks
             for fd in (out_r, err_r, *close):
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -177,6 +178,15 @@ def fork_rank(
     os.close(out_w)
     os.close(err_w)
     return ForkedRank(pid, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"))
+
+
+def _default_signals() -> None:
+    """The signal dispositions a new interpreter starts with."""
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
 
 
 def _fresh_stdio() -> None:
@@ -201,11 +211,7 @@ def run_here(entry: PythonEntry, env: dict[str, str], run_dir: str) -> NoReturn:
     """Become ``python <entry>``: run it as ``__main__`` in this (forked) process and exit as
     the interpreter would (threads joined, ``atexit`` run, the exit code of ``SystemExit``, a
     traceback and 1 for an uncaught exception)."""
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)
+    _default_signals()
     os.chdir(run_dir)
     os.environ.clear()
     os.environ.update(env)

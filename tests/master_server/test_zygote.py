@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -243,3 +244,27 @@ def test_runs_outlive_a_killed_zygote_and_the_next_launch_starts_a_new_one(
     assert stubs.wait_exp(exp2.id, "COMPLETED", "ERROR") == "COMPLETED"
     (r,) = _reports(stubs, 2)
     assert r["zygote"] == _launcher(master).zygote_pid != zygote
+
+
+def test_which_entrypoints_a_fork_runs() -> None:
+    from master_server.inprocess import PythonEntry, python_entry
+
+    bin_dir = os.path.dirname(sys.executable)
+    env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"}
+    zygote_env = {"PYTHONUNBUFFERED": "1", "PATH": "/elsewhere"}
+
+    def entry(argv: list[str], **extra: str) -> PythonEntry | None:
+        return python_entry(argv, {**env, **extra}, zygote_env)
+
+    assert entry(["python", "t.py", "-x"]) == PythonEntry("t.py", ("-x",), module=False)
+    assert entry([sys.executable, "-u", "-m", "pkg.mod", "a"]) == PythonEntry(
+        "pkg.mod", ("a",), module=True
+    )
+    assert entry(["python", "-c", "pass"]) is None  # an option other than -u
+    assert entry(["python", "-X", "dev", "t.py"]) is None
+    assert entry(["python"]) is None
+    assert entry(["sh", "-c", "python t.py"]) is None  # not this interpreter
+    assert entry(["/usr/bin/env", "python", "t.py"]) is None
+    assert entry(["python", "t.py"], PYTHONHASHSEED="0") is None  # a start-up variable differs
+    assert entry(["python", "t.py"], LD_PRELOAD="x.so") is None
+    assert entry(["python", "t.py"], FOO="bar") is not None  # any other variable is fine
