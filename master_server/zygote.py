@@ -271,7 +271,11 @@ class Zygote:
     ) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:  # not ours (the zygote's own output goes to its log)
+                logger.warning("zygote pid %d: unexpected output %r", proc.pid, line[:200])
+                continue
             if "exit" in msg:
                 with self._exit_lock:
                     self._exits[int(msg["exit"])] = int(msg["code"])
