@@ -189,7 +189,6 @@ class LocalLauncher:
         master_address: The address trials call back.
         trial_token: Makes each run's trial-scoped token.
         cert_file: The master's TLS certificate trials must trust, if any.
-        zygote: Fork supervisors from a warm zygote (False: start each as a new process).
     """
 
     def __init__(
@@ -199,7 +198,6 @@ class LocalLauncher:
         *,
         trial_token: TokenFactory,
         cert_file: str | None = None,
-        zygote: bool = True,
     ) -> None:
         self._data_dir = data_dir
         self._master_address = master_address
@@ -211,19 +209,15 @@ class LocalLauncher:
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         # Started on the first launch; with only what a trial keeps of the master's environment.
-        self._zygote = (
-            Zygote(
-                {**passthrough_environment(dict(os.environ)), "PYTHONUNBUFFERED": "1"},
-                data_dir / "zygote.log",
-            )
-            if zygote
-            else None
+        self._zygote = Zygote(
+            {**passthrough_environment(dict(os.environ)), "PYTHONUNBUFFERED": "1"},
+            data_dir / "zygote.log",
         )
 
     @property
     def zygote_pid(self) -> int | None:
         """The pid of the zygote while it runs."""
-        return self._zygote.pid if self._zygote is not None else None
+        return self._zygote.pid
 
     def start(self, on_exit: ExitCallback) -> None:
         """Start the reaper; ``on_exit`` is called for runs that ended without a report."""
@@ -315,12 +309,11 @@ class LocalLauncher:
         env: dict[str, str],
     ) -> _Run:
         """The run's supervisor, forked by the zygote, or a process of its own without one."""
-        if self._zygote is not None:
-            try:
-                pid = self._zygote.launch(launch_path)
-                return _Run(spec.trial_id, spec.run_id, pid, run_dir, None, zygote=self._zygote)
-            except ZygoteError as e:
-                logger.warning("trial %d: %s; starting its supervisor alone", spec.trial_id, e)
+        try:
+            pid = self._zygote.launch(launch_path)
+            return _Run(spec.trial_id, spec.run_id, pid, run_dir, None, zygote=self._zygote)
+        except ZygoteError as e:
+            logger.warning("trial %d: %s; starting its supervisor alone", spec.trial_id, e)
         log = open(run_dir / ".det" / "supervisor.log", "ab")  # noqa: SIM115
         try:
             proc = subprocess.Popen(
@@ -419,8 +412,7 @@ class LocalLauncher:
             runs = list(self._runs.values())
             self._runs.clear()
         if keep_runs:
-            if self._zygote is not None:
-                self._zygote.stop()  # its runs go on; the next master adopts them
+            self._zygote.stop()  # its runs go on; the next master adopts them
             return
         for r in runs:
             # Stopped by the master, not ended on its own: the next master must not take its
@@ -439,8 +431,7 @@ class LocalLauncher:
                     os.killpg(r.pid, signal.SIGKILL)
             if r.proc is not None:
                 r.proc.wait()
-        if self._zygote is not None:
-            self._zygote.stop()
+        self._zygote.stop()
 
 
 def find_live_runs(data_dir: pathlib.Path) -> list[LiveRun]:

@@ -41,6 +41,8 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # imported when first needed: after the ranks have started
     import grpc
 
+    from master_server.inprocess import PythonEntry
+
 GRACE_S = 10.0
 REPORT_S = 120.0  # how long the exit report is retried while the master is unreachable
 
@@ -351,7 +353,7 @@ def _run(
     signal.signal(signal.SIGINT, on_term)
     # The ranks first: the import of gRPC below overlaps their start-up. All of them before
     # any thread starts: a rank may be a fork of this process.
-    entry = None
+    entry: PythonEntry | None = None
     if zygote_env is not None:
         from master_server.inprocess import python_entry
 
@@ -440,10 +442,14 @@ def _run(
 
 
 def _start_rank(
-    argv: list[str], entry: Any, env: dict[str, str], run_dir: str, started: list[_Rank]
+    argv: list[str],
+    entry: PythonEntry | None,
+    env: dict[str, str],
+    run_dir: str,
+    started: list[_Rank],
 ) -> _Rank:
-    """Start one rank: a fork that runs ``entry`` (a :class:`~master_server.inprocess.
-    PythonEntry`) in-process, or ``argv`` exec'd when ``entry`` is None."""
+    """Start one rank: a fork that runs ``entry`` in-process, or ``argv`` exec'd when
+    ``entry`` is None."""
     if entry is None:
         return subprocess.Popen(
             argv,

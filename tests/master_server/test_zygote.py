@@ -41,6 +41,7 @@ REPORT = """
         "cwd": os.getcwd(),
         "cmdline": cmdline(os.getpid()),
         "supervisor": parent(os.getpid()),
+        "supervisor_cmdline": cmdline(parent(os.getpid())),
         "zygote": parent(parent(os.getpid())),
         "env": sorted(os.environ),
         "rank": os.environ.get("RANK"),
@@ -268,3 +269,22 @@ def test_which_entrypoints_a_fork_runs() -> None:
     assert entry(["python", "t.py"], PYTHONHASHSEED="0") is None  # a start-up variable differs
     assert entry(["python", "t.py"], LD_PRELOAD="x.so") is None
     assert entry(["python", "t.py"], FOO="bar") is not None  # any other variable is fine
+
+
+def test_without_a_zygote_each_supervisor_is_a_process_of_its_own(
+    master_factory: Callable[..., Master],
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import master_server.zygote
+
+    monkeypatch.setattr(master_server.zygote, "MODULE", "master_server.no_such_zygote")
+    master = master_factory()
+    stubs = Stubs.connect(master.address)
+    md = write_model_dir(tmp_path / "model", {"main.py": REPORT})
+    exp = stubs.create(single_config("python main.py"), md)
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    (r,) = _reports(stubs, 1)
+    assert "main.py" in r["cmdline"] and "zygote" not in r["cmdline"]
+    assert "master_server.supervisor" in r["supervisor_cmdline"]
+    stubs.channel.close()
