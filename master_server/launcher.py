@@ -1,11 +1,13 @@
 """Local launcher: one supervisor process per trial run, in its own run directory.
 
 For each run the launcher makes ``DATA_DIR/runs/trial-<id>/run-<n>/``, unpacks the experiment's
-model code there, writes ``cluster_info.json`` and ``launch.json``, and starts
-``python -m master_server.supervisor launch.json`` in a new session (process group). The
-supervisor runs the entrypoint (one process per rank), owns its stdout/stderr, ships the lines to
-the master and reports the exit code. A reaper thread notices supervisors that died without
-reporting (killed) and reports for them; the service ignores a second report for the same run.
+model code there, writes ``cluster_info.json`` and ``launch.json``, and has the zygote
+(:mod:`master_server.zygote`, one warm process per launcher) fork the run's supervisor in a new
+session (process group); if the zygote cannot, it starts ``python -m master_server.supervisor
+launch.json`` instead. The supervisor runs the entrypoint (one process per rank), owns its
+stdout/stderr, ships the lines to the master and reports the exit code. A reaper thread notices
+supervisors that died without reporting (killed) and reports for them; the service ignores a
+second report for the same run.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 from determined_sdk.model_dir import extract_archive
 from master_server.rm.base import ExitCallback, LaunchSpec, LiveRun
+from master_server.zygote import Zygote, ZygoteError, is_zygote_child
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,12 @@ PASSTHROUGH_ENV = frozenset(
 )
 
 
+def passthrough_environment(base: dict[str, str]) -> dict[str, str]:
+    """What a trial (and the zygote) keeps of the master's environment ``base``:
+    :data:`PASSTHROUGH_ENV` and ``LC_*``."""
+    return {k: v for k, v in base.items() if k in PASSTHROUGH_ENV or k.startswith("LC_")}
+
+
 def trial_environment(
     *,
     base: dict[str, str],
@@ -87,7 +96,7 @@ def trial_environment(
         token: The run's trial-scoped token.
         cert_file: The master's certificate, when it serves TLS with one the trial must trust.
     """
-    env = {k: v for k, v in base.items() if k in PASSTHROUGH_ENV or k.startswith("LC_")}
+    env = passthrough_environment(base)
     env.update(config_env)
     python_bin = os.path.dirname(sys.executable)
     env.update(
@@ -122,8 +131,9 @@ class _Run:
     run_id: int
     pid: int
     run_dir: pathlib.Path
-    proc: subprocess.Popen[bytes] | None  # None: adopted from a previous master
+    proc: subprocess.Popen[bytes] | None  # None: forked by the zygote, or adopted
     ended: int | None = None  # the exit code of a run that ended before it was adopted
+    zygote: Zygote | None = None  # the zygote that forked it (its parent)
 
     def exit_code(self) -> int | None:
         """The run's exit code once its supervisor is gone, else None."""
@@ -131,6 +141,12 @@ class _Run:
             return self.ended
         if self.proc is not None:
             return self.proc.poll()
+        if self.zygote is not None:
+            if self.zygote.is_parent_of(self.pid):  # it reports the exit; until then it runs
+                return self.zygote.exit_code(self.pid)
+            code = self.zygote.exit_code(self.pid)  # read before it ended, or lost with it
+            if code is not None:
+                return code
         if _alive(self.pid):
             return None
         # Not our child: the supervisor wrote its code before exiting (-1 when it could not).
@@ -156,6 +172,8 @@ def _alive(pid: int) -> bool:
 
 def _is_supervisor_of(pid: int, run_dir: pathlib.Path) -> bool:
     """Whether ``pid`` is the supervisor started for ``run_dir`` (not a reused pid)."""
+    if is_zygote_child(pid, run_dir):
+        return True
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
@@ -165,7 +183,14 @@ def _is_supervisor_of(pid: int, run_dir: pathlib.Path) -> bool:
 
 
 class LocalLauncher:
-    """Starts, signals and reaps trial supervisors on this machine."""
+    """Starts, signals and reaps trial supervisors on this machine.
+
+    Args:
+        data_dir: The master's data directory.
+        master_address: The address trials call back.
+        trial_token: Makes each run's trial-scoped token.
+        cert_file: The master's TLS certificate trials must trust, if any.
+    """
 
     def __init__(
         self,
@@ -184,6 +209,16 @@ class LocalLauncher:
         self._on_exit: ExitCallback | None = None
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        # Started on the first launch; with only what a trial keeps of the master's environment.
+        self._zygote = Zygote(
+            {**passthrough_environment(dict(os.environ)), "PYTHONUNBUFFERED": "1"},
+            data_dir / "zygote.log",
+        )
+
+    @property
+    def zygote_pid(self) -> int | None:
+        """The pid of the zygote while it runs."""
+        return self._zygote.pid
 
     def start(self, on_exit: ExitCallback) -> None:
         """Start the reaper; ``on_exit`` is called for runs that ended without a report."""
@@ -255,6 +290,31 @@ class LocalLauncher:
         }
         launch_path = run_dir / ".det" / "launch.json"
         _write_private(launch_path, json.dumps(launch))
+        run = self._start_supervisor(spec, run_dir, launch_path, env)
+        (run_dir / ".det" / "supervisor.pid").write_text(str(run.pid))
+        with self._lock:
+            self._runs[spec.trial_id] = run
+        logger.info(
+            "trial %d run %d: started supervisor pid %d in %s",
+            spec.trial_id,
+            spec.run_id,
+            run.pid,
+            run_dir,
+        )
+
+    def _start_supervisor(
+        self,
+        spec: LaunchSpec,
+        run_dir: pathlib.Path,
+        launch_path: pathlib.Path,
+        env: dict[str, str],
+    ) -> _Run:
+        """The run's supervisor, forked by the zygote, or a process of its own without one."""
+        try:
+            pid = self._zygote.launch(launch_path)
+            return _Run(spec.trial_id, spec.run_id, pid, run_dir, None, zygote=self._zygote)
+        except ZygoteError as e:
+            logger.warning("trial %d: %s; starting its supervisor alone", spec.trial_id, e)
         log = open(run_dir / ".det" / "supervisor.log", "ab")  # noqa: SIM115
         try:
             proc = subprocess.Popen(
@@ -268,16 +328,7 @@ class LocalLauncher:
             )
         finally:
             log.close()
-        (run_dir / ".det" / "supervisor.pid").write_text(str(proc.pid))
-        with self._lock:
-            self._runs[spec.trial_id] = _Run(spec.trial_id, spec.run_id, proc.pid, run_dir, proc)
-        logger.info(
-            "trial %d run %d: started supervisor pid %d in %s",
-            spec.trial_id,
-            spec.run_id,
-            proc.pid,
-            run_dir,
-        )
+        return _Run(spec.trial_id, spec.run_id, proc.pid, run_dir, proc)
 
     def signal(self, trial_id: int, run_id: int, sig: signal.Signals) -> bool:
         """Send ``sig`` to run ``run_id``'s supervisor (which forwards it).
@@ -364,6 +415,8 @@ class LocalLauncher:
                         os.killpg(r.pid, signal.SIGKILL)
                 # Handled: a later master must not find this run again.
                 (r.run_dir / ".det" / "supervisor.pid").unlink(missing_ok=True)
+                if r.zygote is not None:
+                    r.zygote.forget(r.pid)
                 if self._on_exit is not None:
                     try:
                         self._on_exit(r.trial_id, r.run_id, code)
@@ -382,6 +435,7 @@ class LocalLauncher:
             runs = list(self._runs.values())
             self._runs.clear()
         if keep_runs:
+            self._zygote.stop()  # its runs go on; the next master adopts them
             return
         for r in runs:
             # Stopped by the master, not ended on its own: the next master must not take its
@@ -400,6 +454,7 @@ class LocalLauncher:
                     os.killpg(r.pid, signal.SIGKILL)
             if r.proc is not None:
                 r.proc.wait()
+        self._zygote.stop()
 
 
 def find_live_runs(data_dir: pathlib.Path) -> list[LiveRun]:

@@ -36,10 +36,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # imported when first needed: after the ranks have started
     import grpc
+
+    from master_server.inprocess import PythonEntry
 
 GRACE_S = 10.0
 REPORT_S = 120.0  # how long the exit report is retried while the master is unreachable
@@ -283,8 +285,31 @@ def run(spec: dict[str, Any], channel: grpc.Channel | None = None) -> int:
     return code
 
 
-def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.Channel]:
-    """:func:`run`, returning the channel it shipped the logs on (made once the ranks run)."""
+class _Rank(Protocol):
+    """A rank's process: a :class:`subprocess.Popen` or an in-process
+    :class:`~master_server.inprocess.ForkedRank`."""
+
+    @property
+    def stdout(self) -> IO[bytes] | None: ...
+    @property
+    def stderr(self) -> IO[bytes] | None: ...
+    @property
+    def returncode(self) -> int | Any: ...
+    def poll(self) -> int | None: ...
+    def wait(self) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
+def _run(
+    spec: dict[str, Any], channel: grpc.Channel | None, zygote_env: dict[str, str] | None = None
+) -> tuple[int, grpc.Channel]:
+    """:func:`run`, returning the channel it shipped the logs on (made once the ranks run).
+
+    ``zygote_env``: this process is a fork of the zygote, which started with this environment;
+    ranks of a ``python`` entrypoint it can run are forks of this process (see
+    :mod:`master_server.inprocess`). No thread may run here until they are forked.
+    """
     argv = entrypoint_argv(spec["entrypoint"])
     slots = int(spec["slots"])
     launched = launcher_argv(argv)
@@ -292,7 +317,7 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
         # The launcher starts the ranks itself: run it once, without per-rank variables.
         argv, slots = launched, 1
     run_dir = spec["run_dir"]
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[_Rank] = []
     readers: list[threading.Thread] = []
     base_env = dict(spec["env"])
     # A gang spread over several supervisors (one per node or bundle, e.g. on Ray) names its
@@ -320,32 +345,31 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
-    def watch(p: subprocess.Popen[bytes]) -> None:
+    def watch(p: _Rank) -> None:
         p.wait()
         changed.set()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    # The ranks first: the import of gRPC below overlaps their start-up.
+    # The ranks first: the import of gRPC below overlaps their start-up. All of them before
+    # any thread starts: a rank may be a fork of this process.
+    entry: PythonEntry | None = None
+    if zygote_env is not None:
+        from master_server.inprocess import python_entry
+
+        entry = python_entry(argv, base_env, zygote_env)
     start_error: tuple[int, OSError] | None = None
     for rank in range(slots):
         env = dict(base_env)
         if slots > 1 or dist:
             env.update({"RANK": str(first_rank + rank), "LOCAL_RANK": str(rank)})
         try:
-            p = subprocess.Popen(
-                argv,
-                cwd=run_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+            procs.append(_start_rank(argv, entry, env, run_dir, procs))
         except OSError as e:
             start_error = (rank, e)
             on_term(signal.SIGTERM, None)
             break
-        procs.append(p)
+    for rank, p in enumerate(procs):
         threading.Thread(target=watch, args=(p,), name=f"wait-rank-{rank}", daemon=True).start()
     try:
         if channel is None:
@@ -417,6 +441,31 @@ def _run(spec: dict[str, Any], channel: grpc.Channel | None) -> tuple[int, grpc.
         shipper.join(timeout=70)
 
 
+def _start_rank(
+    argv: list[str],
+    entry: PythonEntry | None,
+    env: dict[str, str],
+    run_dir: str,
+    started: list[_Rank],
+) -> _Rank:
+    """Start one rank: a fork that runs ``entry`` in-process, or ``argv`` exec'd when
+    ``entry`` is None."""
+    if entry is None:
+        return subprocess.Popen(
+            argv,
+            cwd=run_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    from master_server.inprocess import fork_rank
+
+    # The pipes of the ranks already started are theirs alone.
+    close = [s.fileno() for p in started for s in (p.stdout, p.stderr) if s is not None]
+    return fork_rank(entry, env, run_dir, close)
+
+
 def _leave_exit_code(spec: dict[str, Any], code: int) -> None:
     """Write the run's exit code into its ``.det`` directory, for a master that adopted this
     run (it is not our parent and cannot wait for us) or finds it ended after an outage."""
@@ -466,8 +515,23 @@ def main() -> None:
         stop_with_parent()
         if os.getppid() != parent:  # the parent died before the request took effect
             sys.exit(128 + signal.SIGTERM)
+    code = supervise(spec)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def supervise(spec: dict[str, Any], zygote_env: dict[str, str] | None = None) -> int:
+    """Run the ranks, report the exit to the master, and return this process's exit code
+    (a signal as 128+n, as the launcher's reaper reads it).
+
+    Args:
+        spec: The launch spec.
+        zygote_env: Given when this process is a fork of the zygote: the environment the
+            zygote started with (see :func:`_run`).
+    """
     # The report goes on the channel that shipped the logs: no second connection to wait for.
-    code, channel = _run(spec, None)
+    code, channel = _run(spec, None, zygote_env)
     _leave_exit_code(spec, code)  # (written already when the ranks ended; this is the same)
     import grpc
 
@@ -481,12 +545,10 @@ def main() -> None:
     finally:
         channel.close()
     # Exit with a code the launcher's reaper can read the same way (signals as 128+n). Nothing
-    # is left to do (the files are written, the channel closed, the shipper done): the exit
-    # skips the interpreter's teardown of gRPC and every loaded module, a good part of what a
-    # supervisor costs.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code if code >= 0 else 128 - code)
+    # is left to do (the files are written, the channel closed, the shipper done): the caller
+    # exits skipping the interpreter's teardown of gRPC and every loaded module, a good part of
+    # what a supervisor costs.
+    return code if code >= 0 else 128 - code
 
 
 if __name__ == "__main__":
