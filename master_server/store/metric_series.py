@@ -336,9 +336,7 @@ def read(
         )
         if names:
             stmt = stmt.where(_S.name.in_(sorted(set(names))))
-        for tid, name, v, s, t in conn.execute(
-            stmt.order_by(_S.trial_id, _S.name, _S.seq)
-        ).tuples():
+        for tid, name, v, s, t in conn.execute(stmt.order_by(_S.trial_id, _S.name, _S.seq)):
             b = blobs.get((tid, name))
             if b is None:
                 b = blobs[(tid, name)] = ([], [], [])
