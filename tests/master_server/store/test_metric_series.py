@@ -145,7 +145,7 @@ def test_metric_series_errors(store: SQLStore) -> None:
     t = new_trial(store, exp.id)
     with pytest.raises(NotFoundError, match="trial 999 not found"):
         store.metric_series([t.id, 999], "validation")
-    with pytest.raises(InvalidArgumentError, match="^group: "):
+    with pytest.raises(InvalidArgumentError, match=r"^group: "):
         store.metric_series([t.id], "")
     with pytest.raises(InvalidArgumentError, match=r"^names\[1\]: "):
         store.metric_series([t.id], "validation", ["loss", ""])
