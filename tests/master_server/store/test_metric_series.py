@@ -66,9 +66,7 @@ def same(store: SQLStore, trial_id: int) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(events=st.lists(event, min_size=1, max_size=12))
-def test_packed_series_equal_the_exact_path(
-    store: SQLStore, events: list[tuple[str, Any]]
-) -> None:
+def test_packed_series_equal_the_exact_path(store: SQLStore, events: list[tuple[str, Any]]) -> None:
     exp = new_exp(store, state=ExperimentState.COMPLETED)
     trial = new_trial(store, exp.id)
     run = 1
