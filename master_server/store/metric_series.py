@@ -104,14 +104,37 @@ def _segment(
     }
 
 
+# The statements of the ingestion path, built once (building them per commit cost more than
+# running them).
+_HAS_POINTS = (
+    select(_M.id)
+    .where(
+        _M.trial_id == bindparam("tid"),
+        _M.metric_group == bindparam("group"),
+        _M.superseded == false(),
+    )
+    .limit(1)
+)
+_STATES = select(
+    _ST.trial_id, _ST.metric_group, _ST.complete, _ST.last_steps, _ST.next_seq, _ST.tails
+).where(_ST.trial_id.in_(bindparam("tids", expanding=True)))
+_STATE_INSERT = insert(_ST)
+_SEGMENT_INSERT = insert(_S)
+_STATE_UPDATE = (
+    update(_ST)
+    .where(_ST.trial_id == bindparam("b_trial"), _ST.metric_group == bindparam("b_group"))
+    .values(
+        complete=bindparam("complete"),
+        last_steps=bindparam("last_steps"),
+        next_seq=bindparam("next_seq"),
+        tails=bindparam("tails"),
+    )
+)
+
+
 def _has_points(conn: Connection, trial_id: int, group: str) -> bool:
     """Whether (trial, group) has points that are not superseded (an index probe)."""
-    row = conn.execute(
-        select(_M.id)
-        .where(_M.trial_id == trial_id, _M.metric_group == group, _M.superseded == false())
-        .limit(1)
-    ).first()
-    return row is not None
+    return conn.execute(_HAS_POINTS, {"tid": trial_id, "group": group}).first() is not None
 
 
 def append(conn: Connection, new: dict[tuple[int, str], list[MetricReport]]) -> None:
@@ -126,16 +149,7 @@ def append(conn: Connection, new: dict[tuple[int, str], list[MetricReport]]) -> 
     tids = sorted({k[0] for k in new})
     states: dict[tuple[int, str], list[Any]] = {}
     for i in range(0, len(tids), 500):
-        for row in conn.execute(
-            select(
-                _ST.trial_id,
-                _ST.metric_group,
-                _ST.complete,
-                _ST.last_steps,
-                _ST.next_seq,
-                _ST.tails,
-            ).where(_ST.trial_id.in_(tids[i : i + 500]))
-        ):
+        for row in conn.execute(_STATES, {"tids": tids[i : i + 500]}):
             if (row[0], row[1]) in new:
                 states[(row[0], row[1])] = [bool(row[2]), row[3], row[4], json.loads(row[5])]
     created: list[dict[str, Any]] = []
@@ -199,21 +213,11 @@ def append(conn: Connection, new: dict[tuple[int, str], list[MetricReport]]) -> 
         else:
             changed.append({"b_trial": tid, "b_group": group, **fields})
     if created:
-        conn.execute(insert(_ST), created)
+        conn.execute(_STATE_INSERT, created)
     if segments:
-        conn.execute(insert(_S), segments)
+        conn.execute(_SEGMENT_INSERT, segments)
     if changed:
-        conn.execute(
-            update(_ST)
-            .where(_ST.trial_id == bindparam("b_trial"), _ST.metric_group == bindparam("b_group"))
-            .values(
-                complete=bindparam("complete"),
-                last_steps=bindparam("last_steps"),
-                next_seq=bindparam("next_seq"),
-                tails=bindparam("tails"),
-            ),
-            changed,
-        )
+        conn.execute(_STATE_UPDATE, changed)
 
 
 def _merge_tail(
