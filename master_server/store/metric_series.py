@@ -40,7 +40,7 @@ from master_server.domain import MetricReport, SeriesColumns
 from master_server.store.models import MetricRow, MetricSeriesRow, MetricSeriesStateRow
 
 #: Unsealed segments of one series that trigger a merge.
-TAIL_SEGMENTS = 16
+TAIL_SEGMENTS = 32
 #: Points from which a merged segment is sealed (never rewritten again).
 SEAL_POINTS = 4096
 #: Reports decoded at a time by a rebuild.
@@ -87,6 +87,32 @@ class _Builder:
         self.values.append(value)
 
 
+def _steps_of(r: MetricReport) -> int:
+    return r.steps_completed
+
+
+def _columns_of(reports: Sequence[MetricReport]) -> dict[str, _Builder]:
+    """Per metric name, the columns of the reports that carry it (a column at a time: this
+    runs in every ingestion transaction)."""
+    steps: list[int] = [r.steps_completed for r in reports]
+    times: list[float] = [r.timestamp for r in reports]
+    dicts = [r.metrics for r in reports]
+    out: dict[str, _Builder] = {}
+    for name in set().union(*dicts):
+        vals = [d.get(name) for d in dicts]
+        b = out[name] = _Builder()
+        if None in vals:
+            kept = [i for i, v in enumerate(vals) if v is not None]
+            b.steps = array("q", [steps[i] for i in kept])
+            b.times = array("d", [times[i] for i in kept])
+            b.values = array("d", [vals[i] for i in kept])  # type: ignore[misc]
+        else:
+            b.steps = array("q", steps)
+            b.times = array("d", times)
+            b.values = array("d", vals)  # type: ignore[arg-type]  # no None in vals
+    return out
+
+
 def _segment(
     trial_id: int, group: str, name: str, seq: int, cols: _Builder, lo: int = 0, hi: int = -1
 ) -> dict[str, Any]:
@@ -118,6 +144,14 @@ _HAS_POINTS = (
 _STATES = select(
     _ST.trial_id, _ST.metric_group, _ST.complete, _ST.last_steps, _ST.next_seq, _ST.tails
 ).where(_ST.trial_id.in_(bindparam("tids", expanding=True)))
+_TAIL_WHERE = (
+    _S.trial_id == bindparam("tid"),
+    _S.metric_group == bindparam("group"),
+    _S.name == bindparam("name"),
+    _S.seq >= bindparam("seq"),
+)
+_TAIL_SELECT = select(_S.vals, _S.steps, _S.times).where(*_TAIL_WHERE).order_by(_S.seq)
+_TAIL_DELETE = delete(_S).where(*_TAIL_WHERE)
 _STATE_INSERT = insert(_ST)
 _SEGMENT_INSERT = insert(_S)
 _STATE_UPDATE = (
@@ -171,15 +205,8 @@ def append(conn: Connection, new: dict[tuple[int, str], list[MetricReport]]) -> 
             st[0], st[3] = False, {}
         if st[0]:
             # Stable by steps: equal steps keep their insertion (id) order.
-            ordered = sorted(reports, key=lambda r: r.steps_completed)
-            by_name: dict[str, _Builder] = {}
-            for r in ordered:
-                s, t = r.steps_completed, float(r.timestamp)
-                for name, v in r.metrics.items():
-                    b = by_name.get(name)
-                    if b is None:
-                        b = by_name[name] = _Builder()
-                    b.add(s, t, float(v))
+            ordered = sorted(reports, key=_steps_of)
+            by_name = _columns_of(ordered)
             st[1] = max(st[1], ordered[-1].steps_completed)
             tails: dict[str, list[int]] = st[3]
             for name in sorted(by_name):
@@ -225,14 +252,9 @@ def _merge_tail(
 ) -> _Builder:
     """The unsealed segments of a series from ``first_seq`` on, and ``new`` after them, as one
     (the old segments are deleted)."""
-    where = (
-        _S.trial_id == trial_id,
-        _S.metric_group == group,
-        _S.name == name,
-        _S.seq >= first_seq,
-    )
-    rows = conn.execute(select(_S.vals, _S.steps, _S.times).where(*where).order_by(_S.seq)).all()
-    conn.execute(delete(_S).where(*where))
+    key = {"tid": trial_id, "group": group, "name": name, "seq": first_seq}
+    rows = conn.execute(_TAIL_SELECT, key).all()
+    conn.execute(_TAIL_DELETE, key)
     out = _Builder()
     out.values = _unpack("d", [r[0] for r in rows])
     out.steps = _unpack("q", [r[1] for r in rows])
