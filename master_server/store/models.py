@@ -226,7 +226,9 @@ class MetricSeriesStateRow(Base):
     metric_group: Mapped[str] = mapped_column(Text, primary_key=True)
     # The segments hold exactly the group's points a reader sees; else rebuild them first.
     complete: Mapped[bool] = mapped_column(Boolean)
-    last_steps: Mapped[int] = mapped_column(BigInteger)  # highest step kept (-1: none)
+    last_steps: Mapped[int] = mapped_column(BigInteger)  # highest step in segments (-1: none)
+    # Every point up to this metric id is in segments; the later ones are the series' tail.
+    last_id: Mapped[int] = mapped_column(BigInteger)
     next_seq: Mapped[int] = mapped_column(Integer)  # seq of the next segment of the group
     tails: Mapped[str] = mapped_column(Text)  # JSON {name: [first unsealed seq, segments, points]}
 

@@ -814,6 +814,9 @@ class SQLStore(AuthSQLMixin, Store):
         )
         # The connection of the calling thread's open transaction(), if any.
         self._tx = threading.local()
+        # Per (trial, group): points stored since its series' last segment, as far as this
+        # process knows (see metric_series.append; a wrong count only moves a write).
+        self._series_pending: dict[tuple[int, str], int] = {}
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -1681,8 +1684,10 @@ class SQLStore(AuthSQLMixin, Store):
             if batch_rows:
                 conn.execute(insert(MetricBatchRow), batch_rows)
             if metric_rows:
-                metric_series.append(conn, series_new)  # before: it asks what was there
+                # Before the insert: it reads what was there, and the new points from memory.
+                extended = metric_series.append(conn, series_new, self._series_pending)
                 self._insert_metric_rows(conn, metric_rows)
+                metric_series.set_last_ids(conn, extended)
             self._refresh_checkpoint_metrics(conn, reported)
             changed = [
                 {

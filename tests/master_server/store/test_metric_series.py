@@ -65,8 +65,17 @@ def same(store: SQLStore, trial_id: int) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(events=st.lists(event, min_size=1, max_size=12))
-def test_packed_series_equal_the_exact_path(store: SQLStore, events: list[tuple[str, Any]]) -> None:
+@given(events=st.lists(event, min_size=1, max_size=12), extend_at=st.sampled_from([1, 7, 256]))
+def test_packed_series_equal_the_exact_path(
+    store: SQLStore,
+    monkeypatch: pytest.MonkeyPatch,
+    events: list[tuple[str, Any]],
+    extend_at: int,
+) -> None:
+    # Small sizes, so that a few dozen points move through tails, segments, merges and seals.
+    monkeypatch.setattr(ms, "EXTEND_AT", extend_at)
+    monkeypatch.setattr(ms, "SEAL_POINTS", 20)
+    monkeypatch.setattr(ms, "TAIL_SEGMENTS", 3)
     exp = new_exp(store, state=ExperimentState.COMPLETED)
     trial = new_trial(store, exp.id)
     run = 1
@@ -100,13 +109,16 @@ def test_many_small_batches_merge_into_few_segments(store: SQLStore) -> None:
 def test_points_below_the_last_step_make_the_series_rebuild(store: SQLStore) -> None:
     exp = new_exp(store)
     t = new_trial(store, exp.id)
-    store.add_metrics(t.id, "a", [rep("validation", s, loss=float(s)) for s in range(10, 20)])
+    n = ms.EXTEND_AT + 10  # enough for a segment
+    store.add_metrics(t.id, "a", [rep("validation", s, loss=float(s)) for s in range(10, n)])
+    with store._read() as conn:
+        assert conn.scalar(select(func.count()).select_from(MetricSeriesRow)) == 1
     store.add_metrics(t.id, "b", [rep("validation", 5, loss=-1.0)])  # in the middle
     with store._read() as conn:
         assert conn.scalar(select(MetricSeriesStateRow.complete)) is False
     assert list(store.metric_series([t.id], "validation")[t.id]["loss"].steps) == [
         5,
-        *range(10, 20),
+        *range(10, n),
     ]
     with store._read() as conn:  # the read rebuilt it: the next one reads the segments
         assert conn.scalar(select(MetricSeriesStateRow.complete)) is True

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("metric_group", sa.Text(), nullable=False),
         sa.Column("complete", sa.Boolean(), nullable=False),
         sa.Column("last_steps", sa.BigInteger(), nullable=False),
+        sa.Column("last_id", sa.BigInteger(), nullable=False),
         sa.Column("next_seq", sa.Integer(), nullable=False),
         sa.Column("tails", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
