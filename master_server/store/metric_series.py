@@ -7,22 +7,23 @@ carry the name) as three packed columns: steps (int64), timestamps and values (f
 ``metric_series`` rows ("segments") read back with a few ``frombytes``. Nothing is lost, so a
 reader computes exactly what it would from ``metrics`` (any ``max_points``, or every point).
 
-Kept up to date in the transaction that stores the points (:func:`append`): each commit adds
-one segment per (trial, group, name) it touches; when a series' unsealed segments number
-:data:`TAIL_SEGMENTS` they are merged into one, sealed once it holds :data:`SEAL_POINTS`, so
-a series stays a few rows and ingestion rewrites each point a bounded number of times.
+A series is its segments, then its *tail*: the points of ``metrics`` stored after them (steps
+at or after the state's ``last_steps``, ids after its ``last_id``), read and decoded by the
+reader. Ingestion (:func:`append`, in the transaction that stores the points) only reads the
+series states of a commit's trials; once about :data:`EXTEND_AT` points have gathered in a
+tail, the commit that brings more moves the tail and its own points into a new segment (its
+own points from memory, not decoded again). Unsealed segments are merged once they number
+:data:`TAIL_SEGMENTS` and sealed from :data:`SEAL_POINTS` points, so a series stays a few rows.
 
 ``metric_series_state`` says, per (trial, group), whether its segments are *complete*. A
-series cannot be appended to, and is rebuilt from ``metrics`` (:func:`rebuild`) instead, when:
+series is rebuilt from ``metrics`` (:func:`rebuild`) instead when:
 
-* a commit brings points at a step below the highest one kept (the new points would go in
-  the middle);
+* a commit brings points at a step below the segments' last step (they would go in the
+  middle; the series is marked incomplete and the next reader rebuilds it);
 * a restart from a checkpoint supersedes points (:meth:`SQLStore.supersede_metrics` rebuilds
   the trial's series in its own transaction);
-* points were stored before this table existed (no state row, but rows in ``metrics``).
-
-The first two mark the state incomplete; readers rebuild incomplete series when they meet them
-(:meth:`SQLStore.metric_series`).
+* points were stored before this table existed (no state row, but rows in ``metrics``: the
+  first reader builds it).
 """
 
 from __future__ import annotations
