@@ -839,6 +839,20 @@ class SQLStore(AuthSQLMixin, Store):
             yield conn
 
     @contextlib.contextmanager
+    def _snapshot_read(self) -> Iterator[Connection]:
+        """Like :meth:`_read`, with every statement seeing the same snapshot (SQLite's read
+        transactions always do; PostgreSQL's READ COMMITTED would not)."""
+        joined: Connection | None = getattr(self._tx, "conn", None)
+        if joined is not None or self._sqlite:
+            with self._read() as conn:
+                yield conn
+            return
+        with self._engine.connect() as conn:
+            conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         joined: Connection | None = getattr(self._tx, "conn", None)
         if joined is not None:
@@ -1875,7 +1889,9 @@ class SQLStore(AuthSQLMixin, Store):
         if not isinstance(group, str) or not group:
             raise InvalidArgumentError(f"group: must be a non-empty string, got {group!r}")
         ids = sorted(set(trial_ids))
-        with self._read() as conn:
+        # One snapshot: a commit that moves a tail into a segment between the reads of the
+        # segments and of the tail would otherwise show its points twice.
+        with self._snapshot_read() as conn:
             found = set(conn.scalars(select(T.id).where(T.id.in_(ids))))
             for tid in ids:
                 if tid not in found:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from typing import Any
 
 import pytest
@@ -160,3 +161,29 @@ def test_metric_series_errors(store: SQLStore) -> None:
     with pytest.raises(InvalidArgumentError, match=r"^names\[1\]: "):
         store.metric_series([t.id], "validation", ["loss", ""])
     assert store.metric_series([t.id], "validation") == {t.id: {}}
+
+
+def test_reads_during_ingestion_see_each_point_once(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ms, "EXTEND_AT", 40)  # tails move into segments every few batches
+    exp = new_exp(store)
+    t = new_trial(store, exp.id)
+    batches = 60
+
+    def write() -> None:
+        for b in range(batches):
+            reports = [rep("validation", s, loss=s / 3) for s in range(b * 15, b * 15 + 15)]
+            store.add_metrics(t.id, f"b{b}", reports)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reads = 0
+    while writer.is_alive() or reads == 0:
+        got = store.metric_series([t.id], "validation", ["loss"])[t.id].get("loss")
+        if got is not None:  # a prefix of the points, each once, in order
+            assert list(got.steps) == list(range(len(got))), list(got.steps)
+            assert list(got.values) == [s / 3 for s in range(len(got))]
+        reads += 1
+    writer.join()
+    assert len(store.metric_series([t.id], "validation")[t.id]["loss"]) == batches * 15
