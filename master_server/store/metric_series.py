@@ -28,6 +28,7 @@ series is rebuilt from ``metrics`` (:func:`rebuild`) instead when:
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from array import array
@@ -84,11 +85,6 @@ class _Builder:
 
     def __len__(self) -> int:
         return len(self.values)
-
-    def add(self, steps: int, time: float, value: float) -> None:
-        self.steps.append(steps)
-        self.times.append(time)
-        self.values.append(value)
 
 
 def _segment(
@@ -294,6 +290,10 @@ def _first(p: tuple[int, float, dict[str, float]]) -> int:
     return p[0]
 
 
+def _group_of(row_and_metrics: tuple[Any, dict[str, float]]) -> str:
+    return str(row_and_metrics[0][0])
+
+
 def _points(rows: Sequence[Any]) -> list[tuple[int, float, dict[str, float]]]:
     """``(steps, timestamp, payload)`` rows as ``(steps, timestamp, metrics)`` points."""
     if not rows:
@@ -408,18 +408,19 @@ def rebuild(conn: Connection, trial_id: int, groups: Sequence[str] | None = None
     last_id: dict[str, int] = {}
     for chunk in rows.partitions():
         decoded = decode_metrics_array([r[3] for r in chunk])
-        for (group, steps, time, _, rid), metrics in zip(chunk, decoded, strict=True):
-            by_name = series.get(group)
-            if by_name is None:
-                by_name = series[group] = {}
-            last[group] = steps
-            if rid > last_id.get(group, 0):
-                last_id[group] = rid
-            for name, v in metrics.items():
+        for group, run in itertools.groupby(zip(chunk, decoded, strict=True), key=_group_of):
+            part = list(run)
+            by_name = series.setdefault(group, {})
+            last[group] = part[-1][0][1]
+            last_id[group] = max(last_id.get(group, 0), max(r[4] for r, _ in part))
+            for name, cols in _columns_of([(r[1], r[2], d) for r, d in part]).items():
                 b = by_name.get(name)
                 if b is None:
-                    b = by_name[name] = _Builder()
-                b.add(steps, time, v)
+                    by_name[name] = cols
+                else:
+                    b.steps.extend(cols.steps)
+                    b.times.extend(cols.times)
+                    b.values.extend(cols.values)
     states = []
     segments = []
     for group in groups if groups is not None else sorted(series):
