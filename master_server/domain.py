@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeAlias
@@ -190,6 +191,25 @@ class MetricReport(NamedTuple):
     steps_completed: int
     metrics: dict[str, float]
     timestamp: float
+
+
+@dataclass(frozen=True)
+class SeriesColumns:
+    """One metric's chart series (:meth:`Store.metric_series`): its points in
+    ``(steps_completed, id)`` order, as packed columns.
+
+    Attributes:
+        steps: ``steps_completed`` of each point.
+        times: Their report timestamps (unix seconds).
+        values: Their values (NaN and +/-inf as floats).
+    """
+
+    steps: array[int]
+    times: array[float]
+    values: array[float]
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 @dataclass(frozen=True)

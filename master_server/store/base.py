@@ -90,6 +90,7 @@ from master_server.domain import (
     Project,
     RemovalTarget,
     SearcherLog,
+    SeriesColumns,
     Trial,
     TrialState,
     User,
@@ -324,6 +325,16 @@ class Store(abc.ABC):
         out, the others keep only those), and an inclusive steps range; with ``after_ids``,
         only points stored after each trial's position, with ``until_id`` only those stored
         up to that id. Lazy; errors come on the first ``next``."""
+
+    @abc.abstractmethod
+    def metric_series(
+        self, trial_ids: Sequence[int], group: str, names: Sequence[str] = ()
+    ) -> dict[int, dict[str, SeriesColumns]]:
+        """Per trial, per metric name of ``group`` (``names``; empty: every name, sorted), the
+        points a :meth:`read_metrics` of that group and name gives (not superseded, same
+        order, points without the name left out) as packed columns. Kept up to date in the
+        transaction that stores or supersedes points, so a chart reads a few rows per series
+        instead of a row per point; a name without points is absent."""
 
     @abc.abstractmethod
     def last_metric_id(self) -> int:

@@ -214,6 +214,42 @@ class MetricRow(Base):
     superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+class MetricSeriesStateRow(Base):
+    """Per trial and metric group: whether ``metric_series`` holds its points (see
+    :mod:`master_server.store.metric_series`)."""
+
+    __tablename__ = "metric_series_state"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric_group: Mapped[str] = mapped_column(Text, primary_key=True)
+    # The segments hold exactly the group's points a reader sees; else rebuild them first.
+    complete: Mapped[bool] = mapped_column(Boolean)
+    last_steps: Mapped[int] = mapped_column(BigInteger)  # highest step in segments (-1: none)
+    # Every point up to this metric id is in segments; the later ones are the series' tail.
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    next_seq: Mapped[int] = mapped_column(Integer)  # seq of the next segment of the group
+    tails: Mapped[str] = mapped_column(Text)  # JSON {name: [first unsealed seq, segments, points]}
+
+
+class MetricSeriesRow(Base):
+    """A segment of one metric's series: consecutive points as packed little-endian columns."""
+
+    __tablename__ = "metric_series"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric_group: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)  # segment order
+    count: Mapped[int] = mapped_column(Integer)
+    vals: Mapped[bytes] = mapped_column(LargeBinary)  # float64 values
+    steps: Mapped[bytes] = mapped_column(LargeBinary)  # int64 steps_completed
+    times: Mapped[bytes] = mapped_column(LargeBinary)  # float64 timestamps
+
+
 class CheckpointRow(Base):
     """A checkpoint record; the bytes live in storage, not here."""
 

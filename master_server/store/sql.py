@@ -96,10 +96,12 @@ from master_server.domain import (
     Project,
     RemovalTarget,
     SearcherLog,
+    SeriesColumns,
     Trial,
     TrialState,
     Workspace,
 )
+from master_server.store import metric_series
 from master_server.store.base import _UNSET, Store
 from master_server.store.metrics_read import fetch_rows, read_metric_columns
 from master_server.store.models import (
@@ -110,6 +112,7 @@ from master_server.store.models import (
     LogRow,
     MetricBatchRow,
     MetricRow,
+    MetricSeriesStateRow,
     ModelRow,
     ModelVersionRow,
     PendingJobRow,
@@ -811,6 +814,9 @@ class SQLStore(AuthSQLMixin, Store):
         )
         # The connection of the calling thread's open transaction(), if any.
         self._tx = threading.local()
+        # Per (trial, group): points stored since its series' last segment, as far as this
+        # process knows (see metric_series.append; a wrong count only moves a write).
+        self._series_pending: dict[tuple[int, str], int] = {}
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -831,6 +837,20 @@ class SQLStore(AuthSQLMixin, Store):
             return
         with self._engine.connect() as conn, conn.begin():
             yield conn
+
+    @contextlib.contextmanager
+    def _snapshot_read(self) -> Iterator[Connection]:
+        """Like :meth:`_read`, with every statement seeing the same snapshot (SQLite's read
+        transactions always do; PostgreSQL's READ COMMITTED would not)."""
+        joined: Connection | None = getattr(self._tx, "conn", None)
+        if joined is not None or self._sqlite:
+            with self._read() as conn:
+                yield conn
+            return
+        with self._engine.connect() as conn:
+            conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -1683,6 +1703,7 @@ class SQLStore(AuthSQLMixin, Store):
             batch_rows: list[dict[str, Any]] = []
             metric_rows: list[tuple[Any, ...]] = []
             reported: dict[int, list[MetricReport]] = {}  # per trial, for checkpoint metrics
+            series_new: dict[tuple[int, str], list[MetricReport]] = {}  # in insertion order
             for i, trial_id, batch_id, rows, partial, max_steps in prepared:
                 cur = summaries.get(trial_id)
                 if cur is None:
@@ -1697,13 +1718,18 @@ class SQLStore(AuthSQLMixin, Store):
                     continue
                 metric_rows += rows
                 reported.setdefault(trial_id, []).extend(batches[i][2])
+                for r in batches[i][2]:
+                    series_new.setdefault((trial_id, r.group), []).append(r)
                 _merge_summary(cur[0], cur[1], partial)
                 cur[2] = max(cur[2], max_steps)
                 cur[3] = True
             if batch_rows:
                 conn.execute(insert(MetricBatchRow), batch_rows)
             if metric_rows:
+                # Before the insert: it reads what was there, and the new points from memory.
+                extended = metric_series.append(conn, series_new, self._series_pending)
                 self._insert_metric_rows(conn, metric_rows)
+                metric_series.set_last_ids(conn, extended)
             self._refresh_checkpoint_metrics(conn, reported)
             changed = [
                 {
@@ -1861,7 +1887,60 @@ class SQLStore(AuthSQLMixin, Store):
             marked = int(result.rowcount or 0)
             if marked:
                 self._rebuild_summary(conn, trial_id)
+                metric_series.rebuild(conn, trial_id)
             return marked
+
+    def metric_series(
+        self, trial_ids: Sequence[int], group: str, names: Sequence[str] = ()
+    ) -> dict[int, dict[str, SeriesColumns]]:
+        """Per trial, the chart series of one group: per metric name, the points a read of
+        ``metrics`` without ``include_superseded`` gives for that name, in the same order, as
+        packed columns (see :mod:`master_server.store.metric_series`).
+
+        A series that was never built (points stored before it existed) or could not be
+        appended to (points below its last step, a supersession) is rebuilt here first.
+
+        Args:
+            trial_ids: The trials (each must exist).
+            group: The metric group.
+            names: Only these metric names; empty: every name of the group.
+
+        Returns:
+            ``{trial_id: {name: SeriesColumns}}`` with names sorted; a name a trial has no
+            point of is absent.
+
+        Raises:
+            InvalidArgumentError: An empty group or name.
+            NotFoundError: A trial does not exist.
+        """
+        _check_metric_query(MetricQuery(tuple(trial_ids), group=group, names=tuple(names)))
+        if not isinstance(group, str) or not group:
+            raise InvalidArgumentError(f"group: must be a non-empty string, got {group!r}")
+        ids = sorted(set(trial_ids))
+        # One snapshot: a commit that moves a tail into a segment between the reads of the
+        # segments and of the tail would otherwise show its points twice.
+        with self._snapshot_read() as conn:
+            found = set(conn.scalars(select(T.id).where(T.id.in_(ids))))
+            for tid in ids:
+                if tid not in found:
+                    raise NotFoundError(f"trial {tid} not found")
+            out, stale = metric_series.read(conn, ids, group, names)
+        for tid in stale:
+            with self._write() as conn:
+                # The trial row first, as add_metrics_many locks it.
+                conn.execute(select(T.id).where(T.id == tid).with_for_update())
+                st = conn.execute(
+                    select(MetricSeriesStateRow.complete).where(
+                        MetricSeriesStateRow.trial_id == tid,
+                        MetricSeriesStateRow.metric_group == group,
+                    )
+                ).first()
+                if st is None or not st[0]:  # else another reader rebuilt it meanwhile
+                    metric_series.rebuild(conn, tid, [group])
+                # Read in the same transaction: no commit can make it stale again before.
+                again, _ = metric_series.read(conn, [tid], group, names)
+            out.update(again)
+        return {tid: out[tid] for tid in ids}
 
     def _rebuild_summary(self, conn: Connection, trial_id: int) -> None:
         """Recompute the trial's summary from its reports that are not superseded (in

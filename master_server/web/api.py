@@ -651,7 +651,7 @@ def _add_api_routes(
                 raise NotFoundError(f"trial {tid} not found in experiment {experiment_id}")
         if only:
             trials = [by_id[tid] for tid in only]
-        out = reader.series(trials, group, _csv(names), max_points)
+        out = reader.series(trials, group, metrics_mod.check_names(_csv(names)), max_points)
         # Answered as is: FastAPI's encoder would walk every number of every series first.
         return JSON(
             {
@@ -685,7 +685,7 @@ def _add_api_routes(
         metrics_mod.check_group(group)
         metrics_mod.check_max_points(max_points)
         t = store.get_trial(trial_id)
-        out = reader.series([t], group, _csv(names), max_points)
+        out = reader.series([t], group, metrics_mod.check_names(_csv(names)), max_points)
         return JSON({"trial_id": trial_id, "group": group, **out[trial_id]})
 
     @api.get("/trials/{trial_id}/metric-names", tags=["metrics"])

@@ -23,6 +23,8 @@ from master_server.store.base import Store
 from master_server.web.downsample import minmax_indices
 
 MAX_POINTS_LIMIT = 100_000
+MAX_NAMES = 100
+MAX_NAME_CHARS = 1000
 # Summary keys of the two built-in groups (see the store contract); other groups keep their name.
 _SUMMARY_KEY = {"training": "avg_metrics", "validation": "validation_metrics"}
 _GROUP_OF_KEY = {v: k for k, v in _SUMMARY_KEY.items()}
@@ -31,7 +33,26 @@ _GROUP_OF_KEY = {v: k for k, v in _SUMMARY_KEY.items()}
 def check_group(group: str) -> str:
     if not group or not group.strip():
         raise InvalidArgumentError("group: must not be empty (e.g. 'training' or 'validation')")
+    if "\x00" in group or len(group) > MAX_NAME_CHARS:
+        raise InvalidArgumentError(
+            f"group: {group[:40]!r} is not a metric group (no NUL, at most {MAX_NAME_CHARS} "
+            "characters)"
+        )
     return group
+
+
+def check_names(names: Sequence[str]) -> list[str]:
+    """The ``names`` query values, checked: at most :data:`MAX_NAMES`, each a name a metric
+    can have (no NUL, at most :data:`MAX_NAME_CHARS` characters)."""
+    if len(names) > MAX_NAMES:
+        raise InvalidArgumentError(f"names: at most {MAX_NAMES} names, got {len(names)}")
+    for n in names:
+        if "\x00" in n or len(n) > MAX_NAME_CHARS:
+            raise InvalidArgumentError(
+                f"names: {n[:40]!r} is not a metric name (no NUL, at most {MAX_NAME_CHARS} "
+                "characters)"
+            )
+    return list(names)
 
 
 def check_max_points(max_points: int) -> int:
@@ -60,29 +81,65 @@ def series(
     names: Sequence[str],
     max_points: int,
 ) -> dict[int, dict[str, Any]]:
-    """Per trial: ``{"series": {name: {"steps", "times", "values"}}, "total_points": n}``.
+    """Per trial: ``{"series": {name: {"steps", "times", "values", "total_points"}}}``, names
+    sorted.
+
+    Read from the store's packed series (:meth:`Store.metric_series`: a few rows per series,
+    not a row per point), which hold exactly the points of the store's read path; the answer
+    is the one :func:`exact_series` computes from ``read_metrics``.
 
     Args:
-        store: the master's store (its ``iter_metrics`` read path).
+        store: the master's store.
         trial_ids: trials to read, each of them existing.
         group: the metric group ("training", "validation", or a user group).
         names: metric names to keep; empty keeps every name.
         max_points: per series, the most points to answer with (0 = all).
     """
-    cols = read_columns(store, trial_ids, group, names)
     out: dict[int, dict[str, Any]] = {}
-    for tid, by_name in cols.items():
-        s: dict[str, Any] = {}
-        for name, (steps, times, values) in by_name.items():
-            total = len(values)
-            if max_points and total > max_points:
-                keep = minmax_indices(values, max_points)
-                steps = [steps[i] for i in keep]
-                times = [times[i] for i in keep]
-                values = [values[i] for i in keep]
-            s[name] = {"steps": steps, "times": times, "values": values, "total_points": total}
-        out[tid] = {"series": s}
+    for tid, by_name in store.metric_series(trial_ids, group, names).items():
+        out[tid] = {
+            "series": {
+                name: _thin(c.steps, c.times, c.values, max_points) for name, c in by_name.items()
+            }
+        }
     return out
+
+
+def exact_series(
+    store: Store,
+    trial_ids: Sequence[int],
+    group: str,
+    names: Sequence[str],
+    max_points: int,
+) -> dict[int, dict[str, Any]]:
+    """:func:`series` computed from every point of the store's read path (``read_metrics``):
+    the reference the packed series must match."""
+    cols = read_columns(store, trial_ids, group, names)
+    return {
+        tid: {"series": {n: _thin(*by_name[n], max_points) for n in sorted(by_name)}}
+        for tid, by_name in cols.items()
+    }
+
+
+def _thin(
+    steps: Sequence[int], times: Sequence[float], values: Sequence[float], max_points: int
+) -> dict[str, Any]:
+    """One series' columns, downsampled to ``max_points`` (0: every point) as lists."""
+    total = len(values)
+    if max_points and total > max_points:
+        keep = minmax_indices(list(values), max_points)
+        return {
+            "steps": [steps[i] for i in keep],
+            "times": [times[i] for i in keep],
+            "values": [values[i] for i in keep],
+            "total_points": total,
+        }
+    return {
+        "steps": list(steps),
+        "times": list(times),
+        "values": list(values),
+        "total_points": total,
+    }
 
 
 Columns = tuple[list[int], list[float], list[float]]  # steps, timestamps, values

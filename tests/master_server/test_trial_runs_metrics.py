@@ -11,6 +11,8 @@ import grpc
 import pytest
 
 from determined_sdk.proto import trial_pb2
+from master_server.app import Master
+from master_server.web.metrics import exact_series, series
 from tests.support import Stubs, single_config, write_model_dir
 
 pytestmark = pytest.mark.slow
@@ -34,7 +36,7 @@ TRIAL = """
 
 
 def test_restart_supersedes_reports_after_the_checkpoint(
-    stubs: Stubs, tmp_path: pathlib.Path
+    stubs: Stubs, master: Master, tmp_path: pathlib.Path
 ) -> None:
     cfg: dict[str, Any] = single_config("python main.py")
     cfg["max_restarts"] = 1
@@ -61,6 +63,15 @@ def test_restart_supersedes_reports_after_the_checkpoint(
     loss = json.loads(stubs.trial(t.id).summary_metrics_json)["avg_metrics"]["loss"]
     assert (loss["count"], loss["last"], loss["min"]) == (10, 0.1, 0.1)
     assert loss["mean"] == pytest.approx(sum(1.0 / s for s in range(1, 11)) / 10)
+    # The chart's packed series too (what the REST API answers), equal to the exact path.
+    store = master.parts["store"]
+    for max_points in (0, 4):
+        chart = series(store, [t.id], "training", [], max_points)
+        assert chart == exact_series(store, [t.id], "training", [], max_points)
+    assert chart[t.id]["series"]["loss"]["steps"] == [1, 2, 9, 10]  # ends, max, min
+    every_point = series(store, [t.id], "training", ["loss"], 0)[t.id]["series"]["loss"]
+    assert every_point["steps"] == list(range(1, 11))
+    assert every_point["values"] == [1.0 / s for s in range(1, 11)]
 
 
 def test_stream_metrics_bad_input(stubs: Stubs) -> None:
