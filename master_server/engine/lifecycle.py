@@ -516,8 +516,8 @@ class ExperimentLifecycle:
                 self.s.rm.withdraw(tid)  # queued in memory, maybe for a row that was undone
         exp = self.s.store.get_experiment(experiment_id)
         logger.warning(
-            "experiment %d: a write failed and was rolled back; rebuilding its state from the "
-            "database (%d running trials keep running)",
+            "experiment %d: an event failed and its writes were rolled back; rebuilding its "
+            "state from the database (%d running trials keep running)",
             experiment_id,
             len(own),
         )
