@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
-from determined_sdk.proto import checkpoint_pb2, common_pb2, logs_pb2, trial_pb2
+from determined_sdk.proto import checkpoint_pb2, common_pb2, experiment_pb2, logs_pb2, trial_pb2
 from tests.support import Stubs, single_config, trial_state, wait_for, write_model_dir
 
 pytestmark = pytest.mark.slow
@@ -109,15 +109,24 @@ def _truth(path: pathlib.Path) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
-def test_kill9_and_sigterm_restarts_adopt_the_running_trial(
+def _start_training(
     master_proc: _MasterProcess, tmp_path: pathlib.Path
-) -> None:
+) -> tuple[Stubs, experiment_pb2.Experiment, pathlib.Path, pathlib.Path]:
+    """Start the master and one TRIAL; return once it trains: (stubs, the experiment, the
+    trial's ground-truth file, the gate that ends it)."""
     truth, gate = tmp_path / "truth.txt", tmp_path / "gate"
     body = TRIAL.replace("TRUTH", repr(str(truth))).replace("GATE", repr(str(gate)))
     md = write_model_dir(tmp_path / "model", {"main.py": body})
     stubs = master_proc.start()
     exp = stubs.create(single_config("python main.py"), md)
     wait_for(lambda: len(_truth(truth)) >= 5, 60, "the trial to train")
+    return stubs, exp, truth, gate
+
+
+def test_kill9_and_sigterm_restarts_adopt_the_running_trial(
+    master_proc: _MasterProcess, tmp_path: pathlib.Path
+) -> None:
+    stubs, exp, truth, gate = _start_training(master_proc, tmp_path)
 
     for sig in (signal.SIGKILL, signal.SIGTERM):
         master_proc.signal(sig)
@@ -291,12 +300,7 @@ def test_unmanaged_run_trains_through_a_master_kill9(
 def test_a_run_that_ended_during_a_long_outage_is_not_rerun(
     master_proc: _MasterProcess, tmp_path: pathlib.Path
 ) -> None:
-    truth, gate = tmp_path / "truth.txt", tmp_path / "gate"
-    body = TRIAL.replace("TRUTH", repr(str(truth))).replace("GATE", repr(str(gate)))
-    md = write_model_dir(tmp_path / "model", {"main.py": body})
-    stubs = master_proc.start()
-    exp = stubs.create(single_config("python main.py"), md)
-    wait_for(lambda: len(_truth(truth)) >= 5, 60, "the trial to train")
+    stubs, exp, truth, gate = _start_training(master_proc, tmp_path)
     master_proc.signal(signal.SIGKILL)
 
     # The trial finishes while no master runs. Its supervisor leaves the exit code in the run
@@ -321,12 +325,7 @@ def test_a_run_that_ended_during_a_long_outage_is_not_rerun(
 def test_a_run_without_this_masters_token_is_not_adopted(
     master_proc: _MasterProcess, tmp_path: pathlib.Path
 ) -> None:
-    truth, gate = tmp_path / "truth.txt", tmp_path / "gate"
-    body = TRIAL.replace("TRUTH", repr(str(truth))).replace("GATE", repr(str(gate)))
-    md = write_model_dir(tmp_path / "model", {"main.py": body})
-    stubs = master_proc.start()
-    exp = stubs.create(single_config("python main.py"), md)
-    wait_for(lambda: len(_truth(truth)) >= 5, 60, "the trial to train")
+    stubs, exp, _truth_file, gate = _start_training(master_proc, tmp_path)
     master_proc.signal(signal.SIGKILL)
 
     # The run directory now holds a token this database's key did not sign (as if another
