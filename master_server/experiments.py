@@ -316,3 +316,4 @@ class ExperimentService:
         with self.state.lock:
             self.state.closed = True
             self.state.notify(None)
+        self.state.deadlines.close()

@@ -9,7 +9,6 @@ touches a newer run (pause, activate, and the new run keeps going).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from master_server.engine.state import EngineState, TrialRuntime
@@ -36,9 +35,7 @@ class Preemption:
         if reason == "kill":
             self.s.rm.kill(tr.trial_id, tr.run_id)
             return
-        timer = threading.Timer(self.grace_s, self._grace_expired, (tr.trial_id, tr.run_id))
-        timer.daemon = True
-        timer.start()
+        self.s.deadlines.call_later(self.grace_s, self._grace_expired, tr.trial_id, tr.run_id)
 
     def _grace_expired(self, trial_id: int, run_id: int) -> None:
         with self.s.lock:
@@ -51,9 +48,7 @@ class Preemption:
                 run_id,
             )
         if self.s.rm.terminate(trial_id, run_id):
-            timer = threading.Timer(KILL_AFTER_TERM_S, self.s.rm.kill, (trial_id, run_id))
-            timer.daemon = True
-            timer.start()
+            self.s.deadlines.call_later(KILL_AFTER_TERM_S, self.s.rm.kill, trial_id, run_id)
 
     def nowait(self, trial_id: int) -> tuple[bool, str | None] | None:
         """(ready, reason) of :meth:`watch` for a live trial, read without locking or I/O

@@ -28,6 +28,7 @@ from master_server.domain import (
 )
 from master_server.engine.jobs import JobRunner
 from master_server.engine.search_log import SearchLog
+from master_server.engine.timers import Deadlines
 from master_server.rm.base import ResourceManager
 from master_server.searcher.base import Shutdown
 from master_server.searcher.journal import JournaledSearch
@@ -111,6 +112,8 @@ class EngineState:
         self.config_cache: dict[int, JSONDict] = {}
         self.closed = False
         self.jobs = JobRunner(store)
+        #: Grace periods of stop requests (one thread for all of them).
+        self.deadlines = Deadlines("grace-timers")
         self.listeners: list[Callable[[int | None], None]] = []
         self.recovered = threading.Event()  # set once recovery after start has run
         self._atomic_depth = 0
