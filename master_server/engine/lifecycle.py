@@ -405,12 +405,14 @@ class ExperimentLifecycle:
 
     def _maybe_finish(self, experiment_id: int) -> None:
         store = self.s.store
-        exp = store.get_experiment(experiment_id)
         rt = self.s.exps.get(experiment_id)
-        if rt is None or exp.state in TERMINAL_EXPERIMENT_STATES:
+        if rt is None:
+            return
+        state = store.get_experiment_state(experiment_id)
+        if state in TERMINAL_EXPERIMENT_STATES:
             return
         live = self.s.live_trials_of(experiment_id)
-        if exp.state == E.STOPPING_CANCELED:
+        if state == E.STOPPING_CANCELED:
             if not any(t.running for t in live):
                 for t in live:
                     self.s.set_trial_state(t.trial_id, T.CANCELED)

@@ -60,7 +60,15 @@ class SearchDriver:
         self.s.touch_experiment(rt.experiment_id)
         rt.log.save(self.s.store, rt)
         rt.unsaved_since = None
-        self.s.store.update_experiment(rt.experiment_id, progress=progress)
+        self._write_progress(rt, progress)
+
+    def _write_progress(self, rt: ExperimentRuntime, progress: float) -> None:
+        """Store the experiment's progress unless this runtime already stored that value."""
+        if progress != rt.saved_progress:
+            # A rollback of this write rebuilds the runtime, which forgets saved_progress.
+            self.s.touch_experiment(rt.experiment_id)
+            self.s.store.set_experiment_progress(rt.experiment_id, progress)
+            rt.saved_progress = progress
 
     @staticmethod
     def _progress(rt: ExperimentRuntime) -> float:
@@ -158,7 +166,7 @@ class SearchDriver:
         rt.trials[action.request_id] = tr
         rt.dirty.add(action.request_id)
         self.s.trials[trial.id] = tr
-        if store.get_experiment(rt.experiment_id).state == E.ACTIVE:
+        if store.get_experiment_state(rt.experiment_id) == E.ACTIVE:
             self.s.rm.request(trial.id, rt.slots, rt.pool)
         else:
             self.s.set_trial_state(trial.id, T.PAUSED)
@@ -301,7 +309,7 @@ class SearchDriver:
                 ):
                     self.save(rt)
                     return
-                self.s.store.update_experiment(rt.experiment_id, progress=self._progress(rt))
+                self._write_progress(rt, self._progress(rt))
 
     def report_early_exit(self, trial_id: int, reason: str) -> None:
         if reason not in ("INVALID_HP", "ERRORED", "USER_CANCELED"):
@@ -335,7 +343,7 @@ class SearchDriver:
             rt, _ = self._custom(experiment_id)
             while True:
                 events = rt.searcher.custom_events_after(after_id)
-                state = self.s.store.get_experiment(experiment_id).state
+                state = self.s.store.get_experiment_state(experiment_id)
                 over = state in TERMINAL_EXPERIMENT_STATES
                 left = deadline - time.monotonic()
                 if events or over or left <= 0 or self.s.closed:
@@ -348,9 +356,9 @@ class SearchDriver:
         """Carry out actions from a custom-search driver (checked as a whole first)."""
         with self.s.lock:
             rt, _ = self._custom(experiment_id)
-            exp = self.s.store.get_experiment(experiment_id)
-            if exp.state in TERMINAL_EXPERIMENT_STATES:
+            state = self.s.store.get_experiment_state(experiment_id)
+            if state in TERMINAL_EXPERIMENT_STATES:
                 raise FailedPreconditionError(
-                    f"experiment {experiment_id} is {exp.state.value}; the search is over"
+                    f"experiment {experiment_id} is {state.value}; the search is over"
                 )
             self.event(rt, rt.searcher.custom_post(actions, ack_id, progress))

@@ -88,6 +88,9 @@ class ExperimentRuntime:
     unsaved_since: float | None = None
     # The experiment's progress as a previous master stored it: never shown lower again.
     progress_floor: float = 0.0
+    # The progress this runtime last wrote (None: not yet): an unchanged one is not rewritten.
+    # A rolled-back write rebuilds the runtime from the database, which forgets this.
+    saved_progress: float | None = None
 
     @property
     def slots(self) -> int:

@@ -161,17 +161,17 @@ class TrialRuns:
                 tr.closed,
             )
             with self.s.atomic():
-                exp = self.s.store.get_experiment(tr.experiment_id)
                 if rt is None:
-                    self._unmanaged_exit(tr, exp, exit_code)
+                    self._unmanaged_exit(tr, tr.experiment_id, exit_code)
                 else:
-                    self._managed_exit(tr, rt, exp, exit_code)
-                    self.lifecycle.maybe_finish(exp.id)
+                    state = self.s.store.get_experiment_state(tr.experiment_id)
+                    self._managed_exit(tr, rt, state, exit_code)
+                    self.lifecycle.maybe_finish(tr.experiment_id)
                     self.schedule()
                 self.s.notify(tr.experiment_id)
 
     def _unmanaged_exit(
-        self, tr: TrialRuntime, exp: Experiment, exit_code: int, why: str | None = None
+        self, tr: TrialRuntime, experiment_id: int, exit_code: int, why: str | None = None
     ) -> None:
         self.s.set_trial_state(
             tr.trial_id,
@@ -179,20 +179,22 @@ class TrialRuns:
             exit_reason=why or ("exited normally" if exit_code == 0 else why_exit(exit_code)),
         )
         self.s.trials.pop(tr.trial_id, None)
-        live = self.s.store.list_trials(exp.id, states=[T.RUNNING, T.QUEUED])[1]
+        live = self.s.store.list_trials(experiment_id, states=[T.RUNNING, T.QUEUED])[1]
         if live == 0:
-            self.s.set_exp_state(exp.id, E.COMPLETED if exit_code == 0 else E.ERROR, "finish")
+            self.s.set_exp_state(
+                experiment_id, E.COMPLETED if exit_code == 0 else E.ERROR, "finish"
+            )
 
     def _managed_exit(
-        self, tr: TrialRuntime, rt: ExperimentRuntime, exp: Experiment, exit_code: int
+        self, tr: TrialRuntime, rt: ExperimentRuntime, exp_state: E, exit_code: int
     ) -> None:
         trial_id, reason = tr.trial_id, tr.preempt_reason
         restarts = self.s.store.get_trial(trial_id).restarts
         # The searcher decides before the first write of the transaction: on SQLite the write
         # lock is taken at the first write, so a slow choice (Optuna's TPE) does not hold it.
-        if reason in ("cancel", "kill") or exp.state in (E.STOPPING_CANCELED, E.CANCELED):
+        if reason in ("cancel", "kill") or exp_state in (E.STOPPING_CANCELED, E.CANCELED):
             event = None
-            if reason == "kill" and exp.state not in (E.STOPPING_CANCELED, E.CANCELED):
+            if reason == "kill" and exp_state not in (E.STOPPING_CANCELED, E.CANCELED):
                 event = rt.searcher.on_trial_exited_early(tr.request_id, ExitedReason.USER_CANCELED)
             self.s.set_trial_state(trial_id, T.CANCELED, exit_reason=exit_reasons.canceled(reason))
             self.s.trials.pop(trial_id, None)
@@ -211,7 +213,7 @@ class TrialRuns:
             self.s.trials.pop(trial_id, None)
             self.search.event(rt, actions)
         elif reason == "pause":
-            if exp.state == E.ACTIVE:  # re-activated while it was stopping
+            if exp_state == E.ACTIVE:  # re-activated while it was stopping
                 self.s.set_trial_state(trial_id, T.QUEUED)
                 self.s.rm.request(trial_id, rt.slots, rt.pool)
             else:
@@ -253,8 +255,8 @@ class TrialRuns:
         rt = self.s.exps[tr.experiment_id]
         trial = self.s.store.get_trial(trial_id)
         max_restarts = int(rt.config.get("max_restarts", 5))
-        exp = self.s.store.get_experiment(tr.experiment_id)
-        if trial.restarts < max_restarts and exp.state == E.ACTIVE:
+        exp_state = self.s.store.get_experiment_state(tr.experiment_id)
+        if trial.restarts < max_restarts and exp_state == E.ACTIVE:
             logger.warning(
                 "trial %d failed (%s); restart %d of %d from its latest checkpoint",
                 trial_id,
@@ -270,7 +272,7 @@ class TrialRuns:
                 f"(restart {trial.restarts + 1} of {max_restarts})",
             )
             self.s.rm.request(trial_id, rt.slots, rt.pool)
-        elif exp.state == E.PAUSED:
+        elif exp_state == E.PAUSED:
             self.s.set_trial_state(trial_id, T.PAUSED, exit_reason=why)
         else:
             logger.error("trial %d failed (%s) after %d restarts", trial_id, why, trial.restarts)
@@ -350,8 +352,7 @@ class TrialRuns:
                 with self.s.atomic():
                     self._log_error(tr, why)
                     tr.running = False
-                    exp = self.s.store.get_experiment(tr.experiment_id)
-                    self._unmanaged_exit(tr, exp, 1, why)
+                    self._unmanaged_exit(tr, tr.experiment_id, 1, why)
                     self.s.notify(tr.experiment_id)
 
     # -- kill ---------------------------------------------------------------------------------

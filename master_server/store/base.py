@@ -180,6 +180,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_experiment(self, experiment_id: int) -> Experiment: ...
     @abc.abstractmethod
+    def get_experiment_state(self, experiment_id: int) -> ExperimentState:
+        """Only the experiment's state: what the engine checks on every event, one column
+        read instead of the whole row with its config (NotFoundError if there is none)."""
+
+    @abc.abstractmethod
     def get_model_definition(self, experiment_id: int) -> bytes: ...
     @abc.abstractmethod
     def list_experiments(self, flt: ExperimentFilter) -> tuple[list[Experiment], int]:
@@ -230,6 +235,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def load_searcher_state(self, experiment_id: int) -> JSONDict | None:
         """The last snapshot saved, or None if none was."""
+
+    @abc.abstractmethod
+    def set_experiment_progress(self, experiment_id: int, progress: float) -> None:
+        """Set only the experiment's progress (the searcher's, saved on its events): one
+        write, nothing read back (NotFoundError if there is no such experiment)."""
 
     @abc.abstractmethod
     def append_searcher_event(self, experiment_id: int, event: JSONDict) -> int:

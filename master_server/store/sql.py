@@ -614,6 +614,19 @@ _TRIAL_COLS = (
     T.exit_reason,
 )
 
+# Statements the engine runs on every event, built once: building a statement costs more
+# Python than SQLite takes to run it.
+_TRIAL_BY_ID = select(*_TRIAL_COLS).where(T.id == bindparam("id"))
+_EXPERIMENT_STATE = select(E.state).where(E.id == bindparam("id"))
+_SET_PROGRESS = (
+    update(E).where(E.id == bindparam("exp_id")).values(progress=bindparam("new_progress"))
+)
+_APPEND_EVENT = (
+    insert(SearcherEventRow)
+    .values(experiment_id=bindparam("exp_id"), event=bindparam("payload"))
+    .returning(SearcherEventRow.id)
+)
+
 
 def _to_trial(r: _AnyRow) -> Trial:
     return Trial(
@@ -1266,6 +1279,14 @@ class SQLStore(AuthSQLMixin, Store):
         with self._read() as conn:
             return self._read_experiment(conn, experiment_id)
 
+    def get_experiment_state(self, experiment_id: int) -> ExperimentState:
+        """Only the experiment's state (see :meth:`Store.get_experiment_state`)."""
+        with self._read() as conn:
+            state = conn.scalar(_EXPERIMENT_STATE, {"id": experiment_id})
+        if state is None:
+            raise NotFoundError(f"experiment {experiment_id} not found")
+        return ExperimentState(state)
+
     def get_model_definition(self, experiment_id: int) -> bytes:
         """The experiment's packed model definition, as given at creation."""
         with self._read() as conn:
@@ -1521,16 +1542,26 @@ class SQLStore(AuthSQLMixin, Store):
         out: JSONDict = json.loads(raw)
         return out
 
+    def set_experiment_progress(self, experiment_id: int, progress: float) -> None:
+        """Set only the progress (see :meth:`Store.set_experiment_progress`)."""
+        with self._write() as conn:
+            done = conn.execute(
+                _SET_PROGRESS, {"exp_id": experiment_id, "new_progress": float(progress)}
+            )
+            if done.rowcount == 0:
+                raise NotFoundError(f"experiment {experiment_id} not found")
+
     def append_searcher_event(self, experiment_id: int, event: JSONDict) -> int:
         """Append one event to the experiment's searcher log; returns its id."""
         payload = _dumps(event)
-        with self._write() as conn:
-            self._need_experiment(conn, experiment_id)
-            new_id = conn.execute(
-                insert(SearcherEventRow)
-                .values(experiment_id=experiment_id, event=payload)
-                .returning(SearcherEventRow.id)
-            ).scalar_one()
+        try:
+            with self._write() as conn:
+                # No read first: the foreign key refuses an event of no experiment.
+                new_id = conn.execute(
+                    _APPEND_EVENT, {"exp_id": experiment_id, "payload": payload}
+                ).scalar_one()
+        except IntegrityError:
+            raise NotFoundError(f"experiment {experiment_id} not found") from None
         return int(new_id)
 
     def load_searcher_log(self, experiment_id: int) -> SearcherLog:
@@ -1557,7 +1588,7 @@ class SQLStore(AuthSQLMixin, Store):
     # -- trials -------------------------------------------------------------------------------
     @staticmethod
     def _read_trial(conn: Connection, trial_id: int) -> Trial:
-        row = conn.execute(select(*_TRIAL_COLS).where(T.id == trial_id)).first()
+        row = conn.execute(_TRIAL_BY_ID, {"id": trial_id}).first()
         if row is None:
             raise NotFoundError(f"trial {trial_id} not found")
         return _to_trial(row)
@@ -1667,10 +1698,14 @@ class SQLStore(AuthSQLMixin, Store):
         if "state" in values:
             values["state"] = TrialState(values["state"]).value
         with self._write() as conn:
-            self._need_trial(conn, trial_id)
-            if values:
-                conn.execute(update(T).where(T.id == trial_id).values(**values))
-            return self._read_trial(conn, trial_id)
+            if not values:
+                return self._read_trial(conn, trial_id)
+            row = conn.execute(
+                update(T).where(T.id == trial_id).values(**values).returning(*_TRIAL_COLS)
+            ).first()
+        if row is None:
+            raise NotFoundError(f"trial {trial_id} not found")
+        return _to_trial(row)
 
     # -- metrics ------------------------------------------------------------------------------
     def add_metrics(

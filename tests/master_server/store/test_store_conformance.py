@@ -723,6 +723,26 @@ def test_searcher_event_log(store: SQLStore) -> None:
     assert count_rows(store, SearcherEventRow) == 1
 
 
+def test_light_experiment_state_and_progress(store: SQLStore) -> None:
+    exp = new_exp(store, state=ExperimentState.PAUSED)
+    assert store.get_experiment_state(exp.id) is ExperimentState.PAUSED
+    store.update_experiment(exp.id, state=ExperimentState.ACTIVE)
+    assert store.get_experiment_state(exp.id) is ExperimentState.ACTIVE
+    store.set_experiment_progress(exp.id, 0.25)
+    got = store.get_experiment(exp.id)
+    assert got.progress == 0.25 and got.state is ExperimentState.ACTIVE and got.name == "exp"
+    with pytest.raises(NotFoundError, match="experiment 99 not found"):
+        store.get_experiment_state(99)
+    with pytest.raises(NotFoundError, match="experiment 99 not found"):
+        store.set_experiment_progress(99, 0.5)
+    # Inside a transaction a missing experiment fails only that call.
+    with store.transaction():
+        store.set_experiment_progress(exp.id, 0.5)
+        with pytest.raises(NotFoundError):
+            store.append_searcher_event(99, {})
+    assert store.get_experiment(exp.id).progress == 0.5
+
+
 # -- trials ------------------------------------------------------------------------------------
 
 
