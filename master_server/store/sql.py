@@ -1606,16 +1606,14 @@ class SQLStore(AuthSQLMixin, Store):
         dup = AlreadyExistsError(
             f"trial with request id {request_id!r} already exists in experiment {experiment_id}"
         )
+        # One statement: the foreign key refuses a trial of no experiment and the unique
+        # (experiment, request id) constraint a second trial of one request; which of the two
+        # refused is read only then.
         try:
             with self._write() as conn:
-                self._need_experiment(conn, experiment_id)
-                found = conn.scalar(
-                    select(T.id).where(T.experiment_id == experiment_id, T.request_id == request_id)
-                )
-                if found is not None:
-                    raise dup
-                res = conn.execute(
-                    insert(T).values(
+                row = conn.execute(
+                    insert(T)
+                    .values(
                         experiment_id=experiment_id,
                         request_id=request_id,
                         hparams=_dumps(hparams),
@@ -1632,10 +1630,13 @@ class SQLStore(AuthSQLMixin, Store):
                         progress=0.0,
                         exit_reason="",
                     )
-                )
-                return self._read_trial(conn, _pk(res))
+                    .returning(*_TRIAL_COLS)
+                ).one()
         except IntegrityError:
+            with self._read() as conn:
+                self._need_experiment(conn, experiment_id)
             raise dup from None
+        return _to_trial(row)
 
     def get_trial(self, trial_id: int) -> Trial:
         """The trial with this id."""
