@@ -85,6 +85,8 @@ class ExperimentService:
         for part in (self.lifecycle, self.search, self.runs):
             part.preemption = self.preemption
         self.state.resync = self.lifecycle.resync
+        self.state.launches.on_exit = self.runs.on_exit
+        self.state.launches.on_failed = self.runs.launch_failed
 
     @property
     def jobs(self) -> JobRunner:
@@ -317,3 +319,4 @@ class ExperimentService:
             self.state.closed = True
             self.state.notify(None)
         self.state.deadlines.close()
+        self.state.launches.close()

@@ -33,7 +33,7 @@ class Preemption:
             tr.preempt_reason = reason
         self.s.notify(tr.experiment_id)
         if reason == "kill":
-            self.s.rm.kill(tr.trial_id, tr.run_id)
+            self.s.launches.kill(tr.trial_id, tr.run_id)
             return
         self.s.deadlines.call_later(self.grace_s, self._grace_expired, tr.trial_id, tr.run_id)
 
@@ -47,8 +47,8 @@ class Preemption:
                 trial_id,
                 run_id,
             )
-        if self.s.rm.terminate(trial_id, run_id):
-            self.s.deadlines.call_later(KILL_AFTER_TERM_S, self.s.rm.kill, trial_id, run_id)
+        if self.s.launches.terminate(trial_id, run_id):
+            self.s.deadlines.call_later(KILL_AFTER_TERM_S, self.s.launches.kill, trial_id, run_id)
 
     def nowait(self, trial_id: int) -> tuple[bool, str | None] | None:
         """(ready, reason) of :meth:`watch` for a live trial, read without locking or I/O

@@ -27,6 +27,7 @@ from master_server.domain import (
     TrialState,
 )
 from master_server.engine.jobs import JobRunner
+from master_server.engine.launches import Launches
 from master_server.engine.search_log import SearchLog
 from master_server.engine.timers import Deadlines
 from master_server.rm.base import ResourceManager
@@ -117,6 +118,8 @@ class EngineState:
         self.jobs = JobRunner(store)
         #: Grace periods of stop requests (one thread for all of them).
         self.deadlines = Deadlines("grace-timers")
+        #: Run starts, made off the lock; stop orders for runs go through it too.
+        self.launches = Launches(rm)
         self.listeners: list[Callable[[int | None], None]] = []
         self.recovered = threading.Event()  # set once recovery after start has run
         self._atomic_depth = 0

@@ -117,7 +117,8 @@ class TrialRuns:
         }
         exp_id = trial.experiment_id
         store = self.s.store
-        self.s.rm.start_run(
+        # Started by the launch thread, off the lock (see master_server.engine.launches).
+        self.s.launches.submit(
             LaunchSpec(
                 trial_id=trial.id,
                 experiment_id=exp_id,
@@ -132,7 +133,14 @@ class TrialRuns:
         self.s.notify(exp_id)
 
     # -- exits -------------------------------------------------------------------------------
-    def on_exit(self, trial_id: int, run_id: int, exit_code: int) -> None:
+    def launch_failed(self, trial_id: int, run_id: int, why: str) -> None:
+        """The start of a run failed (told by the launch thread): handled as an exit whose
+        reason is ``why`` (a restart while restarts are left)."""
+        self.on_exit(trial_id, run_id, 1, failure=why)
+
+    def on_exit(
+        self, trial_id: int, run_id: int, exit_code: int, *, failure: str | None = None
+    ) -> None:
         """A run ended (reported by its supervisor or the resource manager); idempotent.
 
         The trial's new state, what the searcher did on hearing of it (trials created, the
@@ -165,7 +173,7 @@ class TrialRuns:
                     self._unmanaged_exit(tr, tr.experiment_id, exit_code)
                 else:
                     state = self.s.store.get_experiment_state(tr.experiment_id)
-                    self._managed_exit(tr, rt, state, exit_code)
+                    self._managed_exit(tr, rt, state, exit_code, failure)
                     self.lifecycle.maybe_finish(tr.experiment_id)
                     self.schedule()
                 self.s.notify(tr.experiment_id)
@@ -186,7 +194,12 @@ class TrialRuns:
             )
 
     def _managed_exit(
-        self, tr: TrialRuntime, rt: ExperimentRuntime, exp_state: E, exit_code: int
+        self,
+        tr: TrialRuntime,
+        rt: ExperimentRuntime,
+        exp_state: E,
+        exit_code: int,
+        failure: str | None = None,
     ) -> None:
         trial_id, reason = tr.trial_id, tr.preempt_reason
         restarts = self.s.store.get_trial(trial_id).restarts
@@ -242,7 +255,7 @@ class TrialRuns:
         elif tr.idle_killed:
             self.failed(trial_id, f"no progress for {rt.config.get('max_idle')} s (max_idle)")
         else:
-            self.failed(trial_id, why_exit(exit_code))
+            self.failed(trial_id, failure or why_exit(exit_code))
 
     def failed(self, trial_id: int, why: str) -> None:
         """A run failed: restart from the latest checkpoint while restarts are left, else ERROR
@@ -307,7 +320,7 @@ class TrialRuns:
                 logger.warning("%s", why)
                 self._log_error(tr, why)
                 tr.idle_killed = True
-                self.s.rm.kill(tr.trial_id, tr.run_id)
+                self.s.launches.kill(tr.trial_id, tr.run_id)
 
     def _log_error(self, tr: TrialRuntime, why: str) -> None:
         """Put why the master ended or killed a run in the trial's logs, as an error line."""

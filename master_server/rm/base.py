@@ -13,7 +13,9 @@ Contract:
   :meth:`ResourceManager.start` is called at least once for every run that ends; the engine
   ignores repeats.
 * **Threads.** Allocation methods are not thread-safe on their own (the engine calls them under
-  its lock); signal/kill/live-run methods may be called from any thread.
+  its lock). :meth:`ResourceManager.start_run` is called off that lock, by the engine's one
+  launch thread (one start at a time, while other threads allocate and release); signal,
+  kill and live-run methods may be called from any thread.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,12 @@ def count_gpus() -> int:
 
 
 class DeviceSlots:
-    """Which GPU indices each trial holds (not thread-safe: used under the engine's lock)."""
+    """Which GPU indices each trial holds (thread-safe: runs start off the engine's lock)."""
 
     def __init__(self, count: int) -> None:
         self._free = list(range(count))
         self._held: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
 
     def take(self, trial_id: int, slots: int) -> list[int]:
         """Give ``trial_id`` ``slots`` free devices (the lowest indices); its held ones again
@@ -57,26 +59,30 @@ class DeviceSlots:
         Raises:
             ValueError: fewer than ``slots`` devices are free (the scheduler prevents this).
         """
-        if trial_id in self._held:
-            return list(self._held[trial_id])
-        if slots > len(self._free):
-            raise ValueError(f"trial {trial_id}: {slots} GPUs asked, {len(self._free)} free")
-        got, self._free = self._free[:slots], self._free[slots:]
-        self._held[trial_id] = got
-        return list(got)
+        with self._lock:
+            if trial_id in self._held:
+                return list(self._held[trial_id])
+            if slots > len(self._free):
+                raise ValueError(f"trial {trial_id}: {slots} GPUs asked, {len(self._free)} free")
+            got, self._free = self._free[:slots], self._free[slots:]
+            self._held[trial_id] = got
+            return list(got)
 
     def hold(self, trial_id: int, devices: list[int]) -> None:
         """Count ``devices`` as held by ``trial_id`` (an adopted run)."""
-        self.give_back(trial_id)
-        self._free = [d for d in self._free if d not in devices]
-        self._held[trial_id] = list(devices)
+        with self._lock:
+            self._free = sorted(self._free + self._held.pop(trial_id, []))
+            self._free = [d for d in self._free if d not in devices]
+            self._held[trial_id] = list(devices)
 
     def give_back(self, trial_id: int) -> None:
         """Free the devices of ``trial_id``."""
-        self._free = sorted(self._free + self._held.pop(trial_id, []))
+        with self._lock:
+            self._free = sorted(self._free + self._held.pop(trial_id, []))
 
     def held(self, trial_id: int) -> list[int]:
-        return list(self._held.get(trial_id, []))
+        with self._lock:
+            return list(self._held.get(trial_id, []))
 
 
 def visible_devices(devices: list[int]) -> str:

@@ -67,6 +67,9 @@ def test_terminate_and_kill_name_the_run(master_factory: Any, tmp_path: pathlib.
     cfg["max_restarts"] = 1
     exp = stubs.create(cfg, _model(tmp_path, body))
     wait_for(lambda: trial_state(stubs.trial(1)) == "RUNNING", 30, "running")
+    # RUNNING is stored before the launch thread starts the run: wait for the start too.
+    launches = master.parts["experiments"].state.launches
+    wait_for(lambda: launches.pending() == 0, 30, "the run to be started")
     rm = master.parts["rm"]
     # Orders for a run that is not the live one are refused and leave the live one alone.
     assert rm.terminate(1, 2) is False
