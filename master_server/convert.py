@@ -301,7 +301,7 @@ def metric_columns_to_proto(c: domain.MetricColumns) -> metrics_pb2.MetricColumn
         msg.values.extend(values)
         msg.absent.extend(absent)
     else:
-        msg.metrics_json = join_metrics_json(c.payloads)
+        msg.metrics_json = c.metrics_json or join_metrics_json(c.payloads)
     return msg
 
 

@@ -13,7 +13,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeAlias
 
-from determined_sdk.metrics_wire import decode_metrics_array, metrics_from_columns
+from determined_sdk.metrics_wire import (
+    decode_metrics_array,
+    decode_metrics_json,
+    metrics_from_columns,
+)
 
 JSONDict = dict[str, Any]
 #: What a removal job removes: a local path, or ``{"storage": <storage record>, "uuid": ...}``
@@ -246,7 +250,9 @@ class MetricColumns:
 
     ``payloads[i]`` is point i's metrics as the stored JSON object (non-finite values are the
     strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``); readers that forward points (gRPC,
-    HTTP) pass it on undecoded, :meth:`metrics` decodes it. A page read with a ``names``
+    HTTP) pass it on undecoded, :meth:`metrics` decodes it. A page whose JSON objects the
+    database already joined has ``metrics_json`` (one JSON array, point i's object at index i)
+    and no ``payloads``. A page read with a ``names``
     filter has no payloads but one column per name instead: ``values[k][i]`` is point i's
     value of ``names[k]`` (None where the point has no such metric). ``trial_ids``/``trial_counts``
     are run-length: the first ``trial_counts[0]`` points belong to ``trial_ids[0]``, and so on.
@@ -265,6 +271,7 @@ class MetricColumns:
     superseded: Sequence[bool] = ()  # per point: superseded by a restart (see MetricPoint)
     names: Sequence[str] = ()  # a names-filtered page: the names of ``values``' columns
     values: Sequence[Sequence[float | None]] = ()  # per name, per point (None: absent)
+    metrics_json: str = ""  # instead of payloads: the page's objects as one JSON array
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -273,6 +280,8 @@ class MetricColumns:
         """Every point's ``{name: value}``, decoded in one pass."""
         if self.names:
             return metrics_from_columns(self.names, self.values)
+        if self.metrics_json:
+            return decode_metrics_json(self.metrics_json)
         return decode_metrics_array(self.payloads)
 
     def points(self) -> Iterator[MetricPoint]:
