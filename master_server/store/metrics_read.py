@@ -334,11 +334,12 @@ def read_metric_columns(read: ReadConn, q: MetricQuery) -> Iterator[MetricColumn
 # Timestamps travel as integer multiples of 2**-22 s, exactly: a double at or above 2**30 (any
 # time after January 2004) is such a multiple, and below 2**40 the multiple fits in an int64.
 # (SQLite prints a double with 15 digits, too few to give it back; 17 cost more than the rest
-# of the page.) A page with any other timestamp reads its timestamps again as rows.
+# of the page.) The multiples of those, and only those, lie in [2**52, 2**62) (``CAST``
+# truncates a smaller time's below 2**52 and saturates a larger one's): a page with any other
+# timestamp reads its timestamps again as rows.
 _TIME_SCALE = 4194304.0  # 2**22
 _TIME_UNIT = 1 / _TIME_SCALE
-_TIME_EXACT_FROM = 2.0**30
-_TIME_EXACT_BELOW = 2.0**40
+_EXACT_TIMES = range(2**52, 2**62)
 
 
 class _Gathered:
@@ -405,8 +406,6 @@ def _gather_statements(plan: _Plan) -> tuple[Select[Any], Select[Any]]:
     cols: list[Any] = [
         func.count(),
         func.max(c.id),
-        func.min(c.timestamp),
-        func.max(c.timestamp),
         concat(c.steps_completed),
         concat(c.id),
         concat(cast(c.timestamp * literal_column(repr(_TIME_SCALE)), Integer)),
@@ -433,15 +432,16 @@ def _ints(joined: str) -> list[int]:
 def _gathered(plan: _Plan, trial: int, row: Row) -> _Gathered:
     """The columns of one gathered row (without timestamps where they were not exact as
     integers: see :data:`_TIME_SCALE`)."""
-    n, max_id, first_time, last_time, steps, ids, times, runs, groups, superseded, *rest = row
+    n, max_id, steps, ids, times, runs, groups, superseded, *rest = row
     g = _Gathered(trial, n)
     if not n:
         return g
     g.max_id = max_id
     g.last_id = int(ids[ids.rfind(",") + 1 :])
     g.steps = _ints(steps)
-    if first_time >= _TIME_EXACT_FROM and last_time < _TIME_EXACT_BELOW:
-        g.times = list(map(_TIME_UNIT.__mul__, _ints(times)))
+    scaled = _ints(times)
+    if min(scaled) in _EXACT_TIMES and max(scaled) in _EXACT_TIMES:
+        g.times = list(map(_TIME_UNIT.__mul__, scaled))
     else:
         g.times_exact = False
     g.runs = _ints(runs)
