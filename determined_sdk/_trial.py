@@ -244,6 +244,7 @@ def iter_metrics(
         max_steps=_steps_bound(max_steps, "max_steps"),
         follow=bool(follow),
         columnar=True,
+        json_columns=True,
     )
     return _stream_metrics(session, req)
 
@@ -265,11 +266,11 @@ def _stream_metrics(
         if page.HasField("columns"):
             cols = page.columns
             trials, groups, steps, metrics, stamps, runs = page_columns(cols)
-            if not any(cols.trial_run_ids):  # no point names its run: each trial's current
+            if not isinstance(runs, list) or not any(runs):  # no point names its run
                 runs = itertools.chain.from_iterable(
                     map(itertools.repeat, map(run_of, cols.trial_ids), cols.trial_counts)
                 )
-            elif 0 in cols.trial_run_ids:
+            elif 0 in runs:
                 trials = list(trials)
                 runs = [r or run_of(t) for t, r in zip(trials, runs, strict=True)]
             yield from _trial_metrics_from_columns(trials, groups, steps, metrics, stamps, runs)

@@ -11,7 +11,9 @@ import itertools
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, overload
+
+import orjson
 
 from determined_sdk.metrics_wire import (
     decode_metrics_array,
@@ -242,6 +244,59 @@ class MetricQuery:
     after_ids: tuple[tuple[int, int], ...] = ()
     until_id: int | None = None  # only points stored up to this id (a backlog's bound)
     include_superseded: bool = False  # also reports a restart from a checkpoint superseded
+
+
+class JsonColumn(Sequence[Any]):
+    """A column as the text of a JSON array (one entry per point), decoded on first use.
+
+    A page that the database gathered into text keeps it so: the gRPC read passes it on as
+    is (``MetricColumns.*_json``), other readers index or iterate it like a list.
+
+    Args:
+        text: The JSON array.
+        n: Its length.
+        unit: Each entry stands for itself times ``unit`` (timestamps travel as integers).
+    """
+
+    __slots__ = ("_items", "n", "text", "unit")
+
+    def __init__(self, text: str, n: int, unit: float | None = None) -> None:
+        self.text = text
+        self.n = n
+        self.unit = unit
+        self._items: list[Any] | None = None
+
+    def items(self) -> list[Any]:
+        """The decoded entries (decoded once)."""
+        if self._items is None:
+            items: list[Any] = orjson.loads(self.text)
+            if self.unit is not None:
+                items = list(map(self.unit.__mul__, items))
+            self._items = items
+        return self._items
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self.items()[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, JsonColumn):
+            return self.items() == other.items()
+        return isinstance(other, (list, tuple)) and self.items() == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a mutable cache inside
+
+    def __repr__(self) -> str:
+        return f"JsonColumn({self.items()!r})"
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ Statements are built with SQLAlchemy but their rows are fetched from the driver'
 at a million points, SQLAlchemy's ``Row`` objects cost more than the query itself.
 
 On SQLite a backlog is *gathered* by the database: each keyset query answers one row that
-holds its points' columns as JSON arrays (``group_concat`` over the ordered keyset scan) and
-their stored objects already joined into the page's ``metrics_json``, so no Python object is
-made per point until the arrays are decoded in C (see :func:`_gathered_pages`). PostgreSQL
-and follows keep the row path.
+holds its points' columns as the text of JSON arrays (``group_concat`` over the ordered keyset
+scan) and their stored objects already joined into the page's ``metrics_json``. The page
+keeps that text (:class:`~master_server.domain.JsonColumn`, decoded on first use), so a gRPC
+reader that takes JSON columns gets it without the master making any Python object per point
+(see :func:`_gathered_pages`). PostgreSQL and follows keep the row path.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ from sqlalchemy import (
     select,
 )
 
-from determined_sdk.metrics_wire import decode_metrics_array
-from master_server.domain import MetricColumns, MetricQuery
+from determined_sdk.metrics_wire import TIMESTAMPS_JSON_SCALE, decode_metrics_array
+from master_server.domain import JsonColumn, MetricColumns, MetricQuery
 from master_server.store.models import MetricRow
 
 ReadConn = Callable[[], contextlib.AbstractContextManager[Connection]]
@@ -334,28 +335,28 @@ def read_metric_columns(read: ReadConn, q: MetricQuery) -> Iterator[MetricColumn
 # Timestamps travel as integer multiples of 2**-22 s, exactly: a double at or above 2**30 (any
 # time after January 2004) is such a multiple, and below 2**40 the multiple fits in an int64.
 # (SQLite prints a double with 15 digits, too few to give it back; 17 cost more than the rest
-# of the page.) The multiples of those, and only those, lie in [2**52, 2**62) (``CAST``
-# truncates a smaller time's below 2**52 and saturates a larger one's): a page with any other
-# timestamp reads its timestamps again as rows.
-_TIME_SCALE = 4194304.0  # 2**22
+# of the page.) A page with any other timestamp reads its timestamps again as rows.
+_TIME_SCALE = float(TIMESTAMPS_JSON_SCALE)
 _TIME_UNIT = 1 / _TIME_SCALE
-_EXACT_TIMES = range(2**52, 2**62)
+_TIME_EXACT_FROM = 2.0**30
+_TIME_EXACT_BELOW = 2.0**40
 
 
 class _Gathered:
-    """One keyset query's points (of one trial) as columns, from the row SQLite gathered."""
+    """One keyset query's points (of one trial) as columns, from the row SQLite gathered: the
+    numbers and groups as the text of JSON arrays without their brackets."""
 
     __slots__ = (
         "body",
         "groups",
         "last_id",
+        "last_steps",
         "max_id",
         "n",
         "runs",
         "steps",
         "superseded",
         "times",
-        "times_exact",
         "trial",
         "values",
     )
@@ -363,16 +364,17 @@ class _Gathered:
     def __init__(self, trial: int, n: int) -> None:
         self.trial = trial
         self.n = n
-        self.steps: list[int] = []
-        self.times: list[float] = []
-        self.times_exact = True  # False: the times are still to be read as rows
-        self.runs: list[int] = []
-        self.groups: list[str] | None = None  # None: the query's one group
+        self.steps = ""
+        self.times: str | list[float] = ""  # integers of 2**-22 s, or (not exact) as rows
+        self.runs = ""
+        self.groups = ""  # JSON strings ("" with the query's one group)
         self.superseded: list[bool] | None = None  # None: none is (not asked for)
-        self.body = ""  # the points' stored objects joined by commas (no brackets)
+        self.body = ""  # the points' stored objects
         self.values: list[list[float | None]] = []  # per name, with a names filter
         self.max_id = 0
-        self.last_id = 0  # the id of the last point in (steps, id) order: the keyset position
+        # The last point in (steps, id) order: where the next keyset query starts.
+        self.last_steps = 0
+        self.last_id = 0
 
 
 def _gather_statements(plan: _Plan) -> tuple[Select[Any], Select[Any]]:
@@ -406,11 +408,15 @@ def _gather_statements(plan: _Plan) -> tuple[Select[Any], Select[Any]]:
     cols: list[Any] = [
         func.count(),
         func.max(c.id),
+        func.min(c.timestamp),
+        func.max(c.timestamp),
         concat(c.steps_completed),
         concat(c.id),
         concat(cast(c.timestamp * literal_column(repr(_TIME_SCALE)), Integer)),
         concat(c.run_id),
-        func.json_group_array(c.metric_group) if plan.group is not None else literal_column("NULL"),
+        concat(func.json_quote(c.metric_group))
+        if plan.group is not None
+        else literal_column("NULL"),
         concat(c.superseded) if plan.superseded is not None else literal_column("NULL"),
     ]
     if plan.in_sql:
@@ -423,32 +429,31 @@ def _gather_statements(plan: _Plan) -> tuple[Select[Any], Select[Any]]:
     return select(*cols), window(_M.timestamp)
 
 
-def _ints(joined: str) -> list[int]:
-    """Integers that group_concat joined with commas."""
-    out: list[int] = orjson.loads("[" + joined + "]")
-    return out
+def _last(joined: str) -> int:
+    """The last of the integers that group_concat joined with commas."""
+    return int(joined[joined.rfind(",") + 1 :])
 
 
 def _gathered(plan: _Plan, trial: int, row: Row) -> _Gathered:
     """The columns of one gathered row (without timestamps where they were not exact as
     integers: see :data:`_TIME_SCALE`)."""
-    n, max_id, steps, ids, times, runs, groups, superseded, *rest = row
+    n, max_id, first_time, last_time, steps, ids, times, runs, groups, superseded, *rest = row
     g = _Gathered(trial, n)
     if not n:
         return g
     g.max_id = max_id
-    g.last_id = int(ids[ids.rfind(",") + 1 :])
-    g.steps = _ints(steps)
-    scaled = _ints(times)
-    if min(scaled) in _EXACT_TIMES and max(scaled) in _EXACT_TIMES:
-        g.times = list(map(_TIME_UNIT.__mul__, scaled))
+    g.last_steps = _last(steps)
+    g.last_id = _last(ids)
+    g.steps = steps
+    g.runs = runs
+    if first_time >= _TIME_EXACT_FROM and last_time < _TIME_EXACT_BELOW:
+        g.times = times
     else:
-        g.times_exact = False
-    g.runs = _ints(runs)
+        g.times = []  # read as rows
     if groups is not None:
-        g.groups = orjson.loads(groups)
+        g.groups = groups
     if superseded is not None:
-        g.superseded = list(map(bool, _ints(superseded)))
+        g.superseded = list(map(bool, orjson.loads("[" + superseded + "]")))
     if plan.in_sql:
         g.values = [_value_column(orjson.loads(v), postgres=False) for v in rest]
     else:
@@ -475,7 +480,7 @@ def _gathered_pages(read: ReadConn, plan: _Plan) -> Iterator[MetricColumns]:
                     prepared = _Prepared(conn, gather), _Prepared(conn, times)
                 (row,) = prepared[0].rows(conn, **binds)
                 g = _gathered(plan, trial_id, row)
-                if not g.times_exact:
+                if g.n and not g.times:
                     g.times = [t for (t,) in prepared[1].rows(conn, **binds)]
             if g.n:
                 pending.append(g)
@@ -485,9 +490,27 @@ def _gathered_pages(read: ReadConn, plan: _Plan) -> Iterator[MetricColumns]:
                     pending, count = [], 0
             if g.n < room:
                 break
-            last = (g.steps[-1], g.last_id)
+            last = (g.last_steps, g.last_id)
     if pending:
         yield _gathered_page(plan, pending)
+
+
+def _joined(parts: Sequence[str], n: int, unit: float | None = None) -> JsonColumn:
+    """One column of a page from its parts' texts."""
+    return JsonColumn("[" + (parts[0] if len(parts) == 1 else ",".join(parts)) + "]", n, unit)
+
+
+def _page_times(parts: list[_Gathered], n: int) -> Sequence[float]:
+    texts = [g.times for g in parts if isinstance(g.times, str)]
+    if len(texts) == len(parts):
+        return _joined(texts, n, _TIME_UNIT)
+    times: list[float] = []
+    for g in parts:
+        if isinstance(g.times, str):
+            times.extend(_joined([g.times], g.n, _TIME_UNIT))
+        else:
+            times.extend(g.times)
+    return times
 
 
 def _gathered_page(plan: _Plan, parts: list[_Gathered]) -> MetricColumns:
@@ -503,19 +526,9 @@ def _gathered_page(plan: _Plan, parts: list[_Gathered]) -> MetricColumns:
             trial_ids.append(g.trial)
             counts.append(g.n)
             last_ids.append(g.max_id)
-    if len(parts) == 1:
-        (g,) = parts
-        steps, times, runs = g.steps, g.times, g.runs
-    else:
-        chain = itertools.chain.from_iterable
-        steps = list(chain(g.steps for g in parts))
-        times = list(chain(g.times for g in parts))
-        runs = list(chain(g.runs for g in parts))
-    n = len(steps)
+    n = sum(counts)
     groups: Sequence[str] = (
-        (q.group,) * n
-        if q.group is not None
-        else list(itertools.chain.from_iterable(g.groups or () for g in parts))
+        (q.group,) * n if q.group is not None else _joined([g.groups for g in parts], n)
     )
     superseded: Sequence[bool] = (
         [False] * n
@@ -526,10 +539,10 @@ def _gathered_page(plan: _Plan, parts: list[_Gathered]) -> MetricColumns:
         "trial_ids": trial_ids,
         "trial_counts": counts,
         "groups": groups,
-        "steps": steps,
-        "timestamps": times,
+        "steps": _joined([g.steps for g in parts], n),
+        "timestamps": _page_times(parts, n),
         "last_ids": last_ids,
-        "run_ids": runs,
+        "run_ids": _joined([g.runs for g in parts], n),
         "superseded": superseded,
     }
     if q.names:
