@@ -344,7 +344,8 @@ _TIME_EXACT_BELOW = 2.0**40
 
 class _Gathered:
     """One keyset query's points (of one trial) as columns, from the row SQLite gathered: the
-    numbers and groups as the text of JSON arrays without their brackets."""
+    numbers as the text of JSON arrays without their brackets (group_concat), the groups as a
+    JSON array."""
 
     __slots__ = (
         "body",
@@ -367,7 +368,7 @@ class _Gathered:
         self.steps = ""
         self.times: str | list[float] = ""  # integers of 2**-22 s, or (not exact) as rows
         self.runs = ""
-        self.groups = ""  # JSON strings ("" with the query's one group)
+        self.groups = "[]"  # a JSON array of strings (empty with the query's one group)
         self.superseded: list[bool] | None = None  # None: none is (not asked for)
         self.body = ""  # the points' stored objects
         self.values: list[list[float | None]] = []  # per name, with a names filter
@@ -414,9 +415,8 @@ def _gather_statements(plan: _Plan) -> tuple[Select[Any], Select[Any]]:
         concat(c.id),
         concat(cast(c.timestamp * literal_column(repr(_TIME_SCALE)), Integer)),
         concat(c.run_id),
-        concat(func.json_quote(c.metric_group))
-        if plan.group is not None
-        else literal_column("NULL"),
+        # (a JSON array: json_group_array costs less than group_concat of json_quote)
+        func.json_group_array(c.metric_group) if plan.group is not None else literal_column("NULL"),
         concat(c.superseded) if plan.superseded is not None else literal_column("NULL"),
     ]
     if plan.in_sql:
@@ -527,9 +527,13 @@ def _gathered_page(plan: _Plan, parts: list[_Gathered]) -> MetricColumns:
             counts.append(g.n)
             last_ids.append(g.max_id)
     n = sum(counts)
-    groups: Sequence[str] = (
-        (q.group,) * n if q.group is not None else _joined([g.groups for g in parts], n)
-    )
+    groups: Sequence[str]
+    if q.group is not None:
+        groups = (q.group,) * n
+    elif len(parts) == 1:
+        groups = JsonColumn(parts[0].groups, n)
+    else:
+        groups = _joined([g.groups[1:-1] for g in parts], n)
     superseded: Sequence[bool] = (
         [False] * n
         if plan.superseded is None
