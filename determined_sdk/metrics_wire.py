@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -104,6 +105,9 @@ def unpack_columns(request: trial_pb2.ReportMetricsRequest) -> Columns:
 
 
 # -- the read side: pages of stored points (``MetricColumns``) ----------------------------------
+
+#: ``MetricColumns.timestamps_json`` holds each timestamp times this, as an integer.
+TIMESTAMPS_JSON_SCALE = 2**22
 
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _decode = json.JSONDecoder().decode
@@ -219,50 +223,83 @@ PageColumns = tuple[
 ]
 
 
+def _json_column(text: str, field: str, n: int) -> list[Any]:
+    """A ``*_json`` column of a page: a JSON array of ``n`` entries."""
+    try:
+        out = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise InvalidArgumentError(f"{field}: not a JSON array ({e})") from None
+    if not isinstance(out, list) or len(out) != n:
+        got = f"{len(out)} entries" if isinstance(out, list) else "not a JSON array"
+        raise InvalidArgumentError(f"{field}: {got} for {n} points")
+    return out
+
+
+_TIMESTAMPS_JSON_UNIT = 1 / TIMESTAMPS_JSON_SCALE
+
+
 def page_columns(cols: metrics_pb2.MetricColumns) -> PageColumns:
     """A ``MetricColumns`` page as six columns of equal length: trial ids, groups, steps,
-    metrics, times and run ids (0 where the master did not send one). The metrics of the
-    whole page are decoded in one pass.
+    metrics, times and run ids (a list; ``repeat(0)`` where the master did not send them).
+    The metrics of the whole page are decoded in one pass; columns sent as JSON text
+    (``*_json``) likewise.
 
     Raises:
         InvalidArgumentError: The columns do not line up (naming the field at fault).
     """
-    steps = list(cols.steps_completed)
-    stamps = list(cols.timestamps)
-    gids = list(cols.group_ids)
-    n = len(steps)
     counts = list(cols.trial_counts)
-    for field, length in (
-        ("timestamps", len(stamps)),
-        ("group_ids", len(gids)),
-        ("trial_counts (sum)", sum(counts)),
-    ):
-        if length != n:
-            raise InvalidArgumentError(f"{field}: {length} entries for {n} points")
+    n = sum(counts)
     if len(counts) != len(cols.trial_ids):
         raise InvalidArgumentError(
             f"trial_counts: {len(counts)} entries for {len(cols.trial_ids)} trial_ids"
         )
-    names = list(cols.group_names)
-    if gids and max(gids) >= len(names):
-        raise InvalidArgumentError(f"group_ids: {max(gids)} is not an index of group_names")
+    if cols.steps_completed_json:
+        steps = _json_column(cols.steps_completed_json, "steps_completed_json", n)
+    else:
+        steps = list(cols.steps_completed)
+    if len(steps) != n:
+        raise InvalidArgumentError(f"trial_counts (sum): {n} entries for {len(steps)} points")
+    if cols.timestamps_json:
+        scaled = _json_column(cols.timestamps_json, "timestamps_json", n)
+        stamps: list[float] = list(map(_TIMESTAMPS_JSON_UNIT.__mul__, scaled))
+    else:
+        stamps = list(cols.timestamps)
+        if len(stamps) != n:
+            raise InvalidArgumentError(f"timestamps: {len(stamps)} entries for {n} points")
+    groups: Iterable[str]
+    if cols.groups_json:
+        groups = _json_column(cols.groups_json, "groups_json", n)
+    else:
+        names = list(cols.group_names)
+        gids = list(cols.group_ids)
+        if len(gids) != n:
+            raise InvalidArgumentError(f"group_ids: {len(gids)} entries for {n} points")
+        try:
+            if len(names) == 1 and not any(gids):
+                groups = itertools.repeat(names[0], n)
+            else:
+                groups = list(map(names.__getitem__, gids))
+        except IndexError:
+            raise InvalidArgumentError(
+                f"group_ids: {max(gids)} is not an index of group_names"
+            ) from None
     if cols.value_names:
         metrics = unpack_value_columns(cols, n)
     else:
         metrics = decode_metrics_json(cols.metrics_json)
     if len(metrics) != n:
         raise InvalidArgumentError(f"metrics_json: {len(metrics)} objects for {n} points")
-    if len(names) == 1:
-        groups: Iterable[str] = itertools.repeat(names[0], n)
-    else:
-        groups = map(names.__getitem__, gids)
     if len(counts) == 1:
         trials: Iterable[int] = itertools.repeat(cols.trial_ids[0], n)
     else:
         trials = itertools.chain.from_iterable(map(itertools.repeat, cols.trial_ids, counts))
-    if cols.trial_run_ids and len(cols.trial_run_ids) != n:
-        raise InvalidArgumentError(
-            f"trial_run_ids: {len(cols.trial_run_ids)} entries for {n} points"
-        )
-    runs: Iterable[int] = cols.trial_run_ids or itertools.repeat(0, n)
+    runs: Iterable[int]
+    if cols.trial_run_ids_json:
+        runs = _json_column(cols.trial_run_ids_json, "trial_run_ids_json", n)
+    elif cols.trial_run_ids:
+        runs = list(cols.trial_run_ids)
+        if len(runs) != n:
+            raise InvalidArgumentError(f"trial_run_ids: {len(runs)} entries for {n} points")
+    else:
+        runs = itertools.repeat(0, n)
     return trials, groups, steps, metrics, stamps, runs

@@ -15,6 +15,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from determined_sdk.errors import InvalidArgumentError
 from determined_sdk.metrics_wire import (
+    TIMESTAMPS_JSON_SCALE,
     join_metrics_json,
     pack_value_columns,
     unpack_columns,
@@ -31,6 +32,7 @@ from determined_sdk.proto import (
     workspace_pb2,
 )
 from master_server import domain
+from master_server.domain import JsonColumn
 from master_server.limits import loads_json
 
 # -- enums -------------------------------------------------------------------------------------
@@ -276,32 +278,57 @@ def metric_point_to_proto(p: domain.MetricPoint) -> trial_pb2.MetricPoint:
     )
 
 
-def metric_columns_to_proto(c: domain.MetricColumns) -> metrics_pb2.MetricColumns:
+def metric_columns_to_proto(
+    c: domain.MetricColumns,
+    into: metrics_pb2.MetricColumns | None = None,
+    *,
+    json_columns: bool = False,
+) -> metrics_pb2.MetricColumns:
     """A page of points as columns; the stored JSON is forwarded, not decoded (a
-    names-filtered page sends its value columns instead)."""
-    group_names = list(dict.fromkeys(c.groups))
-    if len(group_names) == 1:
-        group_ids: list[int] = [0] * len(c.groups)
+    names-filtered page sends its value columns instead).
+
+    Args:
+        c: The page.
+        into: An empty message to fill (a response's field: a page is a few hundred kB that
+            building it apart would copy).
+        json_columns: The reader takes columns as JSON text: those the database gathered
+            into text (:class:`~master_server.domain.JsonColumn`) are passed on undecoded.
+    """
+    msg = metrics_pb2.MetricColumns() if into is None else into
+    msg.trial_ids.extend(c.trial_ids)
+    msg.trial_counts.extend(c.trial_counts)
+    if json_columns and isinstance(c.groups, JsonColumn):
+        msg.groups_json = c.groups.text
     else:
-        index = {g: i for i, g in enumerate(group_names)}
-        group_ids = list(map(index.__getitem__, c.groups))
-    msg = metrics_pb2.MetricColumns(
-        trial_ids=c.trial_ids,
-        trial_counts=c.trial_counts,
-        group_names=group_names,
-        group_ids=group_ids,
-        steps_completed=c.steps,
-        timestamps=c.timestamps,
-        trial_run_ids=c.run_ids,
-        superseded=c.superseded if any(c.superseded) else (),
-    )
+        group_names = list(dict.fromkeys(c.groups))
+        msg.group_names.extend(group_names)
+        if len(group_names) == 1:
+            msg.group_ids.extend([0] * len(c.groups))
+        else:
+            index = {g: i for i, g in enumerate(group_names)}
+            msg.group_ids.extend(map(index.__getitem__, c.groups))
+    if json_columns and isinstance(c.steps, JsonColumn):
+        msg.steps_completed_json = c.steps.text
+    else:
+        msg.steps_completed.extend(c.steps)
+    times = c.timestamps
+    if json_columns and isinstance(times, JsonColumn) and times.unit == 1 / TIMESTAMPS_JSON_SCALE:
+        msg.timestamps_json = times.text
+    else:
+        msg.timestamps.extend(times)
+    if json_columns and isinstance(c.run_ids, JsonColumn):
+        msg.trial_run_ids_json = c.run_ids.text
+    else:
+        msg.trial_run_ids.extend(c.run_ids)
+    if any(c.superseded):
+        msg.superseded.extend(c.superseded)
     if c.names:
         values, absent = pack_value_columns(c.names, c.values)
         msg.value_names.extend(c.names)
         msg.values.extend(values)
         msg.absent.extend(absent)
     else:
-        msg.metrics_json = join_metrics_json(c.payloads)
+        msg.metrics_json = c.metrics_json or join_metrics_json(c.payloads)
     return msg
 
 

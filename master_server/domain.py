@@ -11,9 +11,15 @@ import itertools
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, overload
 
-from determined_sdk.metrics_wire import decode_metrics_array, metrics_from_columns
+import orjson
+
+from determined_sdk.metrics_wire import (
+    decode_metrics_array,
+    decode_metrics_json,
+    metrics_from_columns,
+)
 
 JSONDict = dict[str, Any]
 #: What a removal job removes: a local path, or ``{"storage": <storage record>, "uuid": ...}``
@@ -240,13 +246,68 @@ class MetricQuery:
     include_superseded: bool = False  # also reports a restart from a checkpoint superseded
 
 
+class JsonColumn(Sequence[Any]):
+    """A column as the text of a JSON array (one entry per point), decoded on first use.
+
+    A page that the database gathered into text keeps it so: the gRPC read passes it on as
+    is (``MetricColumns.*_json``), other readers index or iterate it like a list.
+
+    Args:
+        text: The JSON array.
+        n: Its length.
+        unit: Each entry stands for itself times ``unit`` (timestamps travel as integers).
+    """
+
+    __slots__ = ("_items", "n", "text", "unit")
+
+    def __init__(self, text: str, n: int, unit: float | None = None) -> None:
+        self.text = text
+        self.n = n
+        self.unit = unit
+        self._items: list[Any] | None = None
+
+    def items(self) -> list[Any]:
+        """The decoded entries (decoded once)."""
+        if self._items is None:
+            items: list[Any] = orjson.loads(self.text)
+            if self.unit is not None:
+                items = list(map(self.unit.__mul__, items))
+            self._items = items
+        return self._items
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self.items()[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, JsonColumn):
+            return self.items() == other.items()
+        return isinstance(other, (list, tuple)) and self.items() == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a mutable cache inside
+
+    def __repr__(self) -> str:
+        return f"JsonColumn({self.items()!r})"
+
+
 @dataclass(frozen=True)
 class MetricColumns:
     """A page of metric points as columns, in (trial id, steps_completed, insertion) order.
 
     ``payloads[i]`` is point i's metrics as the stored JSON object (non-finite values are the
     strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``); readers that forward points (gRPC,
-    HTTP) pass it on undecoded, :meth:`metrics` decodes it. A page read with a ``names``
+    HTTP) pass it on undecoded, :meth:`metrics` decodes it. A page whose JSON objects the
+    database already joined has ``metrics_json`` (one JSON array, point i's object at index i)
+    and no ``payloads``. A page read with a ``names``
     filter has no payloads but one column per name instead: ``values[k][i]`` is point i's
     value of ``names[k]`` (None where the point has no such metric). ``trial_ids``/``trial_counts``
     are run-length: the first ``trial_counts[0]`` points belong to ``trial_ids[0]``, and so on.
@@ -265,6 +326,7 @@ class MetricColumns:
     superseded: Sequence[bool] = ()  # per point: superseded by a restart (see MetricPoint)
     names: Sequence[str] = ()  # a names-filtered page: the names of ``values``' columns
     values: Sequence[Sequence[float | None]] = ()  # per name, per point (None: absent)
+    metrics_json: str = ""  # instead of payloads: the page's objects as one JSON array
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -273,6 +335,8 @@ class MetricColumns:
         """Every point's ``{name: value}``, decoded in one pass."""
         if self.names:
             return metrics_from_columns(self.names, self.values)
+        if self.metrics_json:
+            return decode_metrics_json(self.metrics_json)
         return decode_metrics_array(self.payloads)
 
     def points(self) -> Iterator[MetricPoint]:

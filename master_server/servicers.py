@@ -404,9 +404,11 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         # converted on the thread pool.
         def response(page: MetricColumns) -> Any:
             if request.columnar:
-                return trial_pb2.StreamMetricsResponse(
-                    columns=convert.metric_columns_to_proto(page)
+                resp = trial_pb2.StreamMetricsResponse()
+                convert.metric_columns_to_proto(
+                    page, into=resp.columns, json_columns=request.json_columns
                 )
+                return resp
             return trial_pb2.StreamMetricsResponse(
                 points=[convert.metric_point_to_proto(p) for p in page.points()]
             )

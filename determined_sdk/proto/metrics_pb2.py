@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"determined_sdk/proto/metrics.proto\x12\tdetsdk.v1\"\x88\x02\n\rMetricColumns\x12\x11\n\ttrial_ids\x18\x01 \x03(\x05\x12\x14\n\x0ctrial_counts\x18\x02 \x03(\r\x12\x13\n\x0bgroup_names\x18\x03 \x03(\t\x12\x11\n\tgroup_ids\x18\x04 \x03(\r\x12\x17\n\x0fsteps_completed\x18\x05 \x03(\x03\x12\x12\n\ntimestamps\x18\x06 \x03(\x01\x12\x14\n\x0cmetrics_json\x18\x07 \x01(\t\x12\x16\n\rtrial_run_ids\x18\xd8\x04 \x03(\x05\x12\x13\n\nsuperseded\x18\xd9\x04 \x03(\x08\x12\x14\n\x0bvalue_names\x18\xd2\x06 \x03(\t\x12\x0f\n\x06values\x18\xd3\x06 \x03(\x01\x12\x0f\n\x06\x61\x62sent\x18\xd4\x06 \x03(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"determined_sdk/proto/metrics.proto\x12\tdetsdk.v1\"\xf4\x02\n\rMetricColumns\x12\x11\n\ttrial_ids\x18\x01 \x03(\x05\x12\x14\n\x0ctrial_counts\x18\x02 \x03(\r\x12\x13\n\x0bgroup_names\x18\x03 \x03(\t\x12\x11\n\tgroup_ids\x18\x04 \x03(\r\x12\x17\n\x0fsteps_completed\x18\x05 \x03(\x03\x12\x12\n\ntimestamps\x18\x06 \x03(\x01\x12\x14\n\x0cmetrics_json\x18\x07 \x01(\t\x12\x16\n\rtrial_run_ids\x18\xd8\x04 \x03(\x05\x12\x13\n\nsuperseded\x18\xd9\x04 \x03(\x08\x12\x14\n\x0bvalue_names\x18\xd2\x06 \x03(\t\x12\x0f\n\x06values\x18\xd3\x06 \x03(\x01\x12\x0f\n\x06\x61\x62sent\x18\xd4\x06 \x03(\r\x12\x1d\n\x14steps_completed_json\x18\xc7\x07 \x01(\t\x12\x18\n\x0ftimestamps_json\x18\xc8\x07 \x01(\t\x12\x1b\n\x12trial_run_ids_json\x18\xc9\x07 \x01(\t\x12\x14\n\x0bgroups_json\x18\xca\x07 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'determined_sdk.proto.metric
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METRICCOLUMNS']._serialized_start=50
-  _globals['_METRICCOLUMNS']._serialized_end=314
+  _globals['_METRICCOLUMNS']._serialized_end=422
 # @@protoc_insertion_point(module_scope)

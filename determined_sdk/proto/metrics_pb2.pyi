@@ -39,11 +39,26 @@ class MetricColumns(_message.Message):
     VALUE_NAMES_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     ABSENT_FIELD_NUMBER: _builtins.int
+    STEPS_COMPLETED_JSON_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_JSON_FIELD_NUMBER: _builtins.int
+    TRIAL_RUN_IDS_JSON_FIELD_NUMBER: _builtins.int
+    GROUPS_JSON_FIELD_NUMBER: _builtins.int
     metrics_json: _builtins.str
     """A JSON array with one object {name: value} per point, exactly as stored (the master
     forwards it without decoding). Non-finite values are the strings "NaN", "Infinity",
     "-Infinity".
     """
+    steps_completed_json: _builtins.str
+    """Columns as text, sent only when StreamMetricsRequest.json_columns asks for them (the
+    database gathered the page into text, which the master then passes on undecoded): each
+    is a JSON array with one entry per point and, when set, replaces the field it names,
+    which is then empty.
+    """
+    timestamps_json: _builtins.str
+    """each timestamp times 2**22, an integer (exact)"""
+    trial_run_ids_json: _builtins.str
+    groups_json: _builtins.str
+    """each point's group (group_names and group_ids empty)"""
     @_builtins.property
     def trial_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Run-length trial ids: the first trial_counts[0] points are trial_ids[0]'s, and so on."""
@@ -96,10 +111,14 @@ class MetricColumns(_message.Message):
         value_names: _abc.Iterable[_builtins.str] | None = ...,
         values: _abc.Iterable[_builtins.float] | None = ...,
         absent: _abc.Iterable[_builtins.int] | None = ...,
+        steps_completed_json: _builtins.str = ...,
+        timestamps_json: _builtins.str = ...,
+        trial_run_ids_json: _builtins.str = ...,
+        groups_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent", b"absent", "group_ids", b"group_ids", "group_names", b"group_names", "metrics_json", b"metrics_json", "steps_completed", b"steps_completed", "superseded", b"superseded", "timestamps", b"timestamps", "trial_counts", b"trial_counts", "trial_ids", b"trial_ids", "trial_run_ids", b"trial_run_ids", "value_names", b"value_names", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent", b"absent", "group_ids", b"group_ids", "group_names", b"group_names", "groups_json", b"groups_json", "metrics_json", b"metrics_json", "steps_completed", b"steps_completed", "steps_completed_json", b"steps_completed_json", "superseded", b"superseded", "timestamps", b"timestamps", "timestamps_json", b"timestamps_json", "trial_counts", b"trial_counts", "trial_ids", b"trial_ids", "trial_run_ids", b"trial_run_ids", "trial_run_ids_json", b"trial_run_ids_json", "value_names", b"value_names", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

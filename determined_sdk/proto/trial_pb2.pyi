@@ -246,6 +246,7 @@ class StreamMetricsRequest(_message.Message):
     MAX_STEPS_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     COLUMNAR_FIELD_NUMBER: _builtins.int
+    JSON_COLUMNS_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """empty = every group"""
     page_size: _builtins.int
@@ -260,6 +261,8 @@ class StreamMetricsRequest(_message.Message):
     """keep streaming new points until the trial(s) end"""
     columnar: _builtins.bool
     """answer in `columns` (fast) instead of `points`"""
+    json_columns: _builtins.bool
+    """columns may come as JSON text (MetricColumns *_json)"""
     @_builtins.property
     def trial_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -278,10 +281,11 @@ class StreamMetricsRequest(_message.Message):
         max_steps: _builtins.int | None = ...,
         follow: _builtins.bool = ...,
         columnar: _builtins.bool = ...,
+        json_columns: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps", "_min_steps", b"_min_steps", "max_steps", b"max_steps", "min_steps", b"min_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps", "_min_steps", b"_min_steps", "columnar", b"columnar", "follow", b"follow", "group", b"group", "include_superseded", b"include_superseded", "max_steps", b"max_steps", "min_steps", b"min_steps", "names", b"names", "page_size", b"page_size", "trial_ids", b"trial_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps", "_min_steps", b"_min_steps", "columnar", b"columnar", "follow", b"follow", "group", b"group", "include_superseded", b"include_superseded", "json_columns", b"json_columns", "max_steps", b"max_steps", "min_steps", b"min_steps", "names", b"names", "page_size", b"page_size", "trial_ids", b"trial_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_steps: _TypeAlias = _typing.Literal["max_steps"]  # noqa: Y015
     _WhichOneofArgType__max_steps: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps"]  # noqa: Y015

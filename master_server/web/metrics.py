@@ -164,22 +164,21 @@ def read_columns(
     for page in store.read_metrics(q):
         at = 0
         decoded = None if page.names else page.metrics()
+        steps, times = list(page.steps), list(page.timestamps)  # indexed per point below
         for tid, count in zip(page.trial_ids, page.trial_counts, strict=True):
             end = at + count
             by_name = cols[tid]
             if decoded is None:
                 for name, values in zip(page.names, page.values, strict=True):
-                    _extend(
-                        by_name, name, page.steps[at:end], page.timestamps[at:end], values[at:end]
-                    )
+                    _extend(by_name, name, steps[at:end], times[at:end], values[at:end])
             else:
                 for i in range(at, end):
                     for name, value in decoded[i].items():
                         c = by_name.get(name)
                         if c is None:
                             c = by_name[name] = ([], [], [])
-                        c[0].append(page.steps[i])
-                        c[1].append(page.timestamps[i])
+                        c[0].append(steps[i])
+                        c[1].append(times[i])
                         c[2].append(value)
             at = end
     return cols

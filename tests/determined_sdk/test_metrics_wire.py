@@ -17,6 +17,7 @@ from determined_sdk import TrialMetrics
 from determined_sdk._trial import _new_trial_metrics
 from determined_sdk.errors import InvalidArgumentError
 from determined_sdk.metrics_wire import (
+    TIMESTAMPS_JSON_SCALE,
     decode_metrics_json,
     iter_columns,
     pack_value_columns,
@@ -62,6 +63,50 @@ def test_json_page_and_bad_value_columns() -> None:
         page_columns(_page(2, value_names=["a"], values=[1.0, 2.0], absent=[9]))
     with pytest.raises(InvalidArgumentError, match="timestamps: 1 entries for 2 points"):
         page_columns(_page(2, value_names=["a"], values=[1.0, 2.0], timestamps=[0.0]))
+
+
+def test_columns_sent_as_json_text_read_as_their_fields() -> None:
+    metrics_json = json.dumps([{"a": 1.0}, {"b": 2.0}, {"c": 3.0}])
+    when = [1.7e9 + 0.1, 1.7e9 + 1 / 3, 2.0**35]
+    fields = _page(
+        3,
+        trial_ids=[7, 8],
+        trial_counts=[2, 1],
+        group_names=["training", "val,idation"],
+        group_ids=[0, 1, 0],
+        steps_completed=[0, 0, 5],
+        timestamps=when,
+        trial_run_ids=[1, 2, 2],
+        metrics_json=metrics_json,
+    )
+    text = _page(
+        3,
+        trial_ids=[7, 8],
+        trial_counts=[2, 1],
+        group_names=[],
+        group_ids=[],
+        steps_completed=[],
+        timestamps=[],
+        steps_completed_json="[0,0,5]",
+        timestamps_json=json.dumps([int(t * TIMESTAMPS_JSON_SCALE) for t in when]),
+        groups_json='["training","val,idation","training"]',
+        trial_run_ids_json="[1,2,2]",
+        metrics_json=metrics_json,
+    )
+    want = [tuple(c) for c in page_columns(fields)]
+    assert [tuple(c) for c in page_columns(text)] == want
+    assert want[4] == tuple(when) and want[1] == ("training", "val,idation", "training")
+    for field, bad, why in (
+        ("steps_completed_json", "[0,0", "not a JSON array"),
+        ("timestamps_json", "[1,2]", "2 entries for 3 points"),
+        ("groups_json", '{"a": 1}', "not a JSON array for 3 points"),
+        ("trial_run_ids_json", "[1,2,3,4]", "4 entries for 3 points"),
+    ):
+        broken = metrics_pb2.MetricColumns()
+        broken.CopyFrom(text)
+        setattr(broken, field, bad)
+        with pytest.raises(InvalidArgumentError, match=f"{field}: {why}"):
+            page_columns(broken)
 
 
 def test_decode_metrics_json_reads_what_the_fast_decoder_refuses() -> None:

@@ -1150,6 +1150,67 @@ def test_read_metrics_columns_filters_and_follow_positions(store: SQLStore) -> N
         next(store.read_metrics(MetricQuery((t1.id, 4242))))
 
 
+def test_read_metrics_gives_back_exactly_what_was_stored(store: SQLStore) -> None:
+    """Every column comes back bit for bit, whichever way the store reads a page (SQLite
+    gathers a backlog's columns in the database and sends timestamps as integers of 2**-22 s
+    where that is exact, rows otherwise)."""
+    exp = new_exp(store)
+    t1 = new_trial(store, exp.id, "r1")
+    t2 = new_trial(store, exp.id, "r2")
+    now = time.time()
+    stamps = [now + i / 7 for i in range(30)]  # every bit of the double in use
+    stamps[5] = 0.1  # before 2**30 s: not a multiple of 2**-22
+    stamps[6] = 2.0**41 + 0.5  # past 2**40 s
+    reports = [
+        MetricReport(
+            "validation" if i % 3 == 0 else "training",
+            i // 2,  # two reports per step: the order within a step is the storage order
+            {"loss": 1 / (i + 3), "big": 1e300 * i, "odd": math.inf if i == 4 else i / 3},
+            ts,
+        )
+        for i, ts in enumerate(stamps)
+    ]
+    store.add_metrics(t1.id, "b1", reports[:20], run_id=1)
+    store.add_metrics(t1.id, "b2", reports[20:], run_id=2)
+    store.add_metrics(t2.id, "b1", reports[:10], run_id=7)
+    want = [
+        MetricPoint(t1.id, r.group, r.steps_completed, r.metrics, r.timestamp, run_id=1 + (i >= 20))
+        for i, r in enumerate(reports)
+    ] + [
+        MetricPoint(t2.id, r.group, r.steps_completed, r.metrics, r.timestamp, run_id=7)
+        for r in reports[:10]
+    ]
+
+    def same(got: list[MetricPoint], expected: list[MetricPoint]) -> None:
+        assert [dataclasses.replace(p, metrics={}) for p in got] == [
+            dataclasses.replace(p, metrics={}) for p in expected
+        ]
+        assert [json.dumps(p.metrics) for p in got] == [json.dumps(p.metrics) for p in expected]
+
+    for page_size in (1, 4, 29, 30, 31, 100):
+        pages = list(store.read_metrics(MetricQuery((t2.id, t1.id), page_size=page_size)))
+        assert all(len(p) == page_size for p in pages[:-1])
+        same([p for page in pages for p in page.points()], want)
+    training = [p for p in want if p.group == "training" and 3 <= p.steps_completed <= 12]
+    q = MetricQuery((t1.id, t2.id), group="training", min_steps=3, max_steps=12, page_size=3)
+    same([p for page in store.read_metrics(q) for p in page.points()], training)
+    named = [
+        dataclasses.replace(p, metrics={"odd": p.metrics["odd"], "loss": p.metrics["loss"]})
+        for p in want
+    ]
+    q = MetricQuery((t1.id, t2.id), names=("odd", "loss", "absent"), page_size=7)
+    same([p for page in store.read_metrics(q) for p in page.points()], named)
+
+    # A restart of t1 at step 4 supersedes the later reports of runs 1 and 2.
+    store.supersede_metrics(t1.id, 3, 4)
+    t1_points = [p for p in want if p.trial_id == t1.id]
+    kept = [p for p in t1_points if p.steps_completed <= 4]
+    same([p for page in store.read_metrics(MetricQuery((t1.id,))) for p in page.points()], kept)
+    every = [dataclasses.replace(p, superseded=p.steps_completed > 4) for p in t1_points]
+    q = MetricQuery((t1.id,), include_superseded=True, page_size=6)
+    same([p for page in store.read_metrics(q) for p in page.points()], every)
+
+
 def test_concurrent_add_metrics(store: SQLStore) -> None:
     exp = new_exp(store)
     trial = new_trial(store, exp.id)
