@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 import core_api
-from core_api import NotFoundError, _channel
+from core_api import NotFoundError, _channel, _context
 from determined_sdk.metrics_wire import pack_reports
 from determined_sdk.proto import (
     checkpoint_pb2,
@@ -283,6 +283,28 @@ def test_preemption_without_auto_ack(cluster_trial: Make, stubs: Stubs, wire: Wi
         ctx.preempt.acknowledge_preemption_signal()
         ctx.preempt.acknowledge_preemption_signal()
     assert len(wire.calls("AckPreemption")) == 1
+
+
+def test_the_first_preemption_poll_waits_for_a_question(
+    cluster_trial: Make, wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (By default it waits a second at most; here as long as the test lasts.)
+    monkeypatch.setattr(_context, "FIRST_POLL_DELAY_S", 3600.0)
+    cluster_trial()
+    with core_api.init():
+        pass  # a trial that ends before it asks: no long poll for the master to hold
+    assert wire.calls("WatchPreemption") == []
+    with core_api.init() as ctx:
+        assert ctx.preempt.should_preempt() is False
+        wire.wait_sent("WatchPreemption")  # the question starts the polls at once
+
+
+def test_an_unmanaged_run_polls_preemption_at_once(
+    master: Master, wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_context, "FIRST_POLL_DELAY_S", 3600.0)
+    with core_api.init(master=master.address, max_length=1):
+        wire.wait_sent("WatchPreemption")  # its polls are its heartbeat
 
 
 def test_close_does_not_wait_for_the_long_poll(cluster_trial: Make, wire: Wire) -> None:
