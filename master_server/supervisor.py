@@ -191,11 +191,6 @@ class _Connection:
         if channel is None and _master(spec).tls:
             self._channel = _channel(spec)
 
-    @property
-    def made(self) -> bool:
-        """Whether the channel exists (given, or made by :meth:`get`)."""
-        return self._channel is not None
-
     def get(self) -> grpc.Channel:
         """The channel, made on the first call."""
         with self._lock:
@@ -212,13 +207,33 @@ class _Connection:
 
 class _Shipper(threading.Thread):
     """Sends log lines (encoded ``LogLine`` messages) to the master in batches; never blocks
-    the readers for long. Connects when the first batch is sent."""
+    the readers for long. The thread starts with the first line queued, and connects when it
+    sends the first batch: a run that prints nothing costs neither."""
 
     def __init__(self, connection: _Connection) -> None:
         super().__init__(name="log-shipper", daemon=True)
         self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=100_000)
         self._connection = connection
         self._ship: grpc.UnaryUnaryMultiCallable | None = None
+        self._start_lock = threading.Lock()
+        self._running = False
+
+    def put(self, line: bytes) -> None:
+        """Queue an encoded ``LogLine`` (blocks while the queue is full)."""
+        if not self._running:
+            with self._start_lock:
+                if not self._running:
+                    self.start()
+                    self._running = True
+        self.q.put(line)
+
+    def finish(self, timeout: float) -> None:
+        """Ship what is queued, then stop; waits up to ``timeout`` seconds."""
+        with self._start_lock:
+            if not self._running:
+                return
+        self.q.put(None)
+        self.join(timeout)
 
     def run(self) -> None:
         done = False
@@ -293,7 +308,7 @@ def _reader(
             # NUL cannot be stored in a PostgreSQL text column: shown as U+FFFD instead.
             text = raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\x00", "\ufffd")
             line_rank, text = split_rank(text, rank)
-            out.q.put(
+            out.put(
                 log_line(
                     trial_id=spec["trial_id"],
                     timestamp=time.time(),
@@ -429,7 +444,6 @@ def _run(
             p.kill()
         raise
     shipper = _Shipper(connection)
-    shipper.start()
     try:
         for rank, p in enumerate(procs):
             for stream, name in ((p.stdout, "stdout"), (p.stderr, "stderr")):
@@ -444,7 +458,7 @@ def _run(
                 readers.append(t)
         if start_error is not None:
             rank, error = start_error
-            shipper.q.put(
+            shipper.put(
                 log_line(
                     trial_id=spec["trial_id"],
                     timestamp=time.time(),
@@ -487,8 +501,7 @@ def _run(
     finally:
         for t in readers:
             t.join(timeout=10)
-        shipper.q.put(None)
-        shipper.join(timeout=70)
+        shipper.finish(timeout=70)
 
 
 def _start_rank(
@@ -610,8 +623,7 @@ def supervise(
             master that launched the run (see :func:`_zygote_reports`).
     """
     # The report goes on the channel that shipped the logs: no second connection to wait for.
-    code, connection = _run(spec, None, zygote_env)
-    _leave_exit_code(spec, code)  # (written already when the ranks ended; this is the same)
+    code, connection = _run(spec, None, zygote_env)  # (it left the exit code in the run dir)
     try:
         # Where one supervisor is only part of the gang, the resource manager reports the
         # gang's exit once every part has ended (a part that finished first is not the end).
