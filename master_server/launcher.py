@@ -422,8 +422,6 @@ class LocalLauncher:
                 if r.ended is None:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(r.pid, signal.SIGKILL)
-                # Handled: a later master must not find this run again.
-                (r.run_dir / ".det" / "supervisor.pid").unlink(missing_ok=True)
                 if r.zygote is not None:
                     r.zygote.forget(r.pid)
                 if self._on_exit is not None:
@@ -431,6 +429,11 @@ class LocalLauncher:
                         self._on_exit(r.trial_id, r.run_id, code)
                     except Exception:
                         logger.exception("trial %d: exit handling failed", r.trial_id)
+                        continue  # a later master finds the run ended and handles its exit
+                # Handled: a later master must not find this run again. Not sooner: a master
+                # that dies while it handles the exit (for most runs the zygote's report, the
+                # only one) leaves the run for the next master to find, ended, with its code.
+                (r.run_dir / ".det" / "supervisor.pid").unlink(missing_ok=True)
 
     def stop(self, grace_s: float = 5.0, *, keep_runs: bool = False) -> None:
         """Stop the reaper; terminate every supervisor still running unless ``keep_runs``.
