@@ -31,7 +31,7 @@ from core_api._checkpoint import CheckpointContext
 from core_api._distributed import DistributedContext
 from core_api._info import ClusterInfo, TrialInfo, get_cluster_info
 from core_api._output import OutputCapture
-from core_api._preempt import PreemptContext, PreemptMode
+from core_api._preempt import FIRST_POLL_DELAY_S, PreemptContext, PreemptMode
 from core_api._searcher import SearcherContext
 from core_api._train import TrainContext
 from determined_sdk import errors
@@ -336,7 +336,13 @@ def _init_cluster(
             is_chief=dist.is_chief,
             tensorboard_path=_tensorboard_base(storage) / f"trial-{trial_id}",
         )
-        preempt = PreemptContext(session, dist, trial_id=trial_id, mode=preempt_mode)
+        preempt = PreemptContext(
+            session,
+            dist,
+            trial_id=trial_id,
+            mode=preempt_mode,
+            first_poll_delay=FIRST_POLL_DELAY_S,
+        )
     except BaseException:
         session.close()
         raise

@@ -2,11 +2,13 @@
 
 A background thread long-polls ``WatchPreemption`` (about 30 s a poll, again and again until
 the context closes or the master says "stop"); :meth:`PreemptContext.should_preempt` reads the
-cached answer, so calling it every batch is cheap. Pause, cancel, kill and a searcher stop all
-arrive this way. Acknowledging (``AckPreemption``, sent once) only tells the master that the
-trial heard the request; it does not decide what the trial's exit means. The master decides that
-from why it asked the trial to stop: after a pause the trial ends PAUSED, after a cancel or kill
-CANCELED, after a searcher stop COMPLETED.
+cached answer, so calling it every batch is cheap. On the cluster the first poll starts at the
+first ``should_preempt`` call or a second after the context is made, whichever comes first: a
+trial that ends sooner (a trivial one) costs the master no long poll to hold and cancel.
+Pause, cancel, kill and a searcher stop all arrive this way. Acknowledging (``AckPreemption``,
+sent once) only tells the master that the trial heard the request; it does not decide what the
+trial's exit means. The master decides that from why it asked the trial to stop: after a pause
+the trial ends PAUSED, after a cancel or kill CANCELED, after a searcher stop COMPLETED.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from determined_sdk import errors
 from determined_sdk.proto import searcher_pb2
 
 logger = logging.getLogger(__name__)
+
+#: On the cluster, how long the watcher waits before its first poll unless ``should_preempt``
+#: is called sooner (until then the answer is False, as it is while a first poll is in flight).
+FIRST_POLL_DELAY_S = 1.0
 
 
 class PreemptMode(enum.Enum):
@@ -48,6 +54,9 @@ class PreemptContext:
         trial_id: the trial.
         mode: see :class:`PreemptMode`.
         poll_timeout: seconds each long poll waits on the master.
+        first_poll_delay: seconds the watcher waits before its first poll unless
+            :meth:`should_preempt` is called sooner (0: at once, as an unmanaged run's
+            heartbeat must).
     """
 
     def __init__(
@@ -58,6 +67,7 @@ class PreemptContext:
         trial_id: int = 0,
         mode: PreemptMode = PreemptMode.WorkersAskChief,
         poll_timeout: float = 30.0,
+        first_poll_delay: float = 0.0,
     ) -> None:
         if not isinstance(mode, PreemptMode):
             mode = PreemptMode(mode)
@@ -66,8 +76,10 @@ class PreemptContext:
         self._trial_id = trial_id
         self._mode = mode
         self._poll_timeout = poll_timeout
+        self._first_poll_delay = first_poll_delay
         self._preempted = threading.Event()
         self._stop = threading.Event()
+        self._asked = threading.Event()  # should_preempt was called (or close): poll now
         self._lock = threading.Lock()
         self._inflight: Any = None
         self._error: BaseException | None = None
@@ -105,6 +117,8 @@ class PreemptContext:
         dist = self._dist
         if self._mode is PreemptMode.ChiefOnly and not dist.is_chief:
             raise RuntimeError("should_preempt() in ChiefOnly mode may only be called on the chief")
+        if not self._asked.is_set():
+            self._asked.set()
         err, self._error = self._error, None
         answer = self._preempted.is_set()
         if self._mode is PreemptMode.WorkersAskChief and dist.size > 1:
@@ -141,6 +155,7 @@ class PreemptContext:
             return
         self._closed = True
         self._stop.set()
+        self._asked.set()
         with self._lock:
             if self._inflight is not None:
                 self._inflight.cancel()
@@ -154,6 +169,8 @@ class PreemptContext:
             trial_id=self._trial_id, timeout_seconds=self._poll_timeout
         )
         backoff = 0.1
+        if self._first_poll_delay > 0:
+            self._asked.wait(self._first_poll_delay)
         while not self._stop.is_set():
             with self._lock:
                 if self._stop.is_set():

@@ -5,6 +5,10 @@ The chief long-polls ``GetSearcherOperation`` until the master has an op for the
 the trial is done; a longer op may follow a completed one (ASHA promotion). Off-cluster (and
 unmanaged) the context yields one op of ``init(max_length=...)``; without a length it raises
 rather than guess one.
+
+Completing an op is one call: the metrics not sent yet go with ``CompleteSearcherOperation``
+(stored before the op is completed), and its answer says when the searcher already knows it has
+no more work for the trial, which ends the loop without another poll.
 """
 
 from __future__ import annotations
@@ -132,6 +136,8 @@ class SearcherContext:
         self._poll_timeout = poll_timeout
         self._closed = False
         self._local_done = False
+        # The master said, when the last op was completed, that it has no more for the trial.
+        self._done = False
 
     def operations(
         self,
@@ -208,6 +214,8 @@ class SearcherContext:
                 )
             self._local_done = True
             return self._max_length, self._unit
+        if self._done:
+            return None
         session = self._session
         request = searcher_pb2.GetSearcherOperationRequest(
             trial_id=self._trial_id, timeout_seconds=self._poll_timeout
@@ -229,14 +237,18 @@ class SearcherContext:
         if self._session is None:
             logger.info("searcher operation of length %d completed: metric=%s", length, metric)
             return
-        self._train.flush()
+        # The metrics not sent yet go with the completion (stored first): one call, not two.
+        pending = self._train.take_pending()
         session = self._session
-        session.call(
+        resp = session.call(
             session.searcher.CompleteSearcherOperation,
             searcher_pb2.CompleteSearcherOperationRequest(
-                trial_id=self._trial_id, length=length, searcher_metric=metric
+                trial_id=self._trial_id, length=length, searcher_metric=metric, metrics=pending
             ),
         )
+        if pending is not None and not resp.metrics_stored:  # a master older than the field
+            self._train.send_reports(pending)
+        self._done = resp.completed
 
     def close(self) -> None:
         """Refuse further calls."""

@@ -110,6 +110,18 @@ class _CheckpointReport:
         self.error: BaseException | None = None
 
 
+class _Handoff:
+    """A marker in the queue: the sender packs the metrics reported before it, not sent yet,
+    into ``request`` for the caller to send with another call, and sets ``done`` once
+    everything else before it is stored."""
+
+    __slots__ = ("done", "request")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.request: trial_pb2.ReportMetricsRequest | None = None
+
+
 class _Progress:
     __slots__ = ("value",)
 
@@ -318,6 +330,35 @@ class TrainContext:
         if self._error is not None:
             self._raise_error()
 
+    def take_pending(self) -> trial_pb2.ReportMetricsRequest | None:
+        """:meth:`flush`, except that the reports not sent yet are returned, packed into one
+        ``ReportMetricsRequest`` for the caller to send with another call (None: nothing was
+        pending). Whatever was sent before them is stored when this returns.
+
+        Raises:
+            DeterminedError: a background send failed.
+        """
+        if not (self._sends and self._sender is not None and self._sender.is_alive()):
+            self.flush()
+            return None
+        marker = _Handoff()
+        self._queue.append(marker)
+        self._wake.set()
+        marker.done.wait()
+        if self._error is not None:
+            self._raise_error()
+        return marker.request
+
+    def send_reports(self, request: trial_pb2.ReportMetricsRequest) -> None:
+        """Send reports :meth:`take_pending` returned that the other call did not store.
+
+        Raises:
+            DeterminedError: the master refused them, or stayed unreachable.
+        """
+        session = self._session
+        assert session is not None
+        session.call(session.trials.ReportMetrics, request, timeout=_SEND_TIMEOUT)
+
     def report_checkpoint(self, request: Any, wait_s: float = 5.0) -> bool:
         """Send a ``ReportCheckpointRequest`` after every metric reported before it.
 
@@ -419,6 +460,18 @@ class TrainContext:
                 if self._error is not before:
                     item.error = self._error
                 item.done.set()
+            elif type(item) is _Handoff:
+                self._guarded(self._await_inflight)
+                if batch and self._error is None:
+                    item.request = self._pack(batch)
+                elif batch:  # a send failed: the caller raises; these go as they would have
+                    self._guarded(self._send, batch)
+                    self._guarded(self._await_inflight)
+                batch = []
+                if progress is not None:
+                    self._guarded(self._send_progress, progress)
+                    progress = None
+                item.done.set()
             else:  # _Flush: everything before it must be stored before it is released
                 if batch:
                     self._guarded(self._send, batch)
@@ -456,11 +509,17 @@ class TrainContext:
         """
         session = self._session
         assert session is not None
-        request = pack_reports(self._trial_id, uuid.uuid4().hex, batch)
-        request.trial_run_id = self._run_id
+        request = self._pack(batch)
         self._guarded(self._await_inflight)
         future = session.trials.ReportMetrics.future(request, timeout=_SEND_TIMEOUT)
         self._inflight = (request, future)
+
+    def _pack(
+        self, batch: list[tuple[str, int, dict[str, float], float]]
+    ) -> trial_pb2.ReportMetricsRequest:
+        request = pack_reports(self._trial_id, uuid.uuid4().hex, batch)
+        request.trial_run_id = self._run_id
+        return request
 
     def _await_inflight(self) -> None:
         if self._inflight is None:

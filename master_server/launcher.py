@@ -7,7 +7,8 @@ session (process group); if the zygote cannot, it starts ``python -m master_serv
 launch.json`` instead. The supervisor runs the entrypoint (one process per rank), owns its
 stdout/stderr, ships the lines to the master and reports the exit code. A reaper thread notices
 supervisors that died without reporting (killed) and reports for them; the service ignores a
-second report for the same run.
+second report for the same run. A supervisor the zygote forked leaves an ordinary exit to the
+zygote, whose report of it wakes the reaper at once.
 """
 
 from __future__ import annotations
@@ -208,11 +209,13 @@ class LocalLauncher:
         self._lock = threading.Lock()
         self._on_exit: ExitCallback | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the zygote saw a supervisor exit: reap now
         self._reaper: threading.Thread | None = None
         # Started on the first launch; with only what a trial keeps of the master's environment.
         self._zygote = Zygote(
             {**passthrough_environment(dict(os.environ)), "PYTHONUNBUFFERED": "1"},
             data_dir / "zygote.log",
+            on_exit=self._wake.set,
         )
 
     @property
@@ -402,7 +405,13 @@ class LocalLauncher:
         return hmac.compare_digest(token, self._trial_token(trial_id, run_id))
 
     def _reap_loop(self) -> None:
-        while not self._stop.wait(0.2):
+        while True:
+            # An exit the zygote reports wakes this at once (for most runs it is the only
+            # report); others (adopted runs, killed supervisors) are found by polling.
+            self._wake.wait(0.2)
+            self._wake.clear()  # before the scan: an exit recorded after this wakes the next
+            if self._stop.is_set():
+                return
             with self._lock:
                 done = [(r, c) for r in self._runs.values() if (c := r.exit_code()) is not None]
                 for r, _ in done:
@@ -413,8 +422,6 @@ class LocalLauncher:
                 if r.ended is None:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(r.pid, signal.SIGKILL)
-                # Handled: a later master must not find this run again.
-                (r.run_dir / ".det" / "supervisor.pid").unlink(missing_ok=True)
                 if r.zygote is not None:
                     r.zygote.forget(r.pid)
                 if self._on_exit is not None:
@@ -422,6 +429,11 @@ class LocalLauncher:
                         self._on_exit(r.trial_id, r.run_id, code)
                     except Exception:
                         logger.exception("trial %d: exit handling failed", r.trial_id)
+                        continue  # a later master finds the run ended and handles its exit
+                # Handled: a later master must not find this run again. Not sooner: a master
+                # that dies while it handles the exit (for most runs the zygote's report, the
+                # only one) leaves the run for the next master to find, ended, with its code.
+                (r.run_dir / ".det" / "supervisor.pid").unlink(missing_ok=True)
 
     def stop(self, grace_s: float = 5.0, *, keep_runs: bool = False) -> None:
         """Stop the reaper; terminate every supervisor still running unless ``keep_runs``.
@@ -429,6 +441,7 @@ class LocalLauncher:
         Kept runs go on training; the next master on this data directory adopts them.
         """
         self._stop.set()
+        self._wake.set()
         if self._reaper is not None:
             self._reaper.join(timeout=5)
         with self._lock:

@@ -378,23 +378,7 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
 
     @rpc_async
     async def ReportMetrics(self, request: Any, context: Any) -> Any:
-        # A coroutine: the batch waits for its group commit without holding a thread.
-        if not request.batch_id:
-            raise InvalidArgumentError("batch_id: must not be empty (it makes retries safe)")
-        reports = convert.metric_reports_from_proto(request)
-        fut = self.ingest.submit(request.trial_id, request.batch_id, reports, request.trial_run_id)
-        self.svc.record_activity(request.trial_id)  # lock-free: safe on the event loop
-        stored = await asyncio.wrap_future(fut)
-        if stored:
-            self.metrics.notify(request.trial_id)  # wake followers of this trial's metrics
-        validations = [r for r in reports if r.group == "validation"] if stored else []
-        if validations:
-
-            def feed() -> None:
-                for r in validations:
-                    self.svc.on_validation_metrics(request.trial_id, r.metrics, r.steps_completed)
-
-            await _in_thread(feed)
+        stored = await _store_metrics(request, self.svc, self.ingest, self.metrics)
         return trial_pb2.ReportMetricsResponse(duplicate=not stored)
 
     @rpc_async_stream
@@ -584,9 +568,42 @@ class Checkpoints(checkpoint_pb2_grpc.CheckpointServiceServicer):
                 yield checkpoint_wire.encode_chunk(path, 0, f.size, b"")
 
 
+async def _store_metrics(
+    request: Any,
+    svc: ExperimentService,
+    ingest: MetricIngest,
+    metrics: MetricService,
+    field: str = "",
+) -> bool:
+    """Store a ``ReportMetricsRequest`` (``field``: where it sits in the call's request, for
+    error messages); whether it was new (False: a batch stored before).
+
+    A coroutine: the batch waits for its group commit without holding a thread.
+    """
+    if not request.batch_id:
+        raise InvalidArgumentError(f"{field}batch_id: must not be empty (it makes retries safe)")
+    reports = convert.metric_reports_from_proto(request)
+    fut = ingest.submit(request.trial_id, request.batch_id, reports, request.trial_run_id)
+    svc.record_activity(request.trial_id)  # lock-free: safe on the event loop
+    stored: bool = await asyncio.wrap_future(fut)
+    if stored:
+        metrics.notify(request.trial_id)  # wake followers of this trial's metrics
+    validations = [r for r in reports if r.group == "validation"] if stored else []
+    if validations:
+
+        def feed() -> None:
+            for r in validations:
+                svc.on_validation_metrics(request.trial_id, r.metrics, r.steps_completed)
+
+        await _in_thread(feed)
+    return stored
+
+
 class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
-    def __init__(self, svc: ExperimentService, waker: Waker) -> None:
-        self.svc, self.waker = svc, waker
+    def __init__(
+        self, svc: ExperimentService, waker: Waker, ingest: MetricIngest, metrics: MetricService
+    ) -> None:
+        self.svc, self.waker, self.ingest, self.metrics = svc, waker, ingest, metrics
 
     @rpc_async
     async def GetSearcherOperation(self, request: Any, context: Any) -> Any:
@@ -607,12 +624,27 @@ class Searcher(searcher_pb2_grpc.SearcherServiceServicer):
             has_op=True, op=searcher_pb2.SearcherOperation(length=length, unit=unit or "batches")
         )
 
-    @rpc
-    def CompleteSearcherOperation(self, request: Any, context: Any) -> Any:
-        self.svc.complete_searcher_operation(
-            request.trial_id, request.length, request.searcher_metric
+    @rpc_async
+    async def CompleteSearcherOperation(self, request: Any, context: Any) -> Any:
+        # The trial's last metrics may come with the completion (one call instead of two):
+        # stored first, as a ReportMetrics of them before this call would have been.
+        tid = request.trial_id
+        sent = request.HasField("metrics")
+        if sent:
+            if request.metrics.trial_id != tid:
+                raise InvalidArgumentError(
+                    f"metrics.trial_id: must be the operation's trial_id {tid}, "
+                    f"got {request.metrics.trial_id}"
+                )
+            await _store_metrics(request.metrics, self.svc, self.ingest, self.metrics, "metrics.")
+        await _in_thread(
+            self.svc.complete_searcher_operation, tid, request.length, request.searcher_metric
         )
-        return searcher_pb2.CompleteSearcherOperationResponse()
+        # Whether the searcher is done with the trial is often known now (a random search's
+        # trial ends with its one op): said here, it spares the trial asking.
+        state = self.svc.searcher_operation_nowait(tid)
+        done = state is not None and state[0] and state[1][1]
+        return searcher_pb2.CompleteSearcherOperationResponse(completed=done, metrics_stored=sent)
 
     @rpc_async
     async def WatchPreemption(self, request: Any, context: Any) -> Any:
@@ -983,7 +1015,9 @@ def register_all(server: grpc.aio.Server, parts: dict[str, Any]) -> None:
         Trials(store, exps, parts["ingest"], parts["metrics"]), server
     )
     _add_checkpoint_servicer(Checkpoints(store, ckpts, parts.get("bulk")), server)
-    searcher_pb2_grpc.add_SearcherServiceServicer_to_server(Searcher(exps, waker), server)
+    searcher_pb2_grpc.add_SearcherServiceServicer_to_server(
+        Searcher(exps, waker, parts["ingest"], parts["metrics"]), server
+    )
     logs_pb2_grpc.add_LogServiceServicer_to_server(Logs(logs, log_waker), server)
     workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(Workspaces(store), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(Models(store), server)

@@ -12,8 +12,11 @@ period are killed.
 A supervisor is started for every run, so it is kept cheap: the ranks are started before gRPC
 is imported (the trial's start-up overlaps the supervisor's), its three messages are encoded
 here rather than through protobuf and the generated code, rank exits are waited for rather than
-polled, the exit is reported on the channel that shipped the logs as soon as the last line is
-shipped, and the process ends without tearing the interpreter down.
+polled, its channel to the master is made only when there is something to send, the exit is
+reported on the channel that shipped the logs as soon as the last line is shipped, and the
+process ends without tearing the interpreter down. A supervisor the zygote forked leaves the
+report of an ordinary exit code to the zygote, which tells the launcher of every exit of its
+children anyway: a run that prints nothing then never connects at all.
 
 ``launch.json`` may place the supervisor in a larger gang (the Ray backend runs one per rank,
 on any node): ``distributed`` gives its first global rank, the world size, its node rank and the
@@ -41,6 +44,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # imported when first needed: after the ranks have started
     import grpc
 
+    from determined_sdk._transport import MasterAddress
     from master_server.inprocess import PythonEntry
 
 GRACE_S = 10.0
@@ -167,14 +171,69 @@ def _unary(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable:
     return channel.unary_unary(method)
 
 
+class _Connection:
+    """The supervisor's channel to the master, made when first needed.
+
+    A run that prints nothing and whose exit the zygote reports never needs one (a channel
+    costs a gRPC start-up, a connection and a close). A TLS channel is made at once, so that
+    a certificate file that cannot be read fails the run before it trains, as it always has.
+
+    Args:
+        spec: The launch spec.
+        channel: A channel to use instead of one of its own (never closed here).
+    """
+
+    def __init__(self, spec: dict[str, Any], channel: grpc.Channel | None = None) -> None:
+        self._spec = spec
+        self._lock = threading.Lock()
+        self._channel = channel
+        self._own = channel is None
+        if channel is None and _master(spec).tls:
+            self._channel = _channel(spec)
+
+    def get(self) -> grpc.Channel:
+        """The channel, made on the first call."""
+        with self._lock:
+            if self._channel is None:
+                self._channel = _channel(self._spec)
+            return self._channel
+
+    def close(self) -> None:
+        """Close the channel if it is this object's own and was made."""
+        with self._lock:
+            if self._own and self._channel is not None:
+                self._channel.close()
+
+
 class _Shipper(threading.Thread):
     """Sends log lines (encoded ``LogLine`` messages) to the master in batches; never blocks
-    the readers for long."""
+    the readers for long. The thread starts with the first line queued, and connects when it
+    sends the first batch: a run that prints nothing costs neither."""
 
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, connection: _Connection) -> None:
         super().__init__(name="log-shipper", daemon=True)
         self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=100_000)
-        self._ship = _unary(channel, SHIP_LOGS)
+        self._connection = connection
+        self._ship: grpc.UnaryUnaryMultiCallable | None = None
+        self._start_lock = threading.Lock()
+        self._running = False
+
+    def put(self, line: bytes) -> None:
+        """Queue an encoded ``LogLine`` (blocks while the queue is full)."""
+        if not self._running:
+            with self._start_lock:
+                if not self._running:
+                    self.start()
+                    self._running = True
+        self.q.put(line)
+
+    def finish(self, timeout: float) -> None:
+        """Ship what is queued, then stop; waits up to ``timeout`` seconds."""
+        with self._start_lock:
+            if not self._running:
+                return
+        self.q.put(None)
+        self.join(timeout)
 
     def run(self) -> None:
         done = False
@@ -208,6 +267,8 @@ class _Shipper(threading.Thread):
         delay, warned, first_error = 0.1, False, 0.0
         # One id for every attempt: a batch whose reply was lost is stored once.
         request = ship_logs_request(batch, uuid.uuid4().hex)
+        if self._ship is None:
+            self._ship = _unary(self._connection.get(), SHIP_LOGS)
         while True:
             try:
                 self._ship(request, timeout=10)
@@ -247,7 +308,7 @@ def _reader(
             # NUL cannot be stored in a PostgreSQL text column: shown as U+FFFD instead.
             text = raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\x00", "\ufffd")
             line_rank, text = split_rank(text, rank)
-            out.q.put(
+            out.put(
                 log_line(
                     trial_id=spec["trial_id"],
                     timestamp=time.time(),
@@ -260,16 +321,21 @@ def _reader(
             )
 
 
+def _master(spec: dict[str, Any]) -> MasterAddress:
+    """Where the run's master is, and whether over TLS."""
+    from determined_sdk._transport import CERT_ENV, parse_master
+
+    return parse_master(spec["master"], (spec.get("env") or {}).get(CERT_ENV))
+
+
 def _channel(spec: dict[str, Any]) -> grpc.Channel:
     """A channel to the master carrying the run's trial token (TLS if the master uses it)."""
     import grpc
 
-    from determined_sdk._transport import CERT_ENV, BearerToken, make_channel, parse_master
+    from determined_sdk._transport import BearerToken, make_channel
 
-    env = spec.get("env") or {}
-    master = parse_master(spec["master"], env.get(CERT_ENV))
-    token = env.get("DET_SESSION_TOKEN")
-    return grpc.intercept_channel(make_channel(master), BearerToken(lambda: token))
+    token = (spec.get("env") or {}).get("DET_SESSION_TOKEN")
+    return grpc.intercept_channel(make_channel(_master(spec)), BearerToken(lambda: token))
 
 
 def run(spec: dict[str, Any], channel: grpc.Channel | None = None) -> int:
@@ -279,9 +345,8 @@ def run(spec: dict[str, Any], channel: grpc.Channel | None = None) -> int:
         spec: The launch spec (``launch.json``).
         channel: The channel to ship log lines on (None: one of its own, closed at the end).
     """
-    code, used = _run(spec, channel)
-    if channel is None:
-        used.close()
+    code, connection = _run(spec, channel)
+    connection.close()
     return code
 
 
@@ -303,8 +368,9 @@ class _Rank(Protocol):
 
 def _run(
     spec: dict[str, Any], channel: grpc.Channel | None, zygote_env: dict[str, str] | None = None
-) -> tuple[int, grpc.Channel]:
-    """:func:`run`, returning the channel it shipped the logs on (made once the ranks run).
+) -> tuple[int, _Connection]:
+    """:func:`run`, returning the connection it shipped the logs on (made when the first line
+    is shipped).
 
     ``zygote_env``: this process is a fork of the zygote, which started with this environment;
     ranks of a ``python`` entrypoint it can run are forks of this process (see
@@ -372,14 +438,12 @@ def _run(
     for rank, p in enumerate(procs):
         threading.Thread(target=watch, args=(p,), name=f"wait-rank-{rank}", daemon=True).start()
     try:
-        if channel is None:
-            channel = _channel(spec)
+        connection = _Connection(spec, channel)
     except BaseException:
         for p in procs:  # no way to ship their output or report: stop them rather than orphan
             p.kill()
         raise
-    shipper = _Shipper(channel)
-    shipper.start()
+    shipper = _Shipper(connection)
     try:
         for rank, p in enumerate(procs):
             for stream, name in ((p.stdout, "stdout"), (p.stderr, "stderr")):
@@ -394,7 +458,7 @@ def _run(
                 readers.append(t)
         if start_error is not None:
             rank, error = start_error
-            shipper.q.put(
+            shipper.put(
                 log_line(
                     trial_id=spec["trial_id"],
                     timestamp=time.time(),
@@ -408,7 +472,7 @@ def _run(
             for p in procs:
                 p.wait()
             _leave_exit_code(spec, 127)
-            return 127, channel
+            return 127, connection
         exit_code = 0
         grace_deadline: float | None = None
         while True:
@@ -433,12 +497,11 @@ def _run(
         # At once, not after the last log lines were shipped (which waits out an outage of
         # the master): the run has ended, whatever happens to this process now.
         _leave_exit_code(spec, exit_code)
-        return exit_code, channel
+        return exit_code, connection
     finally:
         for t in readers:
             t.join(timeout=10)
-        shipper.q.put(None)
-        shipper.join(timeout=70)
+        shipper.finish(timeout=70)
 
 
 def _start_rank(
@@ -507,6 +570,30 @@ def report_exit(spec: dict[str, Any], code: int, channel: grpc.Channel | None = 
         delay = min(delay * 2, 2.0)
 
 
+def _zygote_reports(code: int, zygote_pid: int | None) -> bool:
+    """Whether the zygote ``zygote_pid`` will report exit code ``code`` for us.
+
+    The zygote tells its launcher (the master that launched the run) of every exit of its
+    children; the launcher handles it as it would this process's report. That holds while the
+    zygote is our parent and runs for that master (it exits when the master stops or dies, and
+    we are then reparented), and only for a code our exit status carries unchanged: a negative
+    one (a rank killed by a signal) reads as 128+n there, a different reason. A zygote that
+    ends after this check loses the exit: the next master then reads the code the run left in
+    its directory (:func:`_leave_exit_code`), as for any run that ended while no master ran.
+    """
+    return zygote_pid is not None and 0 <= code <= 255 and os.getppid() == zygote_pid
+
+
+def _report_or_say(spec: dict[str, Any], code: int, connection: _Connection) -> None:
+    """:func:`report_exit` on ``connection``; a failure is only said (the code is in a file)."""
+    import grpc
+
+    try:
+        report_exit(spec, code, connection.get())
+    except grpc.RpcError as e:
+        print(f"supervisor: could not report exit code {code}: {e}", file=sys.stderr)
+
+
 def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -521,7 +608,9 @@ def main() -> None:
     os._exit(code)
 
 
-def supervise(spec: dict[str, Any], zygote_env: dict[str, str] | None = None) -> int:
+def supervise(
+    spec: dict[str, Any], zygote_env: dict[str, str] | None = None, zygote_pid: int | None = None
+) -> int:
     """Run the ranks, report the exit to the master, and return this process's exit code
     (a signal as 128+n, as the launcher's reaper reads it).
 
@@ -529,21 +618,19 @@ def supervise(spec: dict[str, Any], zygote_env: dict[str, str] | None = None) ->
         spec: The launch spec.
         zygote_env: Given when this process is a fork of the zygote: the environment the
             zygote started with (see :func:`_run`).
+        zygote_pid: Given when this process is a fork of the zygote: its pid. While the zygote
+            is still this process's parent, it reports this process's exit status to the
+            master that launched the run (see :func:`_zygote_reports`).
     """
     # The report goes on the channel that shipped the logs: no second connection to wait for.
-    code, channel = _run(spec, None, zygote_env)
-    _leave_exit_code(spec, code)  # (written already when the ranks ended; this is the same)
-    import grpc
-
+    code, connection = _run(spec, None, zygote_env)  # (it left the exit code in the run dir)
     try:
         # Where one supervisor is only part of the gang, the resource manager reports the
         # gang's exit once every part has ended (a part that finished first is not the end).
-        if spec.get("report_exit", True):
-            report_exit(spec, code, channel)
-    except grpc.RpcError as e:
-        print(f"supervisor: could not report exit code {code}: {e}", file=sys.stderr)
+        if spec.get("report_exit", True) and not _zygote_reports(code, zygote_pid):
+            _report_or_say(spec, code, connection)
     finally:
-        channel.close()
+        connection.close()
     # Exit with a code the launcher's reaper can read the same way (signals as 128+n). Nothing
     # is left to do (the files are written, the channel closed, the shipper done): the caller
     # exits skipping the interpreter's teardown of gRPC and every loaded module, a good part of

@@ -15,9 +15,13 @@ carry the master's environment: it starts with only what a trial keeps of it
 Protocol, one JSON object a line: the launcher writes ``{"launch": LAUNCH_JSON}`` to the
 zygote's stdin and reads ``{"launch": ..., "pid": N}`` (or ``"error"``) back on its stdout,
 which also carries ``{"exit": PID, "code": C}`` when a supervisor exits (``C`` as
-:attr:`subprocess.Popen.returncode` has it). On end of input the zygote exits and leaves its runs
-running: they are in sessions of their own, and the next master adopts them (a supervisor is
-recognised by the zygote's command line and its working directory, the run directory).
+:attr:`subprocess.Popen.returncode` has it). That line is the run's exit report where the
+supervisor leaves it to the zygote (:func:`master_server.supervisor._zygote_reports`): the
+launcher is woken by it and handles the exit at once.
+
+On end of input the zygote exits and leaves its runs running: they are in sessions of their own,
+and the next master adopts them (a supervisor is recognised by the zygote's command line and its
+working directory, the run directory).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 logger = logging.getLogger(__name__)
@@ -42,9 +47,14 @@ logger = logging.getLogger(__name__)
 #: The module run as the zygote (its command line names it; the adoption check reads that).
 MODULE = "master_server.zygote"
 
-#: Imported once by the zygote (what a supervisor and a ``core_api`` trial import).
+#: Imported once by the zygote (what a supervisor and a ``core_api`` trial import). gRPC
+#: imports its channel and interceptor modules only when the first channel is made: named here,
+#: or every supervisor and every trial imports them again (about 8 ms of CPU each). Importing
+#: them starts no thread and makes no channel, so forking stays safe.
 PRELOAD = (
     "grpc",
+    "grpc._channel",
+    "grpc._interceptor",
     "google.protobuf",
     "master_server.supervisor",
     "master_server.inprocess",
@@ -88,7 +98,9 @@ def _reply(fd: int, msg: dict[str, Any]) -> None:
         data = data[os.write(fd, data) :]
 
 
-def _supervisor(launch_path: str, zygote_env: dict[str, str], close: list[int]) -> NoReturn:
+def _supervisor(
+    launch_path: str, zygote_env: dict[str, str], close: list[int], zygote_pid: int
+) -> NoReturn:
     """The forked child: become the supervisor of the run ``launch_path`` describes."""
     code = 1
     try:
@@ -114,7 +126,7 @@ def _supervisor(launch_path: str, zygote_env: dict[str, str], close: list[int]) 
         os.environ.update(spec["env"])
         from master_server.supervisor import supervise
 
-        code = supervise(spec, zygote_env)
+        code = supervise(spec, zygote_env, zygote_pid)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -129,6 +141,7 @@ def _fork_supervisor(
 ) -> int:
     """Fork the supervisor of one run; returns once it leads a session of its own."""
     ready_r, ready_w = os.pipe()
+    zygote_pid = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
@@ -142,7 +155,7 @@ def _fork_supervisor(
             os.close(ready_w)  # the zygote reads end of file: the session exists
         except BaseException:
             os._exit(1)
-        _supervisor(launch_path, zygote_env, close)
+        _supervisor(launch_path, zygote_env, close, zygote_pid)
     os.close(ready_w)
     try:
         os.read(ready_r, 1)  # end of file once the child leads its session (or died)
@@ -213,11 +226,19 @@ class Zygote:
     Args:
         env: The zygote's whole environment (it must not hold the master's secrets).
         log_path: Where the zygote's own output goes.
+        on_exit: Called (from the reader thread; it must be cheap) once an exit the zygote
+            reported can be read with :meth:`exit_code`, and when the zygote ends.
     """
 
-    def __init__(self, env: dict[str, str], log_path: pathlib.Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: pathlib.Path,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
         self._env = env
         self._log_path = log_path
+        self._on_exit = on_exit
         self._proc: subprocess.Popen[bytes] | None = None
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._exits: dict[int, int] = {}
@@ -279,11 +300,15 @@ class Zygote:
             if "exit" in msg:
                 with self._exit_lock:
                     self._exits[int(msg["exit"])] = int(msg["code"])
+                if self._on_exit is not None:
+                    self._on_exit()
             else:
                 replies.put(msg)
         with self._exit_lock:
             self._running = False  # after every exit it reported has been recorded
         replies.put(None)
+        if self._on_exit is not None:
+            self._on_exit()
 
     def launch(self, launch_path: pathlib.Path, timeout: float = 60.0) -> int:
         """Fork the supervisor of the run ``launch_path`` describes; returns its pid (the run's

@@ -22,33 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from determined_sdk.proto import trial_pb2 as determined__sdk_dot_proto_dot_trial__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#determined_sdk/proto/searcher.proto\x12\tdetsdk.v1\"1\n\x11SearcherOperation\x12\x0e\n\x06length\x18\x01 \x01(\x03\x12\x0c\n\x04unit\x18\x02 \x01(\t\"H\n\x1bGetSearcherOperationRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"k\n\x1cGetSearcherOperationResponse\x12\x0e\n\x06has_op\x18\x01 \x01(\x08\x12(\n\x02op\x18\x02 \x01(\x0b\x32\x1c.detsdk.v1.SearcherOperation\x12\x11\n\tcompleted\x18\x03 \x01(\x08\"]\n CompleteSearcherOperationRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x17\n\x0fsearcher_metric\x18\x03 \x01(\x01\"#\n!CompleteSearcherOperationResponse\"C\n\x16WatchPreemptionRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\";\n\x17WatchPreemptionResponse\x12\x0f\n\x07preempt\x18\x01 \x01(\x08\x12\x0f\n\x06reason\x18\xde\x02 \x01(\t\"(\n\x14\x41\x63kPreemptionRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"\x17\n\x15\x41\x63kPreemptionResponse2\xa0\x03\n\x0fSearcherService\x12g\n\x14GetSearcherOperation\x12&.detsdk.v1.GetSearcherOperationRequest\x1a\'.detsdk.v1.GetSearcherOperationResponse\x12v\n\x19\x43ompleteSearcherOperation\x12+.detsdk.v1.CompleteSearcherOperationRequest\x1a,.detsdk.v1.CompleteSearcherOperationResponse\x12X\n\x0fWatchPreemption\x12!.detsdk.v1.WatchPreemptionRequest\x1a\".detsdk.v1.WatchPreemptionResponse\x12R\n\rAckPreemption\x12\x1f.detsdk.v1.AckPreemptionRequest\x1a .detsdk.v1.AckPreemptionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#determined_sdk/proto/searcher.proto\x12\tdetsdk.v1\x1a determined_sdk/proto/trial.proto\"1\n\x11SearcherOperation\x12\x0e\n\x06length\x18\x01 \x01(\x03\x12\x0c\n\x04unit\x18\x02 \x01(\t\"H\n\x1bGetSearcherOperationRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"k\n\x1cGetSearcherOperationResponse\x12\x0e\n\x06has_op\x18\x01 \x01(\x08\x12(\n\x02op\x18\x02 \x01(\x0b\x32\x1c.detsdk.v1.SearcherOperation\x12\x11\n\tcompleted\x18\x03 \x01(\x08\"\x90\x01\n CompleteSearcherOperationRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x17\n\x0fsearcher_metric\x18\x03 \x01(\x01\x12\x31\n\x07metrics\x18\xd4\x07 \x01(\x0b\x32\x1f.detsdk.v1.ReportMetricsRequest\"P\n!CompleteSearcherOperationResponse\x12\x12\n\tcompleted\x18\xd4\x07 \x01(\x08\x12\x17\n\x0emetrics_stored\x18\xd5\x07 \x01(\x08\"C\n\x16WatchPreemptionRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\";\n\x17WatchPreemptionResponse\x12\x0f\n\x07preempt\x18\x01 \x01(\x08\x12\x0f\n\x06reason\x18\xde\x02 \x01(\t\"(\n\x14\x41\x63kPreemptionRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"\x17\n\x15\x41\x63kPreemptionResponse2\xa0\x03\n\x0fSearcherService\x12g\n\x14GetSearcherOperation\x12&.detsdk.v1.GetSearcherOperationRequest\x1a\'.detsdk.v1.GetSearcherOperationResponse\x12v\n\x19\x43ompleteSearcherOperation\x12+.detsdk.v1.CompleteSearcherOperationRequest\x1a,.detsdk.v1.CompleteSearcherOperationResponse\x12X\n\x0fWatchPreemption\x12!.detsdk.v1.WatchPreemptionRequest\x1a\".detsdk.v1.WatchPreemptionResponse\x12R\n\rAckPreemption\x12\x1f.detsdk.v1.AckPreemptionRequest\x1a .detsdk.v1.AckPreemptionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'determined_sdk.proto.searcher_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEARCHEROPERATION']._serialized_start=50
-  _globals['_SEARCHEROPERATION']._serialized_end=99
-  _globals['_GETSEARCHEROPERATIONREQUEST']._serialized_start=101
-  _globals['_GETSEARCHEROPERATIONREQUEST']._serialized_end=173
-  _globals['_GETSEARCHEROPERATIONRESPONSE']._serialized_start=175
-  _globals['_GETSEARCHEROPERATIONRESPONSE']._serialized_end=282
-  _globals['_COMPLETESEARCHEROPERATIONREQUEST']._serialized_start=284
-  _globals['_COMPLETESEARCHEROPERATIONREQUEST']._serialized_end=377
-  _globals['_COMPLETESEARCHEROPERATIONRESPONSE']._serialized_start=379
-  _globals['_COMPLETESEARCHEROPERATIONRESPONSE']._serialized_end=414
-  _globals['_WATCHPREEMPTIONREQUEST']._serialized_start=416
-  _globals['_WATCHPREEMPTIONREQUEST']._serialized_end=483
-  _globals['_WATCHPREEMPTIONRESPONSE']._serialized_start=485
-  _globals['_WATCHPREEMPTIONRESPONSE']._serialized_end=544
-  _globals['_ACKPREEMPTIONREQUEST']._serialized_start=546
-  _globals['_ACKPREEMPTIONREQUEST']._serialized_end=586
-  _globals['_ACKPREEMPTIONRESPONSE']._serialized_start=588
-  _globals['_ACKPREEMPTIONRESPONSE']._serialized_end=611
-  _globals['_SEARCHERSERVICE']._serialized_start=614
-  _globals['_SEARCHERSERVICE']._serialized_end=1030
+  _globals['_SEARCHEROPERATION']._serialized_start=84
+  _globals['_SEARCHEROPERATION']._serialized_end=133
+  _globals['_GETSEARCHEROPERATIONREQUEST']._serialized_start=135
+  _globals['_GETSEARCHEROPERATIONREQUEST']._serialized_end=207
+  _globals['_GETSEARCHEROPERATIONRESPONSE']._serialized_start=209
+  _globals['_GETSEARCHEROPERATIONRESPONSE']._serialized_end=316
+  _globals['_COMPLETESEARCHEROPERATIONREQUEST']._serialized_start=319
+  _globals['_COMPLETESEARCHEROPERATIONREQUEST']._serialized_end=463
+  _globals['_COMPLETESEARCHEROPERATIONRESPONSE']._serialized_start=465
+  _globals['_COMPLETESEARCHEROPERATIONRESPONSE']._serialized_end=545
+  _globals['_WATCHPREEMPTIONREQUEST']._serialized_start=547
+  _globals['_WATCHPREEMPTIONREQUEST']._serialized_end=614
+  _globals['_WATCHPREEMPTIONRESPONSE']._serialized_start=616
+  _globals['_WATCHPREEMPTIONRESPONSE']._serialized_end=675
+  _globals['_ACKPREEMPTIONREQUEST']._serialized_start=677
+  _globals['_ACKPREEMPTIONREQUEST']._serialized_end=717
+  _globals['_ACKPREEMPTIONRESPONSE']._serialized_start=719
+  _globals['_ACKPREEMPTIONRESPONSE']._serialized_end=742
+  _globals['_SEARCHERSERVICE']._serialized_start=745
+  _globals['_SEARCHERSERVICE']._serialized_end=1161
 # @@protoc_insertion_point(module_scope)

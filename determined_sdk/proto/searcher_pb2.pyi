@@ -3,6 +3,7 @@
 isort:skip_file
 Searcher operations (absolute lengths) and preemption, as the trial sees them."""
 
+from determined_sdk.proto import trial_pb2 as _trial_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 import builtins as _builtins
@@ -98,19 +99,27 @@ class CompleteSearcherOperationRequest(_message.Message):
     TRIAL_ID_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     SEARCHER_METRIC_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     trial_id: _builtins.int
     length: _builtins.int
     searcher_metric: _builtins.float
+    @_builtins.property
+    def metrics(self) -> _trial_pb2.ReportMetricsRequest:
+        """The trial's metric reports not sent yet (its trial_id is this trial_id): stored before the
+        op is completed, as a ReportMetrics of them would be, in the same call.
+        """
+
     def __init__(
         self,
         *,
         trial_id: _builtins.int = ...,
         length: _builtins.int = ...,
         searcher_metric: _builtins.float = ...,
+        metrics: _trial_pb2.ReportMetricsRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "searcher_metric", b"searcher_metric", "trial_id", b"trial_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "metrics", b"metrics", "searcher_metric", b"searcher_metric", "trial_id", b"trial_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,12 +129,25 @@ Global___CompleteSearcherOperationRequest: _TypeAlias = CompleteSearcherOperatio
 class CompleteSearcherOperationResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    METRICS_STORED_FIELD_NUMBER: _builtins.int
+    completed: _builtins.bool
+    """The searcher has no more work for this trial: its next GetSearcherOperation would answer
+    completed. False when that is not known yet (ask).
+    """
+    metrics_stored: _builtins.bool
+    """`metrics` was stored (or was a duplicate of a batch stored before). A master older than
+    the field leaves it false: the trial then sends them with ReportMetrics.
+    """
     def __init__(
         self,
+        *,
+        completed: _builtins.bool = ...,
+        metrics_stored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "metrics_stored", b"metrics_stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,14 +15,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
 
 import core_api
-from core_api import NotFoundError
-from determined_sdk.proto import checkpoint_pb2, common_pb2, experiment_pb2, trial_pb2
+from core_api import NotFoundError, _channel, _context
+from determined_sdk.metrics_wire import pack_reports
+from determined_sdk.proto import (
+    checkpoint_pb2,
+    common_pb2,
+    experiment_pb2,
+    searcher_pb2,
+    trial_pb2,
+)
 from master_server.app import Master
 from tests.core_api.live_trial import LiveTrial
 from tests.core_api.wire import Wire
@@ -120,11 +127,114 @@ def test_searcher_ops_with_promotion(cluster_trial: Make, wire: Wire) -> None:
     assert seen == [10, 30]
     completed = [(e["length"], e["metric"]) for e in t.events() if e["type"] == "validation"]
     assert completed == [(10, pytest.approx(0.1)), (30, pytest.approx(1 / 30))]
-    # the validation metrics are stored before the op is completed
-    assert wire.first("ReportMetrics").answered_before(wire.first("CompleteSearcherOperation"))
+    # the validation metrics are stored before the op is completed: sent before it, or with it
+    for complete, length in zip(wire.calls("CompleteSearcherOperation"), (10, 30), strict=True):
+        before = [c.request for c in wire.calls("ReportMetrics") if c.answered_before(complete)]
+        steps = [s for r in (*before, complete.request.metrics) for s in r.steps_completed]
+        assert length in steps
     assert [s for _, s, _, _ in t.metrics("validation")] == [10, 30]
     assert 1.0 in [r.progress for r in wire.requests("ReportProgress")]
     assert t.trial().progress == pytest.approx(1.0)
+
+
+@pytest.fixture
+def sender_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metrics sender sends only when asked (flush, a full batch), never on a timer."""
+    made = core_api.TrainContext.__init__
+
+    def patient(self: core_api.TrainContext, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **{**kwargs, "flush_interval": 3600.0})
+
+    monkeypatch.setattr(core_api.TrainContext, "__init__", patient)
+
+
+def test_the_last_metrics_go_with_the_completion_and_the_end_is_known(
+    cluster_trial: Make, wire: Wire, sender_waits: None
+) -> None:
+    t = cluster_trial()  # a single search of 10 batches: one op
+    with core_api.init() as ctx:
+        lengths = []
+        for op in ctx.searcher.operations():
+            lengths.append(op.length)
+            ctx.train.report_training_metrics(op.length, {"loss": 0.7})
+            ctx.train.report_validation_metrics(op.length, {"loss": 0.5})
+            op.report_completed(0.5)
+    assert lengths == [10]
+    # One call stored the pending metrics and completed the op; its answer said the searcher
+    # has no more work for the trial, so the trial did not ask again.
+    (complete,) = wire.requests("CompleteSearcherOperation")
+    assert list(complete.metrics.groups) == ["training", "validation"]
+    assert list(complete.metrics.steps_completed) == [10, 10]
+    assert complete.metrics.trial_id == t.trial_id and complete.metrics.batch_id
+    assert wire.calls("ReportMetrics") == []
+    assert len(wire.calls("GetSearcherOperation")) == 1
+    assert [(s, m) for _, s, m, _ in t.metrics("validation")] == [(10, {"loss": 0.5})]
+    assert [(s, m) for _, s, m, _ in t.metrics("training")] == [(10, {"loss": 0.7})]
+    t.release()
+    assert t.wait_settled() == "COMPLETED"
+    assert t.trial().exit_reason == "finished training"
+
+
+class _OlderMaster(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Drops what a master older than the field would not read: the metrics sent with a
+    completion (its answer then says they were not stored)."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if details.method.endswith("/CompleteSearcherOperation"):
+            request = searcher_pb2.CompleteSearcherOperationRequest(
+                trial_id=request.trial_id,
+                length=request.length,
+                searcher_metric=request.searcher_metric,
+            )
+        return continuation(details, request)
+
+
+def test_metrics_a_master_did_not_store_with_the_completion_are_sent_after_it(
+    cluster_trial: Make, wire: Wire, sender_waits: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_channel, "_TEST_INTERCEPTORS", [wire, _OlderMaster()])
+    t = cluster_trial()
+    with core_api.init() as ctx:
+        for op in ctx.searcher.operations():
+            ctx.train.report_validation_metrics(op.length, {"loss": 0.5})
+            op.report_completed(0.5)
+    (complete,) = wire.calls("CompleteSearcherOperation")
+    (resent,) = wire.calls("ReportMetrics")
+    assert complete.answered_before(resent)
+    assert resent.request == complete.request.metrics  # the same batch (and batch id)
+    assert [(s, m) for _, s, m, _ in t.metrics("validation")] == [(10, {"loss": 0.5})]
+
+
+def test_metrics_sent_with_a_completion_are_checked(cluster_trial: Make) -> None:
+    t = cluster_trial()
+    with core_api.init() as ctx:
+        ops = ctx.searcher.operations()
+        op = next(ops)
+        complete = ctx._session.searcher.CompleteSearcherOperation  # type: ignore[union-attr]
+        cases = [
+            (
+                pack_reports(t.trial_id + 1, "b", [("validation", 10, {"loss": 1.0}, 0.0)]),
+                "metrics.trial_id",
+            ),
+            (
+                pack_reports(t.trial_id, "", [("validation", 10, {"loss": 1.0}, 0.0)]),
+                "metrics.batch_id",
+            ),
+        ]
+        for metrics, needle in cases:
+            with pytest.raises(grpc.RpcError) as ei:
+                complete(
+                    searcher_pb2.CompleteSearcherOperationRequest(
+                        trial_id=t.trial_id, length=op.length, searcher_metric=1.0, metrics=metrics
+                    )
+                )
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert needle in ei.value.details()
+        # Refused as a whole: neither stored nor completed.
+        assert t.metrics() == []
+        op.report_completed(1.0)
+        assert list(ops) == []
+    assert [s for _, s, _, _ in t.metrics("validation")] == []
 
 
 def test_searcher_long_poll_waits_for_an_op(cluster_trial: Make, wire: Wire) -> None:
@@ -173,6 +283,28 @@ def test_preemption_without_auto_ack(cluster_trial: Make, stubs: Stubs, wire: Wi
         ctx.preempt.acknowledge_preemption_signal()
         ctx.preempt.acknowledge_preemption_signal()
     assert len(wire.calls("AckPreemption")) == 1
+
+
+def test_the_first_preemption_poll_waits_for_a_question(
+    cluster_trial: Make, wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (By default it waits a second at most; here as long as the test lasts.)
+    monkeypatch.setattr(_context, "FIRST_POLL_DELAY_S", 3600.0)
+    cluster_trial()
+    with core_api.init():
+        pass  # a trial that ends before it asks: no long poll for the master to hold
+    assert wire.calls("WatchPreemption") == []
+    with core_api.init() as ctx:
+        assert ctx.preempt.should_preempt() is False
+        wire.wait_sent("WatchPreemption")  # the question starts the polls at once
+
+
+def test_an_unmanaged_run_polls_preemption_at_once(
+    master: Master, wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_context, "FIRST_POLL_DELAY_S", 3600.0)
+    with core_api.init(master=master.address, max_length=1):
+        wire.wait_sent("WatchPreemption")  # its polls are its heartbeat
 
 
 def test_close_does_not_wait_for_the_long_poll(cluster_trial: Make, wire: Wire) -> None:

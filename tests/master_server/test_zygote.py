@@ -1,7 +1,9 @@
 """Runs forked by the zygote, through a real master: a ``python`` trial runs in a fork of the
 warm zygote with its own environment (none of the master's secrets), a kill of one run leaves
 the zygote and the other runs alive, a kept run is adopted by the next master, distributed
-ranks fork too, anything else is exec'd, and a bad entrypoint says why in the trial's logs."""
+ranks fork too, anything else is exec'd, a bad entrypoint says why in the trial's logs, and the
+zygote reports an ordinary exit so that a run that prints nothing never connects its
+supervisor."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from determined_sdk.proto import logs_pb2
+from master_server.admission import Admission
 from master_server.app import Master
 from master_server.launcher import LocalLauncher
 from master_server.zygote import MODULE
@@ -287,4 +290,68 @@ def test_without_a_zygote_each_supervisor_is_a_process_of_its_own(
     (r,) = _reports(stubs, 1)
     assert "main.py" in r["cmdline"] and "zygote" not in r["cmdline"]
     assert "master_server.supervisor" in r["supervisor_cmdline"]
+    stubs.channel.close()
+
+
+@pytest.fixture
+def master_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every call the masters started after this fixture receive, in order."""
+    seen: list[str] = []
+    spied = Admission.intercept_service
+
+    async def spy(self: Admission, continuation: Any, details: Any) -> Any:
+        seen.append(details.method.rsplit("/", 1)[-1])
+        return await spied(self, continuation, details)
+
+    monkeypatch.setattr(Admission, "intercept_service", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("body", "state", "reason", "reported"),
+    [
+        ("", "COMPLETED", "finished training", False),
+        ("raise SystemExit(3)", "ERROR", "crashed with exit code 3", False),
+        # A rank killed by a signal: the supervisor's exit status (128+9) would read as another
+        # reason, so the supervisor reports the code itself.
+        (
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+            "ERROR",
+            "killed by SIGKILL",
+            True,
+        ),
+    ],
+)
+def test_the_zygote_reports_a_quiet_runs_exit_and_its_supervisor_never_connects(
+    master_calls: list[str],
+    master_factory: Callable[..., Master],
+    tmp_path: pathlib.Path,
+    body: str,
+    state: str,
+    reason: str,
+    reported: bool,
+) -> None:
+    master = master_factory()
+    stubs = Stubs.connect(master.address)
+    md = write_model_dir(tmp_path / "model", {"main.py": body + "\n"})
+    exp = stubs.create(single_config("python main.py"), md)
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == state
+    t = stubs.trial(1)
+    assert t.exit_reason.startswith(reason), t.exit_reason
+    # The run printed nothing: no log line to ship; the exit came through the zygote.
+    assert "ShipLogs" not in master_calls
+    assert master_calls.count("ReportTrialExit") == (1 if reported else 0)
+    stubs.channel.close()
+
+
+def test_a_run_that_prints_still_ships_its_lines_and_the_zygote_reports_its_exit(
+    master_calls: list[str], master_factory: Callable[..., Master], tmp_path: pathlib.Path
+) -> None:
+    master = master_factory()
+    stubs = Stubs.connect(master.address)
+    md = write_model_dir(tmp_path / "model", {"main.py": "print('hello from the trial')\n"})
+    exp = stubs.create(single_config("python main.py"), md)
+    assert stubs.wait_exp(exp.id, "COMPLETED", "ERROR") == "COMPLETED"
+    wait_for(lambda: "hello from the trial" in _lines(stubs, 1), 60, "the line in the logs")
+    assert "ShipLogs" in master_calls and "ReportTrialExit" not in master_calls
     stubs.channel.close()
