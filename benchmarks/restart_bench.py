@@ -196,7 +196,13 @@ def bench_adoption(runs: int, root: pathlib.Path) -> dict[str, float]:
                 .experiment
             )
         deadline = time.monotonic() + 300
-        while not _all_adopted(m.address, exp.id, runs):
+        # RUNNING is stored before the launch thread starts a run: wait for every run's
+        # supervisor too, or the kill below may come before a start (and that run is rerun).
+        pid_files = "runs/trial-*/run-1/.det/supervisor.pid"
+        while not (
+            _all_adopted(m.address, exp.id, runs)
+            and len(list(m.data_dir.glob(pid_files))) == runs
+        ):
             if time.monotonic() > deadline:
                 raise SystemExit("the trials did not start")
             time.sleep(0.2)  # polling for the trials, bounded by the deadline
