@@ -200,8 +200,7 @@ def bench_adoption(runs: int, root: pathlib.Path) -> dict[str, float]:
         # supervisor too, or the kill below may come before a start (and that run is rerun).
         pid_files = "runs/trial-*/run-1/.det/supervisor.pid"
         while not (
-            _all_adopted(m.address, exp.id, runs)
-            and len(list(m.data_dir.glob(pid_files))) == runs
+            _all_adopted(m.address, exp.id, runs) and len(list(m.data_dir.glob(pid_files))) == runs
         ):
             if time.monotonic() > deadline:
                 raise SystemExit("the trials did not start")
