@@ -308,7 +308,9 @@ async def _clients_main(
 
                 async def stream() -> None:
                     tid = random.choice(trial_ids)
-                    req = trial_pb2.StreamMetricsRequest(trial_ids=[tid], group="training")
+                    req = trial_pb2.StreamMetricsRequest(
+                        trial_ids=[tid], group="training", columnar=True, json_columns=True
+                    )  # as the SDK asks
                     auth = (("authorization", f"Bearer {token}"),)
                     async for _ in ts.StreamMetrics(req, metadata=auth):
                         pass

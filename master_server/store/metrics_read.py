@@ -53,6 +53,7 @@ from sqlalchemy import (
 from determined_sdk.metrics_wire import TIMESTAMPS_JSON_SCALE, decode_metrics_array
 from master_server.domain import JsonColumn, MetricColumns, MetricQuery
 from master_server.store.models import MetricRow
+from master_server.store.prepared import Prepared, fetch_rows
 
 ReadConn = Callable[[], contextlib.AbstractContextManager[Connection]]
 Row = tuple[Any, ...]
@@ -117,35 +118,6 @@ class _Plan:
         return stmt
 
 
-class _Prepared:
-    """A statement compiled once for the driver, run with new values of its named binds.
-
-    Rows come as the driver's plain tuples: at a million points, SQLAlchemy's ``Row`` objects
-    and compiling the statement for each page cost more than the query itself.
-    """
-
-    def __init__(self, conn: Connection, stmt: Select[Any]) -> None:
-        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-        self.sql = str(compiled)
-        self.params = dict(compiled.params)
-        self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
-
-    def rows(self, conn: Connection, **binds: Any) -> list[Row]:
-        params = {**self.params, **binds}
-        args: Any = params if self.order is None else tuple(params[k] for k in self.order)
-        cursor = conn.connection.cursor()
-        try:
-            cursor.execute(self.sql, args)
-            return list(cursor.fetchall())
-        finally:
-            cursor.close()
-
-
-def fetch_rows(conn: Connection, stmt: Select[Any]) -> list[Row]:
-    """The statement's rows as the driver's plain tuples."""
-    return _Prepared(conn, stmt).rows(conn)
-
-
 def _trial_rows(read: ReadConn, plan: _Plan) -> Iterator[Chunk]:
     """Chunks of each trial's rows (ascending trial ids) in (steps, id) order, by keyset
     pages; one statement, compiled once, serves every page of every trial."""
@@ -158,13 +130,13 @@ def _trial_rows(read: ReadConn, plan: _Plan) -> Iterator[Chunk]:
         .order_by(_M.steps_completed, _M.id)
         .limit(q.page_size)
     )
-    prepared: _Prepared | None = None
+    prepared: Prepared | None = None
     for trial_id in sorted(set(q.trial_ids)):
         last = (-1, -1)  # before every point: steps_completed >= 0
         while True:
             with read() as conn:
                 if prepared is None:
-                    prepared = _Prepared(conn, stmt)
+                    prepared = Prepared(conn, stmt)
                 rows = prepared.rows(conn, trial=trial_id, after_steps=last[0], after_id=last[1])
             if rows:
                 yield trial_id, rows
@@ -467,7 +439,7 @@ def _gathered_pages(read: ReadConn, plan: _Plan) -> Iterator[MetricColumns]:
     across trials as on the row path."""
     q = plan.q
     gather, times = _gather_statements(plan)
-    prepared: tuple[_Prepared, _Prepared] | None = None
+    prepared: tuple[Prepared, Prepared] | None = None
     pending: list[_Gathered] = []
     count = 0
     for trial_id in sorted(set(q.trial_ids)):
@@ -477,7 +449,7 @@ def _gathered_pages(read: ReadConn, plan: _Plan) -> Iterator[MetricColumns]:
             binds = {"trial": trial_id, "after_steps": last[0], "after_id": last[1], "room": room}
             with read() as conn:
                 if prepared is None:
-                    prepared = _Prepared(conn, gather), _Prepared(conn, times)
+                    prepared = Prepared(conn, gather), Prepared(conn, times)
                 (row,) = prepared[0].rows(conn, **binds)
                 g = _gathered(plan, trial_id, row)
                 if g.n and not g.times:
