@@ -46,7 +46,7 @@ from determined_sdk.proto import (
     workspace_pb2,
     workspace_pb2_grpc,
 )
-from master_server import convert
+from master_server import charts, convert
 from master_server.auth.users import UserService
 from master_server.bulk import BulkServer
 from master_server.checkpoints import CHUNK, CheckpointService
@@ -141,6 +141,9 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     ctx = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(None, ctx.run, fn, *args)
 
+
+#: Most points one StreamMetricSeries reply carries (24 bytes each: about 6 MiB).
+SERIES_REPLY_POINTS = 262_144
 
 #: Most rows one list reply carries (limit 0 or more means this many; page with offset).
 MAX_PAGE = 1000
@@ -449,6 +452,33 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
                     return
                 if not follow.more:
                     await waker.wait(event, self.metrics.poll_s)
+
+    @rpc_async_stream
+    async def StreamMetricSeries(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        # Read and packed on the thread pool in one trip; each reply holds up to
+        # SERIES_REPLY_POINTS points (a longer series spans replies).
+        for resp in await _in_thread(self._metric_series, request):
+            yield resp
+
+    def _metric_series(self, request: Any) -> list[Any]:
+        ids = list(dict.fromkeys(request.trial_ids))
+        if not ids:
+            raise InvalidArgumentError("trial_ids: give at least one trial id")
+        for i, t in enumerate(ids):
+            if t < 1:
+                raise InvalidArgumentError(f"trial_ids[{i}]: must be a trial id, got {t}")
+        group = charts.check_group(request.group)
+        names = charts.check_names(list(dict.fromkeys(request.names)))
+        if not names:
+            raise InvalidArgumentError("names: give at least one metric name")
+        max_points = charts.check_max_points(request.max_points)
+        trials = [self.store.get_trial(t) for t in ids]  # NOT_FOUND names the trial
+        charts.check_known_group(trials, group)
+        got = charts.read_series(self.store, ids, group, names, max_points)
+        return convert.metric_series_to_protos(
+            ((tid, name, *got[tid][name]) for tid in ids for name in names if name in got[tid]),
+            SERIES_REPLY_POINTS,
+        )
 
     @rpc
     def ReportProgress(self, request: Any, context: Any) -> Any:
