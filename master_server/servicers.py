@@ -144,6 +144,8 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 #: Most points one StreamMetricSeries reply carries (24 bytes each: about 6 MiB).
 SERIES_REPLY_POINTS = 262_144
+#: Trials whose series StreamMetricSeries reads at a time.
+SERIES_READ_TRIALS = 16
 
 #: Most rows one list reply carries (limit 0 or more means this many; page with offset).
 MAX_PAGE = 1000
@@ -455,12 +457,16 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
 
     @rpc_async_stream
     async def StreamMetricSeries(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        # Read and packed on the thread pool in one trip; each reply holds up to
-        # SERIES_REPLY_POINTS points (a longer series spans replies).
-        for resp in await _in_thread(self._metric_series, request):
-            yield resp
+        # Read and packed on the thread pool, SERIES_READ_TRIALS trials a trip (so the master
+        # holds that many trials' series at a time, not the whole answer); each reply holds up
+        # to SERIES_REPLY_POINTS points (a longer series spans replies).
+        ids, group, names, max_points = await _in_thread(self._check_series_request, request)
+        for i in range(0, len(ids), SERIES_READ_TRIALS):
+            part = ids[i : i + SERIES_READ_TRIALS]
+            for resp in await _in_thread(self._series_replies, part, group, names, max_points):
+                yield resp
 
-    def _metric_series(self, request: Any) -> list[Any]:
+    def _check_series_request(self, request: Any) -> tuple[list[int], str, list[str], int]:
         ids = list(dict.fromkeys(request.trial_ids))
         if not ids:
             raise InvalidArgumentError("trial_ids: give at least one trial id")
@@ -474,6 +480,11 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
         max_points = charts.check_max_points(request.max_points)
         trials = [self.store.get_trial(t) for t in ids]  # NOT_FOUND names the trial
         charts.check_known_group(trials, group)
+        return ids, group, names, max_points
+
+    def _series_replies(
+        self, ids: list[int], group: str, names: list[str], max_points: int
+    ) -> list[Any]:
         got = charts.read_series(self.store, ids, group, names, max_points)
         return convert.metric_series_to_protos(
             ((tid, name, *got[tid][name]) for tid in ids for name in names if name in got[tid]),

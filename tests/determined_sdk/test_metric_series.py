@@ -142,6 +142,15 @@ def test_long_series_span_several_replies(
     assert len(replies) == math.ceil((1202 + 50) / 97)
     assert all(sum(len(s.values) for s in r.series) == 97 * 8 for r in replies[:-1])
     assert det.metric_series([a, b], ["loss", "acc"]) == whole
+    # Trials read a few at a time: a reply never mixes two reads.
+    monkeypatch.setattr(servicers, "SERIES_REPLY_POINTS", 100_000)
+    monkeypatch.setattr(servicers, "SERIES_READ_TRIALS", 1)
+    replies = list(det._session.stream_metric_series(req))
+    assert [[(x.trial_id, len(x.values) // 8) for x in r.series] for r in replies] == [
+        [(a, 1202)],
+        [(b, 50)],
+    ]
+    assert det.metric_series([b, a], ["loss", "acc"]) == {b: whole[b], a: whole[a]}
 
 
 def test_max_points_thins_as_the_chart_does(det: Determined, trials: list[int]) -> None:
