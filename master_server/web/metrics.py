@@ -20,9 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from master_server import charts
-from master_server.charts import (
-    SUMMARY_KEY,
-)
+from master_server.charts import SUMMARY_KEY
 from master_server.domain import MetricQuery, SeriesColumns, Trial
 from master_server.store.base import Store
 
