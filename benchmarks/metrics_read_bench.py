@@ -11,7 +11,9 @@ reports of two metrics, 1 in 10 of them validation; then ``--chart-trials`` tria
   reader that goes through Python's sqlite3);
 * ``SDK Trial.iter_metrics()``: through gRPC, every point as a ``TrialMetrics``;
 * the same for one group, a names filter, and a chart of every chart trial's ``loss``
-  (``iter_trials_metrics(..., names=["loss"])``).
+  (``iter_trials_metrics(..., names=["loss"])``);
+* that chart through ``Determined.metric_series`` (the master's packed per-name series, RPC
+  ``StreamMetricSeries``), every point and downsampled to 1,000 per trial.
 
 Each line gives the best wall time and the least CPU time of a run (the benchmark's process and
 the master's, read from ``/proc``): on a machine shared with other work the wall time also
@@ -217,6 +219,17 @@ def measure(address: str, ids: dict[str, Any], args: argparse.Namespace) -> None
             c,
             f"{t:.2f} s (goal < 1 s)",
         )
+
+        def load_series(max_points: int | None = None) -> int:
+            got = det.metric_series(chart, "loss", "training", max_points=max_points)
+            assert all(got[t]["loss"].total_points == args.chart_points for t in chart)
+            return sum(len(by_name["loss"]) for by_name in got.values())
+
+        t, n, c = timed(load_series, r)
+        assert n == total, n
+        row("SDK metric_series(ids, 'loss') (packed series)", t, n, c, f"{t:.2f} s (goal < 1 s)")
+        t, n, c = timed(lambda: load_series(1000), r)
+        row("SDK metric_series(ids, 'loss', max_points=1000)", t, n, c, f"{t:.2f} s")
 
 
 def main() -> None:

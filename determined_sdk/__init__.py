@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time they load
     from determined_sdk._experiment import Experiment
     from determined_sdk._model import Model, ModelVersion
     from determined_sdk._session import RetryPolicy, Session
-    from determined_sdk._trial import LogLine, Trial, TrialMetrics
+    from determined_sdk._trial import LogLine, MetricSeries, Trial, TrialMetrics
     from determined_sdk._workspace import Project, Workspace
     from determined_sdk.errors import (
         AlreadyExistsError,
@@ -69,6 +69,7 @@ __all__ = [
     "LogLine",
     "MasterInfo",
     "MasterUnavailableError",
+    "MetricSeries",
     "Model",
     "ModelSortBy",
     "ModelVersion",
@@ -119,6 +120,7 @@ _LAZY: dict[str, str] = {
     "LogLine": "_trial",
     "Trial": "_trial",
     "TrialMetrics": "_trial",
+    "MetricSeries": "_trial",
     "Project": "_workspace",
     "Workspace": "_workspace",
     "AlreadyExistsError": "errors",

@@ -19,7 +19,7 @@ from determined_sdk._experiment import Experiment
 from determined_sdk._model import Model
 from determined_sdk._resource import check_id, deprecated, dumps, str_list
 from determined_sdk._session import RetryPolicy, Session
-from determined_sdk._trial import Trial, TrialMetrics, iter_metrics
+from determined_sdk._trial import MetricSeries, Trial, TrialMetrics, iter_metrics, metric_series
 from determined_sdk._workspace import Project, Workspace, iter_experiments
 from determined_sdk.proto import (
     auth_pb2,
@@ -505,6 +505,40 @@ class Determined:
             max_steps=max_steps,
             follow=follow,
         )
+
+    def metric_series(
+        self,
+        trial_ids: Sequence[int] | int,
+        names: Iterable[str] | str,
+        group: str = "training",
+        *,
+        max_points: int | None = None,
+    ) -> dict[int, dict[str, MetricSeries]]:
+        """Per trial and metric name, its points as columns: a learning-curve chart of many
+        trials in one call (see :meth:`Trial.metric_series`).
+
+        Served from the master's packed per-metric series, not a row per point. With every
+        point each series is exactly what ``iter_trials_metrics(trial_ids, group,
+        names=[name])`` yields for that trial and name (not superseded, in steps order).
+
+        Args:
+            trial_ids: The trials (an int is one trial).
+            names: A metric name or several.
+            group: ``"training"``, ``"validation"`` or a group one of the trials reported.
+            max_points: None for every point; else at most this many per series (4 to
+                100,000), downsampled by min/max per bucket as the web UI's charts are.
+
+        Returns:
+            ``{trial_id: {name: MetricSeries}}``, trials and names in the order given; a
+            trial without points of a name has an empty series for it.
+
+        Raises:
+            InvalidArgumentError: No trial ids or a bad one, no names or a bad one, a bad
+                ``max_points``, a group none of the trials reported.
+            NotFoundError: A trial does not exist (the message names it).
+        """
+        ids = [trial_ids] if isinstance(trial_ids, int) else list(trial_ids)
+        return metric_series(self._session, ids, names, group, max_points)
 
     def stream_trials_metrics(
         self, trial_ids: Sequence[int] | int, group: str | None = None

@@ -360,6 +360,9 @@ class Session:
         self.stream_metrics: _Stream[
             trial_pb2.StreamMetricsRequest, trial_pb2.StreamMetricsResponse
         ] = _Stream(self, trial.StreamMetrics)
+        self.stream_metric_series: _Stream[
+            trial_pb2.StreamMetricSeriesRequest, trial_pb2.StreamMetricSeriesResponse
+        ] = _Stream(self, trial.StreamMetricSeries)
 
         self.get_checkpoint: _Unary[
             checkpoint_pb2.GetCheckpointRequest, checkpoint_pb2.GetCheckpointResponse

@@ -40,7 +40,7 @@ from determined_sdk._enums import (
 from determined_sdk._experiment import Experiment
 from determined_sdk._model import Model, ModelVersion
 from determined_sdk._resource import deprecated
-from determined_sdk._trial import LogLine, Trial, TrialMetrics
+from determined_sdk._trial import LogLine, MetricSeries, Trial, TrialMetrics
 from determined_sdk._workspace import Project, Workspace
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "LogLevel",
     "LogLine",
     "MasterInfo",
+    "MetricSeries",
     "Model",
     "ModelSortBy",
     "ModelVersion",
@@ -82,6 +83,7 @@ __all__ = [
     "list_models",
     "list_workspaces",
     "login",
+    "metric_series",
     "stream_trials_metrics",
 ]
 
@@ -195,6 +197,17 @@ def iter_trials_metrics(
     return _default().iter_trials_metrics(
         trial_ids, group, names=names, min_steps=min_steps, max_steps=max_steps, follow=follow
     )
+
+
+def metric_series(
+    trial_ids: Sequence[int] | int,
+    names: Iterable[str] | str,
+    group: str = "training",
+    *,
+    max_points: int | None = None,
+) -> dict[int, dict[str, MetricSeries]]:
+    """See :meth:`Determined.metric_series`."""
+    return _default().metric_series(trial_ids, names, group, max_points=max_points)
 
 
 def stream_trials_metrics(

@@ -1,6 +1,7 @@
 """Metric reports on the wire, as columns both ways: packing them into the columnar
 ``ReportMetricsRequest`` (and reading it back), and reading the ``MetricColumns`` pages that
-``StreamMetrics`` answers with.
+``StreamMetrics`` answers with, and the packed columns of ``StreamMetricSeries``
+(:func:`pack_column`, :func:`unpack_column`).
 
 One report is ``(group, steps_completed, {name: value}, timestamp)``. The request holds a whole
 batch as parallel arrays (see ``proto/determined_sdk/proto/trial.proto``), so packing and
@@ -12,6 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -303,3 +306,28 @@ def page_columns(cols: metrics_pb2.MetricColumns) -> PageColumns:
     else:
         runs = itertools.repeat(0, n)
     return trials, groups, steps, metrics, stamps, runs
+
+
+# -- packed columns (StreamMetricSeries, and the store's metric_series rows) --------------------
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def pack_column(a: array[Any]) -> bytes:
+    """The little-endian bytes of ``a`` (``q``: int64, ``d``: float64), the same on every
+    machine."""
+    if _BIG_ENDIAN:
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def unpack_column(typecode: str, blobs: Iterable[bytes]) -> array[Any]:
+    """The array of ``typecode`` that :func:`pack_column` packed into ``blobs`` (joined in
+    order)."""
+    a: array[Any] = array(typecode)
+    for b in blobs:
+        a.frombytes(b)
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a

@@ -17,6 +17,7 @@ from determined_sdk.errors import InvalidArgumentError
 from determined_sdk.metrics_wire import (
     TIMESTAMPS_JSON_SCALE,
     join_metrics_json,
+    pack_column,
     pack_value_columns,
     unpack_columns,
     unpack_reports,
@@ -276,6 +277,41 @@ def metric_point_to_proto(p: domain.MetricPoint) -> trial_pb2.MetricPoint:
         trial_run_id=p.run_id,
         superseded=p.superseded,
     )
+
+
+def metric_series_to_protos(
+    series: Iterable[tuple[int, str, domain.SeriesColumns, int]], reply_points: int
+) -> list[trial_pb2.StreamMetricSeriesResponse]:
+    """``(trial_id, name, columns, total_points)`` series as ``StreamMetricSeries`` replies of
+    at most ``reply_points`` points each (a longer series is split into consecutive pieces)."""
+    out: list[trial_pb2.StreamMetricSeriesResponse] = []
+    resp = trial_pb2.StreamMetricSeriesResponse()
+    room = reply_points
+    for tid, name, c, total in series:
+        n, at = len(c), 0
+        while True:
+            k = min(n - at, room)
+            resp.series.append(
+                trial_pb2.MetricSeries(
+                    trial_id=tid,
+                    name=name,
+                    total_points=total,
+                    steps_completed=pack_column(c.steps[at : at + k]),
+                    timestamps=pack_column(c.times[at : at + k]),
+                    values=pack_column(c.values[at : at + k]),
+                )
+            )
+            at += k
+            room -= k
+            if room == 0:
+                out.append(resp)
+                resp = trial_pb2.StreamMetricSeriesResponse()
+                room = reply_points
+            if at == n:
+                break
+    if resp.series:
+        out.append(resp)
+    return out
 
 
 def metric_columns_to_proto(

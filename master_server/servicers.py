@@ -46,7 +46,7 @@ from determined_sdk.proto import (
     workspace_pb2,
     workspace_pb2_grpc,
 )
-from master_server import convert
+from master_server import charts, convert
 from master_server.auth.users import UserService
 from master_server.bulk import BulkServer
 from master_server.checkpoints import CHUNK, CheckpointService
@@ -141,6 +141,11 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     ctx = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(None, ctx.run, fn, *args)
 
+
+#: Most points one StreamMetricSeries reply carries (24 bytes each: about 6 MiB).
+SERIES_REPLY_POINTS = 262_144
+#: Trials whose series StreamMetricSeries reads at a time.
+SERIES_READ_TRIALS = 16
 
 #: Most rows one list reply carries (limit 0 or more means this many; page with offset).
 MAX_PAGE = 1000
@@ -449,6 +454,42 @@ class Trials(trial_pb2_grpc.TrialServiceServicer):
                     return
                 if not follow.more:
                     await waker.wait(event, self.metrics.poll_s)
+
+    @rpc_async_stream
+    async def StreamMetricSeries(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        # Read and packed on the thread pool, SERIES_READ_TRIALS trials a trip (so the master
+        # holds that many trials' series at a time, not the whole answer); each reply holds up
+        # to SERIES_REPLY_POINTS points (a longer series spans replies).
+        ids, group, names, max_points = await _in_thread(self._check_series_request, request)
+        for i in range(0, len(ids), SERIES_READ_TRIALS):
+            part = ids[i : i + SERIES_READ_TRIALS]
+            for resp in await _in_thread(self._series_replies, part, group, names, max_points):
+                yield resp
+
+    def _check_series_request(self, request: Any) -> tuple[list[int], str, list[str], int]:
+        ids = list(dict.fromkeys(request.trial_ids))
+        if not ids:
+            raise InvalidArgumentError("trial_ids: give at least one trial id")
+        for i, t in enumerate(ids):
+            if t < 1:
+                raise InvalidArgumentError(f"trial_ids[{i}]: must be a trial id, got {t}")
+        group = charts.check_group(request.group)
+        names = charts.check_names(list(dict.fromkeys(request.names)))
+        if not names:
+            raise InvalidArgumentError("names: give at least one metric name")
+        max_points = charts.check_max_points(request.max_points)
+        trials = [self.store.get_trial(t) for t in ids]  # NOT_FOUND names the trial
+        charts.check_known_group(trials, group)
+        return ids, group, names, max_points
+
+    def _series_replies(
+        self, ids: list[int], group: str, names: list[str], max_points: int
+    ) -> list[Any]:
+        got = charts.read_series(self.store, ids, group, names, max_points)
+        return convert.metric_series_to_protos(
+            ((tid, name, *got[tid][name]) for tid in ids for name in names if name in got[tid]),
+            SERIES_REPLY_POINTS,
+        )
 
     @rpc
     def ReportProgress(self, request: Any, context: Any) -> Any:

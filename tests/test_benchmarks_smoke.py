@@ -35,7 +35,7 @@ BENCHMARKS = [
     (
         "metrics_read_bench.py",
         ["--points", "20000", "--chart-trials", "3", "--chart-points", "500", "--repeat", "1"],
-        "pts/s",
+        "metric_series(ids, 'loss', max_points=1000)",
     ),
     ("restart_bench.py", ["--runs", "2", "--outage", "2"], "stored once each"),
     (

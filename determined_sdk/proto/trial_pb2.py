@@ -26,7 +26,7 @@ from determined_sdk.proto import common_pb2 as determined__sdk_dot_proto_dot_com
 from determined_sdk.proto import metrics_pb2 as determined__sdk_dot_proto_dot_metrics__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n determined_sdk/proto/trial.proto\x12\tdetsdk.v1\x1a!determined_sdk/proto/common.proto\x1a\"determined_sdk/proto/metrics.proto\"\x86\x03\n\x05Trial\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x15\n\rexperiment_id\x18\x02 \x01(\x05\x12\x14\n\x0chparams_json\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.detsdk.v1.TrialState\x12\x1c\n\x14summary_metrics_json\x18\x05 \x01(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x12\n\nstart_time\x18\x07 \x01(\x01\x12\x10\n\x08\x65nd_time\x18\x08 \x01(\x01\x12\x1e\n\x16latest_checkpoint_uuid\x18\t \x01(\t\x12\"\n\x1awarm_start_checkpoint_uuid\x18\n \x01(\t\x12\x17\n\x0fsteps_completed\x18\x0b \x01(\x03\x12\x10\n\x08progress\x18\x0c \x01(\x01\x12\x1b\n\x13has_searcher_metric\x18\r \x01(\x08\x12\x17\n\x0fsearcher_metric\x18\x0e \x01(\x01\x12\x0e\n\x06run_id\x18\x0f \x01(\x05\x12\x13\n\x0b\x65xit_reason\x18\x10 \x01(\t\"\xc3\x01\n\x14ReportMetricsRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12\x17\n\x0fsteps_completed\x18\x04 \x03(\x03\x12\x12\n\ntimestamps\x18\x05 \x03(\x01\x12\x15\n\rmetric_counts\x18\x06 \x03(\r\x12\r\n\x05names\x18\x07 \x03(\t\x12\x0e\n\x06values\x18\x08 \x03(\x01\x12\x14\n\x0ctrial_run_id\x18\x64 \x01(\x05\"*\n\x15ReportMetricsResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\xea\x01\n\x0bMetricPoint\x12\r\n\x05group\x18\x01 \x01(\t\x12\x17\n\x0fsteps_completed\x18\x02 \x01(\x03\x12\x34\n\x07metrics\x18\x03 \x03(\x0b\x32#.detsdk.v1.MetricPoint.MetricsEntry\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12\x10\n\x08trial_id\x18\x05 \x01(\x05\x12\x14\n\x0ctrial_run_id\x18\x64 \x01(\x05\x12\x12\n\nsuperseded\x18\x65 \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x80\x02\n\x14StreamMetricsRequest\x12\x11\n\ttrial_ids\x18\x01 \x03(\x05\x12\r\n\x05group\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x1a\n\x12include_superseded\x18\x64 \x01(\x08\x12\x0e\n\x05names\x18\xde\x02 \x03(\t\x12\x17\n\tmin_steps\x18\xdf\x02 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\tmax_steps\x18\xe0\x02 \x01(\x03H\x01\x88\x01\x01\x12\x0f\n\x06\x66ollow\x18\xe1\x02 \x01(\x08\x12\x11\n\x08\x63olumnar\x18\xe2\x02 \x01(\x08\x12\x15\n\x0cjson_columns\x18\xcb\x07 \x01(\x08\x42\x0c\n\n_min_stepsB\x0c\n\n_max_steps\"k\n\x15StreamMetricsResponse\x12&\n\x06points\x18\x01 \x03(\x0b\x32\x16.detsdk.v1.MetricPoint\x12*\n\x07\x63olumns\x18\xde\x02 \x01(\x0b\x32\x18.detsdk.v1.MetricColumns\"#\n\x0fGetTrialRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"3\n\x10GetTrialResponse\x12\x1f\n\x05trial\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Trial\"$\n\x10KillTrialRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"4\n\x11KillTrialResponse\x12\x1f\n\x05trial\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Trial\";\n\x15ReportProgressRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x10\n\x08progress\x18\x02 \x01(\x01\"\x18\n\x16ReportProgressResponse\":\n\x16ReportEarlyExitRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x19\n\x17ReportEarlyExitResponse\"*\n\x16GetTrialContextRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"\x9b\x01\n\x17GetTrialContextResponse\x12\x1f\n\x05trial\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Trial\x12\x1e\n\x16\x65xperiment_config_json\x18\x02 \x01(\t\x12\x1e\n\x16latest_checkpoint_uuid\x18\x03 \x01(\t\x12\x1f\n\x17\x63heckpoint_storage_json\x18\x04 \x01(\t2\xd0\x04\n\x0cTrialService\x12\x43\n\x08GetTrial\x12\x1a.detsdk.v1.GetTrialRequest\x1a\x1b.detsdk.v1.GetTrialResponse\x12\x46\n\tKillTrial\x12\x1b.detsdk.v1.KillTrialRequest\x1a\x1c.detsdk.v1.KillTrialResponse\x12R\n\rReportMetrics\x12\x1f.detsdk.v1.ReportMetricsRequest\x1a .detsdk.v1.ReportMetricsResponse\x12T\n\rStreamMetrics\x12\x1f.detsdk.v1.StreamMetricsRequest\x1a .detsdk.v1.StreamMetricsResponse0\x01\x12U\n\x0eReportProgress\x12 .detsdk.v1.ReportProgressRequest\x1a!.detsdk.v1.ReportProgressResponse\x12X\n\x0fReportEarlyExit\x12!.detsdk.v1.ReportEarlyExitRequest\x1a\".detsdk.v1.ReportEarlyExitResponse\x12X\n\x0fGetTrialContext\x12!.detsdk.v1.GetTrialContextRequest\x1a\".detsdk.v1.GetTrialContextResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n determined_sdk/proto/trial.proto\x12\tdetsdk.v1\x1a!determined_sdk/proto/common.proto\x1a\"determined_sdk/proto/metrics.proto\"\x86\x03\n\x05Trial\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x15\n\rexperiment_id\x18\x02 \x01(\x05\x12\x14\n\x0chparams_json\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.detsdk.v1.TrialState\x12\x1c\n\x14summary_metrics_json\x18\x05 \x01(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x12\n\nstart_time\x18\x07 \x01(\x01\x12\x10\n\x08\x65nd_time\x18\x08 \x01(\x01\x12\x1e\n\x16latest_checkpoint_uuid\x18\t \x01(\t\x12\"\n\x1awarm_start_checkpoint_uuid\x18\n \x01(\t\x12\x17\n\x0fsteps_completed\x18\x0b \x01(\x03\x12\x10\n\x08progress\x18\x0c \x01(\x01\x12\x1b\n\x13has_searcher_metric\x18\r \x01(\x08\x12\x17\n\x0fsearcher_metric\x18\x0e \x01(\x01\x12\x0e\n\x06run_id\x18\x0f \x01(\x05\x12\x13\n\x0b\x65xit_reason\x18\x10 \x01(\t\"\xc3\x01\n\x14ReportMetricsRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12\x17\n\x0fsteps_completed\x18\x04 \x03(\x03\x12\x12\n\ntimestamps\x18\x05 \x03(\x01\x12\x15\n\rmetric_counts\x18\x06 \x03(\r\x12\r\n\x05names\x18\x07 \x03(\t\x12\x0e\n\x06values\x18\x08 \x03(\x01\x12\x14\n\x0ctrial_run_id\x18\x64 \x01(\x05\"*\n\x15ReportMetricsResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\xea\x01\n\x0bMetricPoint\x12\r\n\x05group\x18\x01 \x01(\t\x12\x17\n\x0fsteps_completed\x18\x02 \x01(\x03\x12\x34\n\x07metrics\x18\x03 \x03(\x0b\x32#.detsdk.v1.MetricPoint.MetricsEntry\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12\x10\n\x08trial_id\x18\x05 \x01(\x05\x12\x14\n\x0ctrial_run_id\x18\x64 \x01(\x05\x12\x12\n\nsuperseded\x18\x65 \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x80\x02\n\x14StreamMetricsRequest\x12\x11\n\ttrial_ids\x18\x01 \x03(\x05\x12\r\n\x05group\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x1a\n\x12include_superseded\x18\x64 \x01(\x08\x12\x0e\n\x05names\x18\xde\x02 \x03(\t\x12\x17\n\tmin_steps\x18\xdf\x02 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\tmax_steps\x18\xe0\x02 \x01(\x03H\x01\x88\x01\x01\x12\x0f\n\x06\x66ollow\x18\xe1\x02 \x01(\x08\x12\x11\n\x08\x63olumnar\x18\xe2\x02 \x01(\x08\x12\x15\n\x0cjson_columns\x18\xcb\x07 \x01(\x08\x42\x0c\n\n_min_stepsB\x0c\n\n_max_steps\"k\n\x15StreamMetricsResponse\x12&\n\x06points\x18\x01 \x03(\x0b\x32\x16.detsdk.v1.MetricPoint\x12*\n\x07\x63olumns\x18\xde\x02 \x01(\x0b\x32\x18.detsdk.v1.MetricColumns\"`\n\x19StreamMetricSeriesRequest\x12\x11\n\ttrial_ids\x18\x01 \x03(\x05\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05names\x18\x03 \x03(\t\x12\x12\n\nmax_points\x18\x04 \x01(\x05\"\x81\x01\n\x0cMetricSeries\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0ctotal_points\x18\x03 \x01(\x03\x12\x17\n\x0fsteps_completed\x18\x04 \x01(\x0c\x12\x12\n\ntimestamps\x18\x05 \x01(\x0c\x12\x0e\n\x06values\x18\x06 \x01(\x0c\"E\n\x1aStreamMetricSeriesResponse\x12\'\n\x06series\x18\x01 \x03(\x0b\x32\x17.detsdk.v1.MetricSeries\"#\n\x0fGetTrialRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"3\n\x10GetTrialResponse\x12\x1f\n\x05trial\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Trial\"$\n\x10KillTrialRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"4\n\x11KillTrialResponse\x12\x1f\n\x05trial\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Trial\";\n\x15ReportProgressRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x10\n\x08progress\x18\x02 \x01(\x01\"\x18\n\x16ReportProgressResponse\":\n\x16ReportEarlyExitRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x19\n\x17ReportEarlyExitResponse\"*\n\x16GetTrialContextRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\x05\"\x9b\x01\n\x17GetTrialContextResponse\x12\x1f\n\x05trial\x18\x01 \x01(\x0b\x32\x10.detsdk.v1.Trial\x12\x1e\n\x16\x65xperiment_config_json\x18\x02 \x01(\t\x12\x1e\n\x16latest_checkpoint_uuid\x18\x03 \x01(\t\x12\x1f\n\x17\x63heckpoint_storage_json\x18\x04 \x01(\t2\xb5\x05\n\x0cTrialService\x12\x43\n\x08GetTrial\x12\x1a.detsdk.v1.GetTrialRequest\x1a\x1b.detsdk.v1.GetTrialResponse\x12\x46\n\tKillTrial\x12\x1b.detsdk.v1.KillTrialRequest\x1a\x1c.detsdk.v1.KillTrialResponse\x12R\n\rReportMetrics\x12\x1f.detsdk.v1.ReportMetricsRequest\x1a .detsdk.v1.ReportMetricsResponse\x12T\n\rStreamMetrics\x12\x1f.detsdk.v1.StreamMetricsRequest\x1a .detsdk.v1.StreamMetricsResponse0\x01\x12\x63\n\x12StreamMetricSeries\x12$.detsdk.v1.StreamMetricSeriesRequest\x1a%.detsdk.v1.StreamMetricSeriesResponse0\x01\x12U\n\x0eReportProgress\x12 .detsdk.v1.ReportProgressRequest\x1a!.detsdk.v1.ReportProgressResponse\x12X\n\x0fReportEarlyExit\x12!.detsdk.v1.ReportEarlyExitRequest\x1a\".detsdk.v1.ReportEarlyExitResponse\x12X\n\x0fGetTrialContext\x12!.detsdk.v1.GetTrialContextRequest\x1a\".detsdk.v1.GetTrialContextResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,26 +49,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMMETRICSREQUEST']._serialized_end=1247
   _globals['_STREAMMETRICSRESPONSE']._serialized_start=1249
   _globals['_STREAMMETRICSRESPONSE']._serialized_end=1356
-  _globals['_GETTRIALREQUEST']._serialized_start=1358
-  _globals['_GETTRIALREQUEST']._serialized_end=1393
-  _globals['_GETTRIALRESPONSE']._serialized_start=1395
-  _globals['_GETTRIALRESPONSE']._serialized_end=1446
-  _globals['_KILLTRIALREQUEST']._serialized_start=1448
-  _globals['_KILLTRIALREQUEST']._serialized_end=1484
-  _globals['_KILLTRIALRESPONSE']._serialized_start=1486
-  _globals['_KILLTRIALRESPONSE']._serialized_end=1538
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1540
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1599
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1601
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1625
-  _globals['_REPORTEARLYEXITREQUEST']._serialized_start=1627
-  _globals['_REPORTEARLYEXITREQUEST']._serialized_end=1685
-  _globals['_REPORTEARLYEXITRESPONSE']._serialized_start=1687
-  _globals['_REPORTEARLYEXITRESPONSE']._serialized_end=1712
-  _globals['_GETTRIALCONTEXTREQUEST']._serialized_start=1714
-  _globals['_GETTRIALCONTEXTREQUEST']._serialized_end=1756
-  _globals['_GETTRIALCONTEXTRESPONSE']._serialized_start=1759
-  _globals['_GETTRIALCONTEXTRESPONSE']._serialized_end=1914
-  _globals['_TRIALSERVICE']._serialized_start=1917
-  _globals['_TRIALSERVICE']._serialized_end=2509
+  _globals['_STREAMMETRICSERIESREQUEST']._serialized_start=1358
+  _globals['_STREAMMETRICSERIESREQUEST']._serialized_end=1454
+  _globals['_METRICSERIES']._serialized_start=1457
+  _globals['_METRICSERIES']._serialized_end=1586
+  _globals['_STREAMMETRICSERIESRESPONSE']._serialized_start=1588
+  _globals['_STREAMMETRICSERIESRESPONSE']._serialized_end=1657
+  _globals['_GETTRIALREQUEST']._serialized_start=1659
+  _globals['_GETTRIALREQUEST']._serialized_end=1694
+  _globals['_GETTRIALRESPONSE']._serialized_start=1696
+  _globals['_GETTRIALRESPONSE']._serialized_end=1747
+  _globals['_KILLTRIALREQUEST']._serialized_start=1749
+  _globals['_KILLTRIALREQUEST']._serialized_end=1785
+  _globals['_KILLTRIALRESPONSE']._serialized_start=1787
+  _globals['_KILLTRIALRESPONSE']._serialized_end=1839
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1841
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1900
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1902
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1926
+  _globals['_REPORTEARLYEXITREQUEST']._serialized_start=1928
+  _globals['_REPORTEARLYEXITREQUEST']._serialized_end=1986
+  _globals['_REPORTEARLYEXITRESPONSE']._serialized_start=1988
+  _globals['_REPORTEARLYEXITRESPONSE']._serialized_end=2013
+  _globals['_GETTRIALCONTEXTREQUEST']._serialized_start=2015
+  _globals['_GETTRIALCONTEXTREQUEST']._serialized_end=2057
+  _globals['_GETTRIALCONTEXTRESPONSE']._serialized_start=2060
+  _globals['_GETTRIALCONTEXTRESPONSE']._serialized_end=2215
+  _globals['_TRIALSERVICE']._serialized_start=2218
+  _globals['_TRIALSERVICE']._serialized_end=2911
 # @@protoc_insertion_point(module_scope)

@@ -325,6 +325,111 @@ class StreamMetricsResponse(_message.Message):
 Global___StreamMetricsResponse: _TypeAlias = StreamMetricsResponse  # noqa: Y015
 
 @_typing.final
+class StreamMetricSeriesRequest(_message.Message):
+    """Chart-shaped reads: per trial and metric name, the points a names-filtered StreamMetrics of
+    that group and one name yields (not superseded, same order), served from the store's packed
+    per-name series (a few rows per series, not a row per point), optionally downsampled as the
+    REST API does (min/max per bucket, first and last point kept).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIAL_IDS_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    MAX_POINTS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """"training", "validation" or a group the trials reported"""
+    max_points: _builtins.int
+    """per series; 0 = every point, else within [4, 100000]"""
+    @_builtins.property
+    def trial_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """at least one; each must exist"""
+
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """at least one metric name"""
+
+    def __init__(
+        self,
+        *,
+        trial_ids: _abc.Iterable[_builtins.int] | None = ...,
+        group: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        max_points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "max_points", b"max_points", "names", b"names", "trial_ids", b"trial_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMetricSeriesRequest: _TypeAlias = StreamMetricSeriesRequest  # noqa: Y015
+
+@_typing.final
+class MetricSeries(_message.Message):
+    """One metric of one trial as little-endian packed columns (one entry per point). A long series
+    comes in several MetricSeries in a row (same trial and name), to be concatenated; a name a
+    trial has no point of is not sent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIAL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TOTAL_POINTS_FIELD_NUMBER: _builtins.int
+    STEPS_COMPLETED_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    trial_id: _builtins.int
+    name: _builtins.str
+    total_points: _builtins.int
+    """points of the whole series before downsampling"""
+    steps_completed: _builtins.bytes
+    """int64 each"""
+    timestamps: _builtins.bytes
+    """float64 each, unix seconds"""
+    values: _builtins.bytes
+    """float64 each (NaN and infinities as such)"""
+    def __init__(
+        self,
+        *,
+        trial_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        total_points: _builtins.int = ...,
+        steps_completed: _builtins.bytes = ...,
+        timestamps: _builtins.bytes = ...,
+        values: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "steps_completed", b"steps_completed", "timestamps", b"timestamps", "total_points", b"total_points", "trial_id", b"trial_id", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricSeries: _TypeAlias = MetricSeries  # noqa: Y015
+
+@_typing.final
+class StreamMetricSeriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSeries]: ...
+    def __init__(
+        self,
+        *,
+        series: _abc.Iterable[Global___MetricSeries] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series", b"series"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMetricSeriesResponse: _TypeAlias = StreamMetricSeriesResponse  # noqa: Y015
+
+@_typing.final
 class GetTrialRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

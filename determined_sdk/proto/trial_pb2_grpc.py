@@ -54,6 +54,11 @@ class TrialServiceStub:
                 request_serializer=determined__sdk_dot_proto_dot_trial__pb2.StreamMetricsRequest.SerializeToString,
                 response_deserializer=determined__sdk_dot_proto_dot_trial__pb2.StreamMetricsResponse.FromString,
                 _registered_method=True)
+        self.StreamMetricSeries = channel.unary_stream(
+                '/detsdk.v1.TrialService/StreamMetricSeries',
+                request_serializer=determined__sdk_dot_proto_dot_trial__pb2.StreamMetricSeriesRequest.SerializeToString,
+                response_deserializer=determined__sdk_dot_proto_dot_trial__pb2.StreamMetricSeriesResponse.FromString,
+                _registered_method=True)
         self.ReportProgress = channel.unary_unary(
                 '/detsdk.v1.TrialService/ReportProgress',
                 request_serializer=determined__sdk_dot_proto_dot_trial__pb2.ReportProgressRequest.SerializeToString,
@@ -93,6 +98,12 @@ class TrialServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamMetrics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMetricSeries(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +149,11 @@ def add_TrialServiceServicer_to_server(servicer, server):
                     servicer.StreamMetrics,
                     request_deserializer=determined__sdk_dot_proto_dot_trial__pb2.StreamMetricsRequest.FromString,
                     response_serializer=determined__sdk_dot_proto_dot_trial__pb2.StreamMetricsResponse.SerializeToString,
+            ),
+            'StreamMetricSeries': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMetricSeries,
+                    request_deserializer=determined__sdk_dot_proto_dot_trial__pb2.StreamMetricSeriesRequest.FromString,
+                    response_serializer=determined__sdk_dot_proto_dot_trial__pb2.StreamMetricSeriesResponse.SerializeToString,
             ),
             'ReportProgress': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportProgress,
@@ -263,6 +279,33 @@ class TrialService:
             '/detsdk.v1.TrialService/StreamMetrics',
             determined__sdk_dot_proto_dot_trial__pb2.StreamMetricsRequest.SerializeToString,
             determined__sdk_dot_proto_dot_trial__pb2.StreamMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMetricSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/detsdk.v1.TrialService/StreamMetricSeries',
+            determined__sdk_dot_proto_dot_trial__pb2.StreamMetricSeriesRequest.SerializeToString,
+            determined__sdk_dot_proto_dot_trial__pb2.StreamMetricSeriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

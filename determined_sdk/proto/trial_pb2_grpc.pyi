@@ -35,6 +35,7 @@ class TrialServiceStub:
     KillTrial: _grpc.UnaryUnaryMultiCallable[_trial_pb2.KillTrialRequest, _trial_pb2.KillTrialResponse]
     ReportMetrics: _grpc.UnaryUnaryMultiCallable[_trial_pb2.ReportMetricsRequest, _trial_pb2.ReportMetricsResponse]
     StreamMetrics: _grpc.UnaryStreamMultiCallable[_trial_pb2.StreamMetricsRequest, _trial_pb2.StreamMetricsResponse]
+    StreamMetricSeries: _grpc.UnaryStreamMultiCallable[_trial_pb2.StreamMetricSeriesRequest, _trial_pb2.StreamMetricSeriesResponse]
     ReportProgress: _grpc.UnaryUnaryMultiCallable[_trial_pb2.ReportProgressRequest, _trial_pb2.ReportProgressResponse]
     ReportEarlyExit: _grpc.UnaryUnaryMultiCallable[_trial_pb2.ReportEarlyExitRequest, _trial_pb2.ReportEarlyExitResponse]
     GetTrialContext: _grpc.UnaryUnaryMultiCallable[_trial_pb2.GetTrialContextRequest, _trial_pb2.GetTrialContextResponse]
@@ -46,6 +47,7 @@ class TrialServiceAsyncStub(TrialServiceStub):
     KillTrial: _aio.UnaryUnaryMultiCallable[_trial_pb2.KillTrialRequest, _trial_pb2.KillTrialResponse]  # type: ignore[assignment]
     ReportMetrics: _aio.UnaryUnaryMultiCallable[_trial_pb2.ReportMetricsRequest, _trial_pb2.ReportMetricsResponse]  # type: ignore[assignment]
     StreamMetrics: _aio.UnaryStreamMultiCallable[_trial_pb2.StreamMetricsRequest, _trial_pb2.StreamMetricsResponse]  # type: ignore[assignment]
+    StreamMetricSeries: _aio.UnaryStreamMultiCallable[_trial_pb2.StreamMetricSeriesRequest, _trial_pb2.StreamMetricSeriesResponse]  # type: ignore[assignment]
     ReportProgress: _aio.UnaryUnaryMultiCallable[_trial_pb2.ReportProgressRequest, _trial_pb2.ReportProgressResponse]  # type: ignore[assignment]
     ReportEarlyExit: _aio.UnaryUnaryMultiCallable[_trial_pb2.ReportEarlyExitRequest, _trial_pb2.ReportEarlyExitResponse]  # type: ignore[assignment]
     GetTrialContext: _aio.UnaryUnaryMultiCallable[_trial_pb2.GetTrialContextRequest, _trial_pb2.GetTrialContextResponse]  # type: ignore[assignment]
@@ -78,6 +80,13 @@ class TrialServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trial_pb2.StreamMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_trial_pb2.StreamMetricsResponse], _abc.AsyncIterator[_trial_pb2.StreamMetricsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamMetricSeries(
+        self,
+        request: _trial_pb2.StreamMetricSeriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_trial_pb2.StreamMetricSeriesResponse], _abc.AsyncIterator[_trial_pb2.StreamMetricSeriesResponse]]: ...
 
     @_abc_1.abstractmethod
     def ReportProgress(

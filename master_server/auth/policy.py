@@ -287,6 +287,7 @@ RULES: dict[str, Rule] = {
     f"{_SVC}TrialService/KillTrial": Rule(_trial_field("trial_id", write=True, what="kill")),
     f"{_SVC}TrialService/ReportMetrics": _trial_call("report metrics for"),
     f"{_SVC}TrialService/StreamMetrics": Rule(_stream_metrics, trial=True),
+    f"{_SVC}TrialService/StreamMetricSeries": Rule(_stream_metrics, trial=True),
     f"{_SVC}TrialService/ReportProgress": _trial_call("report progress for"),
     f"{_SVC}TrialService/ReportEarlyExit": _trial_call("report an early exit for"),
     # Carries the experiment config, environment_variables included: owner, admin or the trial.

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, false, func, insert, select, update
 
-from determined_sdk.metrics_wire import decode_metrics_array
+from determined_sdk.metrics_wire import decode_metrics_array, pack_column, unpack_column
 from master_server.domain import MetricReport, SeriesColumns
 from master_server.store.models import MetricRow, MetricSeriesRow, MetricSeriesStateRow
 
@@ -54,23 +53,6 @@ _REBUILD_CHUNK = 20_000
 _S = MetricSeriesRow
 _ST = MetricSeriesStateRow
 _M = MetricRow
-_BIG = sys.byteorder == "big"
-
-
-def _pack(a: array[Any]) -> bytes:
-    """Little-endian bytes of ``a`` (the stored form on every machine)."""
-    if _BIG:
-        a = array(a.typecode, a)
-        a.byteswap()
-    return a.tobytes()
-
-
-def _unpack(typecode: str, blobs: Iterable[bytes]) -> array[Any]:
-    a: array[Any] = array(typecode)
-    a.frombytes(b"".join(bytes(b) for b in blobs))
-    if _BIG:
-        a.byteswap()
-    return a
 
 
 class _Builder:
@@ -98,9 +80,9 @@ def _segment(
         "name": name,
         "seq": seq,
         "count": hi - lo,
-        "vals": _pack(cols.values[lo:hi]),
-        "steps": _pack(cols.steps[lo:hi]),
-        "times": _pack(cols.times[lo:hi]),
+        "vals": pack_column(cols.values[lo:hi]),
+        "steps": pack_column(cols.steps[lo:hi]),
+        "times": pack_column(cols.times[lo:hi]),
     }
 
 
@@ -368,9 +350,9 @@ def _merge_tail(
     rows = conn.execute(_TAIL_SELECT, key).all()
     conn.execute(_TAIL_DELETE, key)
     out = _Builder()
-    out.values = _unpack("d", [r[0] for r in rows])
-    out.steps = _unpack("q", [r[1] for r in rows])
-    out.times = _unpack("d", [r[2] for r in rows])
+    out.values = unpack_column("d", [r[0] for r in rows])
+    out.steps = unpack_column("q", [r[1] for r in rows])
+    out.times = unpack_column("d", [r[2] for r in rows])
     out.values.extend(new.values)
     out.steps.extend(new.steps)
     out.times.extend(new.times)
@@ -486,7 +468,9 @@ def read(
             b[1].append(s)
             b[2].append(t)
     for (tid, name), (vs, ss, ts) in blobs.items():
-        out[tid][name] = SeriesColumns(_unpack("q", ss), _unpack("d", ts), _unpack("d", vs))
+        out[tid][name] = SeriesColumns(
+            unpack_column("q", ss), unpack_column("d", ts), unpack_column("d", vs)
+        )
     for tid in want:  # then each series' tail, read from ``metrics``
         rows = _tail_rows(conn, tid, group, *complete[tid])
         if not rows:

@@ -44,6 +44,7 @@ from determined_sdk.errors import (
     NotFoundError,
     to_http_status,
 )
+from master_server import charts
 from master_server.auth.policy import Access, hide_environment
 from master_server.auth.principal import Principal
 from master_server.checkpoints import CheckpointService
@@ -627,7 +628,7 @@ def _add_api_routes(
     def experiment_metric_names(experiment_id: int) -> Any:
         store.get_experiment(experiment_id)
         trials, _ = store.list_trials(experiment_id)
-        return {"metric_names": metrics_mod.metric_names(trials)}
+        return {"metric_names": charts.metric_names(trials)}
 
     @api.get("/experiments/{experiment_id}/metrics", tags=["metrics"])
     def experiment_metrics(
@@ -640,8 +641,8 @@ def _add_api_routes(
         trial_id: Annotated[list[str] | None, Query(description="only these trials")] = None,
     ) -> Any:
         """Every trial's series of one group in one answer (what a learning-curve chart needs)."""
-        metrics_mod.check_group(group)
-        metrics_mod.check_max_points(max_points)
+        charts.check_group(group)
+        charts.check_max_points(max_points)
         store.get_experiment(experiment_id)
         trials, _ = store.list_trials(experiment_id)
         by_id = {t.id: t for t in trials}
@@ -651,7 +652,7 @@ def _add_api_routes(
                 raise NotFoundError(f"trial {tid} not found in experiment {experiment_id}")
         if only:
             trials = [by_id[tid] for tid in only]
-        out = reader.series(trials, group, metrics_mod.check_names(_csv(names)), max_points)
+        out = reader.series(trials, group, charts.check_names(_csv(names)), max_points)
         # Answered as is: FastAPI's encoder would walk every number of every series first.
         return JSON(
             {
@@ -682,15 +683,15 @@ def _add_api_routes(
         max_points: Annotated[int, Query(description="per series; 0 = every point")] = 1000,
     ) -> Any:
         """Columns per metric name, downsampled to ``max_points`` (min/max per bucket)."""
-        metrics_mod.check_group(group)
-        metrics_mod.check_max_points(max_points)
+        charts.check_group(group)
+        charts.check_max_points(max_points)
         t = store.get_trial(trial_id)
-        out = reader.series([t], group, metrics_mod.check_names(_csv(names)), max_points)
+        out = reader.series([t], group, charts.check_names(_csv(names)), max_points)
         return JSON({"trial_id": trial_id, "group": group, **out[trial_id]})
 
     @api.get("/trials/{trial_id}/metric-names", tags=["metrics"])
     def trial_metric_names(trial_id: int) -> Any:
-        return {"metric_names": metrics_mod.metric_names([store.get_trial(trial_id)])}
+        return {"metric_names": charts.metric_names([store.get_trial(trial_id)])}
 
     @api.get("/trials/{trial_id}/checkpoints", tags=["checkpoints"])
     def list_trial_checkpoints(

@@ -2,7 +2,8 @@
 
 The REST API's ``/trials/{id}/metrics`` and ``/experiments/{id}/metrics`` answer with columns
 (``steps``, ``times``, ``values``) per metric name, so a browser can hand them to a chart as
-they are, thinned by :func:`master_server.web.downsample.minmax_indices`.
+they are, thinned by :func:`master_server.downsample.minmax_indices` (the reads and checks
+that gRPC shares are in :mod:`master_server.charts`).
 
 A page that polls an experiment of 100 trials while two of them run must not re-read the
 other 98 every time: :class:`SeriesReader` keeps each trial's downsampled series with a version
@@ -13,65 +14,15 @@ contract), and reads again only the trials whose version moved.
 from __future__ import annotations
 
 import threading
+from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from determined_sdk.errors import InvalidArgumentError
-from master_server.domain import MetricQuery, Trial
+from master_server import charts
+from master_server.charts import SUMMARY_KEY
+from master_server.domain import MetricQuery, SeriesColumns, Trial
 from master_server.store.base import Store
-from master_server.web.downsample import minmax_indices
-
-MAX_POINTS_LIMIT = 100_000
-MAX_NAMES = 100
-MAX_NAME_CHARS = 1000
-# Summary keys of the two built-in groups (see the store contract); other groups keep their name.
-_SUMMARY_KEY = {"training": "avg_metrics", "validation": "validation_metrics"}
-_GROUP_OF_KEY = {v: k for k, v in _SUMMARY_KEY.items()}
-
-
-def check_group(group: str) -> str:
-    if not group or not group.strip():
-        raise InvalidArgumentError("group: must not be empty (e.g. 'training' or 'validation')")
-    if "\x00" in group or len(group) > MAX_NAME_CHARS:
-        raise InvalidArgumentError(
-            f"group: {group[:40]!r} is not a metric group (no NUL, at most {MAX_NAME_CHARS} "
-            "characters)"
-        )
-    return group
-
-
-def check_names(names: Sequence[str]) -> list[str]:
-    """The ``names`` query values, checked: at most :data:`MAX_NAMES`, each a name a metric
-    can have (no NUL, at most :data:`MAX_NAME_CHARS` characters)."""
-    if len(names) > MAX_NAMES:
-        raise InvalidArgumentError(f"names: at most {MAX_NAMES} names, got {len(names)}")
-    for n in names:
-        if "\x00" in n or len(n) > MAX_NAME_CHARS:
-            raise InvalidArgumentError(
-                f"names: {n[:40]!r} is not a metric name (no NUL, at most {MAX_NAME_CHARS} "
-                "characters)"
-            )
-    return list(names)
-
-
-def check_max_points(max_points: int) -> int:
-    if not (max_points == 0 or 4 <= max_points <= MAX_POINTS_LIMIT):
-        raise InvalidArgumentError(
-            f"max_points: must be 0 (every point) or within [4, {MAX_POINTS_LIMIT}], "
-            f"got {max_points}"
-        )
-    return max_points
-
-
-def metric_names(trials: Iterable[Trial]) -> dict[str, list[str]]:
-    """Metric names per group reported by ``trials``, read from their summaries (no scan)."""
-    out: dict[str, set[str]] = {}
-    for t in trials:
-        for key, metrics in t.summary_metrics.items():
-            if isinstance(metrics, dict):
-                out.setdefault(_GROUP_OF_KEY.get(key, key), set()).update(metrics)
-    return {g: sorted(names) for g, names in sorted(out.items())}
 
 
 def series(
@@ -95,14 +46,10 @@ def series(
         names: metric names to keep; empty keeps every name.
         max_points: per series, the most points to answer with (0 = all).
     """
-    out: dict[int, dict[str, Any]] = {}
-    for tid, by_name in store.metric_series(trial_ids, group, names).items():
-        out[tid] = {
-            "series": {
-                name: _thin(c.steps, c.times, c.values, max_points) for name, c in by_name.items()
-            }
-        }
-    return out
+    return {
+        tid: {"series": {name: _lists(c, total) for name, (c, total) in by_name.items()}}
+        for tid, by_name in charts.read_series(store, trial_ids, group, names, max_points).items()
+    }
 
 
 def exact_series(
@@ -125,19 +72,16 @@ def _thin(
     steps: Sequence[int], times: Sequence[float], values: Sequence[float], max_points: int
 ) -> dict[str, Any]:
     """One series' columns, downsampled to ``max_points`` (0: every point) as lists."""
-    total = len(values)
-    if max_points and total > max_points:
-        keep = minmax_indices(list(values), max_points)
-        return {
-            "steps": [steps[i] for i in keep],
-            "times": [times[i] for i in keep],
-            "values": [values[i] for i in keep],
-            "total_points": total,
-        }
+    c = SeriesColumns(array("q", steps), array("d", times), array("d", values))
+    return _lists(charts.thin(c, max_points), len(c))
+
+
+def _lists(c: SeriesColumns, total: int) -> dict[str, Any]:
+    """One (thinned) series as the REST API answers it."""
     return {
-        "steps": list(steps),
-        "times": list(times),
-        "values": list(values),
+        "steps": c.steps.tolist(),
+        "times": c.times.tolist(),
+        "values": c.values.tolist(),
         "total_points": total,
     }
 
@@ -264,7 +208,7 @@ class SeriesReader:
 
 def _version(t: Trial, group: str) -> tuple[Any, ...]:
     """Changes whenever a point of ``group`` is added to ``t`` (the summary counts move)."""
-    summary = t.summary_metrics.get(_SUMMARY_KEY.get(group, group))
+    summary = t.summary_metrics.get(SUMMARY_KEY.get(group, group))
     counts: tuple[Any, ...] = ()
     if isinstance(summary, dict):
         counts = tuple(

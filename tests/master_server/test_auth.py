@@ -281,7 +281,14 @@ def test_trial_token_is_scoped_and_exit_reports_need_their_run(
         # Its own trial: fine. Another trial: PERMISSION_DENIED, for every kind of call.
         bad.trials.GetTrialContext(trial_pb2.GetTrialContextRequest(trial_id=t1))
         bad.trials.ReportMetrics(pack_reports(t1, "b-1", [("training", 1, {"loss": 0.5}, 1.0)]))
+        series = trial_pb2.StreamMetricSeriesRequest(
+            trial_ids=[t1], group="training", names=["loss"]
+        )
+        (own,) = [s for r in bad.trials.StreamMetricSeries(series) for s in r.series]
+        assert (own.trial_id, own.name, own.total_points) == (t1, "loss", 1)
+        series.trial_ids.append(t2)
         attempts = [
+            lambda: list(bad.trials.StreamMetricSeries(series)),
             lambda: bad.trials.GetTrialContext(trial_pb2.GetTrialContextRequest(trial_id=t2)),
             lambda: bad.trials.ReportProgress(
                 trial_pb2.ReportProgressRequest(trial_id=t2, progress=0.5)

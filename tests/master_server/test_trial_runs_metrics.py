@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from determined_sdk import Determined
 from determined_sdk.proto import trial_pb2
 from master_server.app import Master
 from master_server.web.metrics import exact_series, series
@@ -72,6 +73,15 @@ def test_restart_supersedes_reports_after_the_checkpoint(
     every_point = series(store, [t.id], "training", ["loss"], 0)[t.id]["series"]["loss"]
     assert every_point["steps"] == list(range(1, 11))
     assert every_point["values"] == [1.0 / s for s in range(1, 11)]
+    # The SDK's chart read (StreamMetricSeries): exactly what iter_metrics yields.
+    with Determined(master.address) as det:
+        trial = det.get_trial(t.id)
+        pts = list(trial.iter_metrics("training", names=["loss"]))
+        got = trial.metric_series("loss")
+        assert list(got.steps) == [p.steps_completed for p in pts] == list(range(1, 11))
+        assert list(got.timestamps) == [p.timestamp for p in pts]
+        assert list(got.values) == [p.metrics["loss"] for p in pts]
+        assert list(trial.metric_series("loss", max_points=4).steps) == [1, 2, 9, 10]
 
 
 def test_stream_metrics_bad_input(stubs: Stubs) -> None:

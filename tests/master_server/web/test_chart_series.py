@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from master_server.app import Master
+from master_server.charts import MAX_NAMES
 from master_server.domain import ExperimentState, MetricReport, NewExperiment
 from master_server.store.base import Store
-from master_server.web.metrics import MAX_NAMES, exact_series
+from master_server.web.metrics import exact_series
 from master_server.web.serialize import JSON
 from tests.master_server.web.conftest import error_of
 

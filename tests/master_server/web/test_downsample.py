@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from master_server.web.downsample import minmax_indices
+from master_server.downsample import minmax_indices
 
 
 def test_short_series_is_kept_whole() -> None:
