@@ -20,7 +20,7 @@ the master's, read from ``/proc``): on a machine shared with other work the wall
 counts waiting for a core, and the CPU ratio is the steadier comparison.
 
 Goals (issue 11): >= 500k points/s and >= 0.6x the no-JSON SELECT for the 1M-point trial; the
-chart of 100 trials x 10k points in under a second.
+chart of 100 trials x 10k points in under a second (the ``metric_series`` line).
 """
 
 from __future__ import annotations
@@ -212,13 +212,8 @@ def measure(address: str, ids: dict[str, Any], args: argparse.Namespace) -> None
 
         t, n, c = timed(load_chart, r)
         assert n == total, n
-        row(
-            "SDK iter_trials_metrics(names=['loss']) -> series",
-            t,
-            n,
-            c,
-            f"{t:.2f} s (goal < 1 s)",
-        )
+        # Every point as a TrialMetrics (per-point reads); the chart's goal is the next line's.
+        row("SDK iter_trials_metrics(names=['loss']) -> series", t, n, c, f"{t:.2f} s")
 
         def load_series(max_points: int | None = None) -> int:
             got = det.metric_series(chart, "loss", "training", max_points=max_points)
