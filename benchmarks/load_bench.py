@@ -1,6 +1,6 @@
 """The master under load: N simulated live trials plus M SDK clients, on SQLite and PostgreSQL.
 
-Run: ``python benchmarks/load_bench.py [--trials 100,1000,10000] [--clients 100] [--duration 30]
+Run: ``python benchmarks/load_bench.py [--trials 100,1000,10000] [--clients 0,100] [--duration 30]
 [--db sqlite,postgres] [--procs 2]``.
 
 For each database and each N it starts a master in its own process (port 0, a fresh SQLite file or
@@ -430,7 +430,7 @@ def run(db: str, n: int, clients: int, duration: float, procs: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--trials", default="100,1000", help="comma-separated N (e.g. 100,1000,10000)")
-    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--clients", default="100", help="comma-separated M (e.g. 0,10,100)")
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--db", default="sqlite", help="sqlite, postgres or sqlite,postgres")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes for the trials")
@@ -438,7 +438,8 @@ def main() -> None:
     print(f"load benchmark: {os.cpu_count()} cores; master and load generator share them")
     for db in a.db.split(","):
         for n in (int(x) for x in a.trials.split(",")):
-            run(db, n, a.clients, a.duration, a.procs)
+            for m in (int(x) for x in a.clients.split(",")):
+                run(db, n, m, a.duration, a.procs)
 
 
 if __name__ == "__main__":
