@@ -124,7 +124,7 @@ from master_server.store.models import (
     UserRow,
     WorkspaceRow,
 )
-from master_server.store.prepared import fetch_rows
+from master_server.store.prepared import DriverStatement, fetch_rows
 from master_server.store.sql_auth import AuthSQLMixin
 
 __all__ = ["DEFAULT_PROJECT_ID", "DEFAULT_WORKSPACE_ID", "SQLStore", "summary_key"]
@@ -536,8 +536,18 @@ _PROJECT_WORKSPACE = select(ProjectRow.workspace_id).where(ProjectRow.id == bind
 
 # Statements of the metric ingestion path, built once: building a statement per call and
 # matching its columns to the cached compiled form cost 3-5x the statement's execution.
+_LAST_CHECKPOINT_STEP = (
+    select(func.max(C.steps_completed)).where(C.trial_id == T.id).correlate(T).scalar_subquery()
+)
+_SUMMARY_COLS = (
+    T.id,
+    T.summary_metrics,
+    T.summary_state,
+    T.steps_completed,
+    _LAST_CHECKPOINT_STEP,  # checkpoints whose metrics a new report may change
+)
 _TRIAL_SUMMARIES = (
-    select(T.id, T.summary_metrics, T.summary_state, T.steps_completed)
+    select(*_SUMMARY_COLS)
     .where(T.id.in_(bindparam("ids", expanding=True)))
     .order_by(T.id)
     .with_for_update()
@@ -545,8 +555,18 @@ _TRIAL_SUMMARIES = (
 _BATCHES_SEEN = select(MetricBatchRow.trial_id, MetricBatchRow.batch_id).where(
     tuple_(MetricBatchRow.trial_id, MetricBatchRow.batch_id).in_(bindparam("pairs", expanding=True))
 )
-_BATCH_INSERT = insert(MetricBatchRow)
-_TRIAL_SUMMARY_UPDATE = (
+# On SQLite (no round trips) one trial or one batch at a time, on the driver's cursor: a
+# statement costs SQLite 3-5 us there, SQLAlchemy's execution of it about 50 us.
+_TRIAL_SUMMARY_ONE = DriverStatement(select(*_SUMMARY_COLS).where(T.id == bindparam("id")))
+_BATCH_SEEN_ONE = DriverStatement(
+    select(MetricBatchRow.trial_id).where(
+        MetricBatchRow.trial_id == bindparam("tid"), MetricBatchRow.batch_id == bindparam("bid")
+    )
+)
+_BATCH_INSERT = DriverStatement(
+    insert(MetricBatchRow).values(trial_id=bindparam("tid"), batch_id=bindparam("bid"))
+)
+_TRIAL_SUMMARY_UPDATE = DriverStatement(
     update(cast(Table, TrialRow.__table__))
     .where(cast(Table, TrialRow.__table__).c.id == bindparam("tid"))
     .values(
@@ -554,11 +574,6 @@ _TRIAL_SUMMARY_UPDATE = (
         summary_state=bindparam("b_state"),
         steps_completed=bindparam("b_steps"),
     )
-)
-_LAST_CHECKPOINT_STEPS = (
-    select(C.trial_id, func.max(C.steps_completed))
-    .where(C.trial_id.in_(bindparam("ids", expanding=True)))
-    .group_by(C.trial_id)
 )
 _OWNER = ResourceOwnerRow.__table__.c
 # The columns of an ``ExperimentSummaryRow``: the same without the two configs, and the owner.
@@ -1826,19 +1841,36 @@ class SQLStore(AuthSQLMixin, Store):
             return results
         trial_ids = sorted({p[1] for p in prepared})
         with self._write() as conn:
-            summaries = {
-                r[0]: [json.loads(r[1]), json.loads(r[2]), r[3], False]
-                for i in range(0, len(trial_ids), 500)
-                for r in conn.execute(_TRIAL_SUMMARIES, {"ids": trial_ids[i : i + 500]})
-            }
+            # Per trial: [summary, state, steps, changed], and its last checkpoint's steps.
+            summaries: dict[int, list[Any]] = {}
+            last_ckpt: dict[int, int | None] = {}
             # Exact (trial, batch) pairs through the primary key: a trial's earlier batches
             # are never read (an IN on each column alone scans them all, 180 ms for 1,000).
             pairs = sorted({(p[1], p[2]) for p in prepared})
-            seen = {
-                (r[0], r[1])
-                for i in range(0, len(pairs), 500)
-                for r in conn.execute(_BATCHES_SEEN, {"pairs": pairs[i : i + 500]})
-            }
+            seen: set[tuple[int, str]] = set()
+            # The trial rows first: on PostgreSQL they are locked (FOR UPDATE) before the
+            # batches are looked up, so a concurrent commit of the same batch is seen.
+            if self._sqlite:
+                trial_rows = [
+                    r for t in trial_ids for r in _TRIAL_SUMMARY_ONE.rows(conn, {"id": t})
+                ]
+                for tid, bid in pairs:
+                    if _BATCH_SEEN_ONE.rows(conn, {"tid": tid, "bid": bid}):
+                        seen.add((tid, bid))
+            else:
+                trial_rows = [
+                    r
+                    for i in range(0, len(trial_ids), 500)
+                    for r in conn.execute(_TRIAL_SUMMARIES, {"ids": trial_ids[i : i + 500]})
+                ]
+                seen = {
+                    (r[0], r[1])
+                    for i in range(0, len(pairs), 500)
+                    for r in conn.execute(_BATCHES_SEEN, {"pairs": pairs[i : i + 500]})
+                }
+            for r in trial_rows:
+                summaries[r[0]] = [json.loads(r[1]), json.loads(r[2]), r[3], False]
+                last_ckpt[r[0]] = r[4]
             batch_rows: list[dict[str, Any]] = []
             metric_rows: list[tuple[Any, ...]] = []
             reported: dict[int, list[MetricReport]] = {}  # per trial, for checkpoint metrics
@@ -1852,7 +1884,7 @@ class SQLStore(AuthSQLMixin, Store):
                     continue  # results[i] stays False: a retry of a stored batch
                 seen.add((trial_id, batch_id))
                 results[i] = True
-                batch_rows.append({"trial_id": trial_id, "batch_id": batch_id})
+                batch_rows.append({"tid": trial_id, "bid": batch_id})
                 if not rows:
                     continue
                 metric_rows += rows
@@ -1863,13 +1895,13 @@ class SQLStore(AuthSQLMixin, Store):
                 cur[2] = max(cur[2], max_steps)
                 cur[3] = True
             if batch_rows:
-                conn.execute(_BATCH_INSERT, batch_rows)
+                _BATCH_INSERT.run_many(conn, batch_rows)
             if metric_rows:
                 # Before the insert: it reads what was there, and the new points from memory.
                 extended = metric_series.append(conn, series_new, self._series_pending)
                 self._insert_metric_rows(conn, metric_rows)
                 metric_series.set_last_ids(conn, extended)
-            self._refresh_checkpoint_metrics(conn, reported)
+            self._refresh_checkpoint_metrics(conn, reported, last_ckpt)
             changed = [
                 {
                     "tid": tid,
@@ -1881,17 +1913,21 @@ class SQLStore(AuthSQLMixin, Store):
                 if v[3]
             ]
             if changed:
-                conn.execute(_TRIAL_SUMMARY_UPDATE, changed)
+                _TRIAL_SUMMARY_UPDATE.run_many(conn, changed)
         return results
 
     def _refresh_checkpoint_metrics(
-        self, conn: Connection, reported: dict[int, list[MetricReport]]
+        self,
+        conn: Connection,
+        reported: dict[int, list[MetricReport]],
+        last_ckpt: dict[int, int | None],
     ) -> None:
         """A checkpoint's metrics do not depend on whether it or the report came first:
         checkpoints at or after a newly reported step get their metrics of that group again.
 
-        ``reported`` maps trial ids to their new reports. Usually new reports are past every
-        checkpoint of their trial: one query over all the trials finds the few that are not.
+        ``reported`` maps trial ids to their new reports, ``last_ckpt`` to the steps of their
+        last checkpoint (None: none), read in this transaction. Usually new reports are past
+        every checkpoint of their trial.
         """
         firsts: dict[int, dict[str, int]] = {}
         for tid, reports in reported.items():
@@ -1903,14 +1939,11 @@ class SQLStore(AuthSQLMixin, Store):
                     first[r.group] = r.steps_completed
             if first:
                 firsts[tid] = first
-        stale: list[int] = []
-        ids = sorted(firsts)
-        for i in range(0, len(ids), 500):
-            stale += [
-                tid
-                for tid, last in conn.execute(_LAST_CHECKPOINT_STEPS, {"ids": ids[i : i + 500]})
-                if last >= min(firsts[tid].values())
-            ]
+        stale = [
+            tid
+            for tid in sorted(firsts)
+            if (last := last_ckpt.get(tid)) is not None and last >= min(firsts[tid].values())
+        ]
         for tid in stale:
             first = firsts[tid]
             ckpts = conn.execute(

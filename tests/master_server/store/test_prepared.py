@@ -66,3 +66,23 @@ def test_cache_is_bounded(tmp_path: Path) -> None:
             # A distinct shape each time: a different label.
             fetch_rows(conn, select(ITEMS.c.id.label(f"c{k}")).where(ITEMS.c.id == 1))
         assert len(prepared._cache) <= prepared.CACHE_SIZE
+
+
+def test_driver_statement_runs_and_raises_sqlalchemys_errors(tmp_path: Path) -> None:
+    import pytest
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from master_server.store.prepared import DriverStatement
+
+    engine = _engine(tmp_path)
+    add = DriverStatement(insert(ITEMS).values(id=bindparam("i"), name=bindparam("n")))
+    one = DriverStatement(select(ITEMS.c.name).where(ITEMS.c.id == bindparam("i")))
+    with engine.begin() as conn:
+        add.run_many(conn, [{"i": 20, "n": "a"}, {"i": 21, "n": "b"}])
+        assert one.rows(conn, {"i": 21}) == [("b",)]
+        assert one.rows(conn, {"i": 99}) == []
+        with pytest.raises(IntegrityError, match="UNIQUE"):
+            add.run_many(conn, [{"i": 1, "n": "dup"}])  # the primary key refuses it
+    with engine.connect() as conn:  # the error did not leave the connection unusable
+        assert one.rows(conn, {"i": 20}) == [("a",)]
