@@ -39,6 +39,7 @@ from sqlalchemy import Connection, bindparam, delete, false, func, insert, selec
 from determined_sdk.metrics_wire import decode_metrics_array, pack_column, unpack_column
 from master_server.domain import MetricReport, SeriesColumns
 from master_server.store.models import MetricRow, MetricSeriesRow, MetricSeriesStateRow
+from master_server.store.prepared import DriverStatement
 
 #: Unsealed segments of one series that trigger a merge.
 TAIL_SEGMENTS = 32
@@ -97,7 +98,7 @@ _HAS_POINTS = (
     )
     .limit(1)
 )
-_STATES = select(
+_STATE_COLS = (
     _ST.trial_id,
     _ST.metric_group,
     _ST.complete,
@@ -105,7 +106,9 @@ _STATES = select(
     _ST.last_id,
     _ST.next_seq,
     _ST.tails,
-).where(_ST.trial_id.in_(bindparam("tids", expanding=True)))
+)
+_STATES = select(*_STATE_COLS).where(_ST.trial_id.in_(bindparam("tids", expanding=True)))
+_STATES_ONE = DriverStatement(select(*_STATE_COLS).where(_ST.trial_id == bindparam("tid")))
 _TAIL = (
     select(_M.steps_completed, _M.timestamp, _M.payload)
     .where(
@@ -199,10 +202,17 @@ def append(
         return []
     tids = sorted({k[0] for k in new})
     states: dict[tuple[int, str], list[Any]] = {}
-    for i in range(0, len(tids), 500):
-        for row in conn.execute(_STATES, {"tids": tids[i : i + 500]}):
-            if (row[0], row[1]) in new:
-                states[(row[0], row[1])] = [bool(row[2]), row[3], row[4], row[5], row[6]]
+    if conn.dialect.name == "sqlite":  # no round trips: one trial at a time, no IN list
+        rows: list[Any] = [r for t in tids for r in _STATES_ONE.rows(conn, {"tid": t})]
+    else:
+        rows = [
+            r
+            for i in range(0, len(tids), 500)
+            for r in conn.execute(_STATES, {"tids": tids[i : i + 500]})
+        ]
+    for row in rows:
+        if (row[0], row[1]) in new:
+            states[(row[0], row[1])] = [bool(row[2]), row[3], row[4], row[5], row[6]]
     created: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     segments: list[dict[str, Any]] = []
