@@ -71,8 +71,12 @@ def _sleepers(tmp: pathlib.Path, name: str) -> tuple[list[str], pathlib.Path]:
 
 
 def _pids(d: pathlib.Path, n: int) -> list[int]:
-    files = wait_for(lambda: len(list(d.iterdir())) >= n and sorted(d.iterdir()), 120, "ranks")
-    return [int(f.read_text()) for f in files]
+    def written() -> list[str] | None:
+        # A rank's file exists a moment before its pid is in it: wait for the text too.
+        texts = [f.read_text() for f in sorted(d.iterdir())]
+        return texts if len(texts) >= n and all(texts) else None
+
+    return [int(t) for t in wait_for(written, 120, "ranks")]
 
 
 def _alive(pid: int) -> bool:
