@@ -103,9 +103,10 @@ def test_a_stop_during_the_start_is_carried_out_after_it(
     rm.hold_after = {3}
     launches.submit(_spec(3, 1, 1, argv))
     assert rm.at_gate.wait(30)  # started, and start_run has not returned yet
+    # The rank is known before the stop (a TERM that beats its first line would leave no pid).
+    (pid,) = _pids(d, 1)
     assert launches.terminate(3, 1)
     rm.gate.set()
-    (pid,) = _pids(d, 1)
     assert rm_exits.code(3, 1) != 0  # the TERM reached the run once its start returned
     wait_for(lambda: not _alive(pid), 30, "the rank to end")
     assert not stopped.calls  # it did start: its exit comes from the resource manager
